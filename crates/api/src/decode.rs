@@ -89,8 +89,11 @@ pub fn decode_objects(bytes: &[u8]) -> Result<Vec<Object>, DecodeError> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(DecodeError::TooLarge { size: bytes.len(), max: MAX_MANIFEST_BYTES });
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| DecodeError::Syntax { doc: 1, format: "text", message: format!("not UTF-8: {e}") })?;
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::Syntax {
+        doc: 1,
+        format: "text",
+        message: format!("not UTF-8: {e}"),
+    })?;
     let docs = split_documents(text)?;
     let mut out = Vec::with_capacity(docs.len());
     for (i, v) in docs.into_iter().enumerate() {
@@ -118,7 +121,11 @@ fn split_documents(text: &str) -> Result<Vec<Value>, DecodeError> {
         if i >= MAX_DOCUMENTS {
             return Err(DecodeError::TooManyDocuments);
         }
-        let v = Value::deserialize(de).map_err(|e| DecodeError::Syntax { doc: i + 1, format: "YAML", message: e.to_string() })?;
+        let v = Value::deserialize(de).map_err(|e| DecodeError::Syntax {
+            doc: i + 1,
+            format: "YAML",
+            message: e.to_string(),
+        })?;
         if !v.is_null() {
             docs.push(v);
         }
@@ -127,9 +134,11 @@ fn split_documents(text: &str) -> Result<Vec<Value>, DecodeError> {
 }
 
 fn decode_value(doc: usize, mut v: Value) -> Result<Object, DecodeError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| DecodeError::Syntax { doc, format: "manifest", message: "a document must be a mapping".into() })?;
+    let obj = v.as_object().ok_or_else(|| DecodeError::Syntax {
+        doc,
+        format: "manifest",
+        message: "a document must be a mapping".into(),
+    })?;
     let api_version = match obj.get("apiVersion") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(DecodeError::UnknownApiVersion { doc, api_version: obj["apiVersion"].to_string() }),
@@ -154,7 +163,13 @@ fn decode_value(doc: usize, mut v: Value) -> Result<Object, DecodeError> {
         .and_then(Value::as_str)
         .map(|n| format!("{n:?}"))
         .unwrap_or_else(|| "(unnamed)".into());
-    let field_err = |path: String, message: String| DecodeError::Field { doc, kind: kind.clone(), name: name.clone(), path, message };
+    let field_err = |path: String, message: String| DecodeError::Field {
+        doc,
+        kind: kind.clone(),
+        name: name.clone(),
+        path,
+        message,
+    };
     // Convert older versions to v1alpha4 at the value level, then decode strictly.
     if let Some(o) = v.as_object_mut() {
         o.insert("apiVersion".into(), Value::String(API_VERSION.into()));
@@ -164,13 +179,11 @@ fn decode_value(doc: usize, mut v: Value) -> Result<Object, DecodeError> {
         (Version::V2, "Configuration") => {
             return Err(DecodeError::UnknownKind { doc, api_version, kind });
         }
-        (Version::V3, "Configuration") => {
-            if v.get("spec").and_then(|s| s.get("registryConfigDir")).is_some() {
-                return Err(field_err(
-                    "spec.registryConfigDir".into(),
-                    "unknown field in v1alpha3 (it was added in v1alpha4)".into(),
-                ));
-            }
+        (Version::V3, "Configuration") if v.get("spec").and_then(|s| s.get("registryConfigDir")).is_some() => {
+            return Err(field_err(
+                "spec.registryConfigDir".into(),
+                "unknown field in v1alpha3 (it was added in v1alpha4)".into(),
+            ));
         }
         _ => {}
     }
@@ -323,7 +336,9 @@ status:
         let mut doc = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
         let mut prev = 'a';
         for c in 'b'..='j' {
-            doc.push_str(&format!("{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+            doc.push_str(&format!(
+                "{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+            ));
             prev = c;
         }
         let start = std::time::Instant::now();

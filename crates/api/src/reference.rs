@@ -66,11 +66,7 @@ impl Reference {
     /// The short form Docker and Ignite print, e.g. `alpine:latest`.
     pub fn familiar(&self) -> String {
         let mut s = if self.domain == DEFAULT_DOMAIN {
-            self.path
-                .strip_prefix("library/")
-                .filter(|p| !p.contains('/'))
-                .unwrap_or(&self.path)
-                .to_string()
+            self.path.strip_prefix("library/").filter(|p| !p.contains('/')).unwrap_or(&self.path).to_string()
         } else {
             self.name()
         };
@@ -88,8 +84,7 @@ impl Reference {
     /// Whether the registry is on a loopback address (plain HTTP allowed, as Docker does).
     pub fn is_loopback_registry(&self) -> bool {
         let host = host_of(&self.domain);
-        host == "localhost"
-            || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+        host == "localhost" || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
     }
 
     /// Parse a Docker-style reference (no transport prefix).
@@ -125,7 +120,10 @@ impl Reference {
         }
         let (domain, path) = match name.split_once('/') {
             Some((first, remainder))
-                if first.contains('.') || first.contains(':') || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()) =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.chars().any(|c| c.is_ascii_uppercase()) =>
             {
                 (first.to_string(), remainder.to_string())
             }
@@ -139,11 +137,8 @@ impl Reference {
         for comp in path.split('/') {
             validate_path_component(comp).map_err(syntax)?;
         }
-        let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
-            format!("{OFFICIAL_NAMESPACE}/{path}")
-        } else {
-            path
-        };
+        let path =
+            if domain == DEFAULT_DOMAIN && !path.contains('/') { format!("{OFFICIAL_NAMESPACE}/{path}") } else { path };
         if domain.len() + 1 + path.len() > MAX_NAME_LEN {
             return Err(syntax("repository name is longer than 255 characters"));
         }
@@ -242,7 +237,8 @@ fn validate_tag(t: &str) -> Result<(), &'static str> {
 
 fn validate_digest(d: &str) -> Result<(), &'static str> {
     let (algo, hex) = d.split_once(':').ok_or("digest must be algorithm:hex")?;
-    let hex_ok = |h: &str, n: usize| h.len() == n && h.bytes().all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x));
+    let hex_ok =
+        |h: &str, n: usize| h.len() == n && h.bytes().all(|x| x.is_ascii_digit() || (b'a'..=b'f').contains(&x));
     match algo {
         "sha256" if hex_ok(hex, 64) => Ok(()),
         "sha512" if hex_ok(hex, 128) => Ok(()),
@@ -407,7 +403,10 @@ mod tests {
             "oci:/tmp/layout:v1".parse::<ImageRef>().unwrap(),
             ImageRef::OciLayout { dir: "/tmp/layout".into(), tag: Some("v1".into()) }
         );
-        assert_eq!("oci:/tmp/layout".parse::<ImageRef>().unwrap(), ImageRef::OciLayout { dir: "/tmp/layout".into(), tag: None });
+        assert_eq!(
+            "oci:/tmp/layout".parse::<ImageRef>().unwrap(),
+            ImageRef::OciLayout { dir: "/tmp/layout".into(), tag: None }
+        );
         assert_eq!(
             "docker-archive:/x/y.tar".parse::<ImageRef>().unwrap(),
             ImageRef::DockerArchive { path: "/x/y.tar".into() }
@@ -422,7 +421,22 @@ mod tests {
 
     #[test]
     fn rejects_bad() {
-        for bad in ["", "Alpine", "alpine:", "alpine:-x", "a b", "alpine@sha256:xyz", "alpine@md5:aa", "-a/b", "a//b", "a/b/", "exa mple.com/x", "example.com:0/x", "example.com:99999/x", "a..b"] {
+        for bad in [
+            "",
+            "Alpine",
+            "alpine:",
+            "alpine:-x",
+            "a b",
+            "alpine@sha256:xyz",
+            "alpine@md5:aa",
+            "-a/b",
+            "a//b",
+            "a/b/",
+            "exa mple.com/x",
+            "example.com:0/x",
+            "example.com:99999/x",
+            "a..b",
+        ] {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad} should fail");
         }
         assert!(matches!(Reference::parse("Foo/Bar"), Err(RefError::Syntax { .. } | RefError::Uppercase { .. })));

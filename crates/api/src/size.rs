@@ -9,15 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-const UNITS: [(&str, u64); 7] = [
-    ("EB", 1 << 60),
-    ("PB", 1 << 50),
-    ("TB", 1 << 40),
-    ("GB", 1 << 30),
-    ("MB", 1 << 20),
-    ("KB", 1 << 10),
-    ("B", 1),
-];
+const UNITS: [(&str, u64); 7] =
+    [("EB", 1 << 60), ("PB", 1 << 50), ("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)];
 
 /// A positive number of bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -125,7 +118,7 @@ impl FromStr for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, mult) in UNITS {
-            if self.0 >= mult && self.0 % mult == 0 {
+            if self.0 >= mult && self.0.is_multiple_of(mult) {
                 return write!(f, "{}{unit}", self.0 / mult);
             }
         }

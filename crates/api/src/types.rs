@@ -291,13 +291,17 @@ mod ssh_serde {
             Bool(bool),
             Str(String),
         }
-        Ok(match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected true, false or a public key path"))? {
-            Raw::Bool(true) => Some(Ssh::Generate),
-            Raw::Bool(false) => None,
-            Raw::Str(s) if s == "true" => Some(Ssh::Generate),
-            Raw::Str(s) if s == "false" || s.is_empty() => None,
-            Raw::Str(s) => Some(Ssh::PublicKeyPath(s)),
-        })
+        Ok(
+            match Raw::deserialize(d)
+                .map_err(|_| serde::de::Error::custom("expected true, false or a public key path"))?
+            {
+                Raw::Bool(true) => Some(Ssh::Generate),
+                Raw::Bool(false) => None,
+                Raw::Str(s) if s == "true" => Some(Ssh::Generate),
+                Raw::Str(s) if s == "false" || s.is_empty() => None,
+                Raw::Str(s) => Some(Ssh::PublicKeyPath(s)),
+            },
+        )
     }
 }
 

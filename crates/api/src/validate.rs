@@ -71,13 +71,22 @@ pub fn validate_vm(vm: &Vm) -> Result<(), ValidationErrors> {
 pub fn validate_configuration(spec: &ConfigurationSpec) -> Result<(), ValidationErrors> {
     let mut errs = ValidationErrors::default();
     if !spec.runtime.is_empty() && !matches!(spec.runtime.as_str(), "containerd" | "docker") {
-        errs.push("spec.runtime", format!("unknown runtime {:?} (Ignite's values are containerd and docker; ignite needs neither)", spec.runtime));
+        errs.push(
+            "spec.runtime",
+            format!(
+                "unknown runtime {:?} (Ignite's values are containerd and docker; ignite needs neither)",
+                spec.runtime
+            ),
+        );
     }
     if !spec.network_plugin.is_empty() && !matches!(spec.network_plugin.as_str(), "cni" | "docker-bridge" | "none") {
         errs.push("spec.networkPlugin", format!("unknown network plugin {:?} (use cni or none)", spec.network_plugin));
     }
     if !spec.id_prefix.is_empty() && check_dns1123(&spec.id_prefix).is_err() {
-        errs.push("spec.idPrefix", format!("invalid id prefix {:?}: use lowercase letters, digits and '-'", spec.id_prefix));
+        errs.push(
+            "spec.idPrefix",
+            format!("invalid id prefix {:?}: use lowercase letters, digits and '-'", spec.id_prefix),
+        );
     }
     check_vmm(&mut errs, "spec.vmm", spec.vmm.as_deref());
     check_spec(&mut errs, "spec.vmDefaults", &spec.vm_defaults, false);
@@ -96,9 +105,7 @@ fn check_spec(errs: &mut ValidationErrors, at: &str, spec: &VmSpec, complete: bo
     if complete && spec.image.oci.is_none() {
         errs.push(format!("{at}.image.oci"), "an image is required");
     }
-    if complete && (spec.cpus == 0 || spec.cpus > MAX_CPUS) {
-        errs.push(format!("{at}.cpus"), format!("must be between 1 and {MAX_CPUS} (is {})", spec.cpus));
-    } else if spec.cpus > MAX_CPUS {
+    if (complete && spec.cpus == 0) || spec.cpus > MAX_CPUS {
         errs.push(format!("{at}.cpus"), format!("must be between 1 and {MAX_CPUS} (is {})", spec.cpus));
     }
     if let Some(m) = spec.memory {
@@ -124,7 +131,10 @@ fn check_spec(errs: &mut ValidationErrors, at: &str, spec: &VmSpec, complete: bo
     let mut seen = HashSet::new();
     for (i, p) in spec.network.ports.iter().enumerate() {
         if !seen.insert((p.host_port, p.protocol, p.bind_address)) {
-            errs.push(format!("{at}.network.ports[{i}]"), format!("host port {}/{} is mapped twice", p.host_port, p.protocol));
+            errs.push(
+                format!("{at}.network.ports[{i}]"),
+                format!("host port {}/{} is mapped twice", p.host_port, p.protocol),
+            );
         }
     }
     let mut vols = HashSet::new();
@@ -138,7 +148,9 @@ fn check_spec(errs: &mut ValidationErrors, at: &str, spec: &VmSpec, complete: bo
         }
         match &v.block_device {
             None => errs.push(format!("{f}.blockDevice"), "a block device path is required"),
-            Some(b) if !b.path.starts_with('/') => errs.push(format!("{f}.blockDevice.path"), format!("must be an absolute path (is {:?})", b.path)),
+            Some(b) if !b.path.starts_with('/') => {
+                errs.push(format!("{f}.blockDevice.path"), format!("must be an absolute path (is {:?})", b.path))
+            }
             Some(_) => {}
         }
     }
@@ -149,7 +161,10 @@ fn check_spec(errs: &mut ValidationErrors, at: &str, spec: &VmSpec, complete: bo
             errs.push(format!("{f}.name"), format!("no volume named {:?}", m.name));
         }
         if !m.mount_path.starts_with('/') || m.mount_path.split('/').any(|c| c == "..") {
-            errs.push(format!("{f}.mountPath"), format!("must be an absolute path without '..' (is {:?})", m.mount_path));
+            errs.push(
+                format!("{f}.mountPath"),
+                format!("must be an absolute path without '..' (is {:?})", m.mount_path),
+            );
         }
         if !mounts.insert(m.mount_path.as_str()) {
             errs.push(format!("{f}.mountPath"), format!("{:?} is mounted twice", m.mount_path));
@@ -184,9 +199,14 @@ fn check_labels<'a>(errs: &mut ValidationErrors, at: &str, labels: impl Iterator
         }
         let value_ok = v.len() <= 63
             && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && (v.is_empty() || (v.starts_with(|c: char| c.is_ascii_alphanumeric()) && v.ends_with(|c: char| c.is_ascii_alphanumeric())));
+            && (v.is_empty()
+                || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && v.ends_with(|c: char| c.is_ascii_alphanumeric())));
         if !value_ok {
-            errs.push(format!("{at}.{k}"), format!("invalid label value {v:?}: at most 63 letters, digits, '-', '_' and '.'"));
+            errs.push(
+                format!("{at}.{k}"),
+                format!("invalid label value {v:?}: at most 63 letters, digits, '-', '_' and '.'"),
+            );
         }
     }
 }
@@ -206,7 +226,8 @@ mod tests {
         }
     }
 
-    const BASE: &str = "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata: {name: ok}\nspec:\n  image: {oci: busybox}\n";
+    const BASE: &str =
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata: {name: ok}\nspec:\n  image: {oci: busybox}\n";
 
     #[test]
     fn valid_vm() {

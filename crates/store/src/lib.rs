@@ -161,9 +161,7 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a: &T, b: &T| {
-            (a.meta().created, &a.meta().name).cmp(&(b.meta().created, &b.meta().name))
-        });
+        out.sort_by(|a: &T, b: &T| (a.meta().created, &a.meta().name).cmp(&(b.meta().created, &b.meta().name)));
         Ok(out)
     }
 
@@ -263,11 +261,7 @@ impl Store {
     }
 
     /// Locks, re-reads the object, applies `f` and writes the result back.
-    pub fn modify<T: StoredObject, R>(
-        &self,
-        uid: &str,
-        f: impl FnOnce(&mut T) -> R,
-    ) -> Result<(T, R), StoreError> {
+    pub fn modify<T: StoredObject, R>(&self, uid: &str, f: impl FnOnce(&mut T) -> R) -> Result<(T, R), StoreError> {
         let _l = self.lock()?;
         let mut obj = self.get::<T>(uid)?;
         let r = f(&mut obj);
@@ -319,7 +313,8 @@ pub fn resolve_in<T: StoredObject>(all: Vec<T>, query: &str) -> Result<T, StoreE
 
 /// Writes `value` as pretty JSON to `path` atomically: temp file, fsync, rename, dir fsync.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let mut data = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt { path: path.into(), source })?;
+    let mut data =
+        serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt { path: path.into(), source })?;
     data.push(b'\n');
     write_atomic(path, &data)
 }

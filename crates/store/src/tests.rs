@@ -2,7 +2,8 @@ use super::*;
 use ignite_api::{ObjectMeta, VmSpec};
 
 fn vm(name: &str) -> Vm {
-    let mut spec = VmSpec { image: ignite_api::OciSpec { oci: Some("busybox".parse().unwrap()) }, ..Default::default() };
+    let mut spec =
+        VmSpec { image: ignite_api::OciSpec { oci: Some("busybox".parse().unwrap()) }, ..Default::default() };
     spec.set_defaults();
     Vm::new(ObjectMeta { name: name.into(), ..Default::default() }, spec)
 }

@@ -1,0 +1,27 @@
+//! `ignite inspect vm|image|kernel OBJECT`.
+
+use ignite_api::{Image, Kernel, Vm};
+use serde::Serialize;
+
+use crate::cli::{Kind, ObjOutput};
+use crate::context::Ctx;
+use crate::output;
+use crate::template::Template;
+
+pub fn run(ctx: &Ctx, kind: Kind, query: &str, out: ObjOutput, template: Option<&str>) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    match kind {
+        Kind::Vm => show(&store.resolve::<Vm>(query)?, out, template),
+        Kind::Image => show(&store.resolve::<Image>(query)?, out, template),
+        Kind::Kernel => show(&store.resolve::<Kernel>(query)?, out, template),
+    }
+}
+
+fn show<T: Serialize>(obj: &T, out: ObjOutput, template: Option<&str>) -> anyhow::Result<()> {
+    if let Some(t) = template {
+        let t = Template::parse(t).map_err(|e| super::UsageError(e.to_string()))?;
+        println!("{}", t.render(&serde_json::to_value(obj)?));
+        return Ok(());
+    }
+    output::object(obj, out)
+}

@@ -1,0 +1,80 @@
+//! `ignite kernel import|ls|rm`, `kernels`, `rmi`.
+
+use ignite_api::{Kernel, Vm};
+
+use super::{each, NotAvailable};
+use crate::cli::{LsArgs, ObjSub, PsOutput, RmObjArgs};
+use crate::context::Ctx;
+use crate::output::{ago, table};
+
+pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
+    match sub {
+        None => ls(ctx, LsArgs { output: PsOutput::Table }),
+        Some(ObjSub::Ls(a)) => ls(ctx, a),
+        Some(ObjSub::Rm(a)) => rm(ctx, a),
+        Some(ObjSub::Import(a)) => {
+            let r: ignite_api::ImageRef =
+                a.source.parse().map_err(|e: ignite_api::RefError| super::UsageError(e.to_string()))?;
+            Err(NotAvailable {
+                what: format!("cannot import {r}"),
+                needs: "kernel import is not available yet in this build",
+            }
+            .into())
+        }
+    }
+}
+
+pub fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<()> {
+    let kernels = ctx.store()?.list::<Kernel>()?;
+    if ctx.global.quiet {
+        kernels.iter().for_each(|i| println!("{}", i.uid()));
+        return Ok(());
+    }
+    match a.output {
+        PsOutput::Json => println!("{}", serde_json::to_string_pretty(&kernels)?),
+        PsOutput::Yaml => print!("{}", serde_yaml::to_string(&kernels)?),
+        _ => {
+            let rows: Vec<Vec<String>> = kernels
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.uid(),
+                        i.metadata.name.clone(),
+                        ago(i.metadata.created),
+                        i.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(&["KERNEL ID", "NAME", "CREATED", "SIZE"], &rows);
+        }
+    }
+    Ok(())
+}
+
+pub fn rm(ctx: &Ctx, a: RmObjArgs) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    each(&a.objects, |q| {
+        let img = store.resolve::<Kernel>(q)?;
+        let lock = store.lock()?;
+        let users: Vec<String> = store
+            .list::<Vm>()?
+            .into_iter()
+            .filter(|v| v.status.kernel.id.is_some() && v.status.kernel.id == img.status.oci_source.id)
+            .map(|v| v.metadata.name)
+            .collect();
+        if !users.is_empty() && !a.force {
+            anyhow::bail!(
+                "kernel {:?} is used by VMs {}: remove them first or use -f",
+                img.metadata.name,
+                users.join(", ")
+            );
+        }
+        store.remove::<Kernel>(&lock, &img.uid())?;
+        if ctx.global.quiet {
+            println!("{}", img.uid());
+        } else {
+            eprintln!("Removed kernel with name {:?} and ID {:?}", img.metadata.name, img.uid());
+        }
+        Ok(())
+    })
+}

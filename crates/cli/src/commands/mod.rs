@@ -1,0 +1,119 @@
+//! One module per verb. `run` dispatches.
+
+mod attach;
+mod completion;
+mod cp;
+mod create;
+mod exec;
+mod image;
+mod inspect;
+mod kernel;
+mod kill;
+mod logs;
+mod man;
+mod ps;
+mod rm;
+mod run;
+mod ssh;
+mod start;
+mod stop;
+mod version;
+
+use ignite_api::Vm;
+use ignite_store::Store;
+
+use crate::cli::{Cli, Command, VmSub};
+use crate::context::Ctx;
+
+/// Bad command-line input that clap could not catch (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Machinery that a later milestone brings: said plainly, never faked.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {needs}")]
+pub struct NotAvailable {
+    pub what: String,
+    pub needs: &'static str,
+}
+
+/// What `start`/`run` need and do not have yet.
+pub const NO_BACKEND: &str = "no VMM backend is available yet in this build (the QEMU microvm backend comes with the first-boot milestone); `ignite create` stores the VM meanwhile";
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx { global: cli.global };
+    match cli.command {
+        Command::Attach(a) => attach::run(&ctx, a),
+        Command::Completion(a) => completion::run(a),
+        Command::Cp(a) => cp::run(&ctx, a),
+        Command::Create(a) => create::run(&ctx, a),
+        Command::Exec(a) => exec::run(&ctx, a),
+        Command::Image(c) => image::run(&ctx, c.command),
+        Command::Images(a) => image::ls(&ctx, a),
+        Command::Inspect(a) => inspect::run(&ctx, a.kind, &a.object, a.output, a.template.as_deref()),
+        Command::Kernel(c) => kernel::run(&ctx, c.command),
+        Command::Kernels(a) => kernel::ls(&ctx, a),
+        Command::Kill(a) => kill::run(&ctx, a),
+        Command::Logs(a) => logs::run(&ctx, a),
+        Command::Man(a) => man::run(a),
+        Command::Ps(a) => ps::run(&ctx, a),
+        Command::Rm(a) => rm::run(&ctx, a),
+        Command::Rmi(a) => image::rm(&ctx, a),
+        Command::Rmk(a) => kernel::rm(&ctx, a),
+        Command::Run(a) => run::run(&ctx, a),
+        Command::Ssh(a) => ssh::run(&ctx, a),
+        Command::Start(a) => start::run(&ctx, a),
+        Command::Stop(a) => stop::run(&ctx, a),
+        Command::Version(a) => version::run(&ctx, a),
+        Command::Vm(v) => match v.command {
+            VmSub::Attach(a) => attach::run(&ctx, a),
+            VmSub::Cp(a) => cp::run(&ctx, a),
+            VmSub::Create(a) => create::run(&ctx, a),
+            VmSub::Exec(a) => exec::run(&ctx, a),
+            VmSub::Kill(a) => kill::run(&ctx, a),
+            VmSub::Logs(a) => logs::run(&ctx, a),
+            VmSub::Ps(a) => ps::run(&ctx, a),
+            VmSub::Rm(a) => rm::run(&ctx, a),
+            VmSub::Run(a) => run::run(&ctx, a),
+            VmSub::Ssh(a) => ssh::run(&ctx, a),
+            VmSub::Start(a) => start::run(&ctx, a),
+            VmSub::Stop(a) => stop::run(&ctx, a),
+            VmSub::Inspect(a) => inspect::run(&ctx, crate::cli::Kind::Vm, &a.object, a.output, a.template.as_deref()),
+        },
+    }
+}
+
+/// Resolves a VM argument and requires it to be running.
+pub fn running_vm(store: &Store, query: &str) -> anyhow::Result<Vm> {
+    let vm = store.resolve::<Vm>(query)?;
+    if !vm.status.running {
+        anyhow::bail!("VM {:?} ({}) is not running", vm.metadata.name, vm.uid());
+    }
+    Ok(vm)
+}
+
+/// Runs `f` for each argument, printing each failure; fails if any did.
+pub fn each(items: &[String], mut f: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut last = None;
+    for it in items {
+        if let Err(e) = f(it) {
+            failed += 1;
+            if items.len() > 1 {
+                eprintln!("error: {}", crate::commands::chain(&e));
+            }
+            last = Some(e);
+        }
+    }
+    match (failed, last) {
+        (0, _) => Ok(()),
+        (1, Some(e)) if items.len() == 1 => Err(e),
+        (n, Some(e)) => Err(e.context(format!("{n} of {} failed", items.len()))),
+        _ => Ok(()),
+    }
+}
+
+pub fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}

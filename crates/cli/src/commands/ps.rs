@@ -1,0 +1,89 @@
+//! `ignite ps`: Ignite's columns, filters, templates, JSON/YAML.
+
+use ignite_api::{Vm, VmState};
+
+use crate::cli::{PsArgs, PsOutput};
+use crate::context::Ctx;
+use crate::output::{ago, since, table};
+use crate::template::{Filter, Template};
+
+pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let filter = a.filter.as_deref().map(Filter::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
+    let template =
+        a.template.as_deref().map(Template::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
+    let mut vms = Vec::new();
+    for vm in store.list::<Vm>()? {
+        if !a.all && vm.state() != VmState::Running {
+            continue;
+        }
+        let v = serde_json::to_value(&vm)?;
+        if filter.as_ref().map(|f| f.matches(&v)).unwrap_or(true) {
+            vms.push((vm, v));
+        }
+    }
+    if ctx.global.quiet {
+        for (vm, _) in &vms {
+            println!("{}", vm.uid());
+        }
+        return Ok(());
+    }
+    if let Some(t) = template {
+        for (_, v) in &vms {
+            println!("{}", t.render(v));
+        }
+        return Ok(());
+    }
+    match a.output {
+        PsOutput::Json => {
+            println!("{}", serde_json::to_string_pretty(&vms.iter().map(|(_, v)| v).collect::<Vec<_>>())?)
+        }
+        PsOutput::Yaml => print!("{}", serde_yaml::to_string(&vms.iter().map(|(vm, _)| vm).collect::<Vec<_>>())?),
+        PsOutput::Table | PsOutput::Wide => {
+            let wide = a.output == PsOutput::Wide;
+            let mut header =
+                vec!["VM ID", "IMAGE", "KERNEL", "SIZE", "CPUS", "MEMORY", "CREATED", "STATUS", "IPS", "PORTS", "NAME"];
+            if wide {
+                header.extend(["VMM", "PID", "LABELS"]);
+            }
+            let rows: Vec<Vec<String>> = vms.iter().map(|(vm, _)| row(vm, wide)).collect();
+            table(&header, &rows);
+        }
+    }
+    Ok(())
+}
+
+fn row(vm: &Vm, wide: bool) -> Vec<String> {
+    let status = match vm.state() {
+        VmState::Running => format!("Up {}", since(vm.status.start_time)),
+        VmState::Stopped => "Stopped".to_string(),
+        VmState::Created => "Created".to_string(),
+    };
+    let ips = vm
+        .status
+        .network
+        .as_ref()
+        .map(|n| n.ip_addresses.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let ports = vm.spec.network.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+    let mut r = vec![
+        vm.uid(),
+        vm.spec.image.oci.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+        vm.spec.kernel.oci.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+        vm.spec.disk_size().human(),
+        vm.spec.cpus.to_string(),
+        vm.spec.memory().human(),
+        ago(vm.metadata.created),
+        status,
+        ips,
+        ports,
+        vm.metadata.name.clone(),
+    ];
+    if wide {
+        let rt = vm.status.runtime.as_ref();
+        r.push(vm.spec.vmm.clone().or_else(|| rt.map(|r| r.name.clone())).unwrap_or_default());
+        r.push(rt.and_then(|r| r.pid).map(|p| p.to_string()).unwrap_or_default());
+        r.push(vm.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+    }
+    r
+}

@@ -1,0 +1,32 @@
+//! `ignite rm`.
+
+use ignite_api::Vm;
+use ignite_runtime::{remove_vm, RemoveError};
+
+use super::{each, NO_BACKEND};
+use crate::cli::RmArgs;
+use crate::context::Ctx;
+
+pub fn run(ctx: &Ctx, a: RmArgs) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let mut targets = a.vms.clone();
+    if let Some(p) = &a.config {
+        let vm = super::create::read_vm_manifest(p)?;
+        let q = vm.metadata.uid.map(|u| u.to_string()).unwrap_or(vm.metadata.name);
+        targets.push(q);
+    }
+    each(&targets, |q| {
+        let vm = store.resolve::<Vm>(q)?;
+        let removed = remove_vm(&store, &vm.uid(), a.force, |_| {
+            Err(RemoveError::Running {
+                name: format!("{} (and stopping it needs a VMM backend: {NO_BACKEND})", vm.metadata.name),
+            })
+        })?;
+        if ctx.global.quiet {
+            println!("{}", removed.uid());
+        } else {
+            eprintln!("Removed VM with name {:?} and ID {:?}", removed.metadata.name, removed.uid());
+        }
+        Ok(())
+    })
+}

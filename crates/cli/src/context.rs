@@ -1,0 +1,29 @@
+//! What every command needs: the store, the configuration, and global flags.
+
+use anyhow::Context as _;
+use ignite_runtime::{load_configuration, ConfigSource, LoadedConfig};
+use ignite_store::Store;
+
+use crate::cli::Global;
+
+pub struct Ctx {
+    pub global: Global,
+}
+
+impl Ctx {
+    pub fn store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.global.root).with_context(|| {
+            format!("cannot open the state directory {} (set --root or IGNITE_ROOT)", self.global.root.display())
+        })
+    }
+
+    pub fn config(&self) -> anyhow::Result<LoadedConfig> {
+        let c = load_configuration(self.global.ignite_config.as_deref())?;
+        match &c.source {
+            ConfigSource::Defaults => tracing::debug!("using ignite default configurations"),
+            ConfigSource::DefaultFile(p) => tracing::debug!("using ignite configuration file {}", p.display()),
+            ConfigSource::Explicit(p) => tracing::debug!("using ignite configuration file {}", p.display()),
+        }
+        Ok(c)
+    }
+}

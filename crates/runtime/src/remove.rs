@@ -1,0 +1,33 @@
+//! `rm`: delete a VM object and everything under its directory.
+
+use ignite_api::Vm;
+use ignite_store::{Store, StoreError};
+
+/// Why a VM could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("VM {name:?} is running: stop it first or use rm -f")]
+    Running { name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Removes the VM `uid`. A running VM is refused unless `force`; with `force` a running VM is
+/// first stopped by the caller-provided `stop` hook.
+pub fn remove_vm(
+    store: &Store,
+    uid: &str,
+    force: bool,
+    stop: impl FnOnce(&Vm) -> Result<(), RemoveError>,
+) -> Result<Vm, RemoveError> {
+    let vm = store.get::<Vm>(uid)?;
+    if vm.status.running {
+        if !force {
+            return Err(RemoveError::Running { name: vm.metadata.name.clone() });
+        }
+        stop(&vm)?;
+    }
+    let lock = store.lock()?;
+    store.remove::<Vm>(&lock, uid)?;
+    Ok(vm)
+}
