@@ -19,7 +19,8 @@ pub const API_VERSION: &str = "ignite.weave.works/v1alpha4";
 pub struct ObjectMeta {
     #[serde(default)]
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// An empty string (as Ignite's own test manifests write) means unset.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "empty_uid_is_none")]
     pub uid: Option<Uid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<DateTime<Utc>>,
@@ -27,6 +28,14 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+fn empty_uid_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uid>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// A 16-hex-character object identifier (64 random bits), as Ignite's.

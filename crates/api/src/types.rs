@@ -36,7 +36,9 @@ macro_rules! kind_object {
         pub struct $name {
             pub api_version: String,
             pub kind: String,
+            #[serde(default)]
             pub metadata: ObjectMeta,
+            #[serde(default)]
             pub spec: $spec,
             #[serde(default)]
             pub status: $status,

@@ -136,7 +136,7 @@ pub struct CreateArgs {
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
     /// Amount of RAM to allocate for the VM (default 512MB)
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub memory: Option<String>,
     /// Specify the name
     #[arg(short = 'n', long)]
@@ -151,7 +151,7 @@ pub struct CreateArgs {
     #[arg(long)]
     pub require_name: bool,
     /// VM filesystem size, for example 5GB or 2048MB (default 4GB)
-    #[arg(short = 's', long)]
+    #[arg(short = 's', long, allow_hyphen_values = true)]
     pub size: Option<String>,
     /// Enable SSH for the VM; with =PATH that public key is imported, else a key pair is generated
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]

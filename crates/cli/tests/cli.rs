@@ -1,0 +1,310 @@
+//! The `ignite` binary driven as a user drives it: real processes against a temp state root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ignite")
+}
+
+fn ignite(root: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("IGNITE_ROOT", root)
+        .env_remove("IGNITE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ignite")
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let o = ignite(root, args);
+    assert!(o.status.success(), "ignite {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Fails with exit code `code` and a one-line message containing `needle`.
+fn fails(root: &Path, args: &[&str], code: i32, needle: &str) -> String {
+    let o = ignite(root, args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(code), "ignite {args:?}: {err}");
+    assert!(err.contains(needle), "ignite {args:?}: expected {needle:?} in {err:?}");
+    err
+}
+
+/// Every file under the root with its content (the lock file excluded).
+fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == ".lock") {
+                continue;
+            }
+            if p.is_dir() {
+                out.push((p.clone(), vec![]));
+                walk(&p, out);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(root, &mut v);
+    v.sort();
+    v
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn fifty_concurrent_creates_with_distinct_names() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            Command::new(bin())
+                .args(["create", "--name", &format!("vm{i}"), "busybox"])
+                .env("IGNITE_ROOT", root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let ids = ok(root, &["ps", "-a", "-q"]);
+    assert_eq!(ids.lines().count(), 50);
+    let names = ok(root, &["ps", "-a", "-t", "{{.ObjectMeta.Name}}"]);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 50);
+}
+
+#[test]
+fn fifty_concurrent_creates_with_one_name() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            Command::new(bin())
+                .args(["create", "--name", "same", "busybox"])
+                .env("IGNITE_ROOT", root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut won = 0;
+    let mut lost = 0;
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        if o.status.success() {
+            won += 1;
+        } else {
+            assert_eq!(o.status.code(), Some(2));
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains("a VM named \"same\" already exists"), "{err}");
+            lost += 1;
+        }
+    }
+    assert_eq!((won, lost), (1, 49));
+    assert_eq!(ok(root, &["ps", "-a", "-q"]).lines().count(), 1);
+}
+
+// Ignite's documented manifests, one per API version (docs/declarative-config.md of the
+// respective releases, docs/my-vm.yaml and its CLI test inputs), written out here.
+const IGNITE_EXAMPLES: &[(&str, &str)] = &[
+    (
+        "v1alpha2",
+        "apiVersion: ignite.weave.works/v1alpha2\nkind: VM\nmetadata:\n  name: test-vm\nspec:\n  image:\n    oci: weaveworks/ignite-ubuntu\n  cpus: 2\n  diskSize: 3GB\n  memory: 800MB\n",
+    ),
+    (
+        "v1alpha3",
+        "apiVersion: ignite.weave.works/v1alpha3\nkind: VM\nmetadata:\n  name: my-vm\nspec:\n  image:\n    oci: weaveworks/ignite-ubuntu\n  cpus: 2\n  diskSize: 3GB\n  memory: 800MB\n",
+    ),
+    (
+        "v1alpha4",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: my-vm\n  uid: 599615df99804ae8\nspec:\n  image:\n    oci: weaveworks/ignite-ubuntu\n  cpus: 2\n  diskSize: 3GB\n  memory: 800MB\n  ssh: true\nstatus:\n  running: true\n",
+    ),
+];
+
+#[test]
+fn ignite_example_manifests_round_trip_as_v1alpha4() {
+    for (version, doc) in IGNITE_EXAMPLES {
+        let d = tempfile::tempdir().unwrap();
+        let f = write(d.path(), "vm.yaml", doc);
+        let root = d.path().join("root");
+        ok(&root, &["create", "--config", &f]);
+        let name = if *version == "v1alpha2" { "test-vm" } else { "my-vm" };
+        let yaml = ok(&root, &["inspect", "vm", name, "-o", "yaml"]);
+        assert!(yaml.starts_with("apiVersion: ignite.weave.works/v1alpha4\nkind: VM\n"), "{version}: {yaml}");
+        for want in ["cpus: 2", "memory: 800MB", "diskSize: 3GB", "oci: weaveworks/ignite-ubuntu:latest"] {
+            assert!(yaml.contains(want), "{version}: missing {want} in\n{yaml}");
+        }
+        // A status in a manifest is what some host saw, not what this host has.
+        assert!(yaml.contains("running: false"), "{yaml}");
+        // The output is itself a valid manifest that reads back the same.
+        let again = write(d.path(), "again.yaml", &yaml);
+        let root2 = d.path().join("root2");
+        ok(&root2, &["create", "--config", &again]);
+        let yaml2 = ok(&root2, &["inspect", "vm", name, "-o", "yaml"]);
+        let strip = |s: &str| s.lines().filter(|l| !l.contains("created:")).collect::<Vec<_>>().join("\n");
+        assert_eq!(strip(&yaml), strip(&yaml2));
+    }
+}
+
+#[test]
+fn full_reference_manifest_and_config_layering() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let cfg = write(
+        d.path(),
+        "config.yaml",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\nmetadata:\n  name: test-config\nspec:\n  runtime: containerd\n  networkPlugin: cni\n  vmDefaults:\n    memory: 2GB\n    diskSize: 3GB\n    cpus: 2\n",
+    );
+    let vm = write(
+        d.path(),
+        "vm.yaml",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: full\n  labels: {foo: bar}\n  annotations: {foo: bar}\nspec:\n  cpus: 4\n  image: {oci: weaveworks/ignite-ubuntu}\n  kernel: {cmdLine: \"console=ttyS0 reboot=k panic=1 pci=off ip=dhcp\", oci: weaveworks/ignite-kernel:5.10.51}\n  sandbox: {oci: weaveworks/ignite:dev}\n  network:\n    ports:\n    - {hostPort: 433, vmPort: 6443, bindAddress: 10.0.0.2, protocol: udp}\n  storage:\n    volumeMounts: [{mountPath: /mnt, name: volume0}]\n    volumes: [{blockDevice: {path: /dev/sdb1}, name: volume0}]\n  copyFiles:\n  - {hostPath: /etc/kubernetes/admin.conf, vmPath: /home/user/.kube/config}\n  ssh: true\n",
+    );
+    // defaults < config file < --config manifest < flags
+    ok(&root, &["--ignite-config", &cfg, "create", "--config", &vm, "--memory", "1GB"]);
+    let t = "{{.Spec.CPUs}} {{.Spec.Memory}} {{.Spec.DiskSize}} {{.Spec.Network.Ports[0].BindAddress}} {{.Labels.foo}}";
+    assert_eq!(ok(&root, &["inspect", "vm", "full", "-t", t]).trim(), "4 1GB 3GB 10.0.0.2 bar");
+    let ps = ok(&root, &["ps", "-a"]);
+    assert!(ps.starts_with("VM ID"), "{ps}");
+    for col in ["IMAGE", "KERNEL", "SIZE", "CPUS", "MEMORY", "CREATED", "STATUS", "IPS", "PORTS", "NAME"] {
+        assert!(ps.lines().next().unwrap().contains(col));
+    }
+    assert!(ps.contains("10.0.0.2:433->6443/udp") && ps.contains("Created") && ps.contains("full"), "{ps}");
+    assert_eq!(ok(&root, &["ps"]).lines().count(), 1, "ps without -a lists only running VMs");
+    assert_eq!(ok(&root, &["ps", "-a", "-f", "{{.Spec.CPUs}}!=4"]).lines().count(), 1);
+    assert_eq!(ok(&root, &["ps", "-a", "-f", "{{.Spec.Image.OCI}}=~ignite-ubuntu"]).lines().count(), 2);
+    let json: serde_json::Value = serde_json::from_str(&ok(&root, &["ps", "-a", "-o", "json"])).unwrap();
+    assert_eq!(json[0]["metadata"]["name"], "full");
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_the_store_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    ok(&root, &["create", "busybox", "--name", "keep"]);
+    let before = snapshot(&root);
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (vec!["create".into(), "busybox".into(), "--bogus".into()], 2, "unexpected argument '--bogus'"),
+        (vec!["create".into(), "busybox".into(), "--memory".into(), "12XB".into()], 2, "unknown unit \"XB\""),
+        (vec!["create".into(), "busybox".into(), "--memory".into(), "-1GB".into()], 2, "cannot be negative"),
+        (vec!["create".into(), "busybox".into(), "--size".into(), "0".into()], 2, "must be greater than zero"),
+        (vec!["create".into(), "busybox".into(), "--cpus".into(), "0".into()], 2, "--cpus"),
+        (vec!["create".into(), "busybox".into(), "--cpus".into(), "1000".into()], 2, "spec.cpus"),
+        (vec!["create".into(), "busybox".into(), "--name".into(), "Bad_Name".into()], 2, "metadata.name"),
+        (vec!["create".into(), "busybox".into(), "--name".into(), "keep".into()], 2, "already exists"),
+        (vec!["create".into(), "Not An Image".into()], 2, "invalid image"),
+        (vec!["create".into(), "busybox".into(), "-p".into(), "80".into()], 2, "host port is required"),
+        (vec!["create".into(), "busybox".into(), "--ssh=/nonexistent.pub".into()], 2, "does not exist"),
+        (vec!["create".into()], 2, "an image is required"),
+        (vec!["run".into(), "busybox".into(), "--memory".into(), "1XB".into()], 2, "unknown unit"),
+        (vec!["inspect".into(), "vm".into(), "nope".into()], 3, "no VM matches \"nope\""),
+        (vec!["rm".into(), "nope".into()], 3, "no VM matches"),
+        (vec!["ps".into(), "-f".into(), "{{.Spec.CPUs}}".into()], 2, "invalid filter"),
+    ];
+    for (args, code, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&root, &args, *code, needle);
+    }
+    let manifests: Vec<(&str, String, &str)> = vec![
+        ("unknown-version", "apiVersion: ignite.weave.works/v9\nkind: VM\nspec: {image: {oci: a}}\n".into(), "unknown apiVersion"),
+        ("unknown-kind", "apiVersion: ignite.weave.works/v1alpha4\nkind: Pod\n".into(), "unknown kind \"Pod\""),
+        ("ignite-invalid-kind", "apiVersion: ignite.weave.works/v1alpha4\nkind: kernel\nspec:\n  memory: 1500MB\n".into(), "unknown kind \"kernel\""),
+        ("unknown-field", "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata: {name: x}\nspec: {image: {oci: a}, cpu: 2}\n".into(), "spec.cpu: unknown field `cpu`"),
+        ("bad-size", "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata: {name: x}\nspec: {image: {oci: a}, memory: 12XB}\n".into(), "spec.memory"),
+        ("not-yaml", "apiVersion: [\n".into(), "malformed YAML"),
+        ("huge", format!("# {}\n", "x".repeat(2 << 20)), "too large"),
+        ("bomb", {
+            let mut s = String::from("a: &a [x,x,x,x,x,x,x,x,x]\n");
+            let mut prev = 'a';
+            for c in 'b'..='j' {
+                s.push_str(&format!("{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+                prev = c;
+            }
+            s
+        }, "malformed YAML"),
+        ("config-kind", "apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\nspec: {}\n".into(), "expected kind VM"),
+    ];
+    for (name, body, needle) in &manifests {
+        let f = write(d.path(), &format!("{name}.yaml"), body);
+        let err = fails(&root, &["create", "--config", &f], 2, needle);
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+    }
+    assert_eq!(before, snapshot(&root), "bad input changed the store");
+}
+
+#[test]
+fn lookup_by_prefix_and_ambiguity() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    ok(root, &["create", "busybox", "--name", "web-1"]);
+    ok(root, &["create", "busybox", "--name", "web-2"]);
+    ok(root, &["create", "busybox", "--name", "db"]);
+    assert_eq!(ok(root, &["inspect", "vm", "d", "-t", "{{.Name}}"]).trim(), "db");
+    let err = fails(root, &["inspect", "vm", "web", "-t", "{{.Name}}"], 2, "is ambiguous");
+    assert!(err.contains("web-1") && err.contains("web-2"), "{err}");
+    let uid = ok(root, &["inspect", "vm", "web-2", "-t", "{{.UID}}"]).trim().to_string();
+    assert_eq!(ok(root, &["inspect", "vm", &uid[..10], "-t", "{{.Name}}"]).trim(), "web-2");
+    ok(root, &["rm", "web-1", &uid]);
+    assert_eq!(ok(root, &["ps", "-a", "-q"]).lines().count(), 1);
+}
+
+#[test]
+fn verbs_without_machinery_say_so() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    ok(root, &["create", "busybox", "--name", "idle"]);
+    let before = snapshot(root);
+    fails(root, &["run", "busybox", "--name", "r"], 1, "no VMM backend is available yet");
+    fails(root, &["start", "idle"], 1, "no VMM backend is available yet");
+    fails(root, &["stop", "idle"], 1, "is not running");
+    fails(root, &["kill", "idle"], 1, "is not running");
+    fails(root, &["attach", "idle"], 1, "is not running");
+    fails(root, &["exec", "idle", "--", "true"], 1, "is not running");
+    fails(root, &["ssh", "idle"], 1, "is not running");
+    fails(root, &["cp", "idle:/etc/hostname", "/tmp/x"], 1, "is not running");
+    fails(root, &["cp", "idle:../../etc/passwd", "/tmp/x"], 2, "'..' is not allowed");
+    fails(root, &["logs", "idle"], 1, "never been started");
+    assert_eq!(before, snapshot(root), "a verb that could not act changed the store");
+}
+
+#[test]
+fn version_completion_man() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    assert!(ok(root, &["version"]).contains("Ignite version: v"));
+    let v: serde_json::Value = serde_json::from_str(&ok(root, &["version", "-o", "json"])).unwrap();
+    assert!(v["gitVersion"].as_str().unwrap().starts_with('v'));
+    assert!(ok(root, &["version", "-o", "yaml"]).contains("gitVersion:"));
+    assert!(ok(root, &["version", "-o", "short"]).starts_with('v'));
+    for sh in ["bash", "zsh", "fish"] {
+        assert!(ok(root, &["completion", sh]).contains("ignite"), "{sh}");
+    }
+    let man = d.path().join("man");
+    ok(root, &["man", "--out", man.to_str().unwrap()]);
+    for page in ["ignite.1", "ignite-run.1", "ignite-image-import.1", "ignite-vm-ps.1"] {
+        assert!(man.join(page).is_file(), "{page}");
+    }
+    // Ignite's aliases.
+    ok(root, &["images"]);
+    ok(root, &["kernels"]);
+    ok(root, &["image", "ls"]);
+    ok(root, &["vm", "ps", "-a"]);
+}

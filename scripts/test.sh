@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs every test of the workspace,
+# including the ones that boot real VMs (TCG where KVM cannot run a guest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup-host.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
