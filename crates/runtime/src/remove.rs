@@ -8,6 +8,12 @@ use ignite_store::{Store, StoreError};
 pub enum RemoveError {
     #[error("VM {name:?} is running: stop it first or use rm -f")]
     Running { name: String },
+    #[error("cannot stop VM {name:?}")]
+    Stop {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -28,6 +34,11 @@ pub fn remove_vm(
         stop(&vm)?;
     }
     let lock = store.lock()?;
+    // Re-check under the lock: a start may have raced us.
+    let cur = store.get::<Vm>(uid)?;
+    if cur.status.running && !force {
+        return Err(RemoveError::Running { name: cur.metadata.name });
+    }
     store.remove::<Vm>(&lock, uid)?;
     Ok(vm)
 }

@@ -208,7 +208,19 @@ impl Store {
 
     /// Stores a new object. Assigns a UID and creation time when missing; fails if the name or
     /// UID is taken. Must be called with the lock held (`_lock` proves it).
-    pub fn create<T: StoredObject>(&self, _lock: &StoreLock, mut obj: T) -> Result<T, StoreError> {
+    pub fn create<T: StoredObject>(&self, lock: &StoreLock, obj: T) -> Result<T, StoreError> {
+        self.create_with(lock, obj, |_, _| Ok(()))
+    }
+
+    /// Like [`Store::create`], but `populate` first fills the new object's directory (given the
+    /// directory and the object with its UID assigned): the object appears with its files, or
+    /// not at all.
+    pub fn create_with<T: StoredObject>(
+        &self,
+        _lock: &StoreLock,
+        mut obj: T,
+        populate: impl FnOnce(&Path, &T) -> io::Result<()>,
+    ) -> Result<T, StoreError> {
         if obj.meta().name.is_empty() {
             return Err(StoreError::NoName { kind: T::KIND });
         }
@@ -242,6 +254,10 @@ impl Store {
         let tmp = parent.join(format!(".tmp-{uid}"));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir(&tmp).map_err(io_err("cannot create", &tmp))?;
+        if let Err(e) = populate(&tmp, &obj) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(StoreError::Io { op: "cannot prepare the files of", path: tmp, source: e });
+        }
         write_json_atomic(&tmp.join(METADATA_FILE), &obj)?;
         let dst = self.dir::<T>(uid.as_str());
         fs::rename(&tmp, &dst).map_err(io_err("cannot rename into place", &dst))?;

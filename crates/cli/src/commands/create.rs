@@ -8,7 +8,7 @@ use ignite_api::{
     decode_object, BlockDeviceVolume, FileMapping, Object, ObjectMeta, OciSpec, PortMapping, Size, Ssh, Vm, VmSpec,
     Volume, VolumeMount,
 };
-use ignite_runtime::create_vm;
+use ignite_runtime::{create_vm, CreateOptions, PullPolicy};
 
 use super::UsageError;
 use crate::cli::CreateArgs;
@@ -40,7 +40,13 @@ pub fn create(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Vm> {
         return Err(UsageError("an image is required: ignite create IMAGE, or --config FILE".into()).into());
     }
     let store = ctx.store()?;
-    Ok(create_vm(&store, &config, manifest, meta, &spec, a.require_name)?)
+    let pull: PullPolicy = a.pull.parse().map_err(UsageError)?;
+    let opts = CreateOptions {
+        require_name: a.require_name,
+        pull,
+        import: super::image::import_options(&config, &a.insecure_registries, a.registry_config_dir.as_deref()),
+    };
+    Ok(create_vm(&store, &config, manifest, meta, &spec, &opts)?)
 }
 
 pub fn read_vm_manifest(p: &Path) -> anyhow::Result<Vm> {

@@ -2,7 +2,7 @@
 
 use ignite_api::{Image, Vm};
 
-use super::{each, NotAvailable};
+use super::each;
 use crate::cli::{LsArgs, ObjSub, PsOutput, RmObjArgs};
 use crate::context::Ctx;
 use crate::output::{ago, table};
@@ -15,11 +15,28 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
         Some(ObjSub::Import(a)) => {
             let r: ignite_api::ImageRef =
                 a.source.parse().map_err(|e: ignite_api::RefError| super::UsageError(e.to_string()))?;
-            Err(NotAvailable {
-                what: format!("cannot import {r}"),
-                needs: "image import is not available yet in this build",
+            let config = ctx.config()?;
+            let mut opts = import_options(&config, &a.insecure_registries, a.registry_config_dir.as_deref());
+            opts.force = a.force;
+            if let Some(n) = &a.name {
+                let norm: ignite_api::ImageRef =
+                    n.parse().map_err(|e: ignite_api::RefError| super::UsageError(format!("invalid --name: {e}")))?;
+                opts.name = Some(norm.normalized());
             }
-            .into())
+            let store = ctx.store()?;
+            let started = std::time::Instant::now();
+            let img = ignite_runtime::import::import_image(&store, &r, &opts)?;
+            if ctx.global.quiet {
+                println!("{}", img.uid());
+            } else {
+                eprintln!(
+                    "Imported image {:?} ({}) in {:.2}s",
+                    img.metadata.name,
+                    img.uid(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
         }
     }
 }
@@ -77,4 +94,21 @@ pub fn rm(ctx: &Ctx, a: RmObjArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Import options from the configuration and flags.
+pub fn import_options(
+    config: &ignite_runtime::LoadedConfig,
+    insecure: &[String],
+    registry_config_dir: Option<&std::path::Path>,
+) -> ignite_runtime::import::ImportOptions {
+    let mut fetch = ignite_oci::FetchOptions {
+        insecure_registries: config.spec.insecure_registries.clone(),
+        ..Default::default()
+    };
+    fetch.insecure_registries.extend(insecure.iter().cloned());
+    fetch.registry_config_dir = registry_config_dir.map(Into::into).or_else(|| {
+        (!config.spec.registry_config_dir.is_empty()).then(|| config.spec.registry_config_dir.clone().into())
+    });
+    ignite_runtime::import::ImportOptions { fetch, ..Default::default() }
 }

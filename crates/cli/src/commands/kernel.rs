@@ -2,7 +2,7 @@
 
 use ignite_api::{Kernel, Vm};
 
-use super::{each, NotAvailable};
+use super::each;
 use crate::cli::{LsArgs, ObjSub, PsOutput, RmObjArgs};
 use crate::context::Ctx;
 use crate::output::{ago, table};
@@ -13,13 +13,23 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
         Some(ObjSub::Ls(a)) => ls(ctx, a),
         Some(ObjSub::Rm(a)) => rm(ctx, a),
         Some(ObjSub::Import(a)) => {
-            let r: ignite_api::ImageRef =
-                a.source.parse().map_err(|e: ignite_api::RefError| super::UsageError(e.to_string()))?;
-            Err(NotAvailable {
-                what: format!("cannot import {r}"),
-                needs: "kernel import is not available yet in this build",
+            let config = ctx.config()?;
+            let mut opts =
+                super::image::import_options(&config, &a.insecure_registries, a.registry_config_dir.as_deref());
+            opts.force = a.force;
+            if let Some(n) = &a.name {
+                let norm: ignite_api::ImageRef =
+                    n.parse().map_err(|e: ignite_api::RefError| super::UsageError(format!("invalid --name: {e}")))?;
+                opts.name = Some(norm.normalized());
             }
-            .into())
+            let store = ctx.store()?;
+            let k = ignite_runtime::import::import_kernel(&store, &a.source, &opts)?;
+            if ctx.global.quiet {
+                println!("{}", k.uid());
+            } else {
+                eprintln!("Imported kernel {:?} ({}), Linux {}", k.metadata.name, k.uid(), k.status.version);
+            }
+            Ok(())
         }
     }
 }
@@ -42,10 +52,11 @@ pub fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<()> {
                         i.metadata.name.clone(),
                         ago(i.metadata.created),
                         i.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
+                        i.status.version.clone(),
                     ]
                 })
                 .collect();
-            table(&["KERNEL ID", "NAME", "CREATED", "SIZE"], &rows);
+            table(&["KERNEL ID", "NAME", "CREATED", "SIZE", "VERSION"], &rows);
         }
     }
     Ok(())

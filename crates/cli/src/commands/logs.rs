@@ -7,13 +7,13 @@ use ignite_api::Vm;
 use crate::cli::LogsArgs;
 use crate::context::Ctx;
 
-/// Console log file name inside a VM's directory.
-pub const CONSOLE_LOG: &str = "console.log";
+use ignite_runtime::console::CONSOLE_LOG;
 
 pub fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let vm = store.resolve::<Vm>(&a.vm)?;
     let path = store.dir::<Vm>(&vm.uid()).join(CONSOLE_LOG);
+    let rotated = store.dir::<Vm>(&vm.uid()).join(format!("{CONSOLE_LOG}.1"));
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -22,6 +22,9 @@ pub fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
         Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {}", path.display()))),
     };
     let mut out = std::io::stdout().lock();
+    if let Ok(mut old) = std::fs::File::open(&rotated) {
+        std::io::copy(&mut old, &mut out)?;
+    }
     std::io::copy(&mut f, &mut out)?;
     if !a.follow {
         return Ok(());
@@ -34,7 +37,7 @@ pub fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
             out.write_all(&buf)?;
             out.flush()?;
         } else {
-            let cur = store.get::<Vm>(&vm.uid())?;
+            let cur = ignite_runtime::status::refresh(&store, store.get::<Vm>(&vm.uid())?)?;
             if !cur.status.running {
                 return Ok(());
             }

@@ -38,8 +38,8 @@ pub struct NotAvailable {
     pub needs: &'static str,
 }
 
-/// What `start`/`run` need and do not have yet.
-pub const NO_BACKEND: &str = "no VMM backend is available yet in this build (the QEMU microvm backend comes with the first-boot milestone); `ignite create` stores the VM meanwhile";
+/// What exec/ssh/cp need and do not have yet.
+pub const NO_BACKEND: &str = "this needs the guest agent or SSH support, which are not in this build yet; use `ignite attach` for the serial console";
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx { global: cli.global };
@@ -86,7 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Resolves a VM argument and requires it to be running.
 pub fn running_vm(store: &Store, query: &str) -> anyhow::Result<Vm> {
-    let vm = store.resolve::<Vm>(query)?;
+    let vm = ignite_runtime::status::refresh(store, store.resolve::<Vm>(query)?)?;
     if !vm.status.running {
         anyhow::bail!("VM {:?} ({}) is not running", vm.metadata.name, vm.uid());
     }

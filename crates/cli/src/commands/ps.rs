@@ -13,7 +13,7 @@ pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
     let template =
         a.template.as_deref().map(Template::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
     let mut vms = Vec::new();
-    for vm in store.list::<Vm>()? {
+    for vm in ignite_runtime::status::list(&store)? {
         if !a.all && vm.state() != VmState::Running {
             continue;
         }

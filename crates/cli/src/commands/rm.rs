@@ -1,9 +1,10 @@
 //! `ignite rm`.
 
 use ignite_api::Vm;
+use ignite_runtime::status::refresh;
 use ignite_runtime::{remove_vm, RemoveError};
 
-use super::{each, NO_BACKEND};
+use super::each;
 use crate::cli::RmArgs;
 use crate::context::Ctx;
 
@@ -16,11 +17,11 @@ pub fn run(ctx: &Ctx, a: RmArgs) -> anyhow::Result<()> {
         targets.push(q);
     }
     each(&targets, |q| {
-        let vm = store.resolve::<Vm>(q)?;
-        let removed = remove_vm(&store, &vm.uid(), a.force, |_| {
-            Err(RemoveError::Running {
-                name: format!("{} (and stopping it needs a VMM backend: {NO_BACKEND})", vm.metadata.name),
-            })
+        let vm = refresh(&store, store.resolve::<Vm>(q)?)?;
+        let removed = remove_vm(&store, &vm.uid(), a.force, |v| {
+            ignite_runtime::stop::kill(&store, v.clone())
+                .map(|_| ())
+                .map_err(|e| RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) })
         })?;
         if ctx.global.quiet {
             println!("{}", removed.uid());

@@ -1,16 +1,20 @@
 //! `ignite start`.
 
 use ignite_api::Vm;
+use ignite_runtime::start::start;
 
-use super::{NotAvailable, NO_BACKEND};
 use crate::cli::StartArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
+    let config = ctx.config()?;
     let vm = store.resolve::<Vm>(&a.vm)?;
-    if vm.status.running {
-        anyhow::bail!("VM {:?} ({}) is already running", vm.metadata.name, vm.uid());
+    let opts = super::run::start_options(a.accel.as_deref())?;
+    let started = start(&store, &config, vm, &opts)?;
+    super::run::report_started(ctx, &started);
+    if a.interactive {
+        return super::attach::attach(&store, &started.vm);
     }
-    Err(NotAvailable { what: format!("cannot start VM {:?}", vm.metadata.name), needs: NO_BACKEND }.into())
+    Ok(())
 }

@@ -1,13 +1,28 @@
-//! `ignite stop`.
+//! `ignite stop`: graceful (Ctrl-Alt-Del to the guest's init), forced after `-t` seconds.
 
-use super::{each, running_vm, NotAvailable, NO_BACKEND};
+use std::time::Duration;
+
+use ignite_api::Vm;
+
+use super::each;
 use crate::cli::StopArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: StopArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
     each(&a.vms, |q| {
-        let vm = running_vm(&store, q)?;
-        Err(NotAvailable { what: format!("cannot stop VM {:?}", vm.metadata.name), needs: NO_BACKEND }.into())
+        let vm = store.resolve::<Vm>(q)?;
+        let done = if a.force_kill {
+            ignite_runtime::stop::kill(&store, vm)?
+        } else {
+            ignite_runtime::stop::stop(&store, vm, Duration::from_secs(a.time))?
+        };
+        if ctx.global.quiet {
+            println!("{}", done.uid());
+        } else {
+            let why = done.status.exit.as_ref().map(|e| e.reason.clone()).unwrap_or_default();
+            eprintln!("Stopped VM {:?} ({}): {why}", done.metadata.name, done.uid());
+        }
+        Ok(())
     })
 }

@@ -1,0 +1,63 @@
+//! OCI image import.
+//!
+//! - [`blobs`]: the content-addressed blob store (sha256-verified while streaming).
+//! - [`fetch`]: getting an image's manifest, config and layers into the blob store from a
+//!   registry, a `docker save` archive, or an OCI layout (directory or tar).
+//! - [`registry`]: the OCI distribution client (pull only).
+//! - [`apply`]: applying layers to a directory without ever touching anything outside it.
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod blobs;
+pub mod fetch;
+pub mod registry;
+
+use std::path::PathBuf;
+
+pub use apply::{apply_layer_reader, apply_layers, ApplyOptions, ApplyStats};
+pub use blobs::BlobStore;
+pub use fetch::{fetch, FetchOptions, FetchedImage, ImageConfig, Layer};
+
+/// Import failures.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("i/o error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch { what: String, expected: String, actual: String },
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge { what: String, limit: u64 },
+    #[error("invalid {what}: {message}")]
+    Invalid { what: String, message: String },
+    #[error("image has no linux/amd64 variant; it offers: {offered}")]
+    NoPlatform { offered: String },
+    #[error("no image tagged {tag:?} in {source_ref} (it has: {available})")]
+    TagNotFound { source_ref: String, tag: String, available: String },
+    #[error("registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+    #[error("registry {registry}: authentication failed ({status}): check the credentials in ~/.docker/config.json or run `docker login {registry}`")]
+    Unauthorized { registry: String, status: u16 },
+    #[error("registry {registry}: {what} not found (404)")]
+    NotFound { registry: String, what: String },
+    #[error("layer entry {path:?} is unsafe: {reason}")]
+    UnsafeEntry { path: String, reason: &'static str },
+    #[error("layer {digest}: {message}")]
+    Layer { digest: String, message: String },
+}
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OciError {
+    let path = path.into();
+    move |source| OciError::Io { path, source }
+}
+
+/// `sha256:<hex>` → `<hex>` if well-formed.
+pub(crate) fn sha256_hex(digest: &str) -> Result<&str, OciError> {
+    match digest.strip_prefix("sha256:") {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(h),
+        _ => Err(OciError::Invalid { what: "digest".into(), message: format!("{digest:?} is not a sha256 digest") }),
+    }
+}

@@ -1,0 +1,190 @@
+//! The QEMU `microvm` backend (Debian's `qemu-system-x86`).
+//!
+//! Machine: `-M microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off` — no firmware
+//! option ROMs, the legacy serial port for the console, the RTC (under TCG the guest has no
+//! other clock source and hangs without it, FACTS.md), and ACPI off so that QEMU appends the
+//! `virtio_mmio.device=` arguments a kernel without ACPI needs. An `i8042` keyboard controller
+//! is added so that a Ctrl-Alt-Del (QMP `send-key`) reaches the guest's init, the graceful
+//! stop every init understands, and so that `reboot=k` resets the machine; `-no-reboot` turns
+//! a guest reboot into a VMM exit. Disks are virtio-blk on qcow2 overlays, NICs virtio-net on
+//! taps. Control through a QMP socket in the VM's directory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Accel, Backend, BackendError, BootConfig};
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pub binary: PathBuf,
+}
+
+impl Qemu {
+    /// Uses `$IGNITE_QEMU` or `qemu-system-x86_64` from PATH.
+    pub fn from_env() -> Qemu {
+        Qemu {
+            binary: std::env::var_os("IGNITE_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into()),
+        }
+    }
+
+    pub fn qmp_path(run_dir: &Path) -> PathBuf {
+        run_dir.join("qmp.sock")
+    }
+
+    /// The full argument list (without the binary).
+    pub fn args(boot: &BootConfig) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&["-name", &format!("ignite-{}", boot.uid)]);
+        push(&["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"]);
+        match boot.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        }
+        push(&["-smp", &boot.vcpus.to_string(), "-m", &format!("{}M", boot.memory_mib)]);
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        push(&["-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0"]);
+        push(&["-device", "i8042"]);
+        push(&["-kernel", &boot.kernel.to_string_lossy()]);
+        if let Some(i) = &boot.initrd {
+            push(&["-initrd", &i.to_string_lossy()]);
+        }
+        push(&["-append", &boot.cmdline]);
+        for (i, d) in boot.disks.iter().enumerate() {
+            let ro = if d.read_only { ",readonly=on" } else { "" };
+            push(&[
+                "-drive",
+                &format!(
+                    "id=disk{i},file={},format={},if=none,cache=unsafe,discard=unmap{ro}",
+                    qemu_path(&d.path),
+                    d.format
+                ),
+                "-device",
+                &format!("virtio-blk-device,drive=disk{i}"),
+            ]);
+        }
+        for (i, n) in boot.nics.iter().enumerate() {
+            push(&[
+                "-netdev",
+                &format!("tap,id=net{i},ifname={},script=no,downscript=no", n.tap),
+                "-device",
+                &format!("virtio-net-device,netdev=net{i},mac={}", n.mac),
+            ]);
+        }
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", qemu_path(&Self::qmp_path(&boot.run_dir)))]);
+        a
+    }
+
+    fn qmp(&self, boot: &BootConfig, command: &str, arguments: Option<serde_json::Value>) -> Result<(), BackendError> {
+        let path = Self::qmp_path(&boot.run_dir);
+        let ctl = |source| BackendError::Control { path: path.clone(), source };
+        let s = UnixStream::connect(&path).map_err(ctl)?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(ctl)?;
+        let mut w = s.try_clone().map_err(ctl)?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(ctl)?; // greeting
+        let mut send = |v: serde_json::Value| -> Result<serde_json::Value, BackendError> {
+            w.write_all(format!("{v}\n").as_bytes()).map_err(ctl)?;
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).map_err(ctl)? == 0 {
+                    return Err(ctl(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QMP closed")));
+                }
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
+                if v.get("return").is_some() || v.get("error").is_some() {
+                    return Ok(v);
+                }
+            }
+        };
+        send(serde_json::json!({"execute": "qmp_capabilities"}))?;
+        let mut req = serde_json::json!({ "execute": command });
+        if let Some(a) = arguments {
+            req["arguments"] = a;
+        }
+        let resp = send(req)?;
+        if let Some(e) = resp.get("error") {
+            return Err(BackendError::Refused { command: command.into(), message: e.to_string() });
+        }
+        Ok(())
+    }
+}
+
+/// QEMU option values use `,` as separator; a literal comma is doubled.
+fn qemu_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+impl Backend for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn command(&self, boot: &BootConfig) -> Result<Command, BackendError> {
+        let mut c = Command::new(&self.binary);
+        c.args(Self::args(boot));
+        Ok(c)
+    }
+
+    fn request_shutdown(&self, boot: &BootConfig) -> Result<(), BackendError> {
+        let keys = serde_json::json!({"keys": [
+            {"type": "qcode", "data": "ctrl"},
+            {"type": "qcode", "data": "alt"},
+            {"type": "qcode", "data": "delete"}
+        ]});
+        self.qmp(boot, "send-key", Some(keys))
+    }
+
+    fn force_stop(&self, boot: &BootConfig) -> Result<(), BackendError> {
+        self.qmp(boot, "quit", None)
+    }
+}
+
+/// Finds the QEMU binary, or says which package provides it.
+pub fn check_installed(q: &Qemu) -> Result<PathBuf, BackendError> {
+    let found = if q.binary.is_absolute() {
+        q.binary.is_file().then(|| q.binary.clone())
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(&q.binary)).find(|p| p.is_file()))
+    };
+    found.ok_or_else(|| BackendError::Missing {
+        what: format!("{}", q.binary.display()),
+        hint: "install the qemu-system-x86 package (apt-get install qemu-system-x86)",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{DiskConfig, NicConfig};
+
+    #[test]
+    fn command_line() {
+        let boot = BootConfig {
+            uid: "0123456789abcdef".into(),
+            name: "t".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/v/initrd.cpio".into()),
+            cmdline: "console=ttyS0".into(),
+            disks: vec![DiskConfig { path: "/v/a,b.qcow2".into(), format: "qcow2".into(), read_only: false }],
+            nics: vec![NicConfig { tap: "tap0".into(), mac: "02:00:00:00:00:01".into() }],
+            accel: Accel::Tcg,
+            run_dir: "/v".into(),
+            stop_grace_secs: 10,
+        };
+        let a = Qemu::args(&boot).join(" ");
+        assert!(a.contains("-accel tcg -cpu max"), "{a}");
+        assert!(a.contains("-smp 2 -m 256M"));
+        assert!(a.contains("file=/v/a,,b.qcow2,format=qcow2"), "{a}");
+        assert!(a.contains("virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"));
+        assert!(a.contains("-qmp unix:/v/qmp.sock,server=on,wait=off"));
+        assert!(a.contains("acpi=off"));
+    }
+}

@@ -1,0 +1,80 @@
+//! What a VM's initramfs carries: its hostname, `/etc/hosts`, the host's resolver
+//! configuration, its SSH public key and, on its first boot, its `--copy-files`. The guest's
+//! init shim copies them into the VM's own disk layer and hands over to the image's
+//! `/sbin/init` (see `ignite_disk` for the archive and the shim).
+
+use std::path::{Path, PathBuf};
+
+use ignite_api::Vm;
+use ignite_disk::{build_vm_initramfs, DiskError, VmBoot};
+use ignite_store::Store;
+
+use crate::accel::PROBE_MARKER;
+
+/// Static busybox used by the guest init shim (Debian's busybox-static).
+pub fn busybox() -> PathBuf {
+    std::env::var_os("IGNITE_BUSYBOX").map(PathBuf::from).unwrap_or_else(|| "/bin/busybox".into())
+}
+
+/// `/etc/hosts` of a VM.
+pub fn hosts_file(name: &str, ips: &[std::net::IpAddr]) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if ips.is_empty() {
+        s.push_str(&format!("127.0.1.1\t{name}\n"));
+    }
+    for ip in ips {
+        s.push_str(&format!("{ip}\t{name}\n"));
+    }
+    s
+}
+
+/// The host's resolver configuration, skipping systemd-resolved's loopback stub (a guest
+/// cannot reach the host's 127.0.0.53) in favour of the upstream list it maintains.
+pub fn host_resolv_conf() -> Option<String> {
+    let main = std::fs::read_to_string("/etc/resolv.conf").ok();
+    let stub = main.as_deref().map(|m| m.lines().any(|l| l.trim().starts_with("nameserver 127."))).unwrap_or(false);
+    if stub {
+        if let Ok(up) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
+            return Some(up);
+        }
+    }
+    main
+}
+
+/// Builds `vm`'s initramfs at `out`.
+pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path) -> Result<(), DiskError> {
+    let name = vm.metadata.name.clone();
+    let authorized_keys = crate::start::ensure_ssh_key(store, vm)
+        .map_err(|e| DiskError::Io { path: store.dir::<Vm>(&vm.uid()), source: e })?;
+    let ips: Vec<std::net::IpAddr> = vm.status.network.as_ref().map(|n| n.ip_addresses.clone()).unwrap_or_default();
+    let first_boot = vm.status.start_time.is_none();
+    let copy_files = if first_boot {
+        vm.spec.copy_files.iter().map(|c| (PathBuf::from(&c.host_path), c.vm_path.clone())).collect()
+    } else {
+        Vec::new()
+    };
+    let boot = VmBoot {
+        busybox: busybox(),
+        hostname: name.clone(),
+        hosts: hosts_file(&name, &ips),
+        resolv_conf: host_resolv_conf(),
+        authorized_keys,
+        copy_files,
+        init: "/sbin/init".into(),
+        root_device: "/dev/vda".into(),
+    };
+    build_vm_initramfs(&boot, out)
+}
+
+/// The KVM probe's initramfs: prints the marker and powers off.
+pub fn probe_initramfs(out: &Path) -> Result<(), DiskError> {
+    let mut i = ignite_disk::Initramfs::new();
+    i.add_dir("bin", 0o755)?;
+    i.add_file_from("bin/busybox", &busybox(), 0o755)?;
+    i.add_file(
+        "init",
+        format!("#!/bin/busybox sh\n/bin/busybox echo {PROBE_MARKER}\n/bin/busybox poweroff -f\n").as_bytes(),
+        0o755,
+    )?;
+    i.write_to(out)
+}

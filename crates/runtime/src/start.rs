@@ -1,0 +1,241 @@
+//! `start`: everything between a stored VM and a running supervisor — the kernel and root
+//! disk it boots, the accelerator, the per-VM initramfs (hostname, hosts, resolv.conf, ssh
+//! key, copy-files: applied into the VM's own disk layer at boot), the boot configuration,
+//! and the `ignite-spawn` process, whose readiness line this waits for.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ignite_api::{Kernel, Ssh, Vm};
+use ignite_store::{Store, StoreError};
+
+use crate::accel::{self, AccelChoice, AccelVerdict};
+use crate::backend::{self, qemu, Accel, BootConfig, DiskConfig};
+use crate::config::LoadedConfig;
+use crate::status::refresh;
+use crate::supervisor::{spawn_binary, BOOT_FILE};
+use crate::sys;
+
+/// Root disk of a VM (qcow2 overlay over its image's base).
+pub const ROOT_DISK: &str = "disk.qcow2";
+/// Per-VM initramfs.
+pub const INITRD: &str = "initrd.cpio";
+/// The kernel file inside a kernel object's directory.
+pub const VMLINUX: &str = "vmlinux";
+
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub accel: AccelChoice,
+    pub stop_grace: Duration,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions { accel: AccelChoice::Auto, stop_grace: Duration::from_secs(10) }
+    }
+}
+
+/// A VM that is now running.
+#[derive(Debug)]
+pub struct Started {
+    pub vm: Vm,
+    pub accel: AccelVerdict,
+    pub vmm_pid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("VM {name:?} is already running")]
+    AlreadyRunning { name: String },
+    #[error(
+        "kernel {kernel} is not imported: build and import it with images/kernel/build.sh, or `ignite kernel import`"
+    )]
+    KernelMissing { kernel: String },
+    #[error("VM {name:?} has no root disk ({path}): it was created without an image; remove and re-create it")]
+    DiskMissing { name: String, path: PathBuf },
+    #[error("VM {name:?} asks for {want} MiB of memory but this host has {have} MiB")]
+    Memory { name: String, want: u64, have: u64 },
+    #[error("cannot choose an accelerator: {0}")]
+    Accel(String),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error("cannot prepare VM {name:?}: {what}")]
+    Prepare {
+        name: String,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the supervisor of VM {name:?} failed: {message}")]
+    Supervisor { name: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn prep<E: std::error::Error + Send + Sync + 'static>(
+    name: &str,
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> StartError {
+    let (name, what) = (name.to_string(), what.into());
+    move |e| StartError::Prepare { name, what, source: Box::new(e) }
+}
+
+/// The kernel file a VM boots.
+pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
+    let want = vm.spec.kernel.oci.as_ref().map(|r| r.normalized()).unwrap_or_default();
+    let k = store
+        .list::<Kernel>()?
+        .into_iter()
+        .find(|k| k.metadata.name == want || k.spec.oci.as_ref().map(|r| r.normalized()) == Some(want.clone()))
+        .ok_or(StartError::KernelMissing { kernel: want })?;
+    Ok(store.dir::<Kernel>(&k.uid()).join(VMLINUX))
+}
+
+/// Starts `vm` and returns once its supervisor runs the VMM.
+pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) -> Result<Started, StartError> {
+    let uid = vm.uid();
+    let name = vm.metadata.name.clone();
+    let dir = store.dir::<Vm>(&uid);
+    // One start at a time per VM; the second finds it running.
+    let lock_path = dir.join("start.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(prep(&name, format!("cannot open {}", lock_path.display())))?;
+    lock.lock().map_err(prep(&name, "cannot lock the VM"))?;
+    let vm = refresh(store, store.get::<Vm>(&uid)?)?;
+    if vm.status.running {
+        return Err(StartError::AlreadyRunning { name });
+    }
+
+    let backend_name = vm.spec.vmm.clone().or_else(|| config.spec.vmm.clone()).unwrap_or_else(|| "qemu".into());
+    let be = backend::by_name(&backend_name)?;
+    let qemu_bin = qemu::check_installed(&qemu::Qemu::from_env())?;
+    let kernel = kernel_for(store, &vm)?;
+    let disk = dir.join(ROOT_DISK);
+    if !disk.is_file() {
+        return Err(StartError::DiskMissing { name, path: disk });
+    }
+    let want = vm.spec.memory().mib();
+    if let Some(have) = sys::host_memory_mib() {
+        if want > have {
+            return Err(StartError::Memory { name, want, have });
+        }
+    }
+
+    let verdict = accel::choose(store.root(), opts.accel, &qemu_bin, &kernel, |p| {
+        crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
+    })
+    .map_err(StartError::Accel)?;
+
+    let initrd = dir.join(INITRD);
+    crate::provision::vm_initramfs(store, &vm, &initrd).map_err(prep(&name, "cannot build the VM's initramfs"))?;
+
+    let mut cmdline = vm.spec.kernel.cmd_line.clone();
+    cmdline.push_str(" rdinit=/init");
+    if verdict.accel == Accel::Tcg {
+        if let Some(khz) = sys::host_tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    let boot = BootConfig {
+        uid: uid.clone(),
+        name: name.clone(),
+        vcpus: vm.spec.cpus,
+        memory_mib: want,
+        kernel,
+        initrd: Some(initrd),
+        cmdline,
+        disks: vec![DiskConfig { path: disk, format: "qcow2".into(), read_only: false }],
+        nics: vec![],
+        accel: verdict.accel,
+        run_dir: dir.clone(),
+        stop_grace_secs: opts.stop_grace.as_secs(),
+    };
+    let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
+    ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;
+    let _ = be;
+
+    let vmm_pid = spawn_supervisor(store.root(), &dir, &uid, &name)?;
+    drop(lock);
+    let vm = store.get::<Vm>(&uid)?;
+    Ok(Started { vm, accel: verdict, vmm_pid })
+}
+
+fn spawn_supervisor(root: &Path, dir: &Path, uid: &str, name: &str) -> Result<u32, StartError> {
+    let log_path = dir.join("spawn.log");
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(prep(name, format!("cannot open {}", log_path.display())))?;
+    let mut child = Command::new(spawn_binary())
+        .arg("--root")
+        .arg(root)
+        .arg(uid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(prep(name, "cannot run ignite-spawn (install it beside ignite, or set IGNITE_SPAWN)"))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| StartError::Supervisor { name: name.to_string(), message: "no readiness pipe".into() })?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let line = line.trim();
+    if let Some(pid) = line.strip_prefix("ready ") {
+        return pid.parse().map_err(|_| StartError::Supervisor {
+            name: name.into(),
+            message: format!("bad readiness line {line:?}"),
+        });
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let message = match line.strip_prefix("error: ") {
+        Some(m) => m.to_string(),
+        None => format!("it exited without reporting (see {})", log_path.display()),
+    };
+    Err(StartError::Supervisor { name: name.into(), message })
+}
+
+/// Generates the VM's SSH key pair (`vm/<uid>/id_<uid>`, 0600) when `ssh: true` and none exists.
+pub fn ensure_ssh_key(store: &Store, vm: &Vm) -> Result<Option<String>, std::io::Error> {
+    let dir = store.dir::<Vm>(&vm.uid());
+    match &vm.spec.ssh {
+        None => Ok(None),
+        Some(Ssh::PublicKeyPath(p)) => std::fs::read_to_string(p).map(Some),
+        Some(Ssh::Generate) => {
+            let key = dir.join(format!("id_{}", vm.uid()));
+            let pubkey = key.with_extension("pub");
+            if !pubkey.is_file() {
+                let out = Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+                    .arg(format!("ignite-{}", vm.uid()))
+                    .arg("-f")
+                    .arg(&key)
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("ssh-keygen (install openssh-client): {e}")))?;
+                if !out.status.success() {
+                    return Err(std::io::Error::other(format!(
+                        "ssh-keygen failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+            std::fs::read_to_string(&pubkey).map(Some)
+        }
+    }
+}

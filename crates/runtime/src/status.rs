@@ -1,0 +1,52 @@
+//! Live VM state: a VM whose supervisor is gone is not running, whatever its metadata says
+//! (Weave Ignite #351). `refresh` checks the supervisor and corrects the store.
+
+use ignite_api::{ExitStatus, Vm};
+use ignite_store::{Store, StoreError};
+
+use crate::supervisor::finish;
+use crate::sys::is_supervisor_alive;
+
+/// The supervisor pid of a VM the store says is running.
+pub fn supervisor_pid(vm: &Vm) -> Option<u32> {
+    vm.status.runtime.as_ref().and_then(|r| r.pid)
+}
+
+/// Whether the VM's supervisor is alive.
+pub fn is_live(vm: &Vm) -> bool {
+    vm.status.running && supervisor_pid(vm).map(|p| is_supervisor_alive(p, &vm.uid())).unwrap_or(false)
+}
+
+/// Returns the VM with a truthful `status.running`, recording a dead supervisor as a stop.
+pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
+    if !vm.status.running || is_live(&vm) {
+        return Ok(vm);
+    }
+    let uid = vm.uid();
+    let stale_pid = supervisor_pid(&vm);
+    let (vm, ()) = store.modify::<Vm, _>(&uid, |v| {
+        // Re-check under the lock: a concurrent start may have replaced the supervisor.
+        if v.status.running && supervisor_pid(v) == stale_pid && !is_live(v) {
+            v.status.running = false;
+            if let Some(rt) = v.status.runtime.as_mut() {
+                rt.pid = None;
+            }
+            v.status.exit = Some(ExitStatus {
+                code: None,
+                reason: "supervisor died (the VM was killed with it)".into(),
+                time: Some(chrono::Utc::now()),
+            });
+        }
+    })?;
+    if !vm.status.running {
+        if let Some(p) = stale_pid {
+            finish(store, &uid, p, None, "supervisor died", &store.dir::<Vm>(&uid));
+        }
+    }
+    Ok(vm)
+}
+
+/// All VMs with truthful status.
+pub fn list(store: &Store) -> Result<Vec<Vm>, StoreError> {
+    store.list::<Vm>()?.into_iter().map(|v| refresh(store, v)).collect()
+}

@@ -1,0 +1,98 @@
+//! `stop` (graceful: the guest's init gets a Ctrl-Alt-Del, then a forced stop after the grace
+//! period) and `kill` (forced at once). Both wait until the VM is down.
+
+use std::time::{Duration, Instant};
+
+use ignite_api::{ExitStatus, Vm};
+use ignite_store::{Store, StoreError};
+
+use crate::status::{is_live, refresh, supervisor_pid};
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("VM {name:?} is not running")]
+    NotRunning { name: String },
+    #[error("cannot signal the supervisor of VM {name:?} (pid {pid})")]
+    Signal {
+        name: String,
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Stops `vm`: graceful for `grace`, then forced. Returns the VM as it ended.
+pub fn stop(store: &Store, vm: Vm, grace: Duration) -> Result<Vm, StopError> {
+    let vm = refresh(store, vm)?;
+    let pid = running_pid(&vm)?;
+    signal(&vm, pid, sys::terminate)?;
+    if let Some(v) = wait_down(store, &vm, grace)? {
+        return Ok(v);
+    }
+    tracing::info!("VM {:?} did not shut down within {}s: stopping it", vm.metadata.name, grace.as_secs());
+    kill_pid(store, vm, pid)
+}
+
+/// Kills `vm` at once.
+pub fn kill(store: &Store, vm: Vm) -> Result<Vm, StopError> {
+    let vm = refresh(store, vm)?;
+    let pid = running_pid(&vm)?;
+    kill_pid(store, vm, pid)
+}
+
+fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
+    signal(&vm, pid, sys::interrupt)?;
+    if let Some(v) = wait_down(store, &vm, Duration::from_secs(8))? {
+        return Ok(v);
+    }
+    // The supervisor is wedged: kill it; its VMM dies with it (parent-death signal).
+    let _ = sys::kill(pid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sys::pid_exists(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uid = vm.uid();
+    let (v, ()) = store.modify::<Vm, _>(&uid, |v| {
+        if supervisor_pid(v) == Some(pid) {
+            v.status.running = false;
+            if let Some(rt) = v.status.runtime.as_mut() {
+                rt.pid = None;
+            }
+            v.status.exit = Some(ExitStatus { code: None, reason: "killed".into(), time: Some(chrono::Utc::now()) });
+        }
+    })?;
+    Ok(v)
+}
+
+fn running_pid(vm: &Vm) -> Result<u32, StopError> {
+    match supervisor_pid(vm) {
+        Some(p) if vm.status.running => Ok(p),
+        _ => Err(StopError::NotRunning { name: vm.metadata.name.clone() }),
+    }
+}
+
+fn signal(vm: &Vm, pid: u32, f: fn(u32) -> std::io::Result<()>) -> Result<(), StopError> {
+    f(pid).map_err(|source| StopError::Signal { name: vm.metadata.name.clone(), pid, source })
+}
+
+/// Waits until the supervisor has recorded the end (or died); `None` on timeout.
+fn wait_down(store: &Store, vm: &Vm, timeout: Duration) -> Result<Option<Vm>, StopError> {
+    let deadline = Instant::now() + timeout;
+    let uid = vm.uid();
+    loop {
+        let cur = store.get::<Vm>(&uid)?;
+        if !cur.status.running {
+            return Ok(Some(cur));
+        }
+        if !is_live(&cur) {
+            return Ok(Some(refresh(store, cur)?));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -1,0 +1,298 @@
+//! `ignite-spawn`: the one supervisor process per VM (Weave Ignite's ignite-spawn, without a
+//! container). It detaches from the terminal, starts the VMM through its backend (the VMM
+//! dies with it), owns the serial console (rotated log file + attach socket), records the real
+//! state in the store, turns SIGTERM into a graceful guest shutdown and SIGINT into an
+//! immediate stop, and records how the VM ended.
+//!
+//! Protocol with the process that started it: one line on stdout, `ready <vmm-pid>` or
+//! `error: <message>`, then stdout is not used again. Diagnostics go to stderr
+//! (`vm/<uid>/spawn.log`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ignite_api::{ExitStatus, RuntimeStatus, Vm};
+use ignite_store::Store;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::backend::{self, BootConfig};
+use crate::console::{GuestEvent, LineScanner, RotatingLog, CONSOLE_LOG, DEFAULT_MAX_LOG_BYTES};
+use crate::sys;
+
+/// Boot configuration file in a VM's directory.
+pub const BOOT_FILE: &str = "boot.json";
+/// Attach socket in a VM's directory.
+pub const ATTACH_SOCKET: &str = "attach.sock";
+
+// Why the VM is ending, most specific first.
+const END_NONE: u8 = 0;
+const END_STOP: u8 = 1;
+const END_KILL: u8 = 2;
+const END_POWEROFF: u8 = 3;
+const END_REBOOT: u8 = 4;
+const END_PANIC: u8 = 5;
+const END_INIT: u8 = 6;
+
+struct Shared {
+    end: AtomicU8,
+    detail: Mutex<String>,
+    clients: Mutex<Vec<UnixStream>>,
+    stdin: Mutex<Option<ChildStdin>>,
+}
+
+/// Runs the supervisor for VM `uid` under `root`; returns the process exit code.
+pub fn run(root: &Path, uid: &str) -> i32 {
+    let mut ready_out = std::io::stdout();
+    match supervise(root, uid, &mut ready_out) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(ready_out, "error: {e}");
+            let _ = ready_out.flush();
+            eprintln!("ignite-spawn: {e}");
+            1
+        }
+    }
+}
+
+fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, String> {
+    sys::detach_session().map_err(|e| format!("setsid: {e}"))?;
+    let store = Store::open(root).map_err(|e| e.to_string())?;
+    let dir = store.dir::<Vm>(uid);
+    let boot: BootConfig = serde_json::from_slice(
+        &std::fs::read(dir.join(BOOT_FILE))
+            .map_err(|e| format!("cannot read {}: {e}", dir.join(BOOT_FILE).display()))?,
+    )
+    .map_err(|e| format!("invalid {}: {e}", BOOT_FILE))?;
+    let vm_name = boot.name.clone();
+    let backend_name = store.get::<Vm>(uid).map_err(|e| e.to_string())?.spec.vmm.unwrap_or_else(|| "qemu".to_string());
+    let backend = backend::by_name(&backend_name).map_err(|e| e.to_string())?;
+
+    let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| e.to_string())?;
+    let log =
+        RotatingLog::open(&dir.join(CONSOLE_LOG), DEFAULT_MAX_LOG_BYTES).map_err(|e| format!("console log: {e}"))?;
+    let vmm_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("vmm.log"))
+        .map_err(|e| format!("vmm log: {e}"))?;
+    let _ = std::fs::remove_file(dir.join("qmp.sock"));
+    let attach_path = dir.join(ATTACH_SOCKET);
+    let _ = std::fs::remove_file(&attach_path);
+    let listener =
+        UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
+
+    let mut cmd = backend.command(&boot).map_err(|e| e.to_string())?;
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(vmm_log));
+    sys::die_with_parent(&mut cmd);
+    let mut child: Child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", backend.name()))?;
+    let vmm_pid = child.id();
+    let stdout = child.stdout.take().ok_or("no VMM stdout")?;
+    let shared = Arc::new(Shared {
+        end: AtomicU8::new(END_NONE),
+        detail: Mutex::new(String::new()),
+        clients: Mutex::new(Vec::new()),
+        stdin: Mutex::new(child.stdin.take()),
+    });
+
+    // Record the running state before reporting ready: `start` returns a VM that is running.
+    let my_pid = std::process::id();
+    let started = chrono::Utc::now();
+    let accel = boot.accel.to_string();
+    let bname = backend.name().to_string();
+    store
+        .modify::<Vm, _>(uid, |vm| {
+            vm.status.running = true;
+            vm.status.start_time = Some(started);
+            vm.status.exit = None;
+            vm.status.runtime =
+                Some(RuntimeStatus { id: uid.to_string(), name: bname, pid: Some(my_pid), accel: Some(accel) });
+        })
+        .map_err(|e| e.to_string())?;
+    let _ = writeln!(ready_out, "ready {vmm_pid}");
+    let _ = ready_out.flush();
+    eprintln!("ignite-spawn: VM {vm_name} ({uid}): {} pid {vmm_pid}", backend.name());
+
+    // Console: VMM stdout -> log, attached clients, event scanner.
+    let boot_arc = Arc::new(boot);
+    {
+        let shared = shared.clone();
+        let boot = boot_arc.clone();
+        let backend_name = backend_name.clone();
+        std::thread::spawn(move || console_pump(stdout, log, &shared, &boot, &backend_name));
+    }
+    // Attach: each client sees console output and types into the console.
+    {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Ok(out) = conn.try_clone() {
+                    shared.clients.lock().map(|mut c| c.push(out)).ok();
+                }
+                let shared = shared.clone();
+                std::thread::spawn(move || attach_input(conn, &shared));
+            }
+        });
+    }
+    // Signals: TERM = graceful, INT = now.
+    {
+        let shared = shared.clone();
+        let boot = boot_arc.clone();
+        let backend_name = backend_name.clone();
+        let mut signals = signals;
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                let Ok(backend) = backend::by_name(&backend_name) else { return };
+                match sig {
+                    SIGTERM => {
+                        let _ = shared.end.compare_exchange(END_NONE, END_STOP, Ordering::SeqCst, Ordering::SeqCst);
+                        if let Err(e) = backend.request_shutdown(&boot) {
+                            eprintln!("ignite-spawn: graceful shutdown request failed: {e}; stopping the VMM");
+                            let _ = backend.force_stop(&boot);
+                        }
+                    }
+                    SIGINT => {
+                        shared.end.store(END_KILL, Ordering::SeqCst);
+                        if backend.force_stop(&boot).is_err() {
+                            let _ = sys::kill(vmm_pid);
+                        }
+                        let pid = vmm_pid;
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_secs(3));
+                            let _ = sys::kill(pid);
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+    let code = status.code();
+    let detail = shared.detail.lock().map(|d| d.clone()).unwrap_or_default();
+    let reason = match shared.end.load(Ordering::SeqCst) {
+        END_STOP => "stopped".to_string(),
+        END_KILL => "killed".to_string(),
+        END_POWEROFF => "guest powered off".to_string(),
+        END_REBOOT => "guest rebooted".to_string(),
+        END_PANIC => format!("guest kernel panic: {detail}"),
+        END_INIT => format!("guest init failed: {detail}"),
+        _ => match code {
+            Some(0) => "VMM exited".to_string(),
+            Some(c) => format!("VMM exited with code {c} (see vmm.log)"),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                format!("VMM killed by signal {}", status.signal().unwrap_or(0))
+            }
+        },
+    };
+    eprintln!("ignite-spawn: VM {vm_name} ({uid}) ended: {reason}");
+    finish(&store, uid, my_pid, code, &reason, &dir);
+    Ok(0)
+}
+
+/// Records that the VM ended (only if the status still names this supervisor).
+pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, reason: &str, dir: &Path) {
+    let _ = store.modify::<Vm, _>(uid, |vm| {
+        let ours = vm.status.runtime.as_ref().and_then(|r| r.pid) == Some(pid);
+        if ours {
+            vm.status.running = false;
+            if let Some(rt) = vm.status.runtime.as_mut() {
+                rt.pid = None;
+            }
+            vm.status.exit = Some(ExitStatus { code, reason: reason.to_string(), time: Some(chrono::Utc::now()) });
+        }
+    });
+    for f in [ATTACH_SOCKET, "qmp.sock"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+fn console_pump(
+    mut stdout: impl Read,
+    mut log: RotatingLog,
+    shared: &Arc<Shared>,
+    boot: &Arc<BootConfig>,
+    backend_name: &str,
+) {
+    let mut scanner = LineScanner::default();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let data = &buf[..n];
+        if let Err(e) = log.write(data) {
+            eprintln!("ignite-spawn: console log write failed: {e}");
+        }
+        if let Ok(mut clients) = shared.clients.lock() {
+            // A slow or gone client is dropped, never allowed to block the console.
+            clients.retain_mut(|c| {
+                let _ = c.set_write_timeout(Some(Duration::from_millis(200)));
+                c.write_all(data).is_ok()
+            });
+        }
+        scanner.feed(data, |ev| {
+            let (code, detail) = match ev {
+                GuestEvent::PowerOff => (END_POWEROFF, String::new()),
+                GuestEvent::Reboot => (END_REBOOT, String::new()),
+                GuestEvent::Panic(d) => (END_PANIC, d),
+                GuestEvent::InitError(d) => (END_INIT, d),
+            };
+            // A stop or kill in progress keeps its reason; the guest's own words refine "none".
+            let cur = shared.end.load(Ordering::SeqCst);
+            if cur == END_NONE || (cur >= END_POWEROFF && code >= END_PANIC) {
+                shared.end.store(code, Ordering::SeqCst);
+                if !detail.is_empty() {
+                    if let Ok(mut d) = shared.detail.lock() {
+                        *d = detail;
+                    }
+                }
+            }
+            if code == END_POWEROFF {
+                // The guest halted: nothing will make the VMM exit by itself.
+                if let Ok(b) = backend::by_name(backend_name) {
+                    let _ = b.force_stop(boot);
+                }
+            }
+        });
+    }
+}
+
+fn attach_input(mut conn: UnixStream, shared: &Arc<Shared>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let Ok(mut stdin) = shared.stdin.lock() else { return };
+                if let Some(s) = stdin.as_mut() {
+                    if s.write_all(&buf[..n]).and_then(|_| s.flush()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Path of the supervisor binary: `$IGNITE_SPAWN`, else `ignite-spawn` beside the running
+/// executable, else from PATH.
+pub fn spawn_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("IGNITE_SPAWN") {
+        return p.into();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let beside = exe.with_file_name("ignite-spawn");
+        if beside.is_file() {
+            return beside;
+        }
+    }
+    "ignite-spawn".into()
+}

@@ -1,0 +1,88 @@
+//! Host process primitives the runtime needs: detaching, parent-death signals, liveness and
+//! signalling of supervisor processes. The only module of this crate with `unsafe` (one
+//! `pre_exec` hook), each block with its `// SAFETY:` argument.
+#![allow(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use rustix::process::{Pid, Signal};
+
+/// Makes `cmd`'s child receive SIGKILL when the process that spawned it dies, so a VMM never
+/// outlives its supervisor (even after `kill -9` of the supervisor).
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec; it only calls prctl(2)
+    // through rustix (an async-signal-safe syscall wrapper), allocates nothing and takes no
+    // locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Starts a new session so the process survives its terminal closing.
+pub fn detach_session() -> std::io::Result<()> {
+    rustix::process::setsid().map(|_| ()).map_err(std::io::Error::from)
+}
+
+/// Whether `pid` is a live ignite supervisor for VM `uid` (guards against PID reuse by checking
+/// the command line).
+pub fn is_supervisor_alive(pid: u32, uid: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_spawn = args.first().map(|a| a.ends_with(b"ignite-spawn")).unwrap_or(false);
+    let has_uid = args.contains(&uid.as_bytes());
+    if !(is_spawn && has_uid) {
+        return false;
+    }
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Whether any process with `pid` exists.
+pub fn pid_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn pid(p: u32) -> std::io::Result<Pid> {
+    i32::try_from(p)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid pid {p}")))
+}
+
+/// Sends SIGTERM.
+pub fn terminate(p: u32) -> std::io::Result<()> {
+    rustix::process::kill_process(pid(p)?, Signal::TERM).map_err(std::io::Error::from)
+}
+
+/// Sends SIGINT (the supervisor's "kill the VM now").
+pub fn interrupt(p: u32) -> std::io::Result<()> {
+    rustix::process::kill_process(pid(p)?, Signal::INT).map_err(std::io::Error::from)
+}
+
+/// Sends SIGKILL.
+pub fn kill(p: u32) -> std::io::Result<()> {
+    rustix::process::kill_process(pid(p)?, Signal::KILL).map_err(std::io::Error::from)
+}
+
+/// Host memory in MiB (MemTotal).
+pub fn host_memory_mib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+/// The host TSC frequency in kHz, for `tsc_early_khz=` (under TCG a guest that calibrates
+/// against the emulated PIT sometimes hangs; see FACTS.md). From the kernel's refined
+/// calibration when readable, else /proc/cpuinfo's "cpu MHz".
+pub fn host_tsc_khz() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = s.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
