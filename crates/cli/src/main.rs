@@ -50,8 +50,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return 2;
         }
         if let Some(ce) = cause.downcast_ref::<ignite_runtime::CreateError>() {
+            use ignite_runtime::CreateError as C;
             return match ce {
-                ignite_runtime::CreateError::Store(StoreError::Io { .. }) => 1,
+                C::Store(StoreError::Io { .. }) | C::Import(_) => 1,
+                C::Disk { source: ignite_disk::DiskError::TooSmall { .. }, .. } => 2,
+                C::Disk { .. } => 1,
                 _ => 2,
             };
         }

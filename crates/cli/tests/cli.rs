@@ -1,70 +1,15 @@
 //! The `ignite` binary driven as a user drives it: real processes against a temp state root.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ignite")
-}
+use std::process::{Command, Stdio};
 
-fn ignite(root: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("IGNITE_ROOT", root)
-        .env_remove("IGNITE_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ignite")
-}
-
-fn ok(root: &Path, args: &[&str]) -> String {
-    let o = ignite(root, args);
-    assert!(o.status.success(), "ignite {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// Fails with exit code `code` and a one-line message containing `needle`.
-fn fails(root: &Path, args: &[&str], code: i32, needle: &str) -> String {
-    let o = ignite(root, args);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(code), "ignite {args:?}: {err}");
-    assert!(err.contains(needle), "ignite {args:?}: expected {needle:?} in {err:?}");
-    err
-}
-
-/// Every file under the root with its content (the lock file excluded).
-fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.file_name().is_some_and(|n| n == ".lock") {
-                continue;
-            }
-            if p.is_dir() {
-                out.push((p.clone(), vec![]));
-                walk(&p, out);
-            } else {
-                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(root, &mut v);
-    v.sort();
-    v
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p.to_string_lossy().into_owned()
-}
+use common::{bin, fails, ok, prepared_root, snapshot, write};
 
 #[test]
 fn fifty_concurrent_creates_with_distinct_names() {
     let d = tempfile::tempdir().unwrap();
-    let root = d.path();
+    let root = &prepared_root(d.path());
     let children: Vec<_> = (0..50)
         .map(|i| {
             Command::new(bin())
@@ -92,7 +37,7 @@ fn fifty_concurrent_creates_with_distinct_names() {
 #[test]
 fn fifty_concurrent_creates_with_one_name() {
     let d = tempfile::tempdir().unwrap();
-    let root = d.path();
+    let root = &prepared_root(d.path());
     let children: Vec<_> = (0..50)
         .map(|_| {
             Command::new(bin())
@@ -144,7 +89,7 @@ fn ignite_example_manifests_round_trip_as_v1alpha4() {
     for (version, doc) in IGNITE_EXAMPLES {
         let d = tempfile::tempdir().unwrap();
         let f = write(d.path(), "vm.yaml", doc);
-        let root = d.path().join("root");
+        let root = prepared_root(d.path());
         ok(&root, &["create", "--config", &f]);
         let name = if *version == "v1alpha2" { "test-vm" } else { "my-vm" };
         let yaml = ok(&root, &["inspect", "vm", name, "-o", "yaml"]);
@@ -156,7 +101,8 @@ fn ignite_example_manifests_round_trip_as_v1alpha4() {
         assert!(yaml.contains("running: false"), "{yaml}");
         // The output is itself a valid manifest that reads back the same.
         let again = write(d.path(), "again.yaml", &yaml);
-        let root2 = d.path().join("root2");
+        let d2 = tempfile::tempdir().unwrap();
+        let root2 = prepared_root(d2.path());
         ok(&root2, &["create", "--config", &again]);
         let yaml2 = ok(&root2, &["inspect", "vm", name, "-o", "yaml"]);
         let strip = |s: &str| s.lines().filter(|l| !l.contains("created:")).collect::<Vec<_>>().join("\n");
@@ -167,7 +113,12 @@ fn ignite_example_manifests_round_trip_as_v1alpha4() {
 #[test]
 fn full_reference_manifest_and_config_layering() {
     let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("root");
+    let root = prepared_root(d.path());
+    let f = common::fixtures();
+    ok(&root, &["kernel", "import", f.vmlinux.to_str().unwrap(), "--name", "weaveworks/ignite-kernel:5.10.51"]);
+    let admin = write(d.path(), "admin.conf", "apiVersion: v1\n");
+    let vol = d.path().join("vol.img");
+    std::fs::File::create(&vol).unwrap().set_len(16 << 20).unwrap();
     let cfg = write(
         d.path(),
         "config.yaml",
@@ -176,7 +127,10 @@ fn full_reference_manifest_and_config_layering() {
     let vm = write(
         d.path(),
         "vm.yaml",
-        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: full\n  labels: {foo: bar}\n  annotations: {foo: bar}\nspec:\n  cpus: 4\n  image: {oci: weaveworks/ignite-ubuntu}\n  kernel: {cmdLine: \"console=ttyS0 reboot=k panic=1 pci=off ip=dhcp\", oci: weaveworks/ignite-kernel:5.10.51}\n  sandbox: {oci: weaveworks/ignite:dev}\n  network:\n    ports:\n    - {hostPort: 433, vmPort: 6443, bindAddress: 10.0.0.2, protocol: udp}\n  storage:\n    volumeMounts: [{mountPath: /mnt, name: volume0}]\n    volumes: [{blockDevice: {path: /dev/sdb1}, name: volume0}]\n  copyFiles:\n  - {hostPath: /etc/kubernetes/admin.conf, vmPath: /home/user/.kube/config}\n  ssh: true\n",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: full\n  labels: {foo: bar}\n  annotations: {foo: bar}\nspec:\n  cpus: 4\n  image: {oci: weaveworks/ignite-ubuntu}\n  kernel: {cmdLine: \"console=ttyS0 reboot=k panic=1 pci=off ip=dhcp\", oci: weaveworks/ignite-kernel:5.10.51}\n  sandbox: {oci: weaveworks/ignite:dev}\n  network:\n    ports:\n    - {hostPort: 433, vmPort: 6443, bindAddress: 10.0.0.2, protocol: udp}\n  storage:\n    volumeMounts: [{mountPath: /mnt, name: volume0}]\n    volumes: [{blockDevice: {path: VOL}, name: volume0}]\n  copyFiles:\n  - {hostPath: ADMIN, vmPath: /home/user/.kube/config}\n  ssh: true\n"
+            .replace("VOL", &vol.to_string_lossy())
+            .replace("ADMIN", &admin)
+            .as_str(),
     );
     // defaults < config file < --config manifest < flags
     ok(&root, &["--ignite-config", &cfg, "create", "--config", &vm, "--memory", "1GB"]);
@@ -197,8 +151,9 @@ fn full_reference_manifest_and_config_layering() {
 
 #[test]
 fn bad_input_is_refused_and_leaves_the_store_alone() {
+    let missing_image = vec!["create".to_string(), "--pull".into(), "never".into(), "nosuchimage".into()];
     let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("root");
+    let root = prepared_root(d.path());
     ok(&root, &["create", "busybox", "--name", "keep"]);
     let before = snapshot(&root);
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
@@ -214,6 +169,15 @@ fn bad_input_is_refused_and_leaves_the_store_alone() {
         (vec!["create".into(), "busybox".into(), "-p".into(), "80".into()], 2, "host port is required"),
         (vec!["create".into(), "busybox".into(), "--ssh=/nonexistent.pub".into()], 2, "does not exist"),
         (vec!["create".into()], 2, "an image is required"),
+        (missing_image, 2, "is not imported and --pull never is set"),
+        (
+            vec!["create".into(), "busybox".into(), "-k".into(), "localhost/nokernel:1".into()],
+            2,
+            "kernel localhost/nokernel:1 is not imported",
+        ),
+        (vec!["create".into(), "busybox".into(), "--size".into(), "20MB".into()], 2, "choose a --size of at least"),
+        (vec!["create".into(), "oci:/nonexistent/layout".into()], 1, "no oci-layout file"),
+        (vec!["run".into(), "busybox".into(), "--accel".into(), "warp".into()], 2, "invalid accelerator"),
         (vec!["run".into(), "busybox".into(), "--memory".into(), "1XB".into()], 2, "unknown unit"),
         (vec!["inspect".into(), "vm".into(), "nope".into()], 3, "no VM matches \"nope\""),
         (vec!["rm".into(), "nope".into()], 3, "no VM matches"),
@@ -253,7 +217,7 @@ fn bad_input_is_refused_and_leaves_the_store_alone() {
 #[test]
 fn lookup_by_prefix_and_ambiguity() {
     let d = tempfile::tempdir().unwrap();
-    let root = d.path();
+    let root = &prepared_root(d.path());
     ok(root, &["create", "busybox", "--name", "web-1"]);
     ok(root, &["create", "busybox", "--name", "web-2"]);
     ok(root, &["create", "busybox", "--name", "db"]);
@@ -267,13 +231,11 @@ fn lookup_by_prefix_and_ambiguity() {
 }
 
 #[test]
-fn verbs_without_machinery_say_so() {
+fn verbs_on_a_vm_that_is_not_running() {
     let d = tempfile::tempdir().unwrap();
-    let root = d.path();
+    let root = &prepared_root(d.path());
     ok(root, &["create", "busybox", "--name", "idle"]);
     let before = snapshot(root);
-    fails(root, &["run", "busybox", "--name", "r"], 1, "no VMM backend is available yet");
-    fails(root, &["start", "idle"], 1, "no VMM backend is available yet");
     fails(root, &["stop", "idle"], 1, "is not running");
     fails(root, &["kill", "idle"], 1, "is not running");
     fails(root, &["attach", "idle"], 1, "is not running");

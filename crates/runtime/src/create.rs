@@ -171,7 +171,7 @@ pub fn create_vm(
     // The shared base of this size class (built once per image and size).
     let image_dir = store.dir::<Image>(&image.uid());
     let size = vm.spec.disk_size().bytes();
-    let name_for_err = vm.metadata.name.clone();
+    let name_for_err = if vm.metadata.name.is_empty() { "(unnamed)".to_string() } else { vm.metadata.name.clone() };
     let base: PathBuf = ignite_disk::size_class_base(&image_dir, &image_dir.join(BASE_DISK), size)
         .map_err(|source| CreateError::Disk { name: name_for_err.clone(), source })?;
 

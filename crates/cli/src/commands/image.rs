@@ -102,11 +102,13 @@ pub fn import_options(
     insecure: &[String],
     registry_config_dir: Option<&std::path::Path>,
 ) -> ignite_runtime::import::ImportOptions {
-    let mut fetch = ignite_oci::FetchOptions {
-        insecure_registries: config.spec.insecure_registries.clone(),
-        ..Default::default()
-    };
+    let mut fetch =
+        ignite_oci::FetchOptions { insecure_registries: config.spec.insecure_registries.clone(), ..Default::default() };
     fetch.insecure_registries.extend(insecure.iter().cloned());
+    if let Some(secs) = std::env::var("IGNITE_REGISTRY_TIMEOUT").ok().and_then(|s| s.parse::<u64>().ok()) {
+        fetch.read_timeout = std::time::Duration::from_secs(secs);
+        fetch.connect_timeout = std::time::Duration::from_secs(secs);
+    }
     fetch.registry_config_dir = registry_config_dir.map(Into::into).or_else(|| {
         (!config.spec.registry_config_dir.is_empty()).then(|| config.spec.registry_config_dir.clone().into())
     });

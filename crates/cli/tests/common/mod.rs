@@ -1,0 +1,176 @@
+//! Shared fixtures for the binary-level tests: the real guest kernel (built by
+//! images/kernel/build.sh, cached), the busybox test image (images/busybox/build.sh, as an OCI
+//! layout and a `docker save` archive), state roots with both imported, and a real registry.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ignite")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub struct Fixtures {
+    pub dir: PathBuf,
+    pub busybox_oci: PathBuf,
+    pub busybox_archive: PathBuf,
+    pub vmlinux: PathBuf,
+}
+
+/// Built once per test process.
+pub fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fixtures-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = Command::new(repo().join("images/busybox/build.sh"))
+            .arg(&dir)
+            .output()
+            .expect("run images/busybox/build.sh");
+        assert!(o.status.success(), "busybox image build failed: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(repo().join("images/kernel/build.sh")).output().expect("run images/kernel/build.sh");
+        assert!(o.status.success(), "kernel build failed: {}", String::from_utf8_lossy(&o.stderr));
+        let vmlinux = PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").trim());
+        assert!(vmlinux.is_file(), "kernel build printed no vmlinux path");
+        Fixtures { busybox_oci: dir.join("oci"), busybox_archive: dir.join("busybox.tar"), vmlinux, dir }
+    })
+}
+
+pub fn ignite(root: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("IGNITE_ROOT", root)
+        .env_remove("IGNITE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ignite")
+}
+
+pub fn ok(root: &Path, args: &[&str]) -> String {
+    let o = ignite(root, args);
+    assert!(o.status.success(), "ignite {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Fails with exit code `code` and a message containing `needle`; returns stderr.
+pub fn fails(root: &Path, args: &[&str], code: i32, needle: &str) -> String {
+    let o = ignite(root, args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(code), "ignite {args:?}: {err}");
+    assert!(err.contains(needle), "ignite {args:?}: expected {needle:?} in {err:?}");
+    err
+}
+
+/// A state root with the kernel imported as the default kernel and the busybox image
+/// imported as `busybox` (and as `weaveworks/ignite-ubuntu`, so Ignite's documented
+/// manifests find an image without a network).
+pub fn prepared_root(parent: &Path) -> PathBuf {
+    let f = fixtures();
+    let root = parent.join("root");
+    ok(&root, &["kernel", "import", f.vmlinux.to_str().unwrap(), "--name", "localhost/ignite-kernel:6.1"]);
+    let oci = format!("oci:{}:latest", f.busybox_oci.display());
+    ok(&root, &["image", "import", &oci, "--name", "busybox"]);
+    ok(&root, &["image", "import", &oci, "--name", "weaveworks/ignite-ubuntu"]);
+    root
+}
+
+/// Every file under the root with its content (locks and scratch excluded).
+pub fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if name == ".lock" || name == "tmp" || name == "accel.json" {
+                continue;
+            }
+            if p.is_dir() {
+                out.push((p.clone(), vec![]));
+                walk(&p, out);
+            } else {
+                let meta = std::fs::metadata(&p).unwrap();
+                // Large disk files: compare size, not content.
+                let content = if meta.len() > 1 << 20 {
+                    meta.len().to_le_bytes().to_vec()
+                } else {
+                    std::fs::read(&p).unwrap_or_default()
+                };
+                out.push((p.clone(), content));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(root, &mut v);
+    v.sort();
+    v
+}
+
+pub fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// A real registry (Debian's docker-registry) on a free loopback port, stopped on drop.
+pub struct Registry {
+    pub addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let bin = Path::new("/usr/bin/docker-registry");
+        assert!(
+            bin.is_file(),
+            "docker-registry is not installed: apt-get install docker-registry (scripts/setup-host.sh does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child =
+            Command::new(bin).arg("serve").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "registry did not start on {addr}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Registry { addr, child, _dir: dir }
+    }
+
+    /// Pushes an OCI layout to this registry with skopeo.
+    pub fn push(&self, layout: &Path, name: &str) {
+        let o = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--quiet"])
+            .arg(format!("oci:{}:latest", layout.display()))
+            .arg(format!("docker://{}/{name}", self.addr))
+            .output()
+            .expect("skopeo is not installed: apt-get install skopeo");
+        assert!(o.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,277 @@
+//! End to end: real VMs booted through the binaries (QEMU microvm; KVM where this host's KVM
+//! can boot a guest, TCG where not), images pulled from a real registry process.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{fails, fixtures, ok, prepared_root, Registry};
+
+fn wait_for_log(root: &Path, vm: &str, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let logs = common::ignite(root, &["logs", vm]);
+        let text = String::from_utf8_lossy(&logs.stdout).to_string();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "VM {vm}: {needle:?} not in the console after {secs}s:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn field(root: &Path, vm: &str, t: &str) -> String {
+    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
+}
+
+fn wait_stopped(root: &Path, vm: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while field(root, vm, "{{.Status.Running}}") != "false" {
+        assert!(Instant::now() < deadline, "VM {vm} still running after {secs}s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn procs(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let s = String::from_utf8_lossy(&c).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false);
+            if s.contains(needle) && !zombie {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+fn console(root: &Path, vm: &str, line: &str) {
+    let uid = field(root, vm, "{{.UID}}");
+    let mut s = UnixStream::connect(root.join("vm").join(&uid).join("attach.sock")).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+}
+
+#[test]
+fn busybox_from_a_registry_boots_stops_restarts_with_its_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let reg = Registry::start();
+    reg.push(&fixtures().busybox_oci, "test/busybox:1.0");
+    let image = format!("{}/test/busybox:1.0", reg.addr);
+    let started = Instant::now();
+    ok(&root, &["run", &image, "--name", "e2e", "--memory", "256MB", "--cpus", "1"]);
+    let logs = wait_for_log(&root, "e2e", "IGNITE-BUSYBOX-READY hostname=e2e boot=1", 90);
+    eprintln!("boot to init line: {:?}", started.elapsed());
+    assert!(logs.contains("ignite-init: provisioned e2e"));
+    let uid = field(&root, "e2e", "{{.UID}}");
+    assert_eq!(field(&root, "e2e", "{{.Status.Running}}"), "true");
+    assert_eq!(field(&root, "e2e", "{{.Status.Runtime.Name}}"), "qemu");
+    let accel = field(&root, "e2e", "{{.Status.Runtime.Accel}}");
+    assert!(accel == "kvm" || accel == "tcg", "{accel}");
+    let ps = ok(&root, &["ps"]);
+    assert!(ps.contains("e2e") && ps.contains("Up "), "{ps}");
+    assert_eq!(procs(&format!("ignite-{uid}")).len(), 1, "one VMM process");
+    // The shared base is untouched by the VM's writes: its overlay has the VM's files.
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(root.join("vm").join(&uid).join("disk.qcow2"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("base-4096M.ext4"));
+
+    // stop is graceful (the guest's init gets Ctrl-Alt-Del)
+    fails(&root, &["rm", "e2e"], 1, "is running");
+    ok(&root, &["stop", "e2e"]);
+    assert_eq!(field(&root, "e2e", "{{.Status.Exit.Reason}}"), "stopped");
+    assert!(ok(&root, &["ps", "-a"]).contains("Stopped"));
+    assert!(procs(&format!("ignite-{uid}")).is_empty(), "VMM left running after stop");
+    fails(&root, &["stop", "e2e"], 1, "is not running");
+
+    // restart: same disk (the boot counter the guest keeps on it goes to 2)
+    ok(&root, &["start", "e2e"]);
+    wait_for_log(&root, "e2e", "IGNITE-BUSYBOX-READY hostname=e2e boot=2", 90);
+    // the guest powers itself off: the VM ends and says so
+    console(&root, "e2e", "poweroff\n");
+    wait_stopped(&root, "e2e", 60);
+    assert_eq!(field(&root, "e2e", "{{.Status.Exit.Reason}}"), "guest powered off");
+    ok(&root, &["rm", "e2e"]);
+    assert!(!root.join("vm").join(&uid).exists());
+    assert!(procs(&format!("ignite-{uid}")).is_empty());
+}
+
+#[test]
+fn killed_supervisor_or_vmm_leaves_no_orphans_and_no_stale_status() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "k1", "--memory", "128MB"]);
+    ok(&root, &["run", "busybox", "--name", "k2", "--memory", "128MB"]);
+    let uid1 = field(&root, "k1", "{{.UID}}");
+    let uid2 = field(&root, "k2", "{{.UID}}");
+    // kill -9 of the supervisor: the VMM dies with it, status corrects itself.
+    let spid: i32 = field(&root, "k1", "{{.Status.Runtime.Pid}}").parse().unwrap();
+    std::process::Command::new("kill").args(["-9", &spid.to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !procs(&format!("ignite-{uid1}")).is_empty() {
+        assert!(Instant::now() < deadline, "VMM outlived its supervisor");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(field(&root, "k1", "{{.Status.Running}}"), "false");
+    assert!(field(&root, "k1", "{{.Status.Exit.Reason}}").contains("supervisor died"));
+    assert!(!ok(&root, &["ps"]).contains("k1"));
+    // kill -9 of the VMM: the supervisor records it.
+    let qemu = procs(&format!("ignite-{uid2}"));
+    assert_eq!(qemu.len(), 1);
+    std::process::Command::new("pkill").args(["-9", "-f", &format!("ignite-{uid2}")]).status().unwrap();
+    wait_stopped(&root, "k2", 20);
+    assert!(
+        field(&root, "k2", "{{.Status.Exit.Reason}}").contains("signal 9"),
+        "{}",
+        field(&root, "k2", "{{.Status.Exit.Reason}}")
+    );
+    // Both can start again.
+    ok(&root, &["start", "k1"]);
+    ok(&root, &["kill", "k1"]);
+    assert_eq!(field(&root, "k1", "{{.Status.Exit.Reason}}"), "killed");
+    ok(&root, &["rm", "-f", "k1", "k2"]);
+    assert!(procs(&uid1).is_empty() && procs(&uid2).is_empty());
+}
+
+#[test]
+fn concurrent_starts_of_one_vm_start_it_once() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["create", "busybox", "--name", "twice", "--memory", "128MB"]);
+    let spawn = || {
+        std::process::Command::new(common::bin())
+            .args(["start", "twice"])
+            .env("IGNITE_ROOT", &root)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() != b.status.success(), "exactly one start succeeds");
+    let loser = if a.status.success() { b } else { a };
+    assert!(String::from_utf8_lossy(&loser.stderr).contains("already running"));
+    let uid = field(&root, "twice", "{{.UID}}");
+    assert_eq!(procs(&format!("ignite-{uid}")).len(), 1);
+    ok(&root, &["rm", "-f", "twice"]);
+}
+
+#[test]
+fn bad_runs_fail_clearly_and_leave_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    // An image without /sbin/init.
+    let noinit = d.path().join("noinit");
+    std::fs::create_dir_all(noinit.join("rootfs/etc")).unwrap();
+    std::fs::write(noinit.join("rootfs/etc/motd"), "hi\n").unwrap();
+    let st = std::process::Command::new(common::repo().join("images/oci-pack.py"))
+        .arg(noinit.join("rootfs"))
+        .arg(noinit.join("oci"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let src = format!("oci:{}", noinit.join("oci").display());
+    fails(&root, &["run", &src, "--name", "x"], 2, "has no /sbin/init");
+    // More memory than the host has.
+    fails(&root, &["run", "busybox", "--name", "huge", "--memory", "64TB"], 1, "of memory but this host has");
+    // A missing kernel.
+    fails(&root, &["run", "busybox", "-k", "localhost/none:1"], 2, "is not imported");
+    assert!(ok(&root, &["ps", "-a", "-q"]).trim().is_empty(), "a failed run left a VM behind");
+}
+
+#[test]
+fn registry_archive_and_layout_give_the_same_rootfs() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let f = fixtures();
+    let reg = Registry::start();
+    reg.push(&f.busybox_oci, "same/busybox:latest");
+    let sources = [
+        format!("{}/same/busybox:latest", reg.addr),
+        format!("docker-archive:{}", f.busybox_archive.display()),
+        format!("oci:{}:latest", f.busybox_oci.display()),
+    ];
+    let mut listings = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        ok(&root, &["image", "import", s, "--name", &format!("same{i}")]);
+        let uid = ok(&root, &["inspect", "image", &format!("docker.io/library/same{i}:latest"), "-t", "{{.UID}}"]);
+        let base = root.join("image").join(uid.trim()).join("base.ext4");
+        let out = d.path().join(format!("x{i}"));
+        std::fs::create_dir(&out).unwrap();
+        let st = std::process::Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump / {}", out.display()))
+            .arg(&base)
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+        listings.push(tree(&out));
+    }
+    assert!(listings[0].len() > 100, "busybox tree looks empty");
+    assert_eq!(listings[0], listings[1], "registry vs docker-archive");
+    assert_eq!(listings[0], listings[2], "registry vs OCI layout");
+    // Importing again is a no-op: one image per name (Ignite #744).
+    ok(&root, &["image", "import", &sources[2], "--name", "same2"]);
+    assert_eq!(ok(&root, &["images", "-q"]).lines().count(), 3);
+}
+
+fn tree(dir: &Path) -> Vec<(String, u32, u32, u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            v.push((rel, m.mode(), m.uid(), m.gid(), if m.is_file() { m.len() } else { 0 }));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn registry_errors_are_clear() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let reg = Registry::start();
+    fails(&root, &["image", "import", &format!("{}/missing/image:1", reg.addr)], 1, "not found (404)");
+    // A registry that accepts and never answers: a timeout, not a hang.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let hold = std::thread::spawn(move || {
+        let conns: Vec<_> = l.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(70));
+        drop(conns);
+    });
+    let t = Instant::now();
+    let o = std::process::Command::new(common::bin())
+        .args(["image", "import", &format!("{addr}/hang/image:1")])
+        .env("IGNITE_ROOT", &root)
+        .env("IGNITE_REGISTRY_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(t.elapsed() < Duration::from_secs(30), "import hung for {:?}", t.elapsed());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("timed out") || err.contains("timeout") || err.contains("Timeout"), "{err}");
+    drop(hold);
+    assert!(ok(&root, &["images", "-q"]).trim().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("tmp"))
+        .map(|r| r.flatten().filter(|e| e.file_name() != "locks").collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "scratch left behind: {leftovers:?}");
+}
