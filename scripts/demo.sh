@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian/Ubuntu machine: install what is needed, build ignite, and
-# show it working against a throw-away state root.
+# The main job on a fresh Debian/Ubuntu machine: install what is needed, build ignite, build
+# (or take from the cache) the guest kernel and the busybox demo image, then boot a microVM
+# from that image and show it working. State goes to a throw-away root unless IGNITE_ROOT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -p ignite-cli
-IGNITE="$PWD/target/release/ignite"
-export IGNITE_ROOT="${IGNITE_ROOT:-$(mktemp -d /tmp/ignite-demo.XXXXXX)}"
+bin="$PWD/target/release"
+export PATH="$bin:$PATH"
+vmlinux=$(images/kernel/build.sh | tail -1)
+work=$(mktemp -d /tmp/ignite-demo.XXXXXX)
+images/busybox/build.sh "$work/busybox" >/dev/null
+export IGNITE_ROOT="${IGNITE_ROOT:-$work/root}"
 echo "== state root: $IGNITE_ROOT"
 set -x
-"$IGNITE" version
-"$IGNITE" create busybox --name demo --cpus 1 --memory 256MB -p 8080:80 -l app=demo
-"$IGNITE" ps -a
-"$IGNITE" inspect vm demo -o yaml
-"$IGNITE" inspect vm demo -t '{{.Spec.Image.OCI}} {{.Spec.Memory}}'
+ignite version
+ignite kernel import "$vmlinux" --name localhost/ignite-kernel:6.1
+ignite image import "oci:$work/busybox/oci:latest" --name busybox
+ignite run busybox --name demo --cpus 1 --memory 256MB
 set +x
-echo "== booting VMs is the next milestone: 'ignite start demo' says so plainly:"
-"$IGNITE" start demo || true
+for _ in $(seq 1 300); do
+  ignite logs demo 2>/dev/null | grep -q IGNITE-BUSYBOX-READY && break
+  sleep 0.2
+done
+set -x
+ignite ps
+ignite logs demo | grep -a -E 'ignite-init|IGNITE-BUSYBOX-READY|Linux version'
+ignite inspect vm demo -t 'accel={{.Status.Runtime.Accel}} pid={{.Status.Runtime.Pid}} started={{.Status.StartTime}}'
+ignite stop demo
+ignite ps -a
+ignite rm demo

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# The guest kernel: built once (a few minutes), then taken from the cache by content hash.
+images/kernel/build.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
