@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 # The guest kernel: built once (a few minutes), then taken from the cache by content hash.
 images/kernel/build.sh >/dev/null
+# The Debian systemd test image (debootstrap, about 2 minutes once), cached the same way.
+images/debian/build.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -44,6 +44,7 @@ n=$(cat /var/lib/bootcount 2>/dev/null || echo 0)
 n=$((n + 1))
 echo "$n" > /var/lib/bootcount
 sync
+[ -f /root/copied.txt ] && echo "IGNITE-COPIED $(cat /root/copied.txt)"
 echo "IGNITE-BUSYBOX-READY hostname=$(hostname) boot=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
 RCS
 chmod 0755 "$root/etc/init.d/rcS"

@@ -65,8 +65,12 @@ fn busybox_from_a_registry_boots_stops_restarts_with_its_disk() {
     reg.push(&fixtures().busybox_oci, "test/busybox:1.0");
     let image = format!("{}/test/busybox:1.0", reg.addr);
     let started = Instant::now();
-    ok(&root, &["run", &image, "--name", "e2e", "--memory", "256MB", "--cpus", "1"]);
+    let copied = d.path().join("copied.txt");
+    std::fs::write(&copied, "from-the-host").unwrap();
+    let cf = format!("{}:/root/copied.txt", copied.display());
+    ok(&root, &["run", &image, "--name", "e2e", "--memory", "256MB", "--cpus", "1", "--copy-files", &cf]);
     let logs = wait_for_log(&root, "e2e", "IGNITE-BUSYBOX-READY hostname=e2e boot=1", 90);
+    assert!(logs.contains("IGNITE-COPIED from-the-host"), "copy-files did not reach the guest");
     eprintln!("boot to init line: {:?}", started.elapsed());
     assert!(logs.contains("ignite-init: provisioned e2e"));
     let uid = field(&root, "e2e", "{{.UID}}");
@@ -274,4 +278,25 @@ fn registry_errors_are_clear() {
         .map(|r| r.flatten().filter(|e| e.file_name() != "locks").collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "scratch left behind: {leftovers:?}");
+}
+
+#[test]
+fn debian_systemd_image_boots_with_ssh_key_and_keeps_its_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let src = format!("oci:{}:latest", common::debian_oci().display());
+    ok(&root, &["image", "import", &src, "--name", "debian-systemd"]);
+    ok(&root, &["run", "debian-systemd", "--name", "deb", "--memory", "512MB", "--ssh"]);
+    let logs = wait_for_log(&root, "deb", "IGNITE-DEBIAN-READY hostname=deb boot=1 keys=1", 240);
+    assert!(logs.contains("ignite-init: provisioned deb"));
+    let uid = field(&root, "deb", "{{.UID}}");
+    let key = root.join("vm").join(&uid).join(format!("id_{uid}"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777;
+    assert_eq!(mode, 0o600, "private key mode");
+    ok(&root, &["stop", "deb", "-t", "120"]);
+    assert_eq!(field(&root, "deb", "{{.Status.Exit.Reason}}"), "stopped");
+    ok(&root, &["start", "deb"]);
+    wait_for_log(&root, "deb", "IGNITE-DEBIAN-READY hostname=deb boot=2 keys=1", 240);
+    ok(&root, &["rm", "-f", "deb"]);
+    assert!(procs(&format!("ignite-{uid}")).is_empty());
 }

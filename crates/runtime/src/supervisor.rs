@@ -89,7 +89,14 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let mut cmd = backend.command(&boot).map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(vmm_log));
     sys::die_with_parent(&mut cmd);
+    // For benchmarks and debugging: the exact VMM command line and when it was spawned.
+    let argv: Vec<String> =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
+    eprintln!("ignite-spawn: argv {}", serde_json::to_string(&argv).unwrap_or_default());
+    let spawn_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut child: Child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", backend.name()))?;
+    eprintln!("ignite-spawn: timing vmm_spawn_unix_ns={spawn_ns}");
     let vmm_pid = child.id();
     let stdout = child.stdout.take().ok_or("no VMM stdout")?;
     let shared = Arc::new(Shared {

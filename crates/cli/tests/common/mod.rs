@@ -67,6 +67,16 @@ pub fn fails(root: &Path, args: &[&str], code: i32, needle: &str) -> String {
     err
 }
 
+/// The Debian bookworm systemd image (images/debian/build.sh, cached): its OCI layout.
+pub fn debian_oci() -> &'static PathBuf {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let o = Command::new(repo().join("images/debian/build.sh")).output().expect("run images/debian/build.sh");
+        assert!(o.status.success(), "debian image build failed: {}", String::from_utf8_lossy(&o.stderr));
+        PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").trim()).join("oci")
+    })
+}
+
 /// A state root with the kernel imported as the default kernel and the busybox image
 /// imported as `busybox` (and as `weaveworks/ignite-ubuntu`, so Ignite's documented
 /// manifests find an image without a network).
