@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""ignite benchmarks: print figures, compare against a reference in the same run.
+
+    benches/bench.py boot   [--runs 10]   ignite run -> guest init line, vs bare QEMU microvm with
+                                          the same kernel, initramfs, disk and accelerator; and
+                                          the host-side time from `ignite run` to the VMM's exec
+    benches/bench.py disk   [--runs 10]   VM creation for a 64 MiB and a 1 GiB image (ratio ~1)
+    benches/bench.py import [--runs 3]    image import vs skopeo copy + umoci unpack + mke2fs -d
+    benches/bench.py all
+
+Uses target/release/ignite (built if missing), the cached kernel and test images. Absolute
+times on this machine (2 cores, TCG) are not bare metal: read the ratios.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(REPO, "target", "release")
+IGNITE = os.path.join(BIN, "ignite")
+MARKER = b"IGNITE-BUSYBOX-READY"
+
+
+def sh(*args, **kw):
+    return subprocess.run(list(args), check=True, capture_output=True, text=True, **kw).stdout
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def fmt(xs):
+    return f"p50 {pct(xs, 50) * 1000:8.1f} ms   p90 {pct(xs, 90) * 1000:8.1f} ms   (n={len(xs)})"
+
+
+class Env:
+    def __init__(self):
+        if not os.path.exists(IGNITE) or not os.path.exists(os.path.join(BIN, "ignite-spawn")):
+            subprocess.run(["cargo", "build", "--release", "-p", "ignite-cli"], cwd=REPO, check=True)
+        self.tmp = tempfile.mkdtemp(prefix="ignite-bench.")
+        self.root = os.path.join(self.tmp, "root")
+        self.env = dict(os.environ, IGNITE_ROOT=self.root)
+        self.vmlinux = sh(os.path.join(REPO, "images/kernel/build.sh")).strip().splitlines()[-1]
+        sh(os.path.join(REPO, "images/busybox/build.sh"), os.path.join(self.tmp, "bb"))
+        self.ig("kernel", "import", self.vmlinux, "--name", "localhost/ignite-kernel:6.1")
+        self.ig("image", "import", f"oci:{self.tmp}/bb/oci:latest", "--name", "busybox")
+
+    def ig(self, *args):
+        return subprocess.run([IGNITE, *args], env=self.env, check=True, capture_output=True, text=True).stdout
+
+    def close(self):
+        subprocess.run([IGNITE, "rm", "-f", *self.ig("ps", "-a", "-q").split()], env=self.env, capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_marker(path, deadline):
+    while time.time() < deadline:
+        try:
+            with open(path, "rb") as f:
+                if MARKER in f.read():
+                    return time.monotonic()
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    raise SystemExit(f"no {MARKER!r} in {path}")
+
+
+def bench_boot(e, runs):
+    ign, bare, host = [], [], []
+    accel = None
+    for i in range(runs):
+        name = f"boot{i}"
+        t0 = time.monotonic()
+        t0_wall = time.time_ns()
+        subprocess.run([IGNITE, "run", "busybox", "--name", name, "--memory", "256MB"], env=e.env, check=True, capture_output=True)
+        uid = e.ig("inspect", "vm", name, "-t", "{{.UID}}").strip()
+        vmdir = os.path.join(e.root, "vm", uid)
+        t1 = wait_marker(os.path.join(vmdir, "console.log"), time.time() + 120)
+        ign.append(t1 - t0)
+        spawn_log = open(os.path.join(vmdir, "spawn.log")).read()
+        spawn_ns = int(spawn_log.split("vmm_spawn_unix_ns=")[1].split()[0])
+        host.append((spawn_ns - t0_wall) / 1e9)
+        argv = json.loads(spawn_log.split("ignite-spawn: argv ")[1].splitlines()[0])
+        accel = e.ig("inspect", "vm", name, "-t", "{{.Status.Runtime.Accel}}").strip()
+        subprocess.run([IGNITE, "kill", name], env=e.env, capture_output=True)
+        # The same machine by hand: the same argv on a fresh overlay and initramfs copy.
+        work = os.path.join(e.tmp, f"bare{i}")
+        os.makedirs(work)
+        disk = os.path.join(work, "disk.qcow2")
+        backing = json.loads(sh("qemu-img", "info", "-U", "--output=json", os.path.join(vmdir, "disk.qcow2")))["full-backing-filename"]
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", backing, disk)
+        initrd = os.path.join(work, "initrd.cpio")
+        shutil.copy(os.path.join(vmdir, "initrd.cpio"), initrd)
+        bargv = [a.replace(os.path.join(vmdir, "disk.qcow2"), disk).replace(os.path.join(vmdir, "initrd.cpio"), initrd)
+                 .replace(os.path.join(vmdir, "qmp.sock"), os.path.join(work, "qmp.sock")) for a in argv]
+        log = os.path.join(work, "console.log")
+        with open(log, "wb") as out:
+            t0 = time.monotonic()
+            p = subprocess.Popen(bargv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL)
+            t1 = wait_marker(log, time.time() + 120)
+            bare.append(t1 - t0)
+            p.kill()
+            p.wait()
+        subprocess.run([IGNITE, "rm", "-f", name], env=e.env, capture_output=True)
+    print(f"boot ({accel}, busybox, 256 MB, 1 vCPU), {runs} runs each")
+    print(f"  ignite run -> init line      {fmt(ign)}")
+    print(f"  bare qemu  -> init line      {fmt(bare)}")
+    print(f"  ratio ignite / bare (p50)    {pct(ign, 50) / pct(bare, 50):.3f}   (target <= 1.10)")
+    print(f"  ignite run -> VMM exec       {fmt(host)}   (target < 30 ms)")
+
+
+def make_image(e, name, size_mb):
+    root = os.path.join(e.tmp, f"img-{name}")
+    shutil.copytree(os.path.join(e.tmp, "bb"), root + "-src", symlinks=True)
+    # A busybox tree plus `size_mb` of incompressible data.
+    tree = os.path.join(root, "rootfs")
+    os.makedirs(tree)
+    sh("sh", "-c", f"cd {tree} && tar -xf {e.tmp}/bb/busybox.tar && for l in */layer.tar; do tar -xf $l; done; rm -rf */layer.tar *.json manifest.json repositories; find . -maxdepth 1 -type d -empty -delete")
+    if size_mb:
+        with open(os.path.join(tree, "blob.bin"), "wb") as f:
+            for _ in range(size_mb):
+                f.write(os.urandom(1 << 20))
+    sh(os.path.join(REPO, "images/oci-pack.py"), tree, os.path.join(root, "oci"))
+    e.ig("image", "import", f"oci:{root}/oci:latest", "--name", name)
+
+
+def bench_disk(e, runs):
+    make_image(e, "small", 0)
+    make_image(e, "big", 960)
+    sizes = {}
+    for name in ("small", "big"):
+        uid = e.ig("inspect", "image", f"docker.io/library/{name}:latest", "-t", "{{.UID}}").strip()
+        sizes[name] = os.path.getsize(os.path.join(e.root, "image", uid, "base.ext4"))
+        e.ig("create", name, "--name", f"warm-{name}")  # builds the 4GB size class once
+    res = {}
+    for name in ("small", "big"):
+        xs = []
+        for i in range(runs):
+            t0 = time.monotonic()
+            e.ig("create", name, "--name", f"{name}{i}")
+            xs.append(time.monotonic() - t0)
+        res[name] = xs
+    print(f"VM creation (ignite create, 4GB disk, size class warm), {runs} runs each")
+    print(f"  image base {sizes['small'] >> 20:5d} MiB          {fmt(res['small'])}")
+    print(f"  image base {sizes['big'] >> 20:5d} MiB          {fmt(res['big'])}")
+    print(f"  ratio big / small (p50)      {pct(res['big'], 50) / pct(res['small'], 50):.3f}   (target ~1)")
+
+
+def bench_import(e, runs):
+    deb = sh(os.path.join(REPO, "images/debian/build.sh")).strip().splitlines()[-1]
+    src = os.path.join(deb, "oci")
+    ours, ref = [], []
+    for i in range(runs):
+        shutil.rmtree(os.path.join(e.root, "blobs"), ignore_errors=True)
+        t0 = time.monotonic()
+        e.ig("image", "import", f"oci:{src}:latest", "--name", f"deb{i}")
+        ours.append(time.monotonic() - t0)
+        work = os.path.join(e.tmp, f"ref{i}")
+        os.makedirs(work)
+        t0 = time.monotonic()
+        sh("skopeo", "copy", "--quiet", f"oci:{src}:latest", f"oci:{work}/copy:latest")
+        sh("umoci", "unpack", "--image", f"{work}/copy:latest", f"{work}/bundle")
+        sh("mke2fs", "-q", "-F", "-t", "ext4", "-d", f"{work}/bundle/rootfs", f"{work}/img.ext4", "1G")
+        ref.append(time.monotonic() - t0)
+        shutil.rmtree(work)
+    print(f"import of the Debian systemd image (OCI layout, {runs} runs, cold blob store)")
+    print(f"  ignite image import                   {fmt(ours)}")
+    print(f"  skopeo copy + umoci unpack + mke2fs   {fmt(ref)}")
+    print(f"  ratio ignite / pipeline (p50)         {pct(ours, 50) / pct(ref, 50):.3f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["boot", "disk", "import", "all"])
+    ap.add_argument("--runs", type=int)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("benchmarks run as root (they boot VMs and apply image layers)")
+    e = Env()
+    try:
+        if a.what in ("boot", "all"):
+            bench_boot(e, a.runs or 10)
+        if a.what in ("disk", "all"):
+            bench_disk(e, a.runs or 10)
+        if a.what in ("import", "all"):
+            bench_import(e, a.runs or 3)
+    finally:
+        e.close()
+
+
+if __name__ == "__main__":
+    main()
