@@ -40,6 +40,8 @@ pub enum Command {
     Cp(CpArgs),
     /// Create a new VM without starting it
     Create(CreateArgs),
+    /// Check this host: packages, kernel, KVM, disk space — each problem with its fix
+    Doctor,
     /// Execute a command in a running VM
     Exec(ExecArgs),
     /// Manage base images

@@ -270,3 +270,24 @@ fn version_completion_man() {
     ok(root, &["image", "ls"]);
     ok(root, &["vm", "ps", "-a"]);
 }
+
+#[test]
+fn doctor_reports_each_check_with_its_fix() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let out = ok(&root, &["doctor"]);
+    for check in ["e2fsprogs", "qemu", "qemu-img", "busybox-static", "openat2", "disk-space", "kernel", "kvm"] {
+        assert!(out.lines().any(|l| l.starts_with(check)), "no {check} line in\n{out}");
+    }
+    // A broken host is reported with the package that fixes it.
+    let o = std::process::Command::new(bin())
+        .arg("doctor")
+        .env("IGNITE_ROOT", d.path().join("empty"))
+        .env("IGNITE_BUSYBOX", "/usr/bin/ls")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("dynamically linked: apt-get install busybox-static"), "{text}");
+    assert!(text.contains("not imported: run images/kernel/build.sh"), "{text}");
+}

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod console;
 pub mod create;
+pub mod doctor;
 pub mod import;
 pub mod provision;
 pub mod remove;

@@ -1,0 +1,29 @@
+//! `ignite doctor`: preflight checks with fixes.
+
+use ignite_runtime::doctor::{run_checks, Level};
+
+use crate::context::Ctx;
+use crate::output::table;
+
+pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let config = ctx.config()?;
+    let checks = run_checks(&store, &config);
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            let s = match c.level {
+                Level::Ok => "ok",
+                Level::Warn => "warning",
+                Level::Error => "error",
+            };
+            vec![c.name.to_string(), s.to_string(), c.detail.clone()]
+        })
+        .collect();
+    table(&["CHECK", "STATUS", "DETAIL"], &rows);
+    let errors = checks.iter().filter(|c| c.level == Level::Error).count();
+    if errors > 0 {
+        anyhow::bail!("{errors} check(s) failed: see DETAIL for the fix");
+    }
+    Ok(())
+}

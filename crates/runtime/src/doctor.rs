@@ -1,0 +1,162 @@
+//! `ignite doctor`: preflight checks (as Weave Ignite's), each with the fix.
+
+use std::path::{Path, PathBuf};
+
+use ignite_store::Store;
+
+use crate::accel::{self, AccelChoice};
+use crate::config::LoadedConfig;
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+}
+
+fn find_in_path(bin: &str) -> Option<PathBuf> {
+    if bin.starts_with('/') {
+        return Path::new(bin).is_file().then(|| bin.into());
+    }
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths).chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(bin)).find(|p| p.is_file())
+}
+
+fn tool(name: &'static str, bin: &str, package: &str, level_if_missing: Level) -> Check {
+    match find_in_path(bin) {
+        Some(p) => Check { name, level: Level::Ok, detail: p.display().to_string() },
+        None => Check { name, level: level_if_missing, detail: format!("{bin} not found: apt-get install {package}") },
+    }
+}
+
+/// Runs every check.
+pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
+    let mut out = vec![
+        tool("e2fsprogs", "mke2fs", "e2fsprogs", Level::Error),
+        tool("resize2fs", "resize2fs", "e2fsprogs", Level::Error),
+        tool("qemu", "qemu-system-x86_64", "qemu-system-x86", Level::Error),
+        tool("qemu-img", "qemu-img", "qemu-utils", Level::Error),
+        tool("ssh-keygen", "ssh-keygen", "openssh-client", Level::Warn),
+    ];
+    let bb = crate::provision::busybox();
+    out.push(match std::fs::read(&bb) {
+        Ok(b) if is_static_elf(&b) => {
+            Check { name: "busybox-static", level: Level::Ok, detail: bb.display().to_string() }
+        }
+        Ok(_) => Check {
+            name: "busybox-static",
+            level: Level::Error,
+            detail: format!("{} is dynamically linked: apt-get install busybox-static", bb.display()),
+        },
+        Err(_) => Check {
+            name: "busybox-static",
+            level: Level::Error,
+            detail: format!("{} missing (the guest init shim needs it): apt-get install busybox-static", bb.display()),
+        },
+    });
+    let cni = ["/opt/cni/bin/bridge", "/usr/lib/cni/bridge"].iter().find(|p| Path::new(p).is_file());
+    out.push(match cni {
+        Some(p) => Check { name: "cni-plugins", level: Level::Ok, detail: (*p).into() },
+        None => Check {
+            name: "cni-plugins",
+            level: Level::Warn,
+            detail: "no CNI bridge plugin in /opt/cni/bin or /usr/lib/cni: apt-get install containernetworking-plugins"
+                .into(),
+        },
+    });
+    // Kernel-enforced path containment for layer application (Linux >= 5.6).
+    let probe = rustix::fs::openat2(
+        rustix::fs::CWD,
+        "/",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        rustix::fs::ResolveFlags::IN_ROOT,
+    );
+    out.push(match probe {
+        Ok(_) => Check { name: "openat2", level: Level::Ok, detail: "RESOLVE_IN_ROOT available".into() },
+        Err(e) => Check {
+            name: "openat2",
+            level: Level::Error,
+            detail: format!("openat2(RESOLVE_IN_ROOT) unavailable ({e}): image import needs Linux 5.6 or newer"),
+        },
+    });
+    // State root free space.
+    out.push(match rustix::fs::statvfs(store.root()) {
+        Ok(s) => {
+            let free = s.f_bavail * s.f_frsize;
+            let gib = free as f64 / (1u64 << 30) as f64;
+            let level = if free < 2 << 30 { Level::Warn } else { Level::Ok };
+            Check { name: "disk-space", level, detail: format!("{gib:.1} GiB free in {}", store.root().display()) }
+        }
+        Err(e) => Check {
+            name: "disk-space",
+            level: Level::Warn,
+            detail: format!("cannot stat {}: {e}", store.root().display()),
+        },
+    });
+    // The default kernel and whether KVM can boot it.
+    let kref = config.spec.vm_defaults.kernel.oci.clone().or_else(|| ignite_api::DEFAULT_KERNEL_IMAGE.parse().ok());
+    let mut vm = ignite_api::Vm::new(Default::default(), Default::default());
+    vm.spec.kernel.oci = kref.clone();
+    let shown = kref.map(|k| k.to_string()).unwrap_or_default();
+    match crate::start::kernel_for(store, &vm) {
+        Ok(k) => {
+            out.push(Check { name: "kernel", level: Level::Ok, detail: format!("{shown}: {}", k.display()) });
+            let qemu = find_in_path("qemu-system-x86_64").unwrap_or_else(|| "qemu-system-x86_64".into());
+            let verdict = accel::choose(store.root(), AccelChoice::Auto, &qemu, &k, |p| {
+                crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
+            });
+            out.push(match verdict {
+                Ok(v) if v.accel == crate::backend::Accel::Kvm => {
+                    Check { name: "kvm", level: Level::Ok, detail: v.reason }
+                }
+                Ok(v) => Check { name: "kvm", level: Level::Warn, detail: v.reason },
+                Err(e) => Check { name: "kvm", level: Level::Warn, detail: e },
+            });
+        }
+        Err(_) => {
+            out.push(Check {
+                name: "kernel",
+                level: Level::Error,
+                detail: format!(
+                    "default kernel {shown} not imported: run images/kernel/build.sh, then `ignite kernel import <vmlinux> --name {shown}`"
+                ),
+            });
+            out.push(match accel::kvm_device_usable() {
+                Ok(()) => Check {
+                    name: "kvm",
+                    level: Level::Warn,
+                    detail: "/dev/kvm opens; whether it can boot a guest is probed once a kernel is imported".into(),
+                },
+                Err(e) => Check {
+                    name: "kvm",
+                    level: Level::Warn,
+                    detail: format!("{e}: VMs will use software emulation (TCG)"),
+                },
+            });
+        }
+    }
+    out
+}
+
+/// An ELF64 file without a PT_INTERP program header (statically linked).
+fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]) as usize);
+    let u64_at = |o: usize| b.get(o..o + 8).map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])) as usize);
+    if !b.starts_with(b"\x7fELF") || b.get(4) != Some(&2) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else { return false };
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4).map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3).unwrap_or(false)
+    })
+}
