@@ -45,6 +45,7 @@ n=$((n + 1))
 echo "$n" > /var/lib/bootcount
 sync
 [ -f /root/copied.txt ] && echo "IGNITE-COPIED $(cat /root/copied.txt)"
+[ -f /mnt/data/marker ] && echo "IGNITE-VOLUME $(cat /mnt/data/marker)"
 echo "IGNITE-BUSYBOX-READY hostname=$(hostname) boot=$n uptime=$(cut -d' ' -f1 /proc/uptime)"
 RCS
 chmod 0755 "$root/etc/init.d/rcS"

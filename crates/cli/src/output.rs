@@ -58,3 +58,19 @@ pub fn ago(t: Option<DateTime<Utc>>) -> String {
 pub fn since(t: Option<DateTime<Utc>>) -> String {
     ago(t).trim_end_matches(" ago").to_string()
 }
+
+/// A spinner on stderr while long work runs; drawn only when stderr is a terminal and not -q.
+pub fn spinner(msg: String, quiet: bool) -> indicatif::ProgressBar {
+    let pb = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or(indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg);
+    pb.enable_steady_tick(std::time::Duration::from_millis(100));
+    pb
+}

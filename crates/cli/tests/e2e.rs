@@ -68,9 +68,24 @@ fn busybox_from_a_registry_boots_stops_restarts_with_its_disk() {
     let copied = d.path().join("copied.txt");
     std::fs::write(&copied, "from-the-host").unwrap();
     let cf = format!("{}:/root/copied.txt", copied.display());
-    ok(&root, &["run", &image, "--name", "e2e", "--memory", "256MB", "--cpus", "1", "--copy-files", &cf]);
+    // A volume: an ext4 file with a marker, mounted in the guest at /mnt/data.
+    let voltree = d.path().join("voltree");
+    std::fs::create_dir(&voltree).unwrap();
+    std::fs::write(voltree.join("marker"), "on-the-volume").unwrap();
+    let vol = d.path().join("vol.ext4");
+    let st = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&voltree)
+        .arg(&vol)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let v = format!("{}:/mnt/data", vol.display());
+    ok(&root, &["run", &image, "--name", "e2e", "--memory", "256MB", "--cpus", "1", "--copy-files", &cf, "-v", &v]);
     let logs = wait_for_log(&root, "e2e", "IGNITE-BUSYBOX-READY hostname=e2e boot=1", 90);
     assert!(logs.contains("IGNITE-COPIED from-the-host"), "copy-files did not reach the guest");
+    assert!(logs.contains("IGNITE-VOLUME on-the-volume"), "the volume was not mounted");
     eprintln!("boot to init line: {:?}", started.elapsed());
     assert!(logs.contains("ignite-init: provisioned e2e"));
     let uid = field(&root, "e2e", "{{.UID}}");
@@ -299,4 +314,107 @@ fn debian_systemd_image_boots_with_ssh_key_and_keeps_its_disk() {
     wait_for_log(&root, "deb", "IGNITE-DEBIAN-READY hostname=deb boot=2 keys=1", 240);
     ok(&root, &["rm", "-f", "deb"]);
     assert!(procs(&format!("ignite-{uid}")).is_empty());
+}
+
+#[test]
+fn imports_oci_archives_once_under_concurrency_and_refuse_other_arches() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let f = fixtures();
+    // oci-archive: the layout packed in a tar.
+    let archive = d.path().join("layout.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&f.busybox_oci)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    ok(&root, &["image", "import", &format!("oci-archive:{}:latest", archive.display()), "--name", "from-archive"]);
+    // Eight concurrent imports of one source: one image, every process succeeds.
+    let src = format!("oci:{}:latest", f.busybox_oci.display());
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(common::bin())
+                .args(["image", "import", &src, "--name", "shared"])
+                .env("IGNITE_ROOT", &root)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(ok(&root, &["images", "-q"]).lines().count(), 2);
+    // An image for another architecture.
+    let tree = d.path().join("armtree");
+    std::fs::create_dir_all(tree.join("sbin")).unwrap();
+    std::fs::write(tree.join("sbin/init"), "#!/bin/sh\n").unwrap();
+    let layout = d.path().join("arm");
+    let st = std::process::Command::new(common::repo().join("images/oci-pack.py"))
+        .arg(&tree)
+        .arg(&layout)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Rewrite the config's architecture (and the digests that name it).
+    retarget_arch(&layout, "arm64");
+    fails(
+        &root,
+        &["image", "import", &format!("oci:{}", layout.display()), "--name", "arm"],
+        1,
+        "no linux/amd64 variant",
+    );
+    assert_eq!(ok(&root, &["images", "-q"]).lines().count(), 2);
+}
+
+fn retarget_arch(layout: &Path, arch: &str) {
+    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mdig = idx["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let blob = |h: &str| layout.join("blobs/sha256").join(h);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&mdig)).unwrap()).unwrap();
+    let cdig = m["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&cdig)).unwrap()).unwrap();
+    c["architecture"] = arch.into();
+    let cbytes = serde_json::to_vec(&c).unwrap();
+    let chex = sha256_hex(&cbytes);
+    std::fs::write(blob(&chex), &cbytes).unwrap();
+    m["config"]["digest"] = format!("sha256:{chex}").into();
+    m["config"]["size"] = cbytes.len().into();
+    let mbytes = serde_json::to_vec(&m).unwrap();
+    let mhex = sha256_hex(&mbytes);
+    std::fs::write(blob(&mhex), &mbytes).unwrap();
+    let mut idx = idx;
+    idx["manifests"][0]["digest"] = format!("sha256:{mhex}").into();
+    idx["manifests"][0]["size"] = mbytes.len().into();
+    idx["manifests"][0].as_object_mut().unwrap().remove("platform");
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn kernels_and_images_in_use_are_not_removed_without_force() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["create", "busybox", "--name", "user"]);
+    fails(&root, &["kernel", "rm", "localhost/ignite-kernel:6.1"], 1, "is used by VMs user");
+    fails(&root, &["rmi", "docker.io/library/busybox:latest"], 1, "is used by VMs user");
+    ok(&root, &["rm", "user"]);
+    ok(&root, &["rmk", "localhost/ignite-kernel:6.1"]);
+    assert!(ok(&root, &["kernels", "-q"]).trim().is_empty());
 }

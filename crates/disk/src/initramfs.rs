@@ -207,6 +207,8 @@ pub struct VmBoot {
     /// The image's init (PID 1 after the hand-over).
     pub init: String,
     pub root_device: String,
+    /// Extra block devices to mount before the hand-over: (device, guest mount path).
+    pub mounts: Vec<(String, String)>,
 }
 
 /// The init shim (busybox sh). `@ROOT@` and `@INIT@` are filled in by [`build_vm_initramfs`].
@@ -234,6 +236,11 @@ if [ -f /ignite/resolv.conf ] && [ ! -e /newroot/etc/resolv.conf ]; then
   rm -f /newroot/etc/resolv.conf
   cp /ignite/resolv.conf /newroot/etc/resolv.conf
 fi
+while read -r dev mp; do
+  [ -n "$dev" ] || continue
+  mkdir -p "/newroot$mp"
+  mount "$dev" "/newroot$mp" || echo "ignite-init: warning: cannot mount $dev at $mp"
+done < /ignite/mounts
 hostname "$(cat /ignite/hostname)"
 sync
 echo "ignite-init: provisioned $(cat /ignite/hostname)"
@@ -263,6 +270,16 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
     let script = guest_init_script().replace("@ROOT@", &spec.root_device).replace("@INIT@", &spec.init);
     i.add_file("init", script.as_bytes(), 0o755)?;
     i.add_file("ignite/hostname", format!("{}\n", spec.hostname).as_bytes(), 0o644)?;
+    let mut mounts = String::new();
+    for (dev, mp) in &spec.mounts {
+        guest_path(dev)?;
+        guest_path(mp)?;
+        if dev.contains(char::is_whitespace) || mp.contains(char::is_whitespace) {
+            return Err(DiskError::BadArchivePath(format!("{dev} {mp}")));
+        }
+        mounts.push_str(&format!("{dev} {mp}\n"));
+    }
+    i.add_file("ignite/mounts", mounts.as_bytes(), 0o644)?;
     i.add_dir("ignite/files", 0o755)?;
     i.add_dir("ignite/files/etc", 0o755)?;
     i.add_file("ignite/files/etc/hostname", format!("{}\n", spec.hostname).as_bytes(), 0o644)?;
@@ -308,6 +325,7 @@ mod tests {
             copy_files: vec![(host.clone(), "/opt/tree".into())],
             init: "/sbin/init".into(),
             root_device: "/dev/vda".into(),
+            mounts: vec![("/dev/vdb".into(), "/mnt/data".into())],
         };
         if !Path::new("/bin/busybox").is_file() {
             println!("SKIPPED: /bin/busybox missing (apt-get install busybox-static)");
@@ -331,6 +349,7 @@ mod tests {
         let init = std::fs::read_to_string(x.join("init")).unwrap();
         assert!(init.contains("switch_root /newroot /sbin/init") && init.contains("[ -b /dev/vda ]"));
         assert_eq!(std::fs::read(x.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+        assert_eq!(std::fs::read_to_string(x.join("ignite/mounts")).unwrap(), "/dev/vdb /mnt/data\n");
     }
 
     #[test]
@@ -348,6 +367,7 @@ mod tests {
             copy_files: vec![],
             init: "/sbin/init; reboot".into(),
             root_device: "/dev/vda".into(),
+            mounts: vec![],
         };
         assert!(build_vm_initramfs(&boot, Path::new("/nonexistent/x")).is_err());
     }

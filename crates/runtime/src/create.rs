@@ -45,6 +45,8 @@ impl std::str::FromStr for PullPolicy {
 pub enum CreateError {
     #[error("invalid VM {name}: {source}")]
     Invalid { name: String, source: ValidationErrors },
+    #[error("{field}: {path} does not exist on this host")]
+    HostPath { field: String, path: String },
     #[error("a VM name is required (--require-name is set)")]
     NameRequired,
     #[error("{what} {reference} is not imported and --pull never is set: run `ignite {what} import {reference}`")]
@@ -124,6 +126,25 @@ pub fn create_vm(
     let mut vm = build_vm(config, manifest, flag_meta, flags)?;
     if vm.metadata.name.is_empty() && opts.require_name {
         return Err(CreateError::NameRequired);
+    }
+    // Host paths the VM will use must exist now, not fail at its first boot.
+    for (i, c) in vm.spec.copy_files.iter().enumerate() {
+        if std::fs::symlink_metadata(&c.host_path).is_err() {
+            return Err(CreateError::HostPath {
+                field: format!("spec.copyFiles[{i}].hostPath"),
+                path: c.host_path.clone(),
+            });
+        }
+    }
+    for (i, v) in vm.spec.storage.volumes.iter().enumerate() {
+        if let Some(b) = &v.block_device {
+            if !std::path::Path::new(&b.path).exists() {
+                return Err(CreateError::HostPath {
+                    field: format!("spec.storage.volumes[{i}].blockDevice.path"),
+                    path: b.path.clone(),
+                });
+            }
+        }
     }
     // Fail fast on a taken name, before any import work (re-checked under the lock).
     if !vm.metadata.name.is_empty() {

@@ -62,6 +62,7 @@ pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path) -> Result<(), DiskError>
         copy_files,
         init: "/sbin/init".into(),
         root_device: "/dev/vda".into(),
+        mounts: volume_mounts(vm),
     };
     build_vm_initramfs(&boot, out)
 }
@@ -77,4 +78,17 @@ pub fn probe_initramfs(out: &Path) -> Result<(), DiskError> {
         0o755,
     )?;
     i.write_to(out)
+}
+
+/// Guest devices of a VM's volumes, in attach order after the root disk (`/dev/vdb`, ...),
+/// with their mount paths.
+pub fn volume_mounts(vm: &Vm) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, v) in vm.spec.storage.volumes.iter().enumerate() {
+        let dev = format!("/dev/vd{}", (b'b' + i as u8) as char);
+        for m in vm.spec.storage.volume_mounts.iter().filter(|m| m.name == v.name) {
+            out.push((dev.clone(), m.mount_path.clone()));
+        }
+    }
+    out
 }

@@ -56,6 +56,8 @@ pub enum StartError {
     KernelMissing { kernel: String },
     #[error("VM {name:?} has no root disk ({path}): it was created without an image; remove and re-create it")]
     DiskMissing { name: String, path: PathBuf },
+    #[error("volume {volume:?} of VM {name:?}: {path} does not exist")]
+    VolumeMissing { name: String, volume: String, path: PathBuf },
     #[error("VM {name:?} asks for {want} MiB of memory but this host has {have} MiB")]
     Memory { name: String, want: u64, have: u64 },
     #[error("cannot choose an accelerator: {0}")]
@@ -143,6 +145,14 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
     }
+    let mut disks = vec![DiskConfig { path: disk, format: "qcow2".into(), read_only: false }];
+    for v in &vm.spec.storage.volumes {
+        let path = v.block_device.as_ref().map(|b| PathBuf::from(&b.path)).unwrap_or_default();
+        if !path.exists() {
+            return Err(StartError::VolumeMissing { name: name.clone(), volume: v.name.clone(), path });
+        }
+        disks.push(DiskConfig { path, format: "raw".into(), read_only: false });
+    }
     let boot = BootConfig {
         uid: uid.clone(),
         name: name.clone(),
@@ -151,7 +161,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         kernel,
         initrd: Some(initrd),
         cmdline,
-        disks: vec![DiskConfig { path: disk, format: "qcow2".into(), read_only: false }],
+        disks,
         nics: vec![],
         accel: verdict.accel,
         run_dir: dir.clone(),

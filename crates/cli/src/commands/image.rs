@@ -25,7 +25,10 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
             }
             let store = ctx.store()?;
             let started = std::time::Instant::now();
-            let img = ignite_runtime::import::import_image(&store, &r, &opts)?;
+            let pb = crate::output::spinner(format!("importing {r}"), ctx.global.quiet);
+            let img = ignite_runtime::import::import_image(&store, &r, &opts);
+            pb.finish_and_clear();
+            let img = img?;
             if ctx.global.quiet {
                 println!("{}", img.uid());
             } else {
@@ -76,7 +79,9 @@ pub fn rm(ctx: &Ctx, a: RmObjArgs) -> anyhow::Result<()> {
         let users: Vec<String> = store
             .list::<Vm>()?
             .into_iter()
-            .filter(|v| v.status.image.id.is_some() && v.status.image.id == img.status.oci_source.id)
+            .filter(|v| {
+                v.spec.image.oci.as_ref().map(|r| r.normalized()).as_deref() == Some(img.metadata.name.as_str())
+            })
             .map(|v| v.metadata.name)
             .collect();
         if !users.is_empty() && !a.force {

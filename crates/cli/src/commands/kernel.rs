@@ -23,7 +23,10 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
                 opts.name = Some(norm.normalized());
             }
             let store = ctx.store()?;
-            let k = ignite_runtime::import::import_kernel(&store, &a.source, &opts)?;
+            let pb = crate::output::spinner(format!("importing kernel {}", a.source), ctx.global.quiet);
+            let k = ignite_runtime::import::import_kernel(&store, &a.source, &opts);
+            pb.finish_and_clear();
+            let k = k?;
             if ctx.global.quiet {
                 println!("{}", k.uid());
             } else {
@@ -70,7 +73,9 @@ pub fn rm(ctx: &Ctx, a: RmObjArgs) -> anyhow::Result<()> {
         let users: Vec<String> = store
             .list::<Vm>()?
             .into_iter()
-            .filter(|v| v.status.kernel.id.is_some() && v.status.kernel.id == img.status.oci_source.id)
+            .filter(|v| {
+                v.spec.kernel.oci.as_ref().map(|r| r.normalized()).as_deref() == Some(img.metadata.name.as_str())
+            })
             .map(|v| v.metadata.name)
             .collect();
         if !users.is_empty() && !a.force {
