@@ -146,6 +146,9 @@ pub struct CreateArgs {
     /// Network plugin to use: cni or none
     #[arg(long)]
     pub network_plugin: Option<String>,
+    /// A fixed IPv4 address for the VM (from the CNI network's subnet)
+    #[arg(long)]
+    pub ip: Option<std::net::Ipv4Addr>,
     /// Map host ports to VM ports ([hostip:]hostport:vmport[/tcp|udp])
     #[arg(short = 'p', long = "ports", value_delimiter = ',')]
     pub ports: Vec<String>,

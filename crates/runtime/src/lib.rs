@@ -9,6 +9,7 @@ pub mod console;
 pub mod create;
 pub mod doctor;
 pub mod import;
+pub mod network;
 pub mod provision;
 pub mod remove;
 pub mod start;

@@ -39,6 +39,7 @@ pub fn remove_vm(
     if cur.status.running && !force {
         return Err(RemoveError::Running { name: cur.metadata.name });
     }
+    crate::network::release(&store.dir::<Vm>(uid));
     store.remove::<Vm>(&lock, uid)?;
     Ok(vm)
 }

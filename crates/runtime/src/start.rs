@@ -13,7 +13,7 @@ use ignite_api::{Kernel, Ssh, Vm};
 use ignite_store::{Store, StoreError};
 
 use crate::accel::{self, AccelChoice, AccelVerdict};
-use crate::backend::{self, qemu, Accel, BootConfig, DiskConfig};
+use crate::backend::{self, qemu, Accel, BootConfig, DiskConfig, NicConfig};
 use crate::config::LoadedConfig;
 use crate::status::refresh;
 use crate::supervisor::{spawn_binary, BOOT_FILE};
@@ -60,6 +60,8 @@ pub enum StartError {
     VolumeMissing { name: String, volume: String, path: PathBuf },
     #[error("VM {name:?} asks for {want} MiB of memory but this host has {have} MiB")]
     Memory { name: String, want: u64, have: u64 },
+    #[error("cannot set up the network of VM {name:?}: {message}")]
+    Network { name: String, message: String },
     #[error("cannot choose an accelerator: {0}")]
     Accel(String),
     #[error(transparent)]
@@ -116,7 +118,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     }
 
     let backend_name = vm.spec.vmm.clone().or_else(|| config.spec.vmm.clone()).unwrap_or_else(|| "qemu".into());
-    let be = backend::by_name(&backend_name)?;
+    backend::by_name(&backend_name)?;
     let qemu_bin = qemu::check_installed(&qemu::Qemu::from_env())?;
     let kernel = kernel_for(store, &vm)?;
     let disk = dir.join(ROOT_DISK);
@@ -135,8 +137,66 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     })
     .map_err(StartError::Accel)?;
 
+    // Network: attach before boot so the guest gets its address on the kernel command line.
+    let mut vm = vm;
+    let plugin = crate::network::plugin_for(&vm, config);
+    let attachment = match plugin.as_str() {
+        "cni" => {
+            let opts =
+                crate::network::options_for(&vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+            let att = ignite_net::attach(&uid, &opts)
+                .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
+            if let Err(e) = crate::network::save(&dir, &att) {
+                let _ = ignite_net::detach(&att, &opts.cni);
+                return Err(e.into());
+            }
+            Some(att)
+        }
+        "none" => None,
+        other => {
+            return Err(StartError::Network {
+                name,
+                message: format!("unknown network plugin {other:?} (use cni or none)"),
+            })
+        }
+    };
+    // From here on, a failure releases the network again.
+    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, attachment.as_ref(), opts);
+    if res.is_err() {
+        crate::network::release(&dir);
+        let _ = store.modify::<Vm, _>(&uid, |v| {
+            if !v.status.running {
+                v.status.network = None;
+            }
+        });
+    }
+    let vmm_pid = res?;
+    drop(lock);
+    let vm = store.get::<Vm>(&uid)?;
+    Ok(Started { vm, accel: verdict, vmm_pid })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_and_spawn(
+    store: &Store,
+    vm: &mut Vm,
+    dir: &Path,
+    kernel: &Path,
+    disk: PathBuf,
+    want: u64,
+    verdict: &AccelVerdict,
+    att: Option<&ignite_net::Attachment>,
+    opts: &StartOptions,
+) -> Result<u32, StartError> {
+    let uid = vm.uid();
+    let name = vm.metadata.name.clone();
+    if let Some(a) = att {
+        let status = ignite_api::NetworkStatus { plugin: "cni".into(), ip_addresses: vec![std::net::IpAddr::V4(a.ip)] };
+        vm.status.network = Some(status.clone());
+        store.modify::<Vm, _>(&uid, |v| v.status.network = Some(status))?;
+    }
     let initrd = dir.join(INITRD);
-    crate::provision::vm_initramfs(store, &vm, &initrd).map_err(prep(&name, "cannot build the VM's initramfs"))?;
+    crate::provision::vm_initramfs(store, vm, &initrd).map_err(prep(&name, "cannot build the VM's initramfs"))?;
 
     let mut cmdline = vm.spec.kernel.cmd_line.clone();
     cmdline.push_str(" rdinit=/init");
@@ -145,6 +205,11 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
     }
+    if let Some(a) = att {
+        cmdline.push(' ');
+        cmdline.push_str(&a.kernel_ip_arg(&name));
+    }
+    let nics = att.map(|a| vec![NicConfig { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
     let mut disks = vec![DiskConfig { path: disk, format: "qcow2".into(), read_only: false }];
     for v in &vm.spec.storage.volumes {
         let path = v.block_device.as_ref().map(|b| PathBuf::from(&b.path)).unwrap_or_default();
@@ -158,23 +223,19 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         name: name.clone(),
         vcpus: vm.spec.cpus,
         memory_mib: want,
-        kernel,
+        kernel: kernel.to_path_buf(),
         initrd: Some(initrd),
         cmdline,
         disks,
-        nics: vec![],
+        nics,
         accel: verdict.accel,
-        run_dir: dir.clone(),
+        run_dir: dir.to_path_buf(),
         stop_grace_secs: opts.stop_grace.as_secs(),
+        netns: att.map(|a| a.netns.clone()),
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;
-    let _ = be;
-
-    let vmm_pid = spawn_supervisor(store.root(), &dir, &uid, &name)?;
-    drop(lock);
-    let vm = store.get::<Vm>(&uid)?;
-    Ok(Started { vm, accel: verdict, vmm_pid })
+    spawn_supervisor(store.root(), dir, &uid, &name)
 }
 
 fn spawn_supervisor(root: &Path, dir: &Path, uid: &str, name: &str) -> Result<u32, StartError> {

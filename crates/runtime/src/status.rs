@@ -4,7 +4,7 @@
 use ignite_api::{ExitStatus, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::supervisor::finish;
+use crate::supervisor::release_resources;
 use crate::sys::is_supervisor_alive;
 
 /// The supervisor pid of a VM the store says is running.
@@ -24,13 +24,17 @@ pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
     }
     let uid = vm.uid();
     let stale_pid = supervisor_pid(&vm);
+    // The supervisor is dead, so nothing uses the VM's network or sockets, and no start can
+    // begin while the store still says running: release first, then record the stop.
+    release_resources(&store.dir::<Vm>(&uid));
     let (vm, ()) = store.modify::<Vm, _>(&uid, |v| {
-        // Re-check under the lock: a concurrent start may have replaced the supervisor.
+        // Re-check under the lock: a concurrent refresh may have recorded it already.
         if v.status.running && supervisor_pid(v) == stale_pid && !is_live(v) {
             v.status.running = false;
             if let Some(rt) = v.status.runtime.as_mut() {
                 rt.pid = None;
             }
+            v.status.network = None;
             v.status.exit = Some(ExitStatus {
                 code: None,
                 reason: "supervisor died (the VM was killed with it)".into(),
@@ -38,11 +42,6 @@ pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
             });
         }
     })?;
-    if !vm.status.running {
-        if let Some(p) = stale_pid {
-            finish(store, &uid, p, None, "supervisor died", &store.dir::<Vm>(&uid));
-        }
-    }
     Ok(vm)
 }
 

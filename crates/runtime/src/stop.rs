@@ -55,6 +55,9 @@ fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let uid = vm.uid();
+    if !sys::pid_exists(pid) {
+        crate::supervisor::release_resources(&store.dir::<Vm>(&uid));
+    }
     let (v, ()) = store.modify::<Vm, _>(&uid, |v| {
         if supervisor_pid(v) == Some(pid) {
             v.status.running = false;
@@ -62,6 +65,7 @@ fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
                 rt.pid = None;
             }
             v.status.exit = Some(ExitStatus { code: None, reason: "killed".into(), time: Some(chrono::Utc::now()) });
+            v.status.network = None;
         }
     })?;
     Ok(v)

@@ -87,6 +87,12 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
 
     let mut cmd = backend.command(&boot).map_err(|e| e.to_string())?;
+    if let Some(ns) = &boot.netns {
+        // The VMM opens its taps inside the VM's network namespace.
+        let mut wrapped = std::process::Command::new("ip");
+        wrapped.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args());
+        cmd = wrapped;
+    }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(vmm_log));
     sys::die_with_parent(&mut cmd);
     // For benchmarks and debugging: the exact VMM command line and when it was spawned.
@@ -205,16 +211,27 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
 
 /// Records that the VM ended (only if the status still names this supervisor).
 pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, reason: &str, dir: &Path) {
+    // Release first, then say "stopped": while the store says running, no start can attach
+    // the VM anew, so the release cannot hit a newer attachment.
+    let ours = |vm: &Vm| vm.status.running && vm.status.runtime.as_ref().and_then(|r| r.pid) == Some(pid);
+    if store.get::<Vm>(uid).map(|vm| ours(&vm)).unwrap_or(false) {
+        release_resources(dir);
+    }
     let _ = store.modify::<Vm, _>(uid, |vm| {
-        let ours = vm.status.runtime.as_ref().and_then(|r| r.pid) == Some(pid);
-        if ours {
+        if ours(vm) {
             vm.status.running = false;
             if let Some(rt) = vm.status.runtime.as_mut() {
                 rt.pid = None;
             }
             vm.status.exit = Some(ExitStatus { code, reason: reason.to_string(), time: Some(chrono::Utc::now()) });
+            vm.status.network = None;
         }
     });
+}
+
+/// What a VM holds only while it runs: its network and its sockets.
+pub fn release_resources(dir: &Path) {
+    crate::network::release(dir);
     for f in [ATTACH_SOCKET, "qmp.sock"] {
         let _ = std::fs::remove_file(dir.join(f));
     }

@@ -153,5 +153,12 @@ pub fn flags_to_spec(a: &CreateArgs) -> anyhow::Result<(ObjectMeta, VmSpec)> {
         labels.insert(k.to_string(), v.to_string());
     }
     meta.labels = labels;
+    if let Some(np) = &a.network_plugin {
+        let np = if np == "docker-bridge" { "cni" } else { np.as_str() };
+        meta.annotations.insert(ignite_runtime::network::PLUGIN_ANNOTATION.into(), np.into());
+    }
+    if let Some(ip) = a.ip {
+        meta.annotations.insert(ignite_runtime::network::IP_ANNOTATION.into(), ip.to_string());
+    }
     Ok((meta, spec))
 }

@@ -9,7 +9,18 @@ use crate::context::Ctx;
 pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let config = ctx.config()?;
-    let vm = store.resolve::<Vm>(&a.vm)?;
+    let mut vm = store.resolve::<Vm>(&a.vm)?;
+    if let Some(np) = &a.network_plugin {
+        if !matches!(np.as_str(), "cni" | "docker-bridge" | "none") {
+            return Err(super::UsageError(format!("invalid --network-plugin {np:?}: use cni or none")).into());
+        }
+        let np = if np == "docker-bridge" { "cni".to_string() } else { np.clone() };
+        vm = store
+            .modify::<Vm, _>(&vm.uid(), |v| {
+                v.metadata.annotations.insert(ignite_runtime::network::PLUGIN_ANNOTATION.into(), np);
+            })?
+            .0;
+    }
     let opts = super::run::start_options(a.accel.as_deref())?;
     let started = start(&store, &config, vm, &opts)?;
     super::run::report_started(ctx, &started);

@@ -63,6 +63,9 @@ pub struct BootConfig {
     pub run_dir: PathBuf,
     /// Seconds a graceful stop may take before the VMM is killed.
     pub stop_grace_secs: u64,
+    /// Network namespace the VMM runs in (its taps live there).
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 /// Backend failures.

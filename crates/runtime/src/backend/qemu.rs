@@ -178,6 +178,7 @@ mod tests {
             accel: Accel::Tcg,
             run_dir: "/v".into(),
             stop_grace_secs: 10,
+            netns: None,
         };
         let a = Qemu::args(&boot).join(" ");
         assert!(a.contains("-accel tcg -cpu max"), "{a}");

@@ -1,0 +1,365 @@
+//! Attaching a VM to a CNI network: namespace, CNI ADD, tap + `tc mirred` redirects.
+//!
+//! Inside the VM's namespace the CNI plugin leaves a veth `eth0` with the VM's address. The
+//! address is removed from it (the namespace's own stack must not answer for the guest), a
+//! tap `tap0` is created, and every frame arriving on one is redirected out of the other. The
+//! guest's NIC gets `eth0`'s MAC and IP, so to the bridge, the IPAM and portmap the VM looks
+//! exactly like the container the plugins configured.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cni::{CniConfig, Invocation, PortMapping};
+use crate::{run, NetError};
+
+/// Interface the plugins create inside the namespace.
+pub const IFNAME: &str = "eth0";
+/// The VMM's tap inside the namespace.
+pub const TAP: &str = "tap0";
+
+/// What to attach.
+#[derive(Debug, Clone, Default)]
+pub struct AttachOptions {
+    pub cni: CniConfig,
+    /// Network name (first conflist when `None`).
+    pub network: Option<String>,
+    pub ports: Vec<PortMapping>,
+    /// A fixed address (host-local's `IP` CNI argument).
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// A VM's network attachment; saved so that it can be torn down after a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub netns: String,
+    pub network: String,
+    pub conflist: PathBuf,
+    pub cni_args: String,
+    pub ports: Vec<PortMapping>,
+    pub result: Value,
+    pub tap: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<String>,
+}
+
+/// Namespace name of a VM.
+pub fn netns_name(id: &str) -> String {
+    format!("ignite-{id}")
+}
+
+fn netns_path(name: &str) -> String {
+    format!("/run/netns/{name}")
+}
+
+impl Attachment {
+    /// Netmask in dotted form.
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits: u32 = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len.min(32))) };
+        Ipv4Addr::from(bits)
+    }
+
+    /// The kernel's `ip=` argument: static configuration, no DHCP wait.
+    pub fn kernel_ip_arg(&self, hostname: &str) -> String {
+        let gw = self.gateway.map(|g| g.to_string()).unwrap_or_default();
+        let host: String =
+            hostname.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').take(63).collect();
+        let mut s = format!("ip={}::{gw}:{}:{host}:eth0:off", self.ip, self.netmask());
+        for d in self.dns.iter().filter(|d| d.parse::<Ipv4Addr>().is_ok()).take(2) {
+            s.push(':');
+            s.push_str(d);
+        }
+        s
+    }
+
+    fn invocation<'a>(&'a self, netns: &'a str) -> Invocation<'a> {
+        Invocation { container_id: &self.container_id, netns, ifname: IFNAME, args: &self.cni_args, ports: &self.ports }
+    }
+}
+
+fn parse_result(result: &Value) -> Result<(Ipv4Addr, u8, Option<Ipv4Addr>, String, Vec<String>), NetError> {
+    let ifaces = result["interfaces"].as_array().cloned().unwrap_or_default();
+    let ip = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|i| {
+            let (a, p) = i["address"].as_str()?.split_once('/')?;
+            let a: Ipv4Addr = a.parse().ok()?;
+            let gw = i["gateway"].as_str().and_then(|g| g.parse().ok());
+            let mac = i["interface"]
+                .as_u64()
+                .and_then(|n| ifaces.get(n as usize))
+                .and_then(|f| f["mac"].as_str())
+                .map(String::from);
+            Some((a, p.parse::<u8>().ok()?, gw, mac))
+        })
+        .ok_or(NetError::NoAddress)?;
+    let mac = ip.3.or_else(|| {
+        ifaces
+            .iter()
+            .find(|f| f["sandbox"].as_str().is_some_and(|s| !s.is_empty()))
+            .and_then(|f| f["mac"].as_str())
+            .map(String::from)
+    });
+    let dns = result["dns"]["nameservers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(String::from))
+        .collect();
+    Ok((ip.0, ip.1, ip.2, mac.unwrap_or_default(), dns))
+}
+
+/// Attaches VM `id`: returns the attachment (namespace, address, MAC, tap).
+pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
+    let list = opts.cni.load(opts.network.as_deref())?;
+    for p in &list.plugins {
+        if p["type"] == "bridge" {
+            ensure_bridge_mac(p["bridge"].as_str().unwrap_or("cni0"))?;
+        }
+    }
+    let ns = netns_name(id);
+    // A namespace left by a crash: remove it first (its CNI state is released by recovery).
+    if std::path::Path::new(&netns_path(&ns)).exists() {
+        let _ = run("ip", &["netns", "del", &ns], None);
+    }
+    run("ip", &["netns", "add", &ns], None)?;
+    let mut cni_args = String::from("IgnoreUnknown=1");
+    if let Some(ip) = opts.ip {
+        cni_args.push_str(&format!(";IP={ip}"));
+    }
+    let mut att = Attachment {
+        container_id: id.to_string(),
+        netns: ns.clone(),
+        network: list.name.clone(),
+        conflist: list.path.clone(),
+        cni_args,
+        ports: opts.ports.clone(),
+        result: Value::Null,
+        tap: TAP.into(),
+        mac: String::new(),
+        ip: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+        gateway: None,
+        dns: Vec::new(),
+    };
+    let path = netns_path(&ns);
+    let result = match list.add(&opts.cni, &att.invocation(&path)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = list.del(&opts.cni, &att.invocation(&path), None);
+            let _ = run("ip", &["netns", "del", &ns], None);
+            return Err(e);
+        }
+    };
+    att.result = result.clone();
+    let finish = (|| {
+        let (ip, prefix, gw, mac, dns) = parse_result(&result)?;
+        let mac = if mac.is_empty() { read_mac(&ns)? } else { mac };
+        att.ip = ip;
+        att.prefix_len = prefix;
+        att.gateway = gw;
+        att.mac = mac;
+        att.dns = dns;
+        let ipcmds =
+            format!("link set lo up\ntuntap add dev {TAP} mode tap\nlink set {TAP} up\naddr flush dev {IFNAME}\n");
+        run("ip", &["-n", &ns, "-batch", "-"], Some(&ipcmds))?;
+        let tccmds = format!(
+            "qdisc add dev {IFNAME} ingress\n\
+             filter add dev {IFNAME} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {TAP}\n\
+             qdisc add dev {TAP} ingress\n\
+             filter add dev {TAP} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {IFNAME}\n"
+        );
+        run("tc", &["-n", &ns, "-batch", "-"], Some(&tccmds))?;
+        Ok::<(), NetError>(())
+    })();
+    if let Err(e) = finish {
+        let _ = detach(&att, &opts.cni);
+        return Err(e);
+    }
+    Ok(att)
+}
+
+/// Newer kernels (6.x) create bridges with an all-zero MAC until a port joins, and the bridge
+/// plugin of containernetworking-plugins 1.1 then fails ("could not set bridge's mac: invalid
+/// argument") when it pins the bridge's MAC to itself. Give the bridge a stable, locally
+/// administered MAC first (derived from its name).
+fn ensure_bridge_mac(name: &str) -> Result<(), NetError> {
+    if name.is_empty()
+        || name.len() > 15
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(NetError::Config { path: PathBuf::new(), message: format!("invalid bridge name {name:?}") });
+    }
+    let sys = format!("/sys/class/net/{name}/address");
+    let current = std::fs::read_to_string(&sys).ok();
+    if current.as_deref().map(str::trim).is_some_and(|m| m != "00:00:00:00:00:00") {
+        return Ok(());
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let mac = format!("02:1e:{:02x}:{:02x}:{:02x}:{:02x}", h >> 24, (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
+    if current.is_none() {
+        // Created concurrently by another start: fine.
+        let _ = run("ip", &["link", "add", name, "type", "bridge"], None);
+    }
+    run("ip", &["link", "set", name, "address", &mac], None)?;
+    Ok(())
+}
+
+fn read_mac(ns: &str) -> Result<String, NetError> {
+    let out = run("ip", &["-n", ns, "-j", "link", "show", IFNAME], None)?;
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    v[0]["address"].as_str().map(String::from).ok_or(NetError::NoAddress)
+}
+
+/// Releases everything `attach` took: CNI DEL (IPAM lease, veth, NAT and port rules) and the
+/// namespace. Idempotent; safe to call after a crash from the saved attachment.
+pub fn detach(att: &Attachment, cni: &CniConfig) -> Result<(), NetError> {
+    let path = netns_path(&att.netns);
+    let ns_exists = std::path::Path::new(&path).exists();
+    if ns_exists && att.ip != Ipv4Addr::UNSPECIFIED {
+        // The bridge plugin finds what to un-masquerade from the interface's addresses, which
+        // attach moved to the guest: give it back first (harmless if already there).
+        let cidr = format!("{}/{}", att.ip, att.prefix_len);
+        let _ = run("ip", &["-n", &att.netns, "addr", "add", &cidr, "dev", IFNAME], None);
+    }
+    let del = match cni.load(Some(&att.network)) {
+        Ok(list) => {
+            // Plugins accept DEL of a namespace that is gone; pass it only if it exists.
+            let p = if ns_exists { path.clone() } else { String::new() };
+            list.del(cni, &att.invocation(&p), (!att.result.is_null()).then_some(&att.result))
+        }
+        Err(e) => Err(e),
+    };
+    if ns_exists {
+        run("ip", &["netns", "del", &att.netns], None)?;
+    }
+    // Whatever a plugin could not remove (e.g. its namespace was already gone after a crash):
+    // NAT rules are tagged with the container id in their comment.
+    scrub_nat_rules(&att.container_id);
+    del
+}
+
+/// Deletes nat-table rules and chains whose comment names container `id` (as the bridge and
+/// portmap plugins tag them).
+pub fn scrub_nat_rules(id: &str) {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return;
+    }
+    let Ok(dump) = run("iptables-save", &["-t", "nat"], None) else { return };
+    let tag = format!("id: \\\"{id}\\\"");
+    let mut chains = Vec::new();
+    for line in dump.lines().filter(|l| l.starts_with("-A ") && l.contains(&tag)) {
+        let spec: Vec<String> = shell_split(&line[3..]);
+        let mut args = vec!["-t", "nat", "-D"];
+        args.extend(spec.iter().map(String::as_str));
+        let _ = run("iptables", &args, None);
+        if let Some(i) = spec.iter().position(|a| *a == "-j") {
+            if let Some(c) = spec.get(i + 1).filter(|c| c.starts_with("CNI-") && !c.starts_with("CNI-HOSTPORT")) {
+                chains.push(c.to_string());
+            }
+        }
+    }
+    for c in chains {
+        let _ = run("iptables", &["-t", "nat", "-F", &c], None);
+        let _ = run("iptables", &["-t", "nat", "-X", &c], None);
+    }
+}
+
+/// Splits an iptables-save rule into arguments (double quotes group, `\"` escapes).
+fn shell_split(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        if b[i] == b'"' {
+            let start = i + 1;
+            i += 1;
+            while i < b.len() && !(b[i] == b'"' && b[i - 1] != b'\\') {
+                i += 1;
+            }
+            out.push(s[start..i.min(s.len())].replace("\\\"", "\""));
+            i += 1;
+        } else {
+            let start = i;
+            while i < b.len() && b[i] != b' ' {
+                i += 1;
+            }
+            out.push(s[start..i].to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_a_bridge_result_and_formats_ip_arg() {
+        let r = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "ignite0", "mac": "aa:aa:aa:aa:aa:aa"},
+                {"name": "veth1", "mac": "bb:bb:bb:bb:bb:bb"},
+                {"name": "eth0", "mac": "02:42:0a:3d:00:05", "sandbox": "/run/netns/x"}
+            ],
+            "ips": [{"interface": 2, "address": "10.61.0.5/16", "gateway": "10.61.0.1"}],
+            "dns": {"nameservers": ["10.0.0.53"]}
+        });
+        let (ip, p, gw, mac, dns) = parse_result(&r).unwrap();
+        assert_eq!(
+            (ip.to_string(), p, gw.unwrap().to_string(), mac.as_str()),
+            ("10.61.0.5".into(), 16, "10.61.0.1".into(), "02:42:0a:3d:00:05")
+        );
+        let att = Attachment {
+            container_id: "c".into(),
+            netns: "n".into(),
+            network: "net".into(),
+            conflist: "/x".into(),
+            cni_args: String::new(),
+            ports: vec![],
+            result: r,
+            tap: TAP.into(),
+            mac,
+            ip,
+            prefix_len: p,
+            gateway: gw,
+            dns,
+        };
+        assert_eq!(att.kernel_ip_arg("vm1"), "ip=10.61.0.5::10.61.0.1:255.255.0.0:vm1:eth0:off:10.0.0.53");
+        assert!(parse_result(&json!({"ips": []})).is_err());
+        let rule = r#"POSTROUTING -s 10.61.0.4/32 -m comment --comment "name: \"n\" id: \"abc\"" -j CNI-6fff"#;
+        assert_eq!(
+            shell_split(rule),
+            vec![
+                "POSTROUTING",
+                "-s",
+                "10.61.0.4/32",
+                "-m",
+                "comment",
+                "--comment",
+                "name: \"n\" id: \"abc\"",
+                "-j",
+                "CNI-6fff"
+            ]
+        );
+    }
+}

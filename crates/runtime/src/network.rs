@@ -1,0 +1,76 @@
+//! A VM's network, as the runtime sees it: which plugin (`cni` or `none`), its attachment saved
+//! in `vm/<uid>/network.json` (so it is released even after a crash), and teardown.
+
+use std::path::Path;
+
+use ignite_api::Vm;
+use ignite_net::{AttachOptions, Attachment, CniConfig, PortMapping};
+use ignite_store::Store;
+
+use crate::config::LoadedConfig;
+
+/// Saved attachment file in a VM's directory.
+pub const NETWORK_FILE: &str = "network.json";
+/// Annotation selecting the network plugin of a VM (`cni` or `none`).
+pub const PLUGIN_ANNOTATION: &str = "ignite.weave.works/network-plugin";
+/// Annotation requesting a fixed IPv4 address.
+pub const IP_ANNOTATION: &str = "ignite.weave.works/ip";
+
+/// The network plugin a VM uses.
+pub fn plugin_for(vm: &Vm, config: &LoadedConfig) -> String {
+    let p =
+        vm.metadata.annotations.get(PLUGIN_ANNOTATION).cloned().unwrap_or_else(|| config.spec.network_plugin.clone());
+    match p.as_str() {
+        "" | "cni" | "docker-bridge" => "cni".into(),
+        other => other.into(),
+    }
+}
+
+/// Attach options for a VM: its ports and requested IP.
+pub fn options_for(vm: &Vm) -> Result<AttachOptions, String> {
+    let ports = vm
+        .spec
+        .network
+        .ports
+        .iter()
+        .map(|p| PortMapping {
+            host_port: p.host_port,
+            container_port: p.vm_port,
+            protocol: p.protocol.to_string(),
+            host_ip: p.bind_address.map(|a| a.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    let ip = match vm.metadata.annotations.get(IP_ANNOTATION) {
+        Some(s) => Some(s.parse().map_err(|_| format!("invalid IP {s:?}"))?),
+        None => None,
+    };
+    Ok(AttachOptions { cni: CniConfig::default(), network: None, ports, ip })
+}
+
+pub fn save(dir: &Path, att: &Attachment) -> Result<(), ignite_store::StoreError> {
+    ignite_store::write_json_atomic(&dir.join(NETWORK_FILE), att)
+}
+
+/// Releases the VM's network if an attachment was saved; removes the record once released.
+pub fn release(dir: &Path) {
+    let path = dir.join(NETWORK_FILE);
+    let Ok(bytes) = std::fs::read(&path) else { return };
+    let Ok(att) = serde_json::from_slice::<Attachment>(&bytes) else {
+        let _ = std::fs::remove_file(&path);
+        return;
+    };
+    match ignite_net::detach(&att, &CniConfig::default()) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&path);
+        }
+        Err(e) => tracing::warn!("releasing the network of {}: {e}", dir.display()),
+    }
+}
+
+/// Releases the networks of VMs that are not running (after crashes): called when a VM is
+/// found dead and by `ignite` on recovery.
+pub fn recover(store: &Store, vm: &Vm) {
+    if !vm.status.running {
+        release(&store.dir::<Vm>(&vm.uid()));
+    }
+}
