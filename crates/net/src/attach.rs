@@ -83,7 +83,10 @@ impl Attachment {
     }
 }
 
-fn parse_result(result: &Value) -> Result<(Ipv4Addr, u8, Option<Ipv4Addr>, String, Vec<String>), NetError> {
+/// Address, prefix length, gateway, MAC and DNS servers from a CNI result.
+type Parsed = (Ipv4Addr, u8, Option<Ipv4Addr>, String, Vec<String>);
+
+fn parse_result(result: &Value) -> Result<Parsed, NetError> {
     let ifaces = result["interfaces"].as_array().cloned().unwrap_or_default();
     let ip = result["ips"]
         .as_array()
