@@ -6,6 +6,9 @@
                                           the host-side time from `ignite run` to the VMM's exec
     benches/bench.py disk   [--runs 10]   VM creation for a 64 MiB and a 1 GiB image (ratio ~1)
     benches/bench.py import [--runs 3]    image import vs skopeo copy + umoci unpack + mke2fs -d
+    benches/bench.py net    [--runs 20]   network set-up per VM (netns + CNI ADD + tap), from
+                                          `ignite start --log-level debug`, next to Weave Ignite's
+                                          0.5-0.85 s (Ignite #436)
     benches/bench.py all
 
 Uses target/release/ignite (built if missing), the cached kernel and test images. Absolute
@@ -178,9 +181,24 @@ def bench_import(e, runs):
     print(f"  ratio ignite / pipeline (p50)         {pct(ours, 50) / pct(ref, 50):.3f}")
 
 
+def bench_net(e, runs):
+    import re
+    xs = []
+    for i in range(runs):
+        p = subprocess.run([IGNITE, "--log-level", "debug", "run", "busybox", "--name", f"net{i}", "--memory", "64MB"],
+                           env=e.env, check=True, capture_output=True, text=True)
+        m = re.search(r"after ([0-9.]+) ms", p.stderr)
+        if not m:
+            raise SystemExit(f"no network timing in: {p.stderr}")
+        xs.append(float(m.group(1)) / 1000)
+        subprocess.run([IGNITE, "rm", "-f", f"net{i}"], env=e.env, capture_output=True)
+    print(f"network set-up per VM (netns + CNI bridge/host-local/portmap/firewall ADD + tap + tc), {runs} runs")
+    print(f"  ignite                       {fmt(xs)}   (target < 50 ms; Weave Ignite: 500-850 ms)")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["boot", "disk", "import", "all"])
+    ap.add_argument("what", choices=["boot", "disk", "import", "net", "all"])
     ap.add_argument("--runs", type=int)
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -193,6 +211,8 @@ def main():
             bench_disk(e, a.runs or 10)
         if a.what in ("import", "all"):
             bench_import(e, a.runs or 3)
+        if a.what in ("net", "all"):
+            bench_net(e, a.runs or 20)
     finally:
         e.close()
 

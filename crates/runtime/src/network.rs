@@ -74,3 +74,27 @@ pub fn recover(store: &Store, vm: &Vm) {
         release(&store.dir::<Vm>(&vm.uid()));
     }
 }
+
+/// Refuses host ports that another running VM publishes or that a host process listens on.
+pub fn check_ports(store: &Store, vm: &Vm) -> Result<(), String> {
+    let others = crate::status::list(store).map_err(|e| e.to_string())?;
+    for p in &vm.spec.network.ports {
+        for o in others.iter().filter(|o| o.status.running && o.uid() != vm.uid()) {
+            if o.spec.network.ports.iter().any(|q| q.host_port == p.host_port && q.protocol == p.protocol) {
+                return Err(format!(
+                    "host port {}/{} is already published by VM {:?}",
+                    p.host_port, p.protocol, o.metadata.name
+                ));
+            }
+        }
+        let bind = p.bind_address.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let busy = match p.protocol {
+            ignite_api::Protocol::Tcp => std::net::TcpListener::bind((bind, p.host_port)).is_err(),
+            ignite_api::Protocol::Udp => std::net::UdpSocket::bind((bind, p.host_port)).is_err(),
+        };
+        if busy {
+            return Err(format!("host port {}/{} is in use on this host", p.host_port, p.protocol));
+        }
+    }
+    Ok(())
+}

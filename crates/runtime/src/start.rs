@@ -144,8 +144,17 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         "cni" => {
             let opts =
                 crate::network::options_for(&vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+            crate::network::check_ports(store, &vm)
+                .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+            let t = std::time::Instant::now();
             let att = ignite_net::attach(&uid, &opts)
                 .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
+            tracing::debug!(
+                "network of VM {name}: {} in {} after {:.1} ms",
+                att.ip,
+                att.netns,
+                t.elapsed().as_secs_f64() * 1000.0
+            );
             if let Err(e) = crate::network::save(&dir, &att) {
                 let _ = ignite_net::detach(&att, &opts.cni);
                 return Err(e.into());
