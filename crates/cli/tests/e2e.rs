@@ -86,6 +86,8 @@ fn busybox_from_a_registry_boots_stops_restarts_with_its_disk() {
     let logs = wait_for_log(&root, "e2e", "IGNITE-BUSYBOX-READY hostname=e2e boot=1", 90);
     assert!(logs.contains("IGNITE-COPIED from-the-host"), "copy-files did not reach the guest");
     assert!(logs.contains("IGNITE-VOLUME on-the-volume"), "the volume was not mounted");
+    // No sshd in this image: a clear error, not a hang.
+    fails(&root, &["exec", "e2e", "--timeout", "2", "--", "true"], 1, "has no SSH key: create it with --ssh");
     eprintln!("boot to init line: {:?}", started.elapsed());
     assert!(logs.contains("ignite-init: provisioned e2e"));
     let uid = field(&root, "e2e", "{{.UID}}");
@@ -308,6 +310,26 @@ fn debian_systemd_image_boots_with_ssh_key_and_keeps_its_disk() {
     let key = root.join("vm").join(&uid).join(format!("id_{uid}"));
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777;
     assert_eq!(mode, 0o600, "private key mode");
+    // ssh, exec (exit codes and stdin pass through) and cp, as Ignite's.
+    assert_eq!(ok(&root, &["ssh", "deb", "--timeout", "120", "--", "uname", "-r"]).trim(), "6.1.192");
+    let o = common::ignite(&root, &["exec", "deb", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    let big = d.path().join("big.bin");
+    let data: Vec<u8> = (0..10u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&big, &data).unwrap();
+    ok(&root, &["cp", big.to_str().unwrap(), "deb:/root/big.bin"]);
+    let back = d.path().join("back.bin");
+    ok(&root, &["cp", "deb:/root/big.bin", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == data, "10 MiB round trip differs");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["exec", "deb", "cat"])
+        .env("IGNITE_ROOT", &root)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    assert_eq!(String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout), "hi\n");
     ok(&root, &["stop", "deb", "-t", "120"]);
     assert_eq!(field(&root, "deb", "{{.Status.Exit.Reason}}"), "stopped");
     ok(&root, &["start", "deb"]);

@@ -12,6 +12,7 @@ pub mod import;
 pub mod network;
 pub mod provision;
 pub mod remove;
+pub mod ssh;
 pub mod start;
 pub mod status;
 pub mod stop;

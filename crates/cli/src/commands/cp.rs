@@ -1,6 +1,10 @@
-//! `ignite cp SRC DST`: one side is `VM:PATH`.
+//! `ignite cp SRC DST`: one side is `VM:PATH`; recursive, modes kept (scp -r -p).
 
-use super::{running_vm, NotAvailable, UsageError, NO_BACKEND};
+use std::time::Duration;
+
+use ignite_api::Vm;
+
+use super::UsageError;
 use crate::cli::CpArgs;
 use crate::context::Ctx;
 
@@ -10,8 +14,9 @@ pub fn run(ctx: &Ctx, a: CpArgs) -> anyhow::Result<()> {
             .filter(|(v, _)| !v.is_empty() && !v.contains('/'))
             .map(|(v, p)| (v.to_string(), p.to_string()))
     };
-    let (vm, path) = match (vm_side(&a.source), vm_side(&a.dest)) {
-        (Some(s), None) | (None, Some(s)) => s,
+    let (vm_q, path, to_vm) = match (vm_side(&a.source), vm_side(&a.dest)) {
+        (Some((v, p)), None) => (v, p, false),
+        (None, Some((v, p))) => (v, p, true),
         (Some(_), Some(_)) => {
             return Err(
                 UsageError("copying between two VMs is not supported: one side must be a host path".into()).into()
@@ -22,6 +27,21 @@ pub fn run(ctx: &Ctx, a: CpArgs) -> anyhow::Result<()> {
     if path.split('/').any(|c| c == "..") {
         return Err(UsageError(format!("invalid VM path {path:?}: '..' is not allowed")).into());
     }
-    let vm = running_vm(&ctx.store()?, &vm)?;
-    Err(NotAvailable { what: format!("cannot copy files with VM {:?}", vm.metadata.name), needs: NO_BACKEND }.into())
+    let store = ctx.store()?;
+    let vm = ignite_runtime::status::refresh(&store, store.resolve::<Vm>(&vm_q)?)?;
+    let timeout = Duration::from_secs(u64::from(a.timeout));
+    let t = ignite_runtime::ssh::target(&store, &vm, a.identity.as_deref(), timeout)?;
+    let remote = format!("root@{}:{}", t.ip, path);
+    let (from, to) = if to_vm { (a.source.clone(), remote) } else { (remote, a.dest.clone()) };
+    let status = ignite_runtime::ssh::scp_command(&t, &from, &to, timeout).status().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::Error::new(ignite_runtime::ssh::SshError::NoClient)
+        } else {
+            anyhow::Error::new(e).context("cannot run scp")
+        }
+    })?;
+    if !status.success() {
+        anyhow::bail!("scp failed with {status}");
+    }
+    Ok(())
 }

@@ -31,17 +31,6 @@ use crate::context::Ctx;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Machinery that a later milestone brings: said plainly, never faked.
-#[derive(Debug, thiserror::Error)]
-#[error("{what}: {needs}")]
-pub struct NotAvailable {
-    pub what: String,
-    pub needs: &'static str,
-}
-
-/// What exec/ssh/cp need and do not have yet.
-pub const NO_BACKEND: &str = "this needs the guest agent or SSH support, which are not in this build yet; use `ignite attach` for the serial console";
-
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx { global: cli.global };
     match cli.command {

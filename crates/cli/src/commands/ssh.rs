@@ -1,10 +1,22 @@
-//! `ignite ssh`.
+//! `ignite ssh VM [-- COMMAND]`: the system ssh client, with the VM's key and address.
 
-use super::{running_vm, NotAvailable, NO_BACKEND};
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use ignite_api::Vm;
+
 use crate::cli::SshArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: SshArgs) -> anyhow::Result<()> {
-    let vm = running_vm(&ctx.store()?, &a.vm)?;
-    Err(NotAvailable { what: format!("cannot ssh in VM {:?}", vm.metadata.name), needs: NO_BACKEND }.into())
+    let store = ctx.store()?;
+    let vm = ignite_runtime::status::refresh(&store, store.resolve::<Vm>(&a.vm)?)?;
+    let timeout = Duration::from_secs(u64::from(a.timeout));
+    let t = ignite_runtime::ssh::target(&store, &vm, a.identity.as_deref(), timeout)?;
+    let tty = a.tty && a.command.is_empty() || a.tty && rustix::termios::isatty(rustix::stdio::stdin());
+    let err = ignite_runtime::ssh::ssh_command(&t, tty, &a.command, timeout).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        return Err(ignite_runtime::ssh::SshError::NoClient.into());
+    }
+    Err(anyhow::Error::new(err).context("cannot run ssh"))
 }
