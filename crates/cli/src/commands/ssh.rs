@@ -13,7 +13,8 @@ pub fn run(ctx: &Ctx, a: SshArgs) -> anyhow::Result<()> {
     let vm = ignite_runtime::status::refresh(&store, store.resolve::<Vm>(&a.vm)?)?;
     let timeout = Duration::from_secs(u64::from(a.timeout));
     let t = ignite_runtime::ssh::target(&store, &vm, a.identity.as_deref(), timeout)?;
-    let tty = a.tty && a.command.is_empty() || a.tty && rustix::termios::isatty(rustix::stdio::stdin());
+    // A login shell gets a terminal; a command only when ours is one (as ssh itself decides).
+    let tty = a.tty && (a.command.is_empty() || rustix::termios::isatty(rustix::stdio::stdin()));
     let err = ignite_runtime::ssh::ssh_command(&t, tty, &a.command, timeout).exec();
     if err.kind() == std::io::ErrorKind::NotFound {
         return Err(ignite_runtime::ssh::SshError::NoClient.into());
