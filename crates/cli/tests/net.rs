@@ -264,3 +264,20 @@ fn network_faults_are_clear_and_leave_nothing() {
     assert_eq!(ok(&root, &["ps", "-a", "-q"]).trim(), "");
     assert_eq!(sh("ip netns list | grep -c ignite- || true"), before_ns);
 }
+
+#[test]
+fn guests_running_a_dhcp_client_get_the_same_lease() {
+    let _g = serial();
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "dhcp", "--memory", "128MB"]);
+    let ip = field(&root, "dhcp", "{{.Status.Network.IPAddresses[0]}}");
+    wait_for_log(&root, "dhcp", "IGNITE-BUSYBOX-READY", 90);
+    console(
+        &root,
+        "dhcp",
+        "printf '#!/bin/sh\\n[ \"$1\" = bound ] && echo LEASE=$ip/$subnet/$router/$hostname\\n' > /tmp/s; chmod +x /tmp/s; udhcpc -i eth0 -n -q -f -s /tmp/s\n",
+    );
+    wait_for_log(&root, "dhcp", &format!("LEASE={ip}/255.255.0.0/10.61.0.1/dhcp"), 60);
+    ok(&root, &["rm", "-f", "dhcp"]);
+}

@@ -171,14 +171,18 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
         att.gateway = gw;
         att.mac = mac;
         att.dns = dns;
-        let ipcmds =
-            format!("link set lo up\ntuntap add dev {TAP} mode tap\nlink set {TAP} up\naddr flush dev {IFNAME}\n");
+        // The tap carries the gateway address as the DHCP server identifier (see `dhcp`).
+        let server = gw.map(|g| format!("addr add {g}/32 dev {TAP}\n")).unwrap_or_default();
+        let ipcmds = format!(
+            "link set lo up\ntuntap add dev {TAP} mode tap\nlink set {TAP} up\naddr flush dev {IFNAME}\n{server}"
+        );
         run("ip", &["-n", &ns, "-batch", "-"], Some(&ipcmds))?;
         let tccmds = format!(
             "qdisc add dev {IFNAME} ingress\n\
              filter add dev {IFNAME} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {TAP}\n\
              qdisc add dev {TAP} ingress\n\
-             filter add dev {TAP} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {IFNAME}\n"
+             filter add dev {TAP} parent ffff: prio 1 protocol ip u32 match ip protocol 17 0xff match ip dport 67 0xffff flowid ffff:1\n\
+             filter add dev {TAP} parent ffff: prio 2 protocol all u32 match u32 0 0 action mirred egress redirect dev {IFNAME}\n"
         );
         run("tc", &["-n", &ns, "-batch", "-"], Some(&tccmds))?;
         Ok::<(), NetError>(())

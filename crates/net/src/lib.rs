@@ -11,6 +11,7 @@
 
 pub mod attach;
 pub mod cni;
+pub mod dhcp;
 
 use std::path::PathBuf;
 

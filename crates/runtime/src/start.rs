@@ -241,6 +241,7 @@ fn boot_and_spawn(
         run_dir: dir.to_path_buf(),
         stop_grace_secs: opts.stop_grace.as_secs(),
         netns: att.map(|a| a.netns.clone()),
+        dhcp: att.and_then(|a| lease_for(a, &name)),
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;
@@ -318,4 +319,34 @@ pub fn ensure_ssh_key(store: &Store, vm: &Vm) -> Result<Option<String>, std::io:
             std::fs::read_to_string(&pubkey).map(Some)
         }
     }
+}
+
+/// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).
+fn lease_for(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<u8> = a.mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    mac.copy_from_slice(&parts);
+    let server = a.gateway?;
+    let mut dns: Vec<std::net::Ipv4Addr> = a.dns.iter().filter_map(|d| d.parse().ok()).collect();
+    if dns.is_empty() {
+        dns = crate::provision::host_resolv_conf()
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|v| v.trim().parse::<std::net::Ipv4Addr>().ok())
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+    }
+    let lease = ignite_net::dhcp::Lease {
+        mac,
+        ip: a.ip,
+        prefix_len: a.prefix_len,
+        gateway: a.gateway,
+        dns,
+        hostname: hostname.to_string(),
+    };
+    Some((lease, server))
 }

@@ -151,6 +151,14 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
             }
         });
     }
+    // DHCP for guests that run a client: the same lease as the kernel's ip= argument.
+    if let (Some(ns), Some((lease, server))) = (boot_arc.netns.clone(), boot_arc.dhcp.clone()) {
+        std::thread::spawn(move || {
+            if let Err(e) = ignite_net::dhcp::serve(&ns, lease, server) {
+                eprintln!("ignite-spawn: DHCP responder stopped: {e}");
+            }
+        });
+    }
     // Signals: TERM = graceful, INT = now.
     {
         let shared = shared.clone();

@@ -66,6 +66,9 @@ pub struct BootConfig {
     /// Network namespace the VMM runs in (its taps live there).
     #[serde(default)]
     pub netns: Option<String>,
+    /// The lease the supervisor's DHCP responder hands out, and the server address.
+    #[serde(default)]
+    pub dhcp: Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)>,
 }
 
 /// Backend failures.

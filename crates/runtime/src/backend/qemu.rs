@@ -179,6 +179,7 @@ mod tests {
             run_dir: "/v".into(),
             stop_grace_secs: 10,
             netns: None,
+            dhcp: None,
         };
         let a = Qemu::args(&boot).join(" ");
         assert!(a.contains("-accel tcg -cpu max"), "{a}");
