@@ -60,6 +60,8 @@ pub fn validate_vm(vm: &Vm) -> Result<(), ValidationErrors> {
     if !vm.metadata.name.is_empty() {
         if let Err(m) = check_dns1123(&vm.metadata.name) {
             errs.push("metadata.name", format!("invalid name {:?}: {m}", vm.metadata.name));
+        } else if vm.metadata.name.len() > 63 {
+            errs.push("metadata.name", "must be at most 63 characters: it becomes the guest's hostname");
         }
     }
     check_labels(&mut errs, "metadata.labels", vm.metadata.labels.iter());

@@ -1,45 +1,79 @@
-//! Per-VM initramfs: a cpio ("newc") archive with a static busybox, the init shim and the
-//! VM's own files. The kernel unpacks it and runs the shim as PID 1; the shim mounts the VM's
-//! root disk, copies the files into it (so they land in the VM's own copy-on-write layer,
-//! never in the shared base), sets the hostname and `switch_root`s to the image's init, which
-//! stays PID 1 as users expect. A missing root device or init is reported on the console as
-//! `ignite-init: error: ...` and the VM powers off instead of hanging.
+//! A cpio "newc" archive writer: the format the Linux kernel unpacks as an initramfs.
+//!
+//! Owns: archive paths and their validation, and the byte format. Each entry is a 110-byte
+//! ASCII header (`070701` and 13 eight-digit hex fields: ino, mode, uid, gid, nlink, mtime,
+//! filesize, devmajor, devminor, rdevmajor, rdevminor, namesize, check), the NUL-terminated
+//! name padded to 4 bytes, then the data padded to 4 bytes; `TRAILER!!!` ends the archive.
+//! Everything is owned by 0:0. Entries are written in the order they were added, each
+//! directory before what it holds (missing parents are added as 0755 directories); adding a
+//! path again replaces the earlier entry in place. Host files are streamed when the archive
+//! is written, not held in memory.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::{io_err, DiskError};
+use crate::{fs_err, DiskError, TmpFile};
 
-enum Entry {
-    Dir { mode: u32 },
-    File { data: Source, mode: u32 },
-    Symlink { target: String },
+#[derive(Debug, Clone)]
+enum Kind {
+    Dir,
+    File(Source),
+    Symlink(String),
+    CharDevice { major: u32, minor: u32 },
 }
 
+#[derive(Debug, Clone)]
 enum Source {
     Bytes(Vec<u8>),
     Host(PathBuf),
 }
 
-/// An initramfs being assembled; entries are written in insertion order.
-#[derive(Default)]
+#[derive(Debug, Clone)]
+struct Entry {
+    path: String,
+    kind: Kind,
+    /// Permission bits (0o7777).
+    mode: u32,
+    mtime: u32,
+}
+
+/// An initramfs being assembled.
+#[derive(Debug, Default, Clone)]
 pub struct Initramfs {
-    entries: Vec<(String, Entry)>,
+    entries: Vec<Entry>,
+    index: HashMap<String, usize>,
 }
 
-impl std::fmt::Debug for Initramfs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Initramfs({} entries)", self.entries.len())
+/// Checks an archive path: relative, non-empty, no `.`/`..`/empty components, no NUL or
+/// newline (the init shim reads file lists line by line), shorter than PATH_MAX.
+fn check_path(path: &str) -> Result<(), DiskError> {
+    let bad = |reason| Err(DiskError::BadArchivePath { path: path.to_string(), reason });
+    if path.is_empty() {
+        return bad("empty");
     }
+    if path.starts_with('/') {
+        return bad("must be relative to the archive root");
+    }
+    if path.contains('\0') || path.contains('\n') {
+        return bad("contains a NUL or newline character");
+    }
+    if path.len() >= 4096 {
+        return bad("longer than 4095 bytes");
+    }
+    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return bad("empty, `.` or `..` component");
+    }
+    Ok(())
 }
 
-fn clean(path: &str) -> Result<String, DiskError> {
-    let p = path.trim_start_matches('/');
-    if p.is_empty() || p.contains('\0') || p.split('/').any(|c| c == ".." || c.is_empty() || c == ".") {
-        return Err(DiskError::BadArchivePath(path.to_string()));
-    }
-    Ok(p.to_string())
+fn now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
+        .unwrap_or(0)
 }
 
 impl Initramfs {
@@ -47,328 +81,303 @@ impl Initramfs {
         Initramfs::default()
     }
 
-    pub fn add_dir(&mut self, path: &str, mode: u32) -> Result<(), DiskError> {
-        self.entries.push((clean(path)?, Entry::Dir { mode }));
-        Ok(())
+    /// Number of entries (directories included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
 
-    /// Adds `path` and any missing parent directories (0755).
-    fn parents(&mut self, path: &str) -> Result<(), DiskError> {
-        let p = clean(path)?;
-        let mut acc = String::new();
-        let parts: Vec<&str> = p.split('/').collect();
-        for c in &parts[..parts.len() - 1] {
-            if !acc.is_empty() {
-                acc.push('/');
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn put(&mut self, path: &str, kind: Kind, mode: u32, mtime: u32) -> Result<(), DiskError> {
+        check_path(path)?;
+        // Parents first.
+        let mut end = 0;
+        while let Some(i) = path[end..].find('/') {
+            end += i;
+            let parent = &path[..end];
+            match self.index.get(parent) {
+                Some(&i) if matches!(self.entries[i].kind, Kind::Dir) => {}
+                Some(_) => {
+                    return Err(DiskError::BadArchivePath {
+                        path: path.to_string(),
+                        reason: "a parent is already in the archive as something other than a directory",
+                    })
+                }
+                None => {
+                    self.index.insert(parent.to_string(), self.entries.len());
+                    self.entries.push(Entry { path: parent.to_string(), kind: Kind::Dir, mode: 0o755, mtime });
+                }
             }
-            acc.push_str(c);
-            if !self.entries.iter().any(|(n, _)| *n == acc) {
-                self.entries.push((acc.clone(), Entry::Dir { mode: 0o755 }));
+            end += 1;
+        }
+        let e = Entry { path: path.to_string(), kind, mode: mode & 0o7777, mtime };
+        match self.index.get(path) {
+            Some(&i) => self.entries[i] = e,
+            None => {
+                self.index.insert(path.to_string(), self.entries.len());
+                self.entries.push(e);
             }
         }
         Ok(())
     }
 
-    pub fn add_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<(), DiskError> {
-        self.parents(path)?;
-        self.entries.push((clean(path)?, Entry::File { data: Source::Bytes(data.to_vec()), mode }));
-        Ok(())
+    /// Adds a directory (and its missing parents).
+    pub fn add_dir(&mut self, path: &str, mode: u32) -> Result<(), DiskError> {
+        self.put(path, Kind::Dir, mode, now())
     }
 
+    /// Adds a regular file with the given contents.
+    pub fn add_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<(), DiskError> {
+        if data.len() as u64 > u32::MAX as u64 {
+            return Err(DiskError::BadArchivePath { path: path.into(), reason: "file larger than 4 GiB" });
+        }
+        self.put(path, Kind::File(Source::Bytes(data.to_vec())), mode, now())
+    }
+
+    /// Adds a regular file whose contents are read from `host` when the archive is written.
     pub fn add_file_from(&mut self, path: &str, host: &Path, mode: u32) -> Result<(), DiskError> {
-        if !host.is_file() {
-            return Err(DiskError::Io {
-                path: host.into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a regular file"),
+        let m = std::fs::metadata(host).map_err(fs_err("read", host))?;
+        if !m.is_file() {
+            return Err(DiskError::Invalid {
+                what: "initramfs source",
+                value: host.display().to_string(),
+                reason: "not a regular file".into(),
             });
         }
-        self.parents(path)?;
-        self.entries.push((clean(path)?, Entry::File { data: Source::Host(host.into()), mode }));
-        Ok(())
+        self.put(path, Kind::File(Source::Host(host.to_path_buf())), mode, mtime_of(&m))
     }
 
+    /// Adds a symbolic link to `target` (stored verbatim).
     pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), DiskError> {
-        self.parents(path)?;
-        self.entries.push((clean(path)?, Entry::Symlink { target: target.into() }));
+        if target.is_empty() || target.contains('\0') {
+            return Err(DiskError::BadArchivePath { path: path.into(), reason: "empty link target or NUL in it" });
+        }
+        self.put(path, Kind::Symlink(target.to_string()), 0o777, now())
+    }
+
+    /// Adds a character device node (e.g. `dev/console`, 5:1, which the kernel opens for
+    /// init's stdio before anything mounts devtmpfs).
+    pub fn add_char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<(), DiskError> {
+        self.put(path, Kind::CharDevice { major, minor }, mode, now())
+    }
+
+    /// Adds the host file, symlink or directory tree `host` at `prefix` (`""`: the tree's
+    /// contents at the archive root): directories, regular files and symlinks with their
+    /// permission bits and mtimes, owned by 0:0. Other file types (sockets, fifos, devices)
+    /// are skipped with a warning.
+    pub fn add_host_tree(&mut self, prefix: &str, host: &Path) -> Result<(), DiskError> {
+        let m = std::fs::symlink_metadata(host).map_err(fs_err("read", host))?;
+        let ft = m.file_type();
+        if prefix.is_empty() && !ft.is_dir() {
+            return Err(DiskError::BadArchivePath {
+                path: String::new(),
+                reason: "only a directory can be added at the archive root",
+            });
+        }
+        if ft.is_symlink() {
+            let t = std::fs::read_link(host).map_err(fs_err("read the link", host))?;
+            let t = t.to_str().ok_or_else(|| DiskError::Invalid {
+                what: "symlink target",
+                value: t.display().to_string(),
+                reason: "not UTF-8".into(),
+            })?;
+            return self.put(prefix, Kind::Symlink(t.to_string()), 0o777, mtime_of(&m));
+        }
+        if ft.is_file() {
+            return self.put(prefix, Kind::File(Source::Host(host.to_path_buf())), m.mode(), mtime_of(&m));
+        }
+        if !ft.is_dir() {
+            tracing::warn!(path = %host.display(), "not a file, directory or symlink: left out of the initramfs");
+            return Ok(());
+        }
+        if !prefix.is_empty() {
+            self.put(prefix, Kind::Dir, m.mode(), mtime_of(&m))?;
+        }
+        let mut names: Vec<_> = std::fs::read_dir(host)
+            .map_err(fs_err("read directory", host))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(fs_err("read directory", host))?;
+        names.sort();
+        for n in names {
+            let name = n.to_str().ok_or_else(|| DiskError::Invalid {
+                what: "file name",
+                value: host.join(&n).display().to_string(),
+                reason: "not UTF-8".into(),
+            })?;
+            let child = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+            self.add_host_tree(&child, &host.join(&n))?;
+        }
         Ok(())
     }
 
-    /// Adds a host file or directory tree at `prefix` (dirs, regular files and symlinks, with
-    /// their modes; owned by root in the archive).
-    pub fn add_host_tree(&mut self, prefix: &str, host: &Path) -> Result<(), DiskError> {
-        let m = std::fs::symlink_metadata(host).map_err(io_err(host))?;
-        if m.file_type().is_symlink() {
-            let t = std::fs::read_link(host).map_err(io_err(host))?;
-            return self.add_symlink(prefix, &t.to_string_lossy());
-        }
-        if m.is_file() {
-            return self.add_file_from(prefix, host, m.mode() & 0o7777);
-        }
-        if m.is_dir() {
-            self.parents(prefix)?;
-            self.add_dir(prefix, m.mode() & 0o7777)?;
-            let mut names: Vec<_> =
-                std::fs::read_dir(host).map_err(io_err(host))?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-            names.sort();
-            for n in names {
-                let child = host.join(&n);
-                self.add_host_tree(&format!("{}/{}", prefix.trim_end_matches('/'), n.to_string_lossy()), &child)?;
+    /// Writes the archive to `out`, atomically (temporary file, fsync, rename).
+    pub fn write_to(&self, out: &Path) -> Result<(), DiskError> {
+        let tmp = TmpFile::beside(out);
+        let f = File::create(tmp.path()).map_err(fs_err("create", tmp.path()))?;
+        let mut w = BufWriter::with_capacity(256 << 10, f);
+        self.write(&mut w, tmp.path())?;
+        w.into_inner().map_err(|e| DiskError::Fs { op: "write", path: tmp.path().into(), source: e.into_error() })?;
+        tmp.commit(out)
+    }
+
+    /// Writes the archive to `w`; `dest` names it in errors. Returns the bytes written.
+    pub fn write(&self, w: &mut impl Write, dest: &Path) -> Result<u64, DiskError> {
+        let werr = || fs_err("write", dest);
+        let mut at = 0u64;
+        for (ino, e) in (1u32..).zip(&self.entries) {
+            let mut h = Header { ino, mode: e.mode, nlink: 1, mtime: e.mtime, size: 0, rdev: (0, 0) };
+            match &e.kind {
+                Kind::Dir => {
+                    h.mode |= 0o040000;
+                    h.nlink = 2;
+                    at += h.write(w, &e.path).map_err(werr())?;
+                }
+                Kind::Symlink(t) => {
+                    h.mode = 0o120777;
+                    h.size = t.len() as u32;
+                    at += h.write(w, &e.path).map_err(werr())?;
+                    at += data(w, t.as_bytes(), at).map_err(werr())?;
+                }
+                Kind::CharDevice { major, minor } => {
+                    h.mode |= 0o020000;
+                    h.rdev = (*major, *minor);
+                    at += h.write(w, &e.path).map_err(werr())?;
+                }
+                Kind::File(Source::Bytes(b)) => {
+                    h.mode |= 0o100000;
+                    h.size = b.len() as u32;
+                    at += h.write(w, &e.path).map_err(werr())?;
+                    at += data(w, b, at).map_err(werr())?;
+                }
+                Kind::File(Source::Host(p)) => {
+                    let f = File::open(p).map_err(fs_err("open", p))?;
+                    let len = f.metadata().map_err(fs_err("read", p))?.len();
+                    let size = u32::try_from(len).map_err(|_| DiskError::Invalid {
+                        what: "initramfs file",
+                        value: p.display().to_string(),
+                        reason: "larger than 4 GiB".into(),
+                    })?;
+                    h.mode |= 0o100000;
+                    h.size = size;
+                    at += h.write(w, &e.path).map_err(werr())?;
+                    let copied = std::io::copy(&mut f.take(len), w).map_err(fs_err("read", p))?;
+                    if copied != len {
+                        return Err(DiskError::Invalid {
+                            what: "initramfs file",
+                            value: p.display().to_string(),
+                            reason: "it shrank while being archived".into(),
+                        });
+                    }
+                    at += copied;
+                    at += pad(w, at).map_err(werr())?;
+                }
             }
         }
-        // Sockets, fifos and devices are not copied.
-        Ok(())
-    }
-
-    /// Writes the archive to `out` atomically.
-    pub fn write_to(&self, out: &Path) -> Result<(), DiskError> {
-        let mut tmp = out.as_os_str().to_os_string();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let res = (|| {
-            let f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-            let mut w = std::io::BufWriter::new(f);
-            self.write(&mut w).map_err(io_err(&tmp))?;
-            w.into_inner()
-                .map_err(|e| DiskError::Io { path: tmp.clone(), source: e.into_error() })?
-                .sync_all()
-                .map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, out).map_err(io_err(out))
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res
-    }
-
-    fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
-        let mut written = 0u64;
-        for (ino, (name, e)) in (1u32..).zip(self.entries.iter()) {
-            let (mode, data): (u32, Vec<u8>) = match e {
-                Entry::Dir { mode } => (0o040000 | mode, Vec::new()),
-                Entry::Symlink { target } => (0o120777, target.as_bytes().to_vec()),
-                Entry::File { data: Source::Bytes(b), mode } => (0o100000 | mode, b.clone()),
-                Entry::File { data: Source::Host(p), mode } => {
-                    let mut b = Vec::new();
-                    std::fs::File::open(p)?.read_to_end(&mut b)?;
-                    (0o100000 | mode, b)
-                }
-            };
-            written += header(w, name, ino, mode, data.len())?;
-            w.write_all(&data)?;
-            written += data.len() as u64;
-            written += pad(w, written)?;
-        }
-        written += header(w, "TRAILER!!!", 0, 0, 0)?;
-        pad(w, written)?;
-        Ok(())
+        let trailer = Header { ino: 0, mode: 0, nlink: 1, mtime: 0, size: 0, rdev: (0, 0) };
+        at += trailer.write(w, "TRAILER!!!").map_err(werr())?;
+        at += pad(w, at).map_err(werr())?;
+        Ok(at)
     }
 }
 
-fn header(w: &mut impl Write, name: &str, ino: u32, mode: u32, size: usize) -> std::io::Result<u64> {
-    let nlink = if mode & 0o040000 != 0 { 2 } else { 1 };
-    let h = format!(
-        "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        name.len() + 1,
-        0
-    );
-    w.write_all(h.as_bytes())?;
-    w.write_all(name.as_bytes())?;
-    w.write_all(&[0])?;
-    let n = (h.len() + name.len() + 1) as u64;
-    Ok(n + pad(w, n)?)
+fn mtime_of(m: &std::fs::Metadata) -> u32 {
+    m.mtime().clamp(0, u32::MAX as i64) as u32
 }
 
+struct Header {
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    mtime: u32,
+    size: u32,
+    rdev: (u32, u32),
+}
+
+impl Header {
+    /// Writes the header and the padded name; returns the bytes written.
+    fn write(&self, w: &mut impl Write, name: &str) -> std::io::Result<u64> {
+        let fields = [
+            self.ino,
+            self.mode,
+            0, // uid
+            0, // gid
+            self.nlink,
+            self.mtime,
+            self.size,
+            0, // devmajor
+            0, // devminor
+            self.rdev.0,
+            self.rdev.1,
+            name.len() as u32 + 1,
+            0, // check
+        ];
+        let mut h = String::with_capacity(110);
+        h.push_str("070701");
+        for f in fields {
+            h.push_str(&format!("{f:08x}"));
+        }
+        w.write_all(h.as_bytes())?;
+        w.write_all(name.as_bytes())?;
+        w.write_all(&[0])?;
+        let n = 110 + name.len() as u64 + 1;
+        Ok(n + pad(w, n)?)
+    }
+}
+
+fn data(w: &mut impl Write, b: &[u8], at: u64) -> std::io::Result<u64> {
+    w.write_all(b)?;
+    Ok(b.len() as u64 + pad(w, at + b.len() as u64)?)
+}
+
+/// Pads to the next multiple of 4 from offset `at`.
 fn pad(w: &mut impl Write, at: u64) -> std::io::Result<u64> {
     let p = (4 - at % 4) % 4;
     w.write_all(&[0u8; 3][..p as usize])?;
     Ok(p)
 }
 
-/// What a VM's initramfs carries.
-#[derive(Debug, Clone)]
-pub struct VmBoot {
-    /// A static busybox on the host (Debian's busybox-static: /bin/busybox).
-    pub busybox: PathBuf,
-    pub hostname: String,
-    /// Contents of /etc/hosts.
-    pub hosts: String,
-    /// Installed only where the image has no /etc/resolv.conf (or a dangling link).
-    pub resolv_conf: Option<String>,
-    pub authorized_keys: Option<String>,
-    /// Host path → guest path.
-    pub copy_files: Vec<(PathBuf, String)>,
-    /// The image's init (PID 1 after the hand-over).
-    pub init: String,
-    pub root_device: String,
-    /// Extra block devices to mount before the hand-over: (device, guest mount path).
-    pub mounts: Vec<(String, String)>,
-}
-
-/// The init shim (busybox sh). `@ROOT@` and `@INIT@` are filled in by [`build_vm_initramfs`].
-pub fn guest_init_script() -> &'static str {
-    r#"#!/bin/busybox sh
-# ignite init shim: provision the VM's own files into its root disk, then hand over to the
-# image's init (which stays PID 1).
-/bin/busybox mkdir -p /proc /sys /dev /newroot /sbin /usr/bin /usr/sbin
-/bin/busybox --install -s /bin
-export PATH=/bin
-fail() { echo "ignite-init: error: $*"; sync; poweroff -f; sleep 10; }
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-i=0
-while [ ! -b @ROOT@ ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
-[ -b @ROOT@ ] || fail "root device @ROOT@ did not appear"
-mount -t ext4 -o rw @ROOT@ /newroot || fail "cannot mount the root disk @ROOT@"
-if [ ! -e /newroot@INIT@ ] && [ ! -L /newroot@INIT@ ]; then
-  umount /newroot
-  fail "@INIT@ not found in the image: ignite boots the image's @INIT@ as PID 1"
-fi
-cp -a /ignite/files/. /newroot/ || fail "cannot write the VM's files into its root disk"
-if [ -f /ignite/resolv.conf ] && [ ! -e /newroot/etc/resolv.conf ]; then
-  rm -f /newroot/etc/resolv.conf
-  cp /ignite/resolv.conf /newroot/etc/resolv.conf
-fi
-while read -r dev mp; do
-  [ -n "$dev" ] || continue
-  mkdir -p "/newroot$mp"
-  mount "$dev" "/newroot$mp" || echo "ignite-init: warning: cannot mount $dev at $mp"
-done < /ignite/mounts
-hostname "$(cat /ignite/hostname)"
-sync
-echo "ignite-init: provisioned $(cat /ignite/hostname)"
-umount /proc /sys
-if [ -d /newroot/dev ]; then mount --move /dev /newroot/dev; else umount /dev; fi
-exec switch_root /newroot @INIT@
-"#
-}
-
-fn guest_path(p: &str) -> Result<String, DiskError> {
-    if !p.starts_with('/') {
-        return Err(DiskError::BadArchivePath(p.into()));
-    }
-    clean(p)
-}
-
-/// Builds the initramfs of one VM boot at `out`.
-pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
-    for c in [spec.init.as_str(), spec.root_device.as_str()] {
-        if !c.starts_with('/') || c.chars().any(|ch| !(ch.is_ascii_alphanumeric() || "/._-".contains(ch))) {
-            return Err(DiskError::BadArchivePath(c.into()));
-        }
-    }
-    let mut i = Initramfs::new();
-    i.add_dir("bin", 0o755)?;
-    i.add_file_from("bin/busybox", &spec.busybox, 0o755)?;
-    let script = guest_init_script().replace("@ROOT@", &spec.root_device).replace("@INIT@", &spec.init);
-    i.add_file("init", script.as_bytes(), 0o755)?;
-    i.add_file("ignite/hostname", format!("{}\n", spec.hostname).as_bytes(), 0o644)?;
-    let mut mounts = String::new();
-    for (dev, mp) in &spec.mounts {
-        guest_path(dev)?;
-        guest_path(mp)?;
-        if dev.contains(char::is_whitespace) || mp.contains(char::is_whitespace) {
-            return Err(DiskError::BadArchivePath(format!("{dev} {mp}")));
-        }
-        mounts.push_str(&format!("{dev} {mp}\n"));
-    }
-    i.add_file("ignite/mounts", mounts.as_bytes(), 0o644)?;
-    i.add_dir("ignite/files", 0o755)?;
-    i.add_dir("ignite/files/etc", 0o755)?;
-    i.add_file("ignite/files/etc/hostname", format!("{}\n", spec.hostname).as_bytes(), 0o644)?;
-    i.add_file("ignite/files/etc/hosts", spec.hosts.as_bytes(), 0o644)?;
-    if let Some(r) = &spec.resolv_conf {
-        i.add_file("ignite/resolv.conf", r.as_bytes(), 0o644)?;
-    }
-    if let Some(k) = &spec.authorized_keys {
-        i.add_dir("ignite/files/root", 0o700)?;
-        i.add_dir("ignite/files/root/.ssh", 0o700)?;
-        i.add_file("ignite/files/root/.ssh/authorized_keys", k.as_bytes(), 0o600)?;
-    }
-    for (host, vm) in &spec.copy_files {
-        let rel = guest_path(vm)?;
-        i.add_host_tree(&format!("ignite/files/{rel}"), host)?;
-    }
-    i.write_to(out)
-}
-
-/// Mode bits of a host path, for tests and callers.
-pub fn mode_of(p: &Path) -> std::io::Result<u32> {
-    Ok(std::fs::metadata(p)?.permissions().mode() & 0o7777)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     #[test]
-    fn unpacks_with_cpio() {
-        let d = tempfile::tempdir().unwrap();
-        let host = d.path().join("tree");
-        std::fs::create_dir_all(host.join("sub")).unwrap();
-        std::fs::write(host.join("sub/a.txt"), b"alpha").unwrap();
-        std::os::unix::fs::symlink("sub/a.txt", host.join("ln")).unwrap();
-        let boot = VmBoot {
-            busybox: "/bin/busybox".into(),
-            hostname: "vm1".into(),
-            hosts: "127.0.0.1 localhost\n".into(),
-            resolv_conf: Some("nameserver 10.0.0.1\n".into()),
-            authorized_keys: Some("ssh-ed25519 AAAA test\n".into()),
-            copy_files: vec![(host.clone(), "/opt/tree".into())],
-            init: "/sbin/init".into(),
-            root_device: "/dev/vda".into(),
-            mounts: vec![("/dev/vdb".into(), "/mnt/data".into())],
-        };
-        if !Path::new("/bin/busybox").is_file() {
-            println!("SKIPPED: /bin/busybox missing (apt-get install busybox-static)");
-            return;
+    fn paths_are_checked() {
+        let mut i = Initramfs::new();
+        for bad in ["", "/", "/abs", "a/../b", "..", "a//b", "a\0b", "./a", "a/", "a\nb"] {
+            assert!(matches!(i.add_file(bad, b"x", 0o644), Err(DiskError::BadArchivePath { .. })), "{bad:?} accepted");
         }
-        let out = d.path().join("initrd.cpio");
-        build_vm_initramfs(&boot, &out).unwrap();
-        let x = d.path().join("x");
-        std::fs::create_dir(&x).unwrap();
-        let st = Command::new("sh")
-            .arg("-c")
-            .arg(format!("cd {} && cpio -idm --quiet < {}", x.display(), out.display()))
-            .status()
-            .unwrap();
-        assert!(st.success());
-        assert_eq!(std::fs::read(x.join("ignite/files/opt/tree/sub/a.txt")).unwrap(), b"alpha");
-        assert_eq!(std::fs::read_link(x.join("ignite/files/opt/tree/ln")).unwrap(), Path::new("sub/a.txt"));
-        assert_eq!(mode_of(&x.join("ignite/files/root/.ssh/authorized_keys")).unwrap(), 0o600);
-        assert_eq!(mode_of(&x.join("ignite/files/root/.ssh")).unwrap(), 0o700);
-        assert_eq!(std::fs::read_to_string(x.join("ignite/files/etc/hostname")).unwrap(), "vm1\n");
-        let init = std::fs::read_to_string(x.join("init")).unwrap();
-        assert!(init.contains("switch_root /newroot /sbin/init") && init.contains("[ -b /dev/vda ]"));
-        assert_eq!(std::fs::read(x.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
-        assert_eq!(std::fs::read_to_string(x.join("ignite/mounts")).unwrap(), "/dev/vdb /mnt/data\n");
+        assert!(i.is_empty());
+        i.add_file("a/b/c", b"x", 0o644).unwrap();
+        assert_eq!(i.len(), 3, "parents a and a/b added");
+        assert!(i.add_file("a/b/c/d", b"x", 0o644).is_err(), "a file cannot be a parent");
+        assert!(i.add_symlink("l", "").is_err());
     }
 
     #[test]
-    fn rejects_bad_paths() {
+    fn format_is_newc() {
         let mut i = Initramfs::new();
-        for bad in ["", "/", "a/../b", "a//b", "a\0b", "./a"] {
-            assert!(i.add_file(bad, b"x", 0o644).is_err(), "{bad:?}");
-        }
-        let boot = VmBoot {
-            busybox: "/bin/busybox".into(),
-            hostname: "h".into(),
-            hosts: String::new(),
-            resolv_conf: None,
-            authorized_keys: None,
-            copy_files: vec![],
-            init: "/sbin/init; reboot".into(),
-            root_device: "/dev/vda".into(),
-            mounts: vec![],
-        };
-        assert!(build_vm_initramfs(&boot, Path::new("/nonexistent/x")).is_err());
+        i.add_dir("d", 0o700).unwrap();
+        i.add_file("d/f", b"hello", 0o4755).unwrap();
+        i.add_char_device("console", 0o600, 5, 1).unwrap();
+        i.add_file("d/f", b"hi", 0o644).unwrap(); // replaces in place
+        let mut out = Vec::new();
+        let n = i.write(&mut out, Path::new("mem")).unwrap();
+        assert_eq!(n as usize, out.len());
+        assert_eq!(out.len() % 4, 0);
+        let text = String::from_utf8_lossy(&out);
+        // The directory: 110-byte header, "d\0" padded to 112 + 4.
+        assert!(text.starts_with("07070100000001000041c0000000000000000000000002"), "{text}");
+        assert_eq!(&out[110..112], b"d\0");
+        let f = 112;
+        assert_eq!(&out[f..f + 22], b"07070100000002000081a4");
+        assert_eq!(&text[f + 54..f + 62], "00000002", "file size");
+        assert_eq!(&out[f + 110..f + 114], b"d/f\0");
+        assert_eq!(&out[f + 116..f + 118], b"hi");
+        let c = text.find("0707010000000300002180").unwrap();
+        assert_eq!(&text[c + 78..c + 94], "0000000500000001", "rdev 5:1");
+        assert!(text.contains("TRAILER!!!"));
     }
 }

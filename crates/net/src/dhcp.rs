@@ -136,7 +136,8 @@ pub fn reply(req: &Request, lease: &Lease, server: Ipv4Addr) -> Option<Vec<u8>> 
             let d: Vec<u8> = lease.dns.iter().take(4).flat_map(|a| a.octets()).collect();
             opt(6, &d);
         }
-        let h: Vec<u8> = lease.hostname.bytes().filter(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.').take(63).collect();
+        let h: Vec<u8> =
+            lease.hostname.bytes().filter(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.').take(63).collect();
         if !h.is_empty() {
             opt(12, &h);
         }
@@ -223,7 +224,8 @@ mod tests {
         let ack = reply(&parse(&request(REQUEST, l.mac, Some(l.ip))).unwrap(), &l, srv).unwrap();
         assert_eq!(&ack[240..243], &[53, 1, ACK]);
         assert!(ack.windows(6).any(|w| w == [1, 4, 255, 255, 0, 0]), "netmask option");
-        let nak = reply(&parse(&request(REQUEST, l.mac, Some("10.61.0.99".parse().unwrap()))).unwrap(), &l, srv).unwrap();
+        let nak =
+            reply(&parse(&request(REQUEST, l.mac, Some("10.61.0.99".parse().unwrap()))).unwrap(), &l, srv).unwrap();
         assert_eq!(&nak[240..243], &[53, 1, NAK]);
         // Another MAC is not ours to answer.
         assert!(reply(&parse(&request(DISCOVER, [9; 6], None)).unwrap(), &l, srv).is_none());

@@ -173,7 +173,9 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
                         let _ = shared.end.compare_exchange(END_NONE, END_STOP, Ordering::SeqCst, Ordering::SeqCst);
                         if let Err(e) = backend.request_shutdown(&boot) {
                             eprintln!("ignite-spawn: graceful shutdown request failed: {e}; stopping the VMM");
-                            let _ = backend.force_stop(&boot);
+                            if backend.force_stop(&boot).is_err() {
+                                let _ = sys::kill(vmm_pid);
+                            }
                         }
                     }
                     SIGINT => {

@@ -79,15 +79,41 @@ pub fn debian_oci() -> &'static PathBuf {
 
 /// A state root with the kernel imported as the default kernel and the busybox image
 /// imported as `busybox` (and as `weaveworks/ignite-ubuntu`, so Ignite's documented
-/// manifests find an image without a network).
-pub fn prepared_root(parent: &Path) -> PathBuf {
+/// manifests find an image without a network). Every VM in it is removed when it is dropped,
+/// so a failing test leaves no VM running.
+pub fn prepared_root(parent: &Path) -> Root {
     let f = fixtures();
     let root = parent.join("root");
     ok(&root, &["kernel", "import", f.vmlinux.to_str().unwrap(), "--name", "localhost/ignite-kernel:6.1"]);
     let oci = format!("oci:{}:latest", f.busybox_oci.display());
     ok(&root, &["image", "import", &oci, "--name", "busybox"]);
     ok(&root, &["image", "import", &oci, "--name", "weaveworks/ignite-ubuntu"]);
-    root
+    Root(root)
+}
+
+/// A state root whose VMs are removed on drop.
+pub struct Root(pub PathBuf);
+
+impl std::ops::Deref for Root {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Root {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let ids = ignite(&self.0, &["ps", "-a", "-q"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = ignite(&self.0, &["rm", "-f", id]);
+        }
+    }
 }
 
 /// Every file under the root with its content (locks and scratch excluded).

@@ -1,0 +1,127 @@
+#!/bin/busybox sh
+# ignite init shim: PID 1 of a VM's per-boot initramfs (see ignite-disk's vmboot module).
+#
+# Mounts the VM's root disk, copies the VM's own files (/ignite/files, mirrored at their guest
+# paths) into it, so that they land in the VM's copy-on-write layer and never in the shared
+# base, sets the hostname and switch_roots to the image's init, which stays PID 1. Anything
+# that stops the boot prints one "ignite-init: error: ..." line and powers the VM off.
+#
+# Parameters: /ignite/env (IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT) and /ignite/mounts
+# ("<device> <mount path>" lines for extra disks).
+
+/bin/busybox mkdir -p /bin /proc /sys /dev /newroot
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+fail() {
+	echo "ignite-init: error: $*"
+	sync
+	poweroff -f
+	sleep 10
+	exit 1
+}
+
+. /ignite/env || fail "/ignite/env is missing from the initramfs"
+
+mount -t proc proc /proc || fail "cannot mount /proc"
+mount -t sysfs sysfs /sys || fail "cannot mount /sys"
+devtmpfs=1
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || devtmpfs=0
+
+# The disk may show up a little after init starts: wait up to 5 s.
+i=0
+while [ ! -b "$IGNITE_ROOT" ]; do
+	if [ $i -ge 100 ]; then
+		fail "root device $IGNITE_ROOT did not appear within 5 s: check that the VM's disk is attached (virtio-blk) and the kernel has CONFIG_VIRTIO_BLK"
+	fi
+	sleep 0.05
+	i=$((i + 1))
+	[ $devtmpfs = 1 ] || mdev -s
+done
+# noinit_itable: the inode tables of ignite's images read as zeros already; zeroing them
+# again would only fill the VM's layer.
+mount -t ext4 -o rw,noinit_itable "$IGNITE_ROOT" /newroot ||
+	fail "cannot mount $IGNITE_ROOT (ext4) as the VM's root filesystem"
+
+# Prints the path that $1 ends at inside /newroot, following symlinks in its last component
+# the way the guest will see them (absolute targets relative to /newroot).
+resolve() {
+	p=$1
+	n=0
+	while [ -L "/newroot$p" ]; do
+		n=$((n + 1))
+		[ $n -le 40 ] || return 1
+		t=$(readlink "/newroot$p")
+		case $t in
+		/*) p=$t ;;
+		*) p=${p%/*}/$t ;;
+		esac
+	done
+	echo "$p"
+}
+
+if ! target=$(resolve "$IGNITE_INIT") || [ ! -f "/newroot$target" ] || [ ! -x "/newroot$target" ]; then
+	umount /newroot
+	fail "$IGNITE_INIT is missing or not executable in the VM's root filesystem ($IGNITE_ROOT): the image needs an init"
+fi
+
+# The VM's files: directories the image has stay as they are; missing ones are copied whole;
+# files replace what is there (a symlink is removed first, never written through).
+if [ -d /ignite/files ]; then
+	cd /ignite/files || fail "cannot read /ignite/files"
+	find . -mindepth 1 >/ignite/list || fail "cannot list /ignite/files"
+	skip=
+	while IFS= read -r p; do
+		p=${p#./}
+		if [ -n "$skip" ]; then
+			case $p in "$skip"/*) continue ;; esac
+		fi
+		[ "$p" = etc/resolv.conf ] && continue
+		d=/newroot/$p
+		if [ -d "$p" ] && [ ! -L "$p" ]; then
+			[ -d "$d" ] && continue
+			rm -f "$d"
+			cp -a "$p" "$d" || fail "cannot copy /$p into the VM's root filesystem"
+			skip=$p
+		elif [ -d "$d" ] && [ ! -L "$d" ]; then
+			echo "ignite-init: warning: /$p is a directory in the image: not replaced"
+		else
+			rm -f "$d"
+			cp -a "$p" "$d" || fail "cannot copy /$p into the VM's root filesystem"
+		fi
+	done </ignite/list
+	cd /
+	# The resolver configuration only where the image has none (or a dangling link).
+	if [ -f /ignite/files/etc/resolv.conf ]; then
+		if ! target=$(resolve /etc/resolv.conf) || [ ! -e "/newroot$target" ]; then
+			mkdir -p /newroot/etc
+			rm -f /newroot/etc/resolv.conf
+			cp -a /ignite/files/etc/resolv.conf /newroot/etc/resolv.conf ||
+				fail "cannot copy /etc/resolv.conf into the VM's root filesystem"
+		fi
+	fi
+fi
+
+if [ -s /ignite/mounts ]; then
+	while read -r dev mp; do
+		[ -n "$dev" ] || continue
+		j=0
+		while [ ! -b "$dev" ] && [ $j -lt 40 ]; do
+			sleep 0.05
+			j=$((j + 1))
+			[ $devtmpfs = 1 ] || mdev -s
+		done
+		mkdir -p "/newroot$mp"
+		mount "$dev" "/newroot$mp" || echo "ignite-init: warning: cannot mount $dev on $mp"
+	done </ignite/mounts
+fi
+
+hostname "$IGNITE_HOSTNAME" || echo "ignite-init: warning: cannot set the hostname $IGNITE_HOSTNAME"
+sync
+echo "ignite-init: provisioned $IGNITE_HOSTNAME"
+
+umount /proc /sys
+if [ $devtmpfs = 1 ]; then
+	if [ -d /newroot/dev ]; then mount -o move /dev /newroot/dev; else umount /dev; fi
+fi
+exec switch_root /newroot "$IGNITE_INIT" "$@"

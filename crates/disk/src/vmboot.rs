@@ -1,0 +1,236 @@
+//! A VM's per-boot initramfs: a static busybox, the init shim and the VM's own files.
+//!
+//! Owns: what the archive holds and the shim ([`guest_init_script`], `src/init.sh`). The
+//! kernel (command line `... rdinit=/init`) unpacks the archive and runs the shim as PID 1;
+//! the shim mounts the VM's root disk, copies `/ignite/files/*` into it (so the files land in
+//! the VM's own copy-on-write layer, never in the shared base), sets the hostname, prints
+//! `ignite-init: provisioned <hostname>` and `switch_root`s to the image's init, which stays
+//! PID 1. A root device that never appears (5 s) or a missing init is reported on the console
+//! as `ignite-init: error: ...` and the VM powers off instead of hanging.
+//!
+//! Archive layout:
+//!
+//! ```text
+//! dev/console            char 5:1 (init's stdio before devtmpfs is mounted)
+//! bin/busybox            the host's static busybox (0755)
+//! init                   the shim (0755)
+//! ignite/env             IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT (shell-quoted)
+//! ignite/mounts          "<device> <guest path>" per extra disk
+//! ignite/files/etc/hostname, etc/hosts
+//! ignite/files/etc/resolv.conf            applied only where the image has none (or a dangling link)
+//! ignite/files/root/.ssh/authorized_keys  (directories 0700, file 0600)
+//! ignite/files/<vm path>...               --copy-files (later entries win)
+//! ```
+//!
+//! The shim takes its parameters from `ignite/env` rather than being generated, so the script
+//! is one static text that tests and reviewers can read as it runs.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::{fs_err, DiskError, Initramfs};
+
+/// What a VM's initramfs carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmBoot {
+    /// A static busybox on the host (Debian's busybox-static: `/bin/busybox`).
+    pub busybox: PathBuf,
+    pub hostname: String,
+    /// Contents of `/etc/hosts`.
+    pub hosts: String,
+    /// Installed only where the image has no `/etc/resolv.conf` (or a dangling link).
+    pub resolv_conf: Option<String>,
+    /// Contents of `/root/.ssh/authorized_keys`.
+    pub authorized_keys: Option<String>,
+    /// Host path → absolute guest path; directories are copied recursively (a host path that
+    /// is a symlink is followed; symlinks inside a directory are kept as links). Later entries
+    /// win over earlier ones and over the generated files.
+    pub copy_files: Vec<(PathBuf, String)>,
+    /// The image's init (PID 1 after the hand-over).
+    pub init: String,
+    /// The VM's root disk as the guest sees it.
+    pub root_device: String,
+    /// Extra block devices to mount before the hand-over: (device, guest mount path).
+    pub mounts: Vec<(String, String)>,
+}
+
+impl Default for VmBoot {
+    fn default() -> Self {
+        VmBoot {
+            busybox: "/bin/busybox".into(),
+            hostname: String::new(),
+            hosts: "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(),
+            resolv_conf: None,
+            authorized_keys: None,
+            copy_files: Vec::new(),
+            init: "/sbin/init".into(),
+            root_device: "/dev/vda".into(),
+            mounts: Vec::new(),
+        }
+    }
+}
+
+/// The init shim (busybox sh), stored as `/init` in every VM initramfs.
+pub fn guest_init_script() -> &'static str {
+    include_str!("init.sh")
+}
+
+/// Single-quotes a value for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> DiskError {
+    DiskError::Invalid { what, value: value.to_string(), reason: reason.into() }
+}
+
+/// An absolute guest path as an archive path: `/root//x/` → `root/x`.
+fn guest_rel(what: &'static str, p: &str) -> Result<String, DiskError> {
+    if !p.starts_with('/') {
+        return Err(invalid(what, p, "must be an absolute path in the guest"));
+    }
+    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if parts.contains(&"..") {
+        return Err(invalid(what, p, "must not contain `..`"));
+    }
+    if parts.is_empty() {
+        return Err(invalid(what, p, "must name something below /"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// An absolute path without whitespace or control characters (devices, mount paths, init).
+fn plain_abs(what: &'static str, p: &str) -> Result<(), DiskError> {
+    guest_rel(what, p)?;
+    if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(what, p, "must not contain whitespace or control characters"));
+    }
+    Ok(())
+}
+
+/// Refuses a dynamically linked busybox: the initramfs has no libc for it, and the kernel
+/// would only say "No working init found".
+fn check_static(busybox: &Path) -> Result<(), DiskError> {
+    let mut f = std::fs::File::open(busybox).map_err(fs_err("open", busybox))?;
+    let mut head = vec![0u8; 64];
+    let n = f.read(&mut head).map_err(fs_err("read", busybox))?;
+    // ELF64 little-endian only; anything else is left to the kernel.
+    if n < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
+        return Ok(());
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let phoff = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes"));
+    let (phentsize, phnum) = (u16_at(&head, 54), u16_at(&head, 56));
+    if phentsize < 4 || phnum > 256 {
+        return Ok(());
+    }
+    let mut ph = vec![0u8; (phentsize * phnum) as usize];
+    use std::os::unix::fs::FileExt;
+    if f.read_exact_at(&mut ph, phoff).is_err() {
+        return Ok(());
+    }
+    let interp = ph.chunks(phentsize as usize).any(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) == 3);
+    if interp {
+        return Err(invalid(
+            "busybox",
+            &busybox.display().to_string(),
+            "dynamically linked: the guest init needs a static busybox (install busybox-static)",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the initramfs of one VM boot at `out` (atomically).
+pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
+    let h = &spec.hostname;
+    if h.is_empty() || h.len() > 64 || !h.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+        return Err(invalid("hostname", h, "use 1 to 64 letters, digits, `-`, `.` or `_`"));
+    }
+    plain_abs("init", &spec.init)?;
+    plain_abs("root device", &spec.root_device)?;
+    check_static(&spec.busybox)?;
+
+    let mut i = Initramfs::new();
+    i.add_dir("dev", 0o755)?;
+    i.add_char_device("dev/console", 0o600, 5, 1)?;
+    i.add_dir("bin", 0o755)?;
+    i.add_file_from("bin/busybox", &spec.busybox, 0o755)?;
+    i.add_file("init", guest_init_script().as_bytes(), 0o755)?;
+    let env = format!(
+        "IGNITE_HOSTNAME={}\nIGNITE_ROOT={}\nIGNITE_INIT={}\n",
+        sh_quote(h),
+        sh_quote(&spec.root_device),
+        sh_quote(&spec.init)
+    );
+    i.add_file("ignite/env", env.as_bytes(), 0o644)?;
+    let mut mounts = String::new();
+    for (dev, mp) in &spec.mounts {
+        plain_abs("volume device", dev)?;
+        plain_abs("volume mount path", mp)?;
+        mounts.push_str(&format!("{dev} {mp}\n"));
+    }
+    i.add_file("ignite/mounts", mounts.as_bytes(), 0o644)?;
+
+    i.add_dir("ignite/files", 0o755)?;
+    i.add_dir("ignite/files/etc", 0o755)?;
+    i.add_file("ignite/files/etc/hostname", format!("{h}\n").as_bytes(), 0o644)?;
+    i.add_file("ignite/files/etc/hosts", spec.hosts.as_bytes(), 0o644)?;
+    if let Some(r) = &spec.resolv_conf {
+        i.add_file("ignite/files/etc/resolv.conf", r.as_bytes(), 0o644)?;
+    }
+    if let Some(k) = &spec.authorized_keys {
+        i.add_dir("ignite/files/root", 0o700)?;
+        i.add_dir("ignite/files/root/.ssh", 0o700)?;
+        i.add_file("ignite/files/root/.ssh/authorized_keys", k.as_bytes(), 0o600)?;
+    }
+    for (host, vm) in &spec.copy_files {
+        let rel = guest_rel("--copy-files guest path", vm)?;
+        // The named file itself, when the host path is a link to it; links inside a copied
+        // directory stay links.
+        let host = std::fs::canonicalize(host).map_err(fs_err("read", host))?;
+        i.add_host_tree(&format!("ignite/files/{rel}"), &host)?;
+    }
+    i.write_to(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_paths_normalize() {
+        assert_eq!(guest_rel("p", "/root//x/").unwrap(), "root/x");
+        assert_eq!(guest_rel("p", "/./etc/hosts").unwrap(), "etc/hosts");
+        for bad in ["relative", "/", "/a/../b", ""] {
+            assert!(guest_rel("p", bad).is_err(), "{bad:?}");
+        }
+        assert!(plain_abs("init", "/sbin/init; reboot").is_err());
+        assert!(plain_abs("init", "/sbin/init").is_ok());
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn refuses_bad_specs() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("i");
+        let ok = VmBoot { hostname: "vm".into(), ..VmBoot::default() };
+        for bad in [
+            VmBoot { hostname: String::new(), ..ok.clone() },
+            VmBoot { hostname: "a b".into(), ..ok.clone() },
+            VmBoot { init: "sbin/init".into(), ..ok.clone() },
+            VmBoot { root_device: "/dev/vda other".into(), ..ok.clone() },
+            VmBoot { copy_files: vec![("/etc/hostname".into(), "/../x".into())], ..ok.clone() },
+            VmBoot { mounts: vec![("/dev/vdb".into(), "/mnt/a b".into())], ..ok.clone() },
+            VmBoot { busybox: d.path().join("missing"), ..ok.clone() },
+        ] {
+            assert!(build_vm_initramfs(&bad, &out).is_err(), "{bad:?}");
+            assert!(!out.exists());
+        }
+        // A dynamically linked program in busybox's place.
+        let dynamic = Path::new("/bin/sh");
+        if dynamic.is_file() && check_static(Path::new("/bin/busybox")).is_ok() {
+            let e = build_vm_initramfs(&VmBoot { busybox: dynamic.into(), ..ok }, &out).unwrap_err();
+            assert!(e.to_string().contains("install busybox-static"), "{e}");
+        }
+    }
+}
