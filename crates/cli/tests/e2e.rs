@@ -155,7 +155,22 @@ fn killed_supervisor_or_vmm_leaves_no_orphans_and_no_stale_status() {
         "{}",
         field(&root, "k2", "{{.Status.Exit.Reason}}")
     );
-    // Both can start again.
+    // Both can start again; a guest reboot ends the VM and says so.
+    let ready = |root: &Path| {
+        String::from_utf8_lossy(&common::ignite(root, &["logs", "k1"]).stdout)
+            .matches("IGNITE-BUSYBOX-READY hostname=k1")
+            .count()
+    };
+    let before = ready(&root);
+    ok(&root, &["start", "k1"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while ready(&root) <= before {
+        assert!(Instant::now() < deadline, "k1 did not boot again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    console(&root, "k1", "reboot\n");
+    wait_stopped(&root, "k1", 60);
+    assert_eq!(field(&root, "k1", "{{.Status.Exit.Reason}}"), "guest rebooted");
     ok(&root, &["start", "k1"]);
     ok(&root, &["kill", "k1"]);
     assert_eq!(field(&root, "k1", "{{.Status.Exit.Reason}}"), "killed");
@@ -212,15 +227,26 @@ fn bad_runs_fail_clearly_and_leave_nothing() {
 
 #[test]
 fn registry_archive_and_layout_give_the_same_rootfs() {
+    let f = fixtures();
+    same_rootfs_three_ways(&f.busybox_oci, &f.busybox_archive, 100);
+}
+
+#[test]
+fn debian_from_registry_archive_and_layout_gives_the_same_rootfs() {
+    let deb = common::debian_oci();
+    let archive = deb.parent().unwrap().join("debian.tar");
+    same_rootfs_three_ways(deb, &archive, 5000);
+}
+
+fn same_rootfs_three_ways(layout: &Path, archive: &Path, min_entries: usize) {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("root");
-    let f = fixtures();
     let reg = Registry::start();
-    reg.push(&f.busybox_oci, "same/busybox:latest");
+    reg.push(layout, "same/image:latest");
     let sources = [
-        format!("{}/same/busybox:latest", reg.addr),
-        format!("docker-archive:{}", f.busybox_archive.display()),
-        format!("oci:{}:latest", f.busybox_oci.display()),
+        format!("{}/same/image:latest", reg.addr),
+        format!("docker-archive:{}", archive.display()),
+        format!("oci:{}:latest", layout.display()),
     ];
     let mut listings = Vec::new();
     for (i, s) in sources.iter().enumerate() {
@@ -238,7 +264,7 @@ fn registry_archive_and_layout_give_the_same_rootfs() {
         assert!(st.status.success());
         listings.push(tree(&out));
     }
-    assert!(listings[0].len() > 100, "busybox tree looks empty");
+    assert!(listings[0].len() > min_entries, "tree looks empty: {} entries", listings[0].len());
     assert_eq!(listings[0], listings[1], "registry vs docker-archive");
     assert_eq!(listings[0], listings[2], "registry vs OCI layout");
     // Importing again is a no-op: one image per name (Ignite #744).
@@ -270,6 +296,30 @@ fn registry_errors_are_clear() {
     let root = d.path().join("root");
     let reg = Registry::start();
     fails(&root, &["image", "import", &format!("{}/missing/image:1", reg.addr)], 1, "not found (404)");
+    // A registry that refuses every request (401 without a challenge) and one that fails (500).
+    for (status, needle) in [("401 Unauthorized", "authentication failed"), ("500 Internal Server Error", "HTTP 500")] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let status = status.to_string();
+        let server = std::thread::spawn(move || {
+            for mut c in l.incoming().take(4).flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut c, &mut buf);
+                let _ = c.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                );
+            }
+        });
+        let o = std::process::Command::new(common::bin())
+            .args(["image", "import", &format!("{addr}/some/image:1")])
+            .env("IGNITE_ROOT", &root)
+            .env("IGNITE_REGISTRY_TIMEOUT", "5")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(needle), "{err}");
+        drop(server);
+    }
     // A registry that accepts and never answers: a timeout, not a hang.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();

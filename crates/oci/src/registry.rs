@@ -117,6 +117,9 @@ impl Client {
     }
 
     fn authenticate(&mut self, challenge: &str) -> Result<(), OciError> {
+        if challenge.trim().is_empty() {
+            return Err(OciError::Unauthorized { registry: self.registry.clone(), status: 401 });
+        }
         let Some((scheme, p)) = parse_challenge(challenge) else {
             return Err(self.err(format!("unsupported authentication challenge {challenge:?}")));
         };
