@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod import;
 pub mod network;
 pub mod provision;
+pub mod reconcile;
 pub mod remove;
 pub mod ssh;
 pub mod start;

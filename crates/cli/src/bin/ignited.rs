@@ -1,0 +1,133 @@
+//! `ignited`: reconciles VMs from a manifest directory (see `ignite_runtime::reconcile`).
+//! Thin: parse arguments, take the daemon lock, loop over reconcile passes.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ignite_runtime::reconcile::{read_manifest_dir, reconcile};
+use ignite_runtime::{load_configuration, CreateOptions};
+use ignite_store::Store;
+
+/// ignited: declarative VMs from a manifest directory.
+#[derive(Debug, Parser)]
+#[command(name = "ignited", version)]
+struct Cli {
+    /// State directory
+    #[arg(long, global = true, env = "IGNITE_ROOT", default_value = ignite_store::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Ignite configuration path
+    #[arg(long, global = true, env = "IGNITE_CONFIG")]
+    ignite_config: Option<PathBuf>,
+    /// Log level (trace, debug, info, warn, error)
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Reconcile the VMs described in a manifest directory, continuously
+    Daemon {
+        /// Directory of VM manifests (YAML/JSON, v1alpha2-4, several per file with ---)
+        #[arg(long, default_value = "/etc/ignite/manifests")]
+        manifest_dir: PathBuf,
+        /// Seconds between full resyncs (changes in the directory are picked up within a second)
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+        /// Run one pass and exit
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+/// A cheap fingerprint of the directory: names, sizes, mtimes.
+fn fingerprint(dir: &std::path::Path) -> Vec<(String, u64, i128)> {
+    let mut v: Vec<(String, u64, i128)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128;
+                    Some((e.file_name().to_string_lossy().into_owned(), m.len(), t))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cmd::Daemon { manifest_dir, interval, once } = cli.command;
+    let store = Store::open(&cli.root)?;
+    // One daemon per state root.
+    let lock_path = cli.root.join("ignited.lock");
+    let lock = std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path)?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!("another ignited is running on {} (lock {})", cli.root.display(), lock_path.display());
+    }
+    let config = load_configuration(cli.ignite_config.as_deref())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    tracing::info!("reconciling {} every {interval}s and on change", manifest_dir.display());
+    let mut last_fp = None;
+    let mut last_pass = Instant::now() - Duration::from_secs(interval);
+    while !stop.load(Ordering::Relaxed) {
+        let fp = fingerprint(&manifest_dir);
+        if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
+            let started = Instant::now();
+            let (desired, mut errors) = read_manifest_dir(&manifest_dir);
+            let report = reconcile(&store, &config, &desired, &CreateOptions::default());
+            errors.extend(report.errors.iter().cloned());
+            for (what, list) in [
+                ("created", &report.created),
+                ("started", &report.started),
+                ("stopped", &report.stopped),
+                ("restarted with its disk", &report.restarted),
+                ("removed", &report.removed),
+            ] {
+                for n in list {
+                    tracing::info!("VM {n}: {what}");
+                }
+            }
+            for p in &report.pending {
+                tracing::warn!("pending: {p}");
+            }
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            tracing::debug!("pass over {} VMs in {:.0} ms", desired.len(), started.elapsed().as_secs_f64() * 1000.0);
+            last_fp = Some(fp);
+            last_pass = Instant::now();
+            if once {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `ignited daemon --manifest-dir`: VMs follow the manifests, survive daemon restarts, and are
+//! never duplicated.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ok, prepared_root};
+
+fn ignited_bin() -> std::path::PathBuf {
+    Path::new(common::bin()).with_file_name("ignited")
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(root: &Path, dir: &Path) -> Daemon {
+        let child = Command::new(ignited_bin())
+            .args(["daemon", "--manifest-dir"])
+            .arg(dir)
+            .args(["--interval", "3"])
+            .env("IGNITE_ROOT", root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn vm_field(root: &Path, vm: &str, t: &str) -> Option<String> {
+    let o = common::ignite(root, &["inspect", "vm", vm, "-t", t]);
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn manifest(name: &str, cpus: u32, running: bool) -> String {
+    format!(
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: {name}\nspec:\n  image:\n    oci: busybox\n  cpus: {cpus}\n  memory: 128MB\nstatus:\n  running: {running}\n"
+    )
+}
+
+#[test]
+fn manifest_dir_drives_vms_across_daemon_restarts() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let dir = d.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("m1.yaml"), manifest("m1", 1, true)).unwrap();
+    let daemon = Daemon::start(&root, &dir);
+    until("m1 running", 90, || vm_field(&root, "m1", "{{.Status.Running}}").as_deref() == Some("true"));
+    let ready = |n: &str| {
+        String::from_utf8_lossy(&common::ignite(&root, &["logs", n]).stdout).matches("IGNITE-BUSYBOX-READY").count()
+    };
+    until("m1 booted", 90, || ready("m1") >= 1);
+    let uid1 = vm_field(&root, "m1", "{{.UID}}").unwrap();
+    assert_eq!(vm_field(&root, "m1", "{{.Labels}}").unwrap(), "map[ignite.weave.works/managed-by:ignited]");
+    // A second daemon on the same root is refused.
+    let o = Command::new(ignited_bin())
+        .args(["daemon", "--once", "--manifest-dir"])
+        .arg(&dir)
+        .env("IGNITE_ROOT", &*root)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("another ignited is running"));
+    // A spec change a restart can apply: the VM restarts with its disk.
+    std::fs::write(dir.join("m1.yaml"), manifest("m1", 2, true)).unwrap();
+    until("m1 with 2 cpus", 90, || vm_field(&root, "m1", "{{.Spec.CPUs}}").as_deref() == Some("2"));
+    until("m1 booted again", 120, || ready("m1") >= 2);
+    assert!(
+        String::from_utf8_lossy(&common::ignite(&root, &["logs", "m1"]).stdout).contains("hostname=m1 boot=2"),
+        "disk not kept"
+    );
+    assert_eq!(vm_field(&root, "m1", "{{.UID}}").unwrap(), uid1, "the VM was re-created instead of restarted");
+    // A stopped VM, and an invalid file that does not block the others.
+    std::fs::write(dir.join("m2.yaml"), manifest("m2", 1, false)).unwrap();
+    std::fs::write(dir.join("broken.yaml"), "apiVersion: nope\n").unwrap();
+    until("m2 created", 60, || vm_field(&root, "m2", "{{.Status.Running}}").as_deref() == Some("false"));
+    // Removing the manifest removes the VM.
+    std::fs::remove_file(dir.join("m1.yaml")).unwrap();
+    until("m1 removed", 60, || vm_field(&root, "m1", "{{.UID}}").is_none());
+    // kill -9 the daemon and start another: the same VMs, none duplicated.
+    let mut daemon = daemon;
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    let uid2 = vm_field(&root, "m2", "{{.UID}}").unwrap();
+    let _daemon2 = Daemon::start(&root, &dir);
+    std::thread::sleep(Duration::from_secs(4));
+    let ids = ok(&root, &["ps", "-a", "-q"]);
+    assert_eq!(ids.split_whitespace().collect::<Vec<_>>(), vec![uid2.as_str()]);
+    // Unmanaged VMs are never touched.
+    ok(&root, &["create", "busybox", "--name", "mine"]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(vm_field(&root, "mine", "{{.UID}}").is_some());
+}
