@@ -109,3 +109,95 @@ fn manifest_dir_drives_vms_across_daemon_restarts() {
     std::thread::sleep(Duration::from_secs(4));
     assert!(vm_field(&root, "mine", "{{.UID}}").is_some());
 }
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A user's push: rebased and retried when the daemon pushed in between.
+fn push(work: &Path) {
+    for _ in 0..10 {
+        let o = Command::new("git").arg("-C").arg(work).args(["push", "-q", "origin", "HEAD:main"]).output().unwrap();
+        if o.status.success() {
+            return;
+        }
+        git(work, &["pull", "-q", "--rebase", "origin", "main"]);
+    }
+    panic!("could not push");
+}
+
+struct GitDaemon(Child);
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_gitops(root: &Path, url: &str) -> GitDaemon {
+    GitDaemon(
+        Command::new(ignited_bin())
+            .args(["gitops", url, "--branch", "main", "--path", "vms", "--interval", "2"])
+            .env("IGNITE_ROOT", root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn gitops_repo_drives_vms_and_gets_their_status_back() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let bare = d.path().join("vms.git");
+    let work = d.path().join("work");
+    assert!(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare).status().unwrap().success());
+    let url = format!("file://{}", bare.display());
+    assert!(Command::new("git").args(["clone", "-q", &url]).arg(&work).status().unwrap().success());
+    std::fs::create_dir(work.join("vms")).unwrap();
+    std::fs::write(work.join("vms/g1.yaml"), manifest("g1", 1, true)).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "add g1"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let daemon = start_gitops(&root, &url);
+    until("g1 running", 90, || vm_field(&root, "g1", "{{.Status.Running}}").as_deref() == Some("true"));
+    let ip = vm_field(&root, "g1", "{{.Status.Network.IPAddresses[0]}}").unwrap();
+    // Its status comes back as a new commit.
+    until("status commit", 60, || {
+        let log = Command::new("git").arg("-C").arg(&bare).args(["log", "-p", "main"]).output().unwrap();
+        let log = String::from_utf8_lossy(&log.stdout);
+        log.contains("ignited: update VM status") && log.contains(&ip)
+    });
+    // A user change on top of the daemon's commits: pull, edit, push.
+    git(&work, &["pull", "-q", "--rebase", "origin", "main"]);
+    let m = std::fs::read_to_string(work.join("vms/g1.yaml")).unwrap();
+    assert!(m.contains("running: true") && m.contains(&ip), "{m}");
+    std::fs::write(work.join("vms/g1.yaml"), m.replace("cpus: 1", "cpus: 2")).unwrap();
+    git(&work, &["commit", "-q", "-am", "g1: 2 cpus"]);
+    push(&work);
+    until("g1 with 2 cpus", 90, || vm_field(&root, "g1", "{{.Spec.CPUs}}").as_deref() == Some("2"));
+    until("g1 running again", 90, || vm_field(&root, "g1", "{{.Status.Running}}").as_deref() == Some("true"));
+    // kill -9 the daemon, start another: no duplicate.
+    let uid = vm_field(&root, "g1", "{{.UID}}").unwrap();
+    drop(daemon);
+    let daemon = start_gitops(&root, &url);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(ok(&root, &["ps", "-a", "-q"]).split_whitespace().collect::<Vec<_>>(), vec![uid.as_str()]);
+    // Deleting the manifest removes the VM.
+    git(&work, &["pull", "-q", "--rebase", "origin", "main"]);
+    git(&work, &["rm", "-q", "vms/g1.yaml"]);
+    git(&work, &["commit", "-q", "-m", "remove g1"]);
+    push(&work);
+    until("g1 removed", 90, || vm_field(&root, "g1", "{{.UID}}").is_none());
+    drop(daemon);
+}

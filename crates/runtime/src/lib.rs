@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod create;
 pub mod doctor;
+pub mod gitops;
 pub mod import;
 pub mod network;
 pub mod provision;

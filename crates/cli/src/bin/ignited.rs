@@ -1,4 +1,5 @@
-//! `ignited`: reconciles VMs from a manifest directory (see `ignite_runtime::reconcile`).
+//! `ignited`: reconciles VMs from a manifest directory or a Git repository (see
+//! `ignite_runtime::reconcile` and `ignite_runtime::gitops`).
 //! Thin: parse arguments, take the daemon lock, loop over reconcile passes.
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,26 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// Reconcile the VMs described in a Git repository, writing their status back
+    Gitops {
+        /// Repository URL (file://, ssh, https; credentials as git has them)
+        repo: String,
+        /// Branch to follow
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Directory of the manifests inside the repository
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        /// Seconds between polls of the repository
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// Do not write VM status back to the repository
+        #[arg(long)]
+        read_only: bool,
+        /// Run one pass and exit
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// A cheap fingerprint of the directory: names, sizes, mtimes.
@@ -80,7 +101,6 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cmd::Daemon { manifest_dir, interval, once } = cli.command;
     let store = Store::open(&cli.root)?;
     // One daemon per state root.
     let lock_path = cli.root.join("ignited.lock");
@@ -93,41 +113,88 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    tracing::info!("reconciling {} every {interval}s and on change", manifest_dir.display());
-    let mut last_fp = None;
-    let mut last_pass = Instant::now() - Duration::from_secs(interval);
-    while !stop.load(Ordering::Relaxed) {
-        let fp = fingerprint(&manifest_dir);
-        if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
-            let started = Instant::now();
-            let (desired, mut errors) = read_manifest_dir(&manifest_dir);
-            let report = reconcile(&store, &config, &desired, &CreateOptions::default());
-            errors.extend(report.errors.iter().cloned());
-            for (what, list) in [
-                ("created", &report.created),
-                ("started", &report.started),
-                ("stopped", &report.stopped),
-                ("restarted with its disk", &report.restarted),
-                ("removed", &report.removed),
-            ] {
-                for n in list {
-                    tracing::info!("VM {n}: {what}");
+    match cli.command {
+        Cmd::Daemon { manifest_dir, interval, once } => {
+            tracing::info!("reconciling {} every {interval}s and on change", manifest_dir.display());
+            let mut last_fp = None;
+            let mut last_pass = Instant::now() - Duration::from_secs(interval);
+            while !stop.load(Ordering::Relaxed) {
+                let fp = fingerprint(&manifest_dir);
+                if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
+                    pass(&store, &config, &manifest_dir);
+                    last_fp = Some(fp);
+                    last_pass = Instant::now();
+                    if once {
+                        break;
+                    }
                 }
-            }
-            for p in &report.pending {
-                tracing::warn!("pending: {p}");
-            }
-            for e in &errors {
-                tracing::error!("{e}");
-            }
-            tracing::debug!("pass over {} VMs in {:.0} ms", desired.len(), started.elapsed().as_secs_f64() * 1000.0);
-            last_fp = Some(fp);
-            last_pass = Instant::now();
-            if once {
-                break;
+                std::thread::sleep(Duration::from_millis(500));
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        Cmd::Gitops { repo, branch, path, interval, read_only, once } => {
+            let source = ignite_runtime::gitops::Source::new(&cli.root, &repo, &branch, &path);
+            tracing::info!("following {repo} ({branch}, {}) every {interval}s", path.display());
+            let mut backoff = Duration::from_secs(interval);
+            let mut last_good = false;
+            while !stop.load(Ordering::Relaxed) {
+                let mut wait = Duration::from_secs(interval);
+                match source.sync() {
+                    Ok(head) => {
+                        tracing::debug!("at {head}");
+                        last_good = true;
+                        backoff = Duration::from_secs(interval);
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot update from {repo}: {e}; keeping the last good state");
+                        backoff = (backoff * 2).min(Duration::from_secs(300));
+                        wait = backoff;
+                    }
+                }
+                if last_good {
+                    pass(&store, &config, &source.manifest_dir());
+                    if !read_only {
+                        match source.write_back(&store) {
+                            Ok(true) => tracing::info!("pushed VM status to {repo}"),
+                            Ok(false) => {}
+                            Err(e) => tracing::error!("cannot write status back: {e}"),
+                        }
+                    }
+                }
+                if once {
+                    break;
+                }
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// One reconcile pass over a manifest directory, logged.
+fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, dir: &std::path::Path) {
+    let started = Instant::now();
+    let (desired, mut errors) = read_manifest_dir(dir);
+    let report = reconcile(store, config, &desired, &CreateOptions::default());
+    errors.extend(report.errors.iter().cloned());
+    for (what, list) in [
+        ("created", &report.created),
+        ("started", &report.started),
+        ("stopped", &report.stopped),
+        ("restarted with its disk", &report.restarted),
+        ("removed", &report.removed),
+    ] {
+        for n in list {
+            tracing::info!("VM {n}: {what}");
+        }
+    }
+    for p in &report.pending {
+        tracing::warn!("pending: {p}");
+    }
+    for e in &errors {
+        tracing::error!("{e}");
+    }
+    tracing::debug!("pass over {} VMs in {:.0} ms", desired.len(), started.elapsed().as_secs_f64() * 1000.0);
 }

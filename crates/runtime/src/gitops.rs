@@ -1,0 +1,170 @@
+//! GitOps: a Git repository as the manifest source (`ignited gitops`), with each managed VM's
+//! observed status written back in read-write mode.
+//!
+//! The git CLI is used (not gix): it brings every transport users already have configured
+//! (file://, SSH keys and agents, HTTPS credential helpers and tokens) and exactly Git's own
+//! rebase and push semantics; only a handful of commands are run per pass.
+//!
+//! - The repository is cloned once into `<root>/gitops/<id>`; each pass fetches the branch and
+//!   resets the checkout to it. When the remote cannot be reached, the last good checkout is
+//!   reconciled and the fetch is retried with backoff.
+//! - Write-back keeps `status.running` as the user wrote it (it is the request: a VM that died
+//!   is restarted, not recorded as "should be stopped") and records what was observed in the
+//!   other status fields: `startTime`, `network.ipAddresses`, `runtime`, `exit`. Files are
+//!   rewritten only when that changed; the commit is pushed with rebase-and-retry, so concurrent
+//!   pushes (other hosts, users) are never overwritten.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ignite_api::Vm;
+use ignite_store::Store;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+#[error("git {args}: {stderr}")]
+pub struct GitError {
+    pub args: String,
+    pub stderr: String,
+}
+
+fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+    let mut c = Command::new("git");
+    if let Some(d) = dir {
+        c.arg("-C").arg(d);
+    }
+    c.args(["-c", "user.name=ignited", "-c", "user.email=ignited@localhost", "-c", "advice.detachedHead=false"]);
+    c.args(args).env("GIT_TERMINAL_PROMPT", "0");
+    let out = c.output().map_err(|e| GitError { args: args.join(" "), stderr: format!("{e} (install git)") })?;
+    if !out.status.success() {
+        return Err(GitError { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A repository being followed.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: String,
+    pub branch: String,
+    /// Subdirectory of the repository holding the manifests.
+    pub path: PathBuf,
+    pub checkout: PathBuf,
+}
+
+impl Source {
+    pub fn new(root: &Path, url: &str, branch: &str, path: &Path) -> Source {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in format!("{url}\0{branch}").bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Source {
+            url: url.into(),
+            branch: branch.into(),
+            path: path.into(),
+            checkout: root.join("gitops").join(format!("{h:016x}")),
+        }
+    }
+
+    /// The manifest directory inside the checkout.
+    pub fn manifest_dir(&self) -> PathBuf {
+        self.checkout.join(&self.path)
+    }
+
+    /// Clones on first use, then fetches and resets to the remote branch.
+    pub fn sync(&self) -> Result<String, GitError> {
+        if !self.checkout.join(".git").is_dir() {
+            let _ = std::fs::remove_dir_all(&self.checkout);
+            if let Some(p) = self.checkout.parent() {
+                let _ = std::fs::create_dir_all(p);
+            }
+            let dest = self.checkout.to_string_lossy().into_owned();
+            git(None, &["clone", "--quiet", "--branch", &self.branch, &self.url, &dest])?;
+        } else {
+            git(Some(&self.checkout), &["fetch", "--quiet", "origin", &self.branch])?;
+            git(Some(&self.checkout), &["reset", "--quiet", "--hard", &format!("origin/{}", self.branch)])?;
+        }
+        Ok(git(Some(&self.checkout), &["rev-parse", "HEAD"])?.trim().to_string())
+    }
+
+    /// Writes the observed status of managed VMs into their manifests, commits and pushes
+    /// (rebasing on concurrent pushes). Returns whether a commit was pushed.
+    pub fn write_back(&self, store: &Store) -> Result<bool, GitError> {
+        let (desired, _) = crate::reconcile::read_manifest_dir(&self.manifest_dir());
+        let mut changed_files = Vec::new();
+        let mut files: Vec<PathBuf> = desired.iter().map(|d| d.file.clone()).collect();
+        files.sort();
+        files.dedup();
+        for f in files {
+            let Ok(text) = std::fs::read_to_string(&f) else { continue };
+            if text.trim_start().starts_with('{') {
+                continue; // JSON manifests are left as written
+            }
+            let mut docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+                .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+                .filter(|v| !v.is_null())
+                .collect();
+            let mut dirty = false;
+            for doc in docs.iter_mut() {
+                let Some(name) =
+                    doc.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).map(String::from)
+                else {
+                    continue;
+                };
+                let Some(d) = desired.iter().find(|d| d.file == f && d.vm.metadata.name == name) else { continue };
+                let Ok(vm) = store.get::<Vm>(&d.vm.uid()) else { continue };
+                let vm = crate::status::refresh(store, vm.clone()).unwrap_or(vm);
+                let mut observed = serde_yaml::to_value(&vm.status).unwrap_or(serde_yaml::Value::Null);
+                if let serde_yaml::Value::Mapping(m) = &mut observed {
+                    m.insert("running".into(), serde_yaml::Value::Bool(d.running));
+                    for k in ["image", "kernel", "idPrefix"] {
+                        m.remove(k);
+                    }
+                    if let Some(serde_yaml::Value::Mapping(rt)) = m.get_mut("runtime") {
+                        rt.remove("pid");
+                        rt.remove("id");
+                    }
+                }
+                if doc.get("status") != Some(&observed) {
+                    if let serde_yaml::Value::Mapping(dm) = doc {
+                        dm.insert("status".into(), observed);
+                        dirty = true;
+                    }
+                }
+            }
+            if dirty {
+                let mut out = String::new();
+                for (i, d) in docs.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str("---\n");
+                    }
+                    out.push_str(&serde_yaml::to_string(d).unwrap_or_default());
+                }
+                if std::fs::write(&f, out).is_ok() {
+                    changed_files.push(f);
+                }
+            }
+        }
+        if changed_files.is_empty() {
+            return Ok(false);
+        }
+        for f in &changed_files {
+            let rel = f.strip_prefix(&self.checkout).unwrap_or(f).to_string_lossy().into_owned();
+            git(Some(&self.checkout), &["add", "--", &rel])?;
+        }
+        git(Some(&self.checkout), &["commit", "--quiet", "-m", "ignited: update VM status"])?;
+        let target = format!("HEAD:{}", self.branch);
+        let mut last = None;
+        for _ in 0..5 {
+            match git(Some(&self.checkout), &["push", "--quiet", "origin", &target]) {
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    last = Some(e);
+                    // Someone pushed first: take their commits and put ours on top.
+                    git(Some(&self.checkout), &["pull", "--quiet", "--rebase", "origin", &self.branch])?;
+                }
+            }
+        }
+        Err(last.unwrap_or(GitError { args: "push".into(), stderr: "rejected".into() }))
+    }
+}
