@@ -20,7 +20,8 @@ impl Daemon {
         let child = Command::new(ignited_bin())
             .args(["daemon", "--manifest-dir"])
             .arg(dir)
-            .args(["--interval", "3"])
+            .args(["--interval", "3", "--socket"])
+            .arg(dir.with_file_name("api.sock"))
             .env("IGNITE_ROOT", root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -146,7 +147,7 @@ impl Drop for GitDaemon {
 fn start_gitops(root: &Path, url: &str) -> GitDaemon {
     GitDaemon(
         Command::new(ignited_bin())
-            .args(["gitops", url, "--branch", "main", "--path", "vms", "--interval", "2"])
+            .args(["gitops", url, "--branch", "main", "--path", "vms", "--interval", "2", "--socket", "none"])
             .env("IGNITE_ROOT", root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -200,4 +201,62 @@ fn gitops_repo_drives_vms_and_gets_their_status_back() {
     push(&work);
     until("g1 removed", 90, || vm_field(&root, "g1", "{{.UID}}").is_none());
     drop(daemon);
+}
+
+/// One HTTP request over the API socket; returns (status, body).
+fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut s = loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "API socket {}: {e}", sock.display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: ignited\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn api_socket_lists_creates_stops_removes_and_reports_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let dir = d.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let _daemon = Daemon::start(&root, &dir);
+    let sock = d.path().join("api.sock");
+    let (st, body) = api(&sock, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    assert!(
+        body.contains("ignite_vms{state=\"running\"} 0") && body.contains("ignited_reconcile_passes_total"),
+        "{body}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions()) & 0o777;
+    assert_eq!(mode, 0o600, "the API is root-only");
+    let (st, body) = api(&sock, "POST", "/v1/vms", &manifest("viaapi", 1, true));
+    assert_eq!(st, 201, "{body}");
+    assert!(body.contains("\"running\":true"), "{body}");
+    let (st, body) = api(&sock, "GET", "/v1/vms/viaapi", "");
+    assert_eq!(st, 200);
+    assert!(body.contains("\"name\":\"viaapi\""));
+    let (st, _) = api(&sock, "GET", "/v1/vms", "");
+    assert_eq!(st, 200);
+    let (st, body) = api(&sock, "POST", "/v1/vms", "apiVersion: nope\n");
+    assert_eq!(st, 400, "{body}");
+    let (st, _) = api(&sock, "GET", "/v1/vms/nosuch", "");
+    assert_eq!(st, 404);
+    let (st, body) = api(&sock, "POST", "/v1/vms/viaapi/stop", "");
+    assert_eq!(st, 200, "{body}");
+    let (_, body) = api(&sock, "GET", "/metrics", "");
+    assert!(body.contains("ignite_vms{state=\"stopped\"} 1"), "{body}");
+    let (st, _) = api(&sock, "DELETE", "/v1/vms/viaapi", "");
+    assert_eq!(st, 200);
+    assert!(vm_field(&root, "viaapi", "{{.UID}}").is_none());
 }

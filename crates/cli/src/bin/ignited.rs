@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+#[path = "../daemon/api.rs"]
+mod api;
 use ignite_runtime::reconcile::{read_manifest_dir, reconcile};
 use ignite_runtime::{load_configuration, CreateOptions};
 use ignite_store::Store;
@@ -26,6 +29,9 @@ struct Cli {
     /// Log level (trace, debug, info, warn, error)
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Unix socket of the HTTP/JSON API and /metrics ("none" to disable)
+    #[arg(long, global = true, env = "IGNITED_SOCKET", default_value = "/run/ignite/ignited.sock")]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -109,6 +115,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("another ignited is running on {} (lock {})", cli.root.display(), lock_path.display());
     }
     let config = load_configuration(cli.ignite_config.as_deref())?;
+    let metrics = Arc::new(api::Metrics::default());
+    if cli.socket.as_os_str() != "none" {
+        api::serve(cli.socket.clone(), store.clone(), config.clone(), metrics.clone())
+            .map_err(|e| anyhow::anyhow!("cannot serve the API on {}: {e}", cli.socket.display()))?;
+        tracing::info!("API and metrics on {}", cli.socket.display());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
@@ -121,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let fp = fingerprint(&manifest_dir);
                 if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
-                    pass(&store, &config, &manifest_dir);
+                    pass(&store, &config, &manifest_dir, &metrics);
                     last_fp = Some(fp);
                     last_pass = Instant::now();
                     if once {
@@ -151,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 if last_good {
-                    pass(&store, &config, &source.manifest_dir());
+                    pass(&store, &config, &source.manifest_dir(), &metrics);
                     if !read_only {
                         match source.write_back(&store) {
                             Ok(true) => tracing::info!("pushed VM status to {repo}"),
@@ -174,7 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// One reconcile pass over a manifest directory, logged.
-fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, dir: &std::path::Path) {
+fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, dir: &std::path::Path, metrics: &api::Metrics) {
     let started = Instant::now();
     let (desired, mut errors) = read_manifest_dir(dir);
     let report = reconcile(store, config, &desired, &CreateOptions::default());
@@ -197,4 +209,9 @@ fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, dir: &std::path::P
         tracing::error!("{e}");
     }
     tracing::debug!("pass over {} VMs in {:.0} ms", desired.len(), started.elapsed().as_secs_f64() * 1000.0);
+    metrics.passes.fetch_add(1, Ordering::Relaxed);
+    metrics.errors.fetch_add(errors.len() as u64, Ordering::Relaxed);
+    metrics.created.fetch_add(report.created.len() as u64, Ordering::Relaxed);
+    metrics.removed.fetch_add(report.removed.len() as u64, Ordering::Relaxed);
+    metrics.last_pass_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
 }

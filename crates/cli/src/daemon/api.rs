@@ -1,0 +1,222 @@
+//! ignited's HTTP/JSON API and Prometheus metrics on a unix socket (default
+//! `/run/ignite/ignited.sock`, mode 0600: root only). A small HTTP/1.1 server, one request per
+//! connection, bodies bounded to 1 MiB.
+//!
+//! - `GET /v1/vms`, `GET /v1/vms/{name}`: VM objects (v1alpha4 JSON), live status
+//! - `POST /v1/vms` with a VM manifest (YAML or JSON): create and start
+//! - `POST /v1/vms/{name}/start`, `POST /v1/vms/{name}/stop`, `DELETE /v1/vms/{name}`
+//! - `GET /v1/vms/{name}/logs`: the serial console log
+//! - `GET /metrics`: VMs by state, reconcile passes, errors and the last pass's duration
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ignite_api::{decode_object, Object, ObjectMeta, Vm, VmSpec};
+use ignite_runtime::{CreateOptions, LoadedConfig};
+use ignite_store::Store;
+
+/// Counters the reconcile loop updates and `/metrics` reports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub passes: AtomicU64,
+    pub errors: AtomicU64,
+    pub created: AtomicU64,
+    pub removed: AtomicU64,
+    pub last_pass_micros: AtomicU64,
+}
+
+const MAX_BODY: usize = 1 << 20;
+
+pub fn serve(path: PathBuf, store: Store, config: LoadedConfig, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (store, config, metrics) = (store.clone(), config.clone(), metrics.clone());
+            std::thread::spawn(move || {
+                let _ = handle(conn, &store, &config, &metrics);
+            });
+        }
+    });
+    Ok(())
+}
+
+struct Req {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+fn read_request(conn: &UnixStream) -> std::io::Result<Option<Req>> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut r = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    if r.by_ref().take(8192).read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else { return Ok(None) };
+    let mut len = 0usize;
+    for _ in 0..100 {
+        let mut h = String::new();
+        if r.by_ref().take(8192).read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(usize::MAX);
+            }
+        }
+    }
+    if len > MAX_BODY {
+        return Ok(Some(Req { method: "TOO_LARGE".into(), path: path.into(), body: vec![] }));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some(Req { method: method.into(), path: path.into(), body }))
+}
+
+fn respond(mut conn: &UnixStream, status: u16, ctype: &str, body: &[u8]) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        _ => "Internal Server Error",
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    conn.write_all(body)
+}
+
+fn json_error(conn: &UnixStream, status: u16, e: impl std::fmt::Display) -> std::io::Result<()> {
+    respond(conn, status, "application/json", serde_json::json!({ "error": e.to_string() }).to_string().as_bytes())
+}
+
+fn status_for(e: &anyhow::Error) -> u16 {
+    for c in e.chain() {
+        if let Some(se) = c.downcast_ref::<ignite_store::StoreError>() {
+            return match se {
+                ignite_store::StoreError::NotFound { .. } => 404,
+                ignite_store::StoreError::NameTaken { .. } | ignite_store::StoreError::Ambiguous { .. } => 409,
+                _ => 500,
+            };
+        }
+        if c.downcast_ref::<ignite_api::DecodeError>().is_some()
+            || c.downcast_ref::<ignite_runtime::CreateError>().is_some()
+        {
+            return 400;
+        }
+    }
+    500
+}
+
+fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metrics) -> std::io::Result<()> {
+    let Some(req) = read_request(&conn)? else { return Ok(()) };
+    if req.method == "TOO_LARGE" {
+        return json_error(&conn, 413, "request body larger than 1 MiB");
+    }
+    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let result: anyhow::Result<(u16, String, Vec<u8>)> = (|| {
+        let json = |v: serde_json::Value| Ok((200, "application/json".to_string(), v.to_string().into_bytes()));
+        match (req.method.as_str(), segs.as_slice()) {
+            ("GET", ["metrics"]) => {
+                Ok((200, "text/plain; version=0.0.4".into(), metrics_text(store, metrics).into_bytes()))
+            }
+            ("GET", ["v1", "vms"]) => json(serde_json::to_value(ignite_runtime::status::list(store)?)?),
+            ("GET", ["v1", "vms", q]) => {
+                let vm = ignite_runtime::status::refresh(store, store.resolve::<Vm>(q)?)?;
+                json(serde_json::to_value(vm)?)
+            }
+            ("GET", ["v1", "vms", q, "logs"]) => {
+                let vm = store.resolve::<Vm>(q)?;
+                let p = store.dir::<Vm>(&vm.uid()).join(ignite_runtime::console::CONSOLE_LOG);
+                Ok((200, "text/plain".into(), std::fs::read(p).unwrap_or_default()))
+            }
+            ("POST", ["v1", "vms"]) => {
+                let Object::Vm(m) = decode_object(&req.body)? else {
+                    anyhow::bail!(ignite_api::DecodeError::Empty);
+                };
+                let vm = ignite_runtime::create_vm(
+                    store,
+                    config,
+                    Some(m),
+                    ObjectMeta::default(),
+                    &VmSpec::default(),
+                    &CreateOptions::default(),
+                )?;
+                let started = ignite_runtime::start::start(store, config, vm, &Default::default())?;
+                Ok((201, "application/json".into(), serde_json::to_vec(&started.vm)?))
+            }
+            ("POST", ["v1", "vms", q, "start"]) => {
+                let vm = store.resolve::<Vm>(q)?;
+                json(serde_json::to_value(ignite_runtime::start::start(store, config, vm, &Default::default())?.vm)?)
+            }
+            ("POST", ["v1", "vms", q, "stop"]) => {
+                let vm = store.resolve::<Vm>(q)?;
+                json(serde_json::to_value(ignite_runtime::stop::stop(store, vm, Duration::from_secs(10))?)?)
+            }
+            ("DELETE", ["v1", "vms", q]) => {
+                let vm = store.resolve::<Vm>(q)?;
+                let removed = ignite_runtime::remove_vm(store, &vm.uid(), true, |v| {
+                    ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
+                        ignite_runtime::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
+                    })
+                })?;
+                json(serde_json::to_value(removed)?)
+            }
+            (_, ["metrics"]) | (_, ["v1", ..]) => {
+                Ok((405, "application/json".into(), br#"{"error":"method not allowed"}"#.to_vec()))
+            }
+            _ => Ok((404, "application/json".into(), br#"{"error":"not found"}"#.to_vec())),
+        }
+    })();
+    match result {
+        Ok((s, ct, body)) => respond(&conn, s, &ct, &body),
+        Err(e) => {
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            json_error(&conn, status_for(&e), msg)
+        }
+    }
+}
+
+fn metrics_text(store: &Store, m: &Metrics) -> String {
+    let vms = ignite_runtime::status::list(store).unwrap_or_default();
+    let mut by_state = std::collections::BTreeMap::new();
+    for v in &vms {
+        *by_state.entry(v.state().to_string().to_lowercase()).or_insert(0u64) += 1;
+    }
+    let mut s = String::from("# HELP ignite_vms VMs by state.\n# TYPE ignite_vms gauge\n");
+    for st in ["running", "stopped", "created"] {
+        s.push_str(&format!("ignite_vms{{state=\"{st}\"}} {}\n", by_state.get(st).copied().unwrap_or(0)));
+    }
+    let c = |name: &str, help: &str, v: u64| format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+    s.push_str(&c("ignited_reconcile_passes_total", "Reconcile passes run.", m.passes.load(Ordering::Relaxed)));
+    s.push_str(&c(
+        "ignited_reconcile_errors_total",
+        "Errors reported by reconcile passes.",
+        m.errors.load(Ordering::Relaxed),
+    ));
+    s.push_str(&c("ignited_vms_created_total", "VMs created by reconciling.", m.created.load(Ordering::Relaxed)));
+    s.push_str(&c("ignited_vms_removed_total", "VMs removed by reconciling.", m.removed.load(Ordering::Relaxed)));
+    s.push_str(&format!(
+        "# HELP ignited_reconcile_last_duration_seconds Duration of the last pass.\n# TYPE ignited_reconcile_last_duration_seconds gauge\nignited_reconcile_last_duration_seconds {:.6}\n",
+        m.last_pass_micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
+    s
+}
