@@ -84,7 +84,9 @@ def bench_boot(e, runs):
         name = f"boot{i}"
         t0 = time.monotonic()
         t0_wall = time.time_ns()
-        subprocess.run([IGNITE, "run", "busybox", "--name", name, "--memory", "256MB"], env=e.env, check=True, capture_output=True)
+        # No network: the bare reference has none either (network set-up is `bench.py net`).
+        subprocess.run([IGNITE, "run", "busybox", "--name", name, "--memory", "256MB", "--network-plugin", "none"],
+                       env=e.env, check=True, capture_output=True)
         uid = e.ig("inspect", "vm", name, "-t", "{{.UID}}").strip()
         vmdir = os.path.join(e.root, "vm", uid)
         t1 = wait_marker(os.path.join(vmdir, "console.log"), time.time() + 120)

@@ -173,10 +173,21 @@ impl NetworkList {
         conf
     }
 
+    /// Plugins that have work for this invocation: a plugin that only serves the
+    /// `portMappings` capability (portmap) is skipped for a VM that publishes no port; that
+    /// saves one plugin run (~10 ms) on every start of most VMs.
+    fn active<'a>(&'a self, inv: &'a Invocation<'_>) -> impl DoubleEndedIterator<Item = &'a Value> + 'a {
+        self.plugins.iter().filter(move |p| {
+            !(inv.ports.is_empty()
+                && p["type"] == "portmap"
+                && p["capabilities"]["portMappings"].as_bool() == Some(true))
+        })
+    }
+
     /// ADD through every plugin; returns the final result.
     pub fn add(&self, cfg: &CniConfig, inv: &Invocation<'_>) -> Result<Value, NetError> {
         let mut prev: Option<Value> = None;
-        for plugin in &self.plugins {
+        for plugin in self.active(inv) {
             let conf = self.plugin_conf(plugin, prev.as_ref(), inv);
             let out = exec(cfg, "ADD", &conf, inv)?;
             prev = Some(out);
@@ -188,7 +199,7 @@ impl NetworkList {
     /// and reports the first.
     pub fn del(&self, cfg: &CniConfig, inv: &Invocation<'_>, result: Option<&Value>) -> Result<(), NetError> {
         let mut first = None;
-        for plugin in self.plugins.iter().rev() {
+        for plugin in self.active(inv).rev() {
             let conf = self.plugin_conf(plugin, result, inv);
             if let Err(e) = exec(cfg, "DEL", &conf, inv) {
                 first.get_or_insert(e);
@@ -199,7 +210,7 @@ impl NetworkList {
 
     /// CHECK through every plugin.
     pub fn check(&self, cfg: &CniConfig, inv: &Invocation<'_>, result: &Value) -> Result<(), NetError> {
-        for plugin in &self.plugins {
+        for plugin in self.active(inv) {
             let conf = self.plugin_conf(plugin, Some(result), inv);
             exec(cfg, "CHECK", &conf, inv)?;
         }
