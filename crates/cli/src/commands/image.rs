@@ -1,11 +1,10 @@
 //! `ignite image import|ls|rm`, `images`, `rmi`.
 
-use ignite_api::{Image, Vm};
+use ignite_api::Image;
 
-use super::each;
 use crate::cli::{LsArgs, ObjSub, PsOutput, RmObjArgs};
 use crate::context::Ctx;
-use crate::output::{ago, table};
+use crate::output::ago;
 
 pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
     match sub {
@@ -45,59 +44,19 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
 }
 
 pub fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<()> {
-    let images = ctx.store()?.list::<Image>()?;
-    if ctx.global.quiet {
-        images.iter().for_each(|i| println!("{}", i.uid()));
-        return Ok(());
-    }
-    match a.output {
-        PsOutput::Json => println!("{}", serde_json::to_string_pretty(&images)?),
-        PsOutput::Yaml => print!("{}", serde_yaml::to_string(&images)?),
-        _ => {
-            let rows: Vec<Vec<String>> = images
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.uid(),
-                        i.metadata.name.clone(),
-                        ago(i.metadata.created),
-                        i.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            table(&["IMAGE ID", "NAME", "CREATED", "SIZE"], &rows);
-        }
-    }
-    Ok(())
+    super::objects::list::<Image>(ctx, a.output, &["IMAGE ID", "NAME", "CREATED", "SIZE"], |o| {
+        vec![
+            o.uid(),
+            o.metadata.name.clone(),
+            ago(o.metadata.created),
+            o.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
+        ]
+    })
 }
 
 pub fn rm(ctx: &Ctx, a: RmObjArgs) -> anyhow::Result<()> {
-    let store = ctx.store()?;
-    each(&a.objects, |q| {
-        let img = store.resolve::<Image>(q)?;
-        let lock = store.lock()?;
-        let users: Vec<String> = store
-            .list::<Vm>()?
-            .into_iter()
-            .filter(|v| {
-                v.spec.image.oci.as_ref().map(|r| r.normalized()).as_deref() == Some(img.metadata.name.as_str())
-            })
-            .map(|v| v.metadata.name)
-            .collect();
-        if !users.is_empty() && !a.force {
-            anyhow::bail!(
-                "image {:?} is used by VMs {}: remove them first or use -f",
-                img.metadata.name,
-                users.join(", ")
-            );
-        }
-        store.remove::<Image>(&lock, &img.uid())?;
-        if ctx.global.quiet {
-            println!("{}", img.uid());
-        } else {
-            eprintln!("Removed image with name {:?} and ID {:?}", img.metadata.name, img.uid());
-        }
-        Ok(())
+    super::objects::remove::<Image>(ctx, a, "image", |v, o| {
+        v.spec.image.oci.as_ref().map(|r| r.normalized()).as_deref() == Some(o.metadata.name.as_str())
     })
 }
 

@@ -1,11 +1,10 @@
-//! `ignite kernel import|ls|rm`, `kernels`, `rmi`.
+//! `ignite kernel import|ls|rm`, `kernels`, `rmk`.
 
-use ignite_api::{Kernel, Vm};
+use ignite_api::Kernel;
 
-use super::each;
 use crate::cli::{LsArgs, ObjSub, PsOutput, RmObjArgs};
 use crate::context::Ctx;
-use crate::output::{ago, table};
+use crate::output::ago;
 
 pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
     match sub {
@@ -38,59 +37,19 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
 }
 
 pub fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<()> {
-    let kernels = ctx.store()?.list::<Kernel>()?;
-    if ctx.global.quiet {
-        kernels.iter().for_each(|i| println!("{}", i.uid()));
-        return Ok(());
-    }
-    match a.output {
-        PsOutput::Json => println!("{}", serde_json::to_string_pretty(&kernels)?),
-        PsOutput::Yaml => print!("{}", serde_yaml::to_string(&kernels)?),
-        _ => {
-            let rows: Vec<Vec<String>> = kernels
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.uid(),
-                        i.metadata.name.clone(),
-                        ago(i.metadata.created),
-                        i.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
-                        i.status.version.clone(),
-                    ]
-                })
-                .collect();
-            table(&["KERNEL ID", "NAME", "CREATED", "SIZE", "VERSION"], &rows);
-        }
-    }
-    Ok(())
+    super::objects::list::<Kernel>(ctx, a.output, &["KERNEL ID", "NAME", "CREATED", "SIZE", "VERSION"], |o| {
+        vec![
+            o.uid(),
+            o.metadata.name.clone(),
+            ago(o.metadata.created),
+            o.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
+            o.status.version.clone(),
+        ]
+    })
 }
 
 pub fn rm(ctx: &Ctx, a: RmObjArgs) -> anyhow::Result<()> {
-    let store = ctx.store()?;
-    each(&a.objects, |q| {
-        let img = store.resolve::<Kernel>(q)?;
-        let lock = store.lock()?;
-        let users: Vec<String> = store
-            .list::<Vm>()?
-            .into_iter()
-            .filter(|v| {
-                v.spec.kernel.oci.as_ref().map(|r| r.normalized()).as_deref() == Some(img.metadata.name.as_str())
-            })
-            .map(|v| v.metadata.name)
-            .collect();
-        if !users.is_empty() && !a.force {
-            anyhow::bail!(
-                "kernel {:?} is used by VMs {}: remove them first or use -f",
-                img.metadata.name,
-                users.join(", ")
-            );
-        }
-        store.remove::<Kernel>(&lock, &img.uid())?;
-        if ctx.global.quiet {
-            println!("{}", img.uid());
-        } else {
-            eprintln!("Removed kernel with name {:?} and ID {:?}", img.metadata.name, img.uid());
-        }
-        Ok(())
+    super::objects::remove::<Kernel>(ctx, a, "kernel", |v, o| {
+        v.spec.kernel.oci.as_ref().map(|r| r.normalized()).as_deref() == Some(o.metadata.name.as_str())
     })
 }

@@ -12,6 +12,7 @@ mod kernel;
 mod kill;
 mod logs;
 mod man;
+mod objects;
 mod ps;
 mod rm;
 mod run;
