@@ -331,7 +331,7 @@ pub fn size_class_base(image_dir: &Path, base: &Path, size: u64) -> Result<PathB
     }
     let started = std::time::Instant::now();
     grow_ext4(base, &out, size)?;
-    tracing::info!(base = %out.display(), elapsed = ?started.elapsed(), "built size-class base");
+    tracing::debug!(base = %out.display(), elapsed = ?started.elapsed(), "built size-class base");
     Ok(out)
 }
 
