@@ -119,6 +119,10 @@ pub struct VmSpec {
     /// configuration's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<String>,
+    /// Whether the guest agent (`ignite exec`/`cp` without sshd) is installed and started;
+    /// ignite extension. Unset: yes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<bool>,
 }
 
 impl VmSpec {
@@ -174,6 +178,9 @@ impl VmSpec {
         }
         if over.vmm.is_some() {
             self.vmm = over.vmm.clone();
+        }
+        if over.agent.is_some() {
+            self.agent = over.agent;
         }
     }
 

@@ -167,6 +167,9 @@ pub struct CreateArgs {
     /// VMM backend: qemu, firecracker or builtin
     #[arg(long)]
     pub vmm: Option<String>,
+    /// Install and start the guest agent (exec and cp without sshd); --agent=false opts out
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub agent: Option<bool>,
     /// Prefix string for system identifiers
     #[arg(long)]
     pub id_prefix: Option<String>,

@@ -6,8 +6,9 @@
 # base, sets the hostname and switch_roots to the image's init, which stays PID 1. Anything
 # that stops the boot prints one "ignite-init: error: ..." line and powers the VM off.
 #
-# Parameters: /ignite/env (IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT) and /ignite/mounts
-# ("<device> <mount path>" lines for extra disks).
+# Parameters: /ignite/env (IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT), /ignite/mounts
+# ("<device> <mount path>" lines for extra disks) and, optionally, /ignite/agent (the static
+# guest agent, installed as /.ignite/ignite-agent and started before the hand-over).
 
 /bin/busybox mkdir -p /bin /proc /sys /dev /newroot
 /bin/busybox --install -s /bin
@@ -116,6 +117,31 @@ if [ -s /ignite/mounts ]; then
 	done </ignite/mounts
 fi
 
+# The guest agent (ignite exec/cp without sshd): installed into the VM's own layer, started
+# below, chrooted into the VM's root, so that it outlives the hand-over to the image's init.
+agent_port=
+if [ -f /ignite/agent ]; then
+	j=0
+	while [ -z "$agent_port" ] && [ $j -lt 40 ]; do
+		for p in /sys/class/virtio-ports/*; do
+			[ "$(cat "$p/name" 2>/dev/null)" = org.ignite.agent.0 ] && agent_port=/dev/${p##*/}
+		done
+		[ -n "$agent_port" ] || sleep 0.05
+		j=$((j + 1))
+	done
+	if [ -z "$agent_port" ]; then
+		echo "ignite-init: warning: no virtio-serial port org.ignite.agent.0: the guest agent is not started"
+	elif ! cmp -s /ignite/agent /newroot/.ignite/ignite-agent; then
+		mkdir -p /newroot/.ignite && chmod 0700 /newroot/.ignite &&
+			cp /ignite/agent /newroot/.ignite/ignite-agent.new &&
+			mv -f /newroot/.ignite/ignite-agent.new /newroot/.ignite/ignite-agent ||
+			{
+				echo "ignite-init: warning: cannot install the guest agent"
+				agent_port=
+			}
+	fi
+fi
+
 hostname "$IGNITE_HOSTNAME" || echo "ignite-init: warning: cannot set the hostname $IGNITE_HOSTNAME"
 sync
 echo "ignite-init: provisioned $IGNITE_HOSTNAME"
@@ -123,5 +149,9 @@ echo "ignite-init: provisioned $IGNITE_HOSTNAME"
 umount /proc /sys
 if [ $devtmpfs = 1 ]; then
 	if [ -d /newroot/dev ]; then mount -o move /dev /newroot/dev; else umount /dev; fi
+fi
+if [ -n "$agent_port" ]; then
+	[ $devtmpfs = 1 ] && [ -d /newroot/dev ] || mount -t devtmpfs devtmpfs /newroot/dev 2>/dev/null
+	chroot /newroot /.ignite/ignite-agent --port "$agent_port" </dev/null &
 fi
 exec switch_root /newroot "$IGNITE_INIT" "$@"

@@ -16,6 +16,7 @@
 //! init                   the shim (0755)
 //! ignite/env             IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT (shell-quoted)
 //! ignite/mounts          "<device> <guest path>" per extra disk
+//! ignite/agent           the static guest agent, when the VM has one (0755)
 //! ignite/files/etc/hostname, etc/hosts
 //! ignite/files/etc/resolv.conf            applied only where the image has none (or a dangling link)
 //! ignite/files/root/.ssh/authorized_keys  (directories 0700, file 0600)
@@ -52,6 +53,9 @@ pub struct VmBoot {
     pub root_device: String,
     /// Extra block devices to mount before the hand-over: (device, guest mount path).
     pub mounts: Vec<(String, String)>,
+    /// The static guest agent to install at `/.ignite/ignite-agent` and start before the
+    /// hand-over (on the virtio-serial port `org.ignite.agent.0`).
+    pub agent: Option<PathBuf>,
 }
 
 impl Default for VmBoot {
@@ -66,6 +70,7 @@ impl Default for VmBoot {
             init: "/sbin/init".into(),
             root_device: "/dev/vda".into(),
             mounts: Vec::new(),
+            agent: None,
         }
     }
 }
@@ -170,6 +175,9 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
         mounts.push_str(&format!("{dev} {mp}\n"));
     }
     i.add_file("ignite/mounts", mounts.as_bytes(), 0o644)?;
+    if let Some(a) = &spec.agent {
+        i.add_file_from("ignite/agent", a, 0o755)?;
+    }
 
     i.add_dir("ignite/files", 0o755)?;
     i.add_dir("ignite/files/etc", 0o755)?;

@@ -3,6 +3,7 @@
 //! `remove`), plus the supervisor (`ignite-spawn`) and the pieces it needs.
 
 pub mod accel;
+pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod console;

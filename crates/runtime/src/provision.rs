@@ -1,5 +1,5 @@
 //! What a VM's initramfs carries: its hostname, `/etc/hosts`, the host's resolver
-//! configuration, its SSH public key and, on its first boot, its `--copy-files`. The guest's
+//! configuration, its SSH public key, the guest agent and, on its first boot, its `--copy-files`. The guest's
 //! init shim copies them into the VM's own disk layer and hands over to the image's
 //! `/sbin/init` (see `ignite_disk` for the archive and the shim).
 
@@ -41,8 +41,8 @@ pub fn host_resolv_conf() -> Option<String> {
     main
 }
 
-/// Builds `vm`'s initramfs at `out`.
-pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path) -> Result<(), DiskError> {
+/// Builds `vm`'s initramfs at `out`, with `agent` (the static guest agent) when given.
+pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path, agent: Option<PathBuf>) -> Result<(), DiskError> {
     let name = vm.metadata.name.clone();
     let authorized_keys = crate::start::ensure_ssh_key(store, vm)
         .map_err(|e| DiskError::Io { path: store.dir::<Vm>(&vm.uid()), source: e })?;
@@ -63,6 +63,7 @@ pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path) -> Result<(), DiskError>
         init: "/sbin/init".into(),
         root_device: "/dev/vda".into(),
         mounts: volume_mounts(vm),
+        agent,
     };
     build_vm_initramfs(&boot, out)
 }

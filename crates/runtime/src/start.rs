@@ -205,7 +205,20 @@ fn boot_and_spawn(
         store.modify::<Vm, _>(&uid, |v| v.status.network = Some(status))?;
     }
     let initrd = dir.join(INITRD);
-    crate::provision::vm_initramfs(store, vm, &initrd).map_err(prep(&name, "cannot build the VM's initramfs"))?;
+    let agent = if vm.spec.agent == Some(false) {
+        None
+    } else {
+        match crate::agent::find_binary() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("VM {name} starts without its guest agent (exec and cp need --ssh): {e}");
+                None
+            }
+        }
+    };
+    let with_agent = agent.is_some();
+    crate::provision::vm_initramfs(store, vm, &initrd, agent)
+        .map_err(prep(&name, "cannot build the VM's initramfs"))?;
 
     let mut cmdline = vm.spec.kernel.cmd_line.clone();
     cmdline.push_str(" rdinit=/init");
@@ -242,6 +255,7 @@ fn boot_and_spawn(
         stop_grace_secs: opts.stop_grace.as_secs(),
         netns: att.map(|a| a.netns.clone()),
         dhcp: att.and_then(|a| lease_for(a, &name)),
+        agent: with_agent,
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;

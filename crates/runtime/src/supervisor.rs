@@ -81,6 +81,8 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         .open(dir.join("vmm.log"))
         .map_err(|e| format!("vmm log: {e}"))?;
     let _ = std::fs::remove_file(dir.join("qmp.sock"));
+    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_VMM_SOCKET));
+    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_SOCKET));
     let attach_path = dir.join(ATTACH_SOCKET);
     let _ = std::fs::remove_file(&attach_path);
     let listener =
@@ -104,6 +106,11 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let mut child: Child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", backend.name()))?;
     eprintln!("ignite-spawn: timing vmm_spawn_unix_ns={spawn_ns}");
     let vmm_pid = child.id();
+    if boot.agent {
+        if let Err(e) = crate::agent::start_mux(&dir) {
+            eprintln!("ignite-spawn: the guest agent's socket: {e}");
+        }
+    }
     let stdout = child.stdout.take().ok_or("no VMM stdout")?;
     let shared = Arc::new(Shared {
         end: AtomicU8::new(END_NONE),
@@ -242,7 +249,7 @@ pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, reason: &st
 /// What a VM holds only while it runs: its network and its sockets.
 pub fn release_resources(dir: &Path) {
     crate::network::release(dir);
-    for f in [ATTACH_SOCKET, "qmp.sock"] {
+    for f in [ATTACH_SOCKET, "qmp.sock", crate::agent::AGENT_SOCKET, crate::agent::AGENT_VMM_SOCKET] {
         let _ = std::fs::remove_file(dir.join(f));
     }
 }

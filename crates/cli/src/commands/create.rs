@@ -126,6 +126,7 @@ pub fn flags_to_spec(a: &CreateArgs) -> anyhow::Result<(ObjectMeta, VmSpec)> {
     if let Some(v) = &a.vmm {
         spec.vmm = Some(v.clone());
     }
+    spec.agent = a.agent;
     if let Some(s) = &a.sandbox_image {
         spec.sandbox = OciSpec { oci: Some(usage("--sandbox-image", s.parse())?) };
     }

@@ -1,9 +1,14 @@
-//! `ignite exec VM COMMAND...`: runs a command in the VM over SSH; its exit code is ignite's.
+//! `ignite exec VM COMMAND...`: runs a command in the VM through its guest agent, or over SSH
+//! when the VM has no agent (or `-i KEY` asks for SSH). Stdin is streamed, output arrives as
+//! it is produced, signals (Ctrl-C) reach the command, and its exit code is ignite's.
 
+use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
+use ignite_agent::proto::ExecRequest;
 use ignite_api::Vm;
+use ignite_runtime::agent::{AgentError, Session};
 
 use crate::cli::ExecArgs;
 use crate::context::Ctx;
@@ -12,10 +17,95 @@ pub fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let vm = ignite_runtime::status::refresh(&store, store.resolve::<Vm>(&a.vm)?)?;
     let timeout = Duration::from_secs(u64::from(a.timeout));
+    if !vm.status.running {
+        return Err(ignite_runtime::ssh::SshError::NotRunning { name: vm.metadata.name.clone() }.into());
+    }
+    if a.identity.is_none() {
+        match Session::connect(&vm.metadata.name, &store.dir::<Vm>(&vm.uid()), timeout) {
+            Ok(s) => exec_agent(s, &a),
+            Err(AgentError::NotEnabled { .. }) => {}
+            Err(e @ AgentError::NotReady { .. }) if vm.spec.ssh.is_some() => {
+                tracing::warn!("{e}; trying SSH");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let t = ignite_runtime::ssh::target(&store, &vm, a.identity.as_deref(), timeout)?;
     let err = ignite_runtime::ssh::ssh_command(&t, a.tty, &a.command, timeout).exec();
     if err.kind() == std::io::ErrorKind::NotFound {
         return Err(ignite_runtime::ssh::SshError::NoClient.into());
     }
     Err(anyhow::Error::new(err).context("cannot run ssh"))
+}
+
+/// Restores the terminal's settings when dropped.
+struct RawMode(Option<rustix::termios::Termios>);
+
+impl RawMode {
+    fn enter(on: bool) -> RawMode {
+        if !on {
+            return RawMode(None);
+        }
+        let stdin = rustix::stdio::stdin();
+        let Ok(saved) = rustix::termios::tcgetattr(stdin) else { return RawMode(None) };
+        let mut raw = saved.clone();
+        raw.make_raw();
+        if rustix::termios::tcsetattr(stdin, rustix::termios::OptionalActions::Now, &raw).is_err() {
+            return RawMode(None);
+        }
+        RawMode(Some(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = rustix::termios::tcsetattr(rustix::stdio::stdin(), rustix::termios::OptionalActions::Now, t);
+        }
+    }
+}
+
+fn window_size() -> Option<(u16, u16)> {
+    rustix::termios::tcgetwinsize(rustix::stdio::stdout()).ok().filter(|w| w.ws_row > 0).map(|w| (w.ws_row, w.ws_col))
+}
+
+fn exec_agent(s: Session, a: &ExecArgs) -> ! {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
+    let tty = a.tty;
+    let (rows, cols) = if tty { window_size().unwrap_or((24, 80)) } else { (0, 0) };
+    let mut env = Vec::new();
+    if tty {
+        env.push(("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())));
+    }
+    let req = ExecRequest { argv: a.command.clone(), env, cwd: None, tty, rows, cols };
+    // Signals to ignite go to the command (in a terminal, Ctrl-C arrives as a byte instead).
+    let sender = s.sender();
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH]) {
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGWINCH {
+                    if let Some((r, c)) = window_size() {
+                        sender.resize(r, c);
+                    }
+                } else {
+                    sender.signal(sig);
+                }
+            }
+        });
+    }
+    let raw = RawMode::enter(tty && std::io::stdin().is_terminal());
+    let result = s.exec(req, Some(Box::new(std::io::stdin())), &mut std::io::stdout(), &mut std::io::stderr());
+    drop(raw);
+    match result {
+        Ok(exit) => {
+            if let Some(e) = &exit.error {
+                eprintln!("error: {e}");
+            }
+            std::process::exit(exit.shell_code())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }
+    }
 }

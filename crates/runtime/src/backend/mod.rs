@@ -69,6 +69,10 @@ pub struct BootConfig {
     /// The lease the supervisor's DHCP responder hands out, and the server address.
     #[serde(default)]
     pub dhcp: Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)>,
+    /// Whether the guest agent runs: the VMM exposes its virtio-serial port as
+    /// `agent-vmm.sock` and the supervisor multiplexes it on `agent.sock`.
+    #[serde(default)]
+    pub agent: bool,
 }
 
 /// Backend failures.

@@ -1,0 +1,527 @@
+//! `ignite-agent`: the guest side of `ignite exec` and `ignite cp`.
+//!
+//! Installed by ignite's init shim into the VM's own disk layer (`/.ignite/ignite-agent`) and
+//! started, chrooted into the VM's root filesystem, just before the shim hands PID 1 over to
+//! the image's init. It needs neither sshd nor a network: it serves the protocol of
+//! [`ignite_agent::proto`] on a virtio-serial port.
+//!
+//! `ignite-agent [--port DEV]` runs a watchdog that (re)starts `ignite-agent --worker`
+//! whenever the worker dies (a guest `kill -9` costs the open execs, not the agent). The
+//! worker sends `Hello`, then serves requests: each `Open` runs a command (pipes, or a
+//! pseudo-terminal in its own session), unpacks a tar stream (`Put`) or sends one (`Get`),
+//! with per-channel flow control, signals and window sizes, and ends with one `Exit` frame.
+#![allow(unsafe_code)] // one pre_exec hook (TTY sessions), with its SAFETY argument
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ignite_agent::archive;
+use ignite_agent::flow::Credit;
+use ignite_agent::proto::{
+    ExecRequest, Exit, Frame, FrameReader, Hello, Kind, ReadError, Request, MAX_PAYLOAD, PORT_NAME, PROTOCOL_VERSION,
+    WINDOW,
+};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut port: Option<String> = None;
+    let mut worker = false;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--port" if i + 1 < args.len() => {
+                port = Some(args[i + 1].clone());
+                i += 1;
+            }
+            "--worker" => worker = true,
+            "--version" => {
+                println!("ignite-agent {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
+                return;
+            }
+            a => {
+                eprintln!("ignite-agent: unknown argument {a:?}; usage: ignite-agent [--port DEVICE]");
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+    let port = port.unwrap_or_else(|| format!("/dev/virtio-ports/{PORT_NAME}"));
+    if worker {
+        std::process::exit(serve(&port));
+    }
+    watchdog(&args[0], &port);
+}
+
+/// Keeps one worker running. A worker that dies right away (no port, say) is restarted
+/// with a growing pause, at most 5 s.
+fn watchdog(me: &str, port: &str) -> ! {
+    let _ = rustix::process::setsid();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        match Command::new(me).args(["--worker", "--port", port]).status() {
+            Ok(s) if !s.success() => eprintln!("ignite-agent: worker ended ({s}); restarting"),
+            Ok(_) => {}
+            Err(e) => eprintln!("ignite-agent: cannot start the worker: {e}"),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            pause = Duration::from_millis(100);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+type Sink = Box<dyn Write + Send>;
+type Source = Box<dyn Read + Send>;
+
+struct Chan {
+    input: Option<Sender<Vec<u8>>>,
+    credit: Arc<Credit>,
+    pgid: Option<i32>,
+    pty: Option<Arc<OwnedFd>>,
+}
+
+struct Agent {
+    out: Mutex<File>,
+    chans: Mutex<HashMap<u32, Chan>>,
+}
+
+impl Agent {
+    fn send(&self, f: &Frame) {
+        let bytes = f.encode();
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        // The port refuses writes while no host end is connected: keep trying.
+        let mut written = 0;
+        while written < bytes.len() {
+            match out.write(&bytes[written..]) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn finish(&self, chan: u32, exit: Exit) {
+        if let Some(c) = self.chans.lock().unwrap_or_else(|e| e.into_inner()).remove(&chan) {
+            c.credit.close();
+        }
+        self.send(&Frame::exit(chan, &exit));
+    }
+
+    /// Sends stream data, waiting for credit.
+    fn stream(&self, kind: Kind, chan: u32, credit: &Credit, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            let Some(n) = credit.take(data.len().min(MAX_PAYLOAD)) else { return false };
+            self.send(&Frame::new(kind, chan, data[..n].to_vec()));
+            data = &data[n..];
+        }
+        true
+    }
+}
+
+fn serve(port: &str) -> i32 {
+    let dev = match std::fs::OpenOptions::new().read(true).write(true).open(port) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ignite-agent: cannot open {port}: {e}");
+            return 1;
+        }
+    };
+    let reader = match dev.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ignite-agent: {e}");
+            return 1;
+        }
+    };
+    let agent = Arc::new(Agent { out: Mutex::new(dev), chans: Mutex::new(HashMap::new()) });
+    agent.send(&Frame::json(Kind::Hello, 0, &Hello { version: PROTOCOL_VERSION, pid: std::process::id() }));
+    let mut frames = FrameReader::new(reader);
+    loop {
+        let f = match frames.read_frame() {
+            Ok(f) => f,
+            // No host end connected: reads see end of file until one is.
+            Err(ReadError::Eof) => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => {
+                eprintln!("ignite-agent: {e}");
+                return 1;
+            }
+        };
+        handle(&agent, f);
+    }
+}
+
+fn handle(agent: &Arc<Agent>, f: Frame) {
+    let chan = f.chan;
+    let with = |g: &dyn Fn(&mut Chan)| {
+        if let Some(c) = agent.chans.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&chan) {
+            g(c)
+        }
+    };
+    match f.kind {
+        Kind::Ping => agent.send(&Frame::new(Kind::Pong, 0, f.payload)),
+        Kind::Open => {
+            if chan == 0 || agent.chans.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&chan) {
+                agent.send(&Frame::exit(chan, &Exit::failed(format!("channel {chan} is in use"))));
+                return;
+            }
+            match f.parse::<Request>() {
+                Ok(Request::Exec(r)) => exec(agent, chan, r),
+                Ok(Request::Put { path }) => put(agent, chan, path),
+                Ok(Request::Get { path }) => get(agent, chan, path),
+                Err(e) => agent.send(&Frame::exit(chan, &Exit::failed(e.to_string()))),
+            }
+        }
+        Kind::Stdin => {
+            let mut c = agent.chans.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = c.get_mut(&chan) {
+                if f.payload.is_empty() {
+                    c.input = None; // end of input
+                } else if let Some(tx) = &c.input {
+                    let _ = tx.send(f.payload);
+                }
+            }
+        }
+        Kind::Window => {
+            if let Ok(n) = f.credit() {
+                with(&|c| c.credit.add(n));
+            }
+        }
+        Kind::Signal => {
+            if let Some(sig) = f.signal().ok().and_then(rustix::process::Signal::from_named_raw) {
+                with(&|c| {
+                    if let Some(p) = c.pgid.and_then(rustix::process::Pid::from_raw) {
+                        let _ = rustix::process::kill_process_group(p, sig);
+                    }
+                });
+            }
+        }
+        Kind::Resize => {
+            if let Ok((rows, cols)) = f.size() {
+                with(&|c| {
+                    if let Some(m) = &c.pty {
+                        let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                        let _ = rustix::termios::tcsetwinsize(m.as_fd(), ws);
+                    }
+                });
+            }
+        }
+        Kind::Close => {
+            if let Some(c) = agent.chans.lock().unwrap_or_else(|e| e.into_inner()).remove(&chan) {
+                c.credit.close();
+                if let Some(p) = c.pgid.and_then(rustix::process::Pid::from_raw) {
+                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        // Frames only the host receives.
+        Kind::Hello | Kind::Pong | Kind::Stdout | Kind::Stderr | Kind::Exit => {}
+    }
+}
+
+fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::OpenptFlags;
+    let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+    let master = match rustix::pty::openpt(flags) {
+        Ok(m) => m,
+        // An init that mounts no devpts (busybox images often do not): mount it, as a
+        // container runtime would.
+        Err(rustix::io::Errno::NOENT) => {
+            let _ = std::fs::create_dir_all("/dev/pts");
+            rustix::mount::mount(
+                "devpts",
+                "/dev/pts",
+                "devpts",
+                rustix::mount::MountFlags::empty(),
+                c"gid=5,mode=0620,ptmxmode=0666",
+            )?;
+            if !std::path::Path::new("/dev/ptmx").exists() {
+                std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx")?;
+            }
+            rustix::pty::openpt(flags)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    let name = rustix::pty::ptsname(&master, Vec::new())?;
+    let slave: OwnedFd =
+        std::fs::OpenOptions::new().read(true).write(true).open(std::ffi::OsStr::from_bytes(name.as_bytes()))?.into();
+    if rows > 0 && cols > 0 {
+        let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let _ = rustix::termios::tcsetwinsize(&master, ws);
+    }
+    Ok((master, slave))
+}
+
+fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
+    let Some(program) = r.argv.first() else {
+        agent.send(&Frame::exit(chan, &Exit::failed("no command given")));
+        return;
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&r.argv[1..]);
+    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", "/root").env("USER", "root");
+    if r.tty {
+        cmd.env("TERM", "xterm");
+    }
+    for (k, v) in &r.env {
+        cmd.env(k, v);
+    }
+    cmd.current_dir(r.cwd.as_deref().unwrap_or("/"));
+    // The agent may have been started with SIGINT and SIGQUIT ignored (an asynchronous
+    // command of the init shim); a command must start with every signal at its default and
+    // none blocked, as under a container runtime.
+    // SAFETY: runs in the child between fork and exec; signal(2) and sigprocmask(2) are
+    // async-signal-safe, and the closure allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut pty_master = None;
+    if r.tty {
+        let (master, slave) = match open_pty(r.rows, r.cols) {
+            Ok(p) => p,
+            Err(e) => {
+                agent.send(&Frame::exit(chan, &Exit::failed(format!("cannot allocate a pseudo-terminal: {e}"))));
+                return;
+            }
+        };
+        let (s1, s2) = match (slave.try_clone(), slave.try_clone()) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => {
+                agent.send(&Frame::exit(chan, &Exit::failed("cannot duplicate the pseudo-terminal")));
+                return;
+            }
+        };
+        cmd.stdin(Stdio::from(slave)).stdout(Stdio::from(s1)).stderr(Stdio::from(s2));
+        // SAFETY: runs in the child between fork and exec; setsid(2) and ioctl(TIOCSCTTY) on
+        // fd 0 (already the terminal's slave side) are async-signal-safe syscalls made
+        // through rustix, with no allocation and no locks.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid().map_err(std::io::Error::from)?;
+                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin()).map_err(std::io::Error::from)
+            });
+        }
+        pty_master = Some(Arc::new(master));
+    } else {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => Some(127),
+                std::io::ErrorKind::PermissionDenied => Some(126),
+                _ => None,
+            };
+            let exit = Exit { code, signal: None, error: Some(format!("cannot run {program:?}: {e}")) };
+            agent.send(&Frame::exit(chan, &exit));
+            return;
+        }
+    };
+    drop(cmd); // the parent's copies of the terminal's slave side
+    let credit = Credit::new(WINDOW);
+    let (tx, rx) = channel::<Vec<u8>>();
+    agent.chans.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        chan,
+        Chan { input: Some(tx), credit: credit.clone(), pgid: Some(child.id() as i32), pty: pty_master.clone() },
+    );
+    let mut pumps = Vec::new();
+    let (stdin_sink, outputs): (Sink, Vec<(Kind, Source)>) = match &pty_master {
+        Some(m) => match (m.as_fd().try_clone_to_owned(), m.as_fd().try_clone_to_owned()) {
+            (Ok(w), Ok(r)) => {
+                (Box::new(File::from(w)), vec![(Kind::Stdout, Box::new(File::from(r)) as Box<dyn Read + Send>)])
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                agent.finish(chan, Exit::failed("cannot duplicate the pseudo-terminal"));
+                return;
+            }
+        },
+        None => {
+            let w: Box<dyn Write + Send> = match child.stdin.take() {
+                Some(s) => Box::new(s),
+                None => Box::new(std::io::sink()),
+            };
+            let mut outs: Vec<(Kind, Box<dyn Read + Send>)> = Vec::new();
+            if let Some(o) = child.stdout.take() {
+                outs.push((Kind::Stdout, Box::new(o)));
+            }
+            if let Some(e) = child.stderr.take() {
+                outs.push((Kind::Stderr, Box::new(e)));
+            }
+            (w, outs)
+        }
+    };
+    {
+        let agent = agent.clone();
+        std::thread::spawn(move || input_pump(&agent, chan, rx, stdin_sink));
+    }
+    for (kind, mut r) in outputs {
+        let agent = agent.clone();
+        let credit = credit.clone();
+        pumps.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if !agent.stream(kind, chan, &credit, &buf[..n]) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break, // EIO: the terminal's last slave closed
+                }
+            }
+        }));
+    }
+    let agent = agent.clone();
+    std::thread::spawn(move || {
+        let status = child.wait();
+        if pty_master.is_some() {
+            // Output still buffered in the terminal arrives before EIO; a background job that
+            // keeps the terminal open must not hold the exit back forever.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for p in pumps {
+            let _ = p.join();
+        }
+        let exit = match status {
+            Ok(s) => Exit { code: s.code(), signal: s.signal(), error: None },
+            Err(e) => Exit::failed(format!("wait: {e}")),
+        };
+        agent.finish(chan, exit);
+    });
+}
+
+/// Hands input to the process (or consumer) and returns credit as it is taken.
+fn input_pump(agent: &Agent, chan: u32, rx: Receiver<Vec<u8>>, mut sink: Box<dyn Write + Send>) {
+    for data in rx {
+        let n = data.len() as u32;
+        if sink.write_all(&data).is_err() {
+            // The process closed its input: keep returning credit so the host is not stuck.
+            agent.send(&Frame::window(chan, n));
+            continue;
+        }
+        let _ = sink.flush();
+        agent.send(&Frame::window(chan, n));
+    }
+    // End of input: dropping the sink closes the process's stdin (for a terminal, send EOT).
+}
+
+/// Input of a channel as a byte stream (for `Put`).
+struct ChanReader {
+    agent: Arc<Agent>,
+    chan: u32,
+    rx: Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(d) => {
+                    self.agent.send(&Frame::window(self.chan, d.len() as u32));
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn put(agent: &Arc<Agent>, chan: u32, path: String) {
+    let (tx, rx) = channel::<Vec<u8>>();
+    let credit = Credit::new(0);
+    agent
+        .chans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(chan, Chan { input: Some(tx), credit, pgid: None, pty: None });
+    let agent = agent.clone();
+    std::thread::spawn(move || {
+        let mut r = ChanReader { agent: agent.clone(), chan, rx, buf: Vec::new(), pos: 0 };
+        let exit = match archive::unpack(&mut r, std::path::Path::new(&path), archive::Receiver::Guest) {
+            Ok(_) => {
+                // Drain to the end of input so the host's last frames are accounted for.
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
+                Exit { code: Some(0), ..Default::default() }
+            }
+            Err(e) => Exit::failed(e),
+        };
+        agent.finish(chan, exit);
+    });
+}
+
+/// Output of a channel as a byte stream (for `Get`).
+struct ChanWriter {
+    agent: Arc<Agent>,
+    chan: u32,
+    credit: Arc<Credit>,
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.agent.stream(Kind::Stdout, self.chan, &self.credit, data) {
+            Ok(data.len())
+        } else {
+            Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "channel closed by the host"))
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn get(agent: &Arc<Agent>, chan: u32, path: String) {
+    let credit = Credit::new(WINDOW);
+    agent
+        .chans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(chan, Chan { input: None, credit: credit.clone(), pgid: None, pty: None });
+    let agent = agent.clone();
+    std::thread::spawn(move || {
+        let w = ChanWriter { agent: agent.clone(), chan, credit };
+        let exit = match archive::pack(std::path::Path::new(&path), w) {
+            Ok(()) => Exit { code: Some(0), ..Default::default() },
+            Err(e) => Exit::failed(format!("{path}: {e}")),
+        };
+        agent.finish(chan, exit);
+    });
+}
