@@ -360,19 +360,27 @@ fn debian_systemd_image_boots_with_ssh_key_and_keeps_its_disk() {
     let key = root.join("vm").join(&uid).join(format!("id_{uid}"));
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777;
     assert_eq!(mode, 0o600, "private key mode");
-    // ssh, exec (exit codes and stdin pass through) and cp, as Ignite's.
+    // ssh, exec (exit codes and stdin pass through) and cp over SSH, as Ignite's (`-i KEY`
+    // forces SSH where the guest agent would otherwise answer).
     assert_eq!(ok(&root, &["ssh", "deb", "--timeout", "120", "--", "uname", "-r"]).trim(), "6.1.192");
-    let o = common::ignite(&root, &["exec", "deb", "--", "sh", "-c", "exit 3"]);
+    let k = key.to_str().unwrap();
+    let o = common::ignite(&root, &["exec", "-i", k, "deb", "--", "sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(3));
     let big = d.path().join("big.bin");
     let data: Vec<u8> = (0..10u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(&big, &data).unwrap();
-    ok(&root, &["cp", big.to_str().unwrap(), "deb:/root/big.bin"]);
+    ok(&root, &["cp", "-i", k, big.to_str().unwrap(), "deb:/root/big.bin"]);
     let back = d.path().join("back.bin");
-    ok(&root, &["cp", "deb:/root/big.bin", back.to_str().unwrap()]);
-    assert!(std::fs::read(&back).unwrap() == data, "10 MiB round trip differs");
+    ok(&root, &["cp", "-i", k, "deb:/root/big.bin", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == data, "10 MiB round trip over SSH differs");
+    // The guest agent runs beside systemd too: the same through it.
+    assert_eq!(ok(&root, &["exec", "deb", "--", "uname", "-r"]).trim(), "6.1.192");
+    assert_eq!(common::ignite(&root, &["exec", "deb", "--", "sh", "-c", "exit 4"]).status.code(), Some(4));
+    let back2 = d.path().join("back2.bin");
+    ok(&root, &["cp", "deb:/root/big.bin", back2.to_str().unwrap()]);
+    assert!(std::fs::read(&back2).unwrap() == data, "10 MiB round trip through the agent differs");
     let mut child = std::process::Command::new(common::bin())
-        .args(["exec", "deb", "cat"])
+        .args(["exec", "-i", k, "deb", "cat"])
         .env("IGNITE_ROOT", &root)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

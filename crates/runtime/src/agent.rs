@@ -34,7 +34,8 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const AGENT_VMM_SOCKET: &str = "agent-vmm.sock";
 /// Where the init shim installs the agent in the VM's own disk layer.
 pub const GUEST_PATH: &str = "/.ignite/ignite-agent";
-/// Silence after which a guest agent with open channels counts as gone.
+/// Silence after which a guest agent with open channels counts as gone (the supervisor's
+/// setting; tests pass their own to [`start_mux`]).
 pub const DEAD_AFTER: Duration = Duration::from_secs(15);
 
 /// What the host side can fail with.
@@ -126,6 +127,7 @@ struct Mux {
     next_chan: AtomicU32,
     last_heard: Mutex<Instant>,
     reset_decoder: AtomicBool,
+    dead_after: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -205,9 +207,10 @@ impl Mux {
     }
 }
 
-/// Starts the multiplexer for the VM whose directory is `dir`: binds `agent.sock` (0600) and
-/// serves it from background threads for the life of the process.
-pub fn start_mux(dir: &Path) -> std::io::Result<()> {
+/// Starts the multiplexer for the VM whose directory is `dir`: binds `agent.sock` (0600),
+/// connects to the VMM's `agent-vmm.sock` and serves both from background threads for the
+/// life of the process. An agent silent for `dead_after` with channels open fails them.
+pub fn start_mux(dir: &Path, dead_after: Duration) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(AGENT_SOCKET);
     let _ = std::fs::remove_file(&path);
@@ -221,6 +224,7 @@ pub fn start_mux(dir: &Path) -> std::io::Result<()> {
         next_chan: AtomicU32::new(1),
         last_heard: Mutex::new(Instant::now()),
         reset_decoder: AtomicBool::new(false),
+        dead_after,
     });
     {
         let mux = mux.clone();
@@ -290,19 +294,19 @@ fn guest_reader(mux: &Mux, vmm: &Path) {
     }
 }
 
-/// Pings the agent: every 200 ms until it first answers, then every 2 s. An agent silent for
-/// [`DEAD_AFTER`] while channels are open fails them.
+/// Pings the agent: every 200 ms until it first answers, then every second. An agent silent
+/// for the mux's `dead_after` while channels are open fails them.
 fn pinger(mux: &Mux) {
     let mut n: u64 = 0;
     loop {
         let ready = *lock(&mux.ready);
-        std::thread::sleep(if ready { Duration::from_secs(2) } else { Duration::from_millis(200) });
+        std::thread::sleep(if ready { Duration::from_secs(1) } else { Duration::from_millis(200) });
         n += 1;
         if !mux.to_guest(&Frame::new(Kind::Ping, 0, n.to_le_bytes().to_vec())) && lock(&mux.guest).is_none() {
             continue;
         }
         let silent = lock(&mux.last_heard).elapsed();
-        if ready && silent > DEAD_AFTER && !lock(&mux.chans).is_empty() {
+        if ready && silent > mux.dead_after && !lock(&mux.chans).is_empty() {
             eprintln!("ignite-spawn: the guest agent has not answered for {} s", silent.as_secs());
             mux.set_ready(false);
             mux.fail_all(&format!("the guest agent stopped answering ({} s)", silent.as_secs()));

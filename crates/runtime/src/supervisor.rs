@@ -107,7 +107,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     eprintln!("ignite-spawn: timing vmm_spawn_unix_ns={spawn_ns}");
     let vmm_pid = child.id();
     if boot.agent {
-        if let Err(e) = crate::agent::start_mux(&dir) {
+        if let Err(e) = crate::agent::start_mux(&dir, crate::agent::DEAD_AFTER) {
             eprintln!("ignite-spawn: the guest agent's socket: {e}");
         }
     }

@@ -42,10 +42,25 @@ pub fn fixtures() -> &'static Fixtures {
     })
 }
 
+/// The static guest agent (scripts/build-agent.sh; `$IGNITE_AGENT` when the test command
+/// built it already).
+pub fn agent() -> &'static PathBuf {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        if let Some(p) = std::env::var_os("IGNITE_AGENT") {
+            return PathBuf::from(p);
+        }
+        let o = Command::new(repo().join("scripts/build-agent.sh")).output().expect("run scripts/build-agent.sh");
+        assert!(o.status.success(), "agent build failed: {}", String::from_utf8_lossy(&o.stderr));
+        PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").trim())
+    })
+}
+
 pub fn ignite(root: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
         .env("IGNITE_ROOT", root)
+        .env("IGNITE_AGENT", agent())
         .env_remove("IGNITE_CONFIG")
         .stdin(Stdio::null())
         .output()

@@ -1,0 +1,205 @@
+//! `ignite exec` and `ignite cp` through the guest agent, on the busybox image (no sshd, no
+//! SSH key): exit codes, streamed stdin and output, Ctrl-C, a TTY, copies both ways, and a
+//! guest that kills its agent or floods the channel with garbage. Real VMs (TCG here).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fails, ok, prepared_root};
+
+fn exec(root: &Path, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["exec"];
+    a.extend_from_slice(args);
+    common::ignite(root, &a)
+}
+
+fn wait_ready(root: &Path, vm: &str) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(120) {
+        if String::from_utf8_lossy(&common::ignite(root, &["logs", vm]).stdout).contains("IGNITE-BUSYBOX-READY") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("VM {vm} did not finish booting");
+}
+
+/// Retries `exec VM true` until it succeeds (the agent restarting), within `secs`.
+fn until_exec_works(root: &Path, vm: &str, secs: u64) -> Duration {
+    let t = Instant::now();
+    loop {
+        let o = exec(root, &["--timeout", "5", vm, "--", "true"]);
+        if o.status.success() {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "exec never worked again: {}", String::from_utf8_lossy(&o.stderr));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Run detached in the guest: kills the agent (watchdog and worker), floods the channel with
+/// random bytes, then starts a fresh agent.
+const HOSTILE: &str = r#"
+for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name")" = org.ignite.agent.0 ] && port=/dev/${p##*/}
+done
+sleep 1
+kill -9 $(pidof ignite-agent)
+head -c 300000 /dev/urandom > "$port"
+exec /.ignite/ignite-agent --port "$port"
+"#;
+
+#[test]
+fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "ag", "--memory", "256MB"]);
+    wait_ready(&root, "ag");
+
+    // The guest's kernel command line, through the agent (no sshd, no key in this VM).
+    let o = exec(&root, &["ag", "--", "cat", "/proc/cmdline"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("rdinit=/init"));
+    assert_eq!(exec(&root, &["ag", "--", "sh", "-c", "exit 3"]).status.code(), Some(3));
+    let o = exec(&root, &["ag", "--", "sh", "-c", "echo out; echo err >&2; exit 0"]);
+    assert_eq!((o.stdout.as_slice(), o.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    let o = exec(&root, &["ag", "--", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot run \"no-such-command\""));
+
+    // Stdin is streamed.
+    let mut child = Command::new(common::bin())
+        .args(["exec", "ag", "cat"])
+        .env("IGNITE_ROOT", &*root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hi\n").unwrap();
+    assert_eq!(String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout), "hi\n");
+
+    // 100 MiB of output streams through without being held in memory.
+    let mut child = Command::new(common::bin())
+        .args(["exec", "ag", "--", "head", "-c", "104857600", "/dev/zero"])
+        .env("IGNITE_ROOT", &*root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut total, mut peak_kib) = (0usize, 0u64);
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|b| *b == 0));
+        total += n;
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(l) = s.lines().find(|l| l.starts_with("VmHWM:")) {
+                peak_kib = l.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(peak_kib);
+            }
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(total, 100 << 20);
+    println!("FIGURE exec 100 MiB output: peak RSS of ignite {peak_kib} KiB");
+    assert!(peak_kib > 0 && peak_kib < 64 * 1024, "ignite held {peak_kib} KiB for 100 MiB of output");
+
+    // Ctrl-C reaches the command: it dies of SIGINT (130), and nothing is left running.
+    let mut child = Command::new(common::bin())
+        .args(["exec", "ag", "--", "sleep", "300"])
+        .env("IGNITE_ROOT", &*root)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::INT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let o = exec(&root, &["ag", "--", "sh", "-c", "ps | grep -c '[s]leep 300' || true"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0");
+
+    // A TTY: the command sees a terminal of the requested size.
+    let o = exec(&root, &["-t", "ag", "--", "sh", "-c", "tty; stty size"]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("/dev/pts/"), "{s}");
+
+    // cp both ways: a 10 MiB file byte-identical, a tree with modes and a symbolic link.
+    let big = d.path().join("big.bin");
+    let data: Vec<u8> = (0..10u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&big, &data).unwrap();
+    ok(&root, &["cp", big.to_str().unwrap(), "ag:/root/big.bin"]);
+    let back = d.path().join("back.bin");
+    ok(&root, &["cp", "ag:/root/big.bin", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == data, "10 MiB round trip differs");
+    let tree = d.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(tree.join("sub/run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("sub/run.sh", tree.join("link")).unwrap();
+    ok(&root, &["cp", tree.to_str().unwrap(), "ag:/root"]);
+    // Into a path that does not exist: copied as that path (`docker cp`'s rule).
+    ok(&root, &["cp", tree.to_str().unwrap(), "ag:/srv-tree"]);
+    assert_eq!(ok(&root, &["exec", "ag", "--", "cat", "/srv-tree/sub/run.sh"]), "#!/bin/sh\necho ran\n");
+    assert_eq!(ok(&root, &["exec", "ag", "--", "/root/tree/link"]), "ran\n");
+    let o = ok(&root, &["exec", "ag", "--", "stat", "-c", "%a", "/root/tree/sub/run.sh"]);
+    assert_eq!(o.trim(), "750");
+    let tree_back = d.path().join("tree-back");
+    ok(&root, &["cp", "ag:/root/tree", tree_back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_link(tree_back.join("link")).unwrap(), Path::new("sub/run.sh"));
+    // `..` is refused before anything is copied.
+    fails(&root, &["cp", big.to_str().unwrap(), "ag:/root/../etc/x"], 2, "'..' is not allowed");
+    let e = common::ignite(&root, &["cp", "ag:/no/such/file", d.path().join("x").to_str().unwrap()]);
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("/no/such/file"));
+
+    // The guest kills the agent's worker under a running exec: that exec fails clearly, the
+    // agent's watchdog brings it back.
+    let o = exec(&root, &["ag", "--", "sh", "-c", "kill -9 $PPID; sleep 30"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("guest agent"), "{err}");
+    let took = until_exec_works(&root, "ag", 30);
+    println!("FIGURE agent back after its worker was killed: {took:?}");
+
+    // A hostile guest: kills the whole agent, writes 300 KB of garbage into the channel, then
+    // starts a fresh agent. The supervisor (and the VM) survive, and exec works again.
+    let script = d.path().join("hostile.sh");
+    std::fs::write(&script, HOSTILE).unwrap();
+    ok(&root, &["cp", script.to_str().unwrap(), "ag:/root/hostile.sh"]);
+    let o = exec(&root, &["ag", "--", "sh", "-c", "setsid sh /root/hostile.sh </dev/null >/dev/null 2>&1 &"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_secs(3));
+    let took = until_exec_works(&root, "ag", 60);
+    println!("FIGURE exec works again {took:?} after a garbage flood");
+    assert_eq!(ok(&root, &["inspect", "vm", "ag", "-t", "{{.Status.Running}}"]).trim(), "true");
+    let uid = ok(&root, &["inspect", "vm", "ag", "-t", "{{.UID}}"]);
+    let spawn_log = std::fs::read_to_string(root.join("vm").join(uid.trim()).join("spawn.log")).unwrap();
+    assert!(spawn_log.contains("malformed frame"), "{spawn_log}");
+
+    // A stopped VM.
+    ok(&root, &["stop", "ag"]);
+    fails(&root, &["exec", "ag", "--", "true"], 1, "is not running");
+    ok(&root, &["rm", "ag"]);
+}
+
+#[test]
+fn without_agent_and_without_ssh_exec_says_what_to_do() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "noagent", "--agent=false", "--memory", "256MB"]);
+    let uid = ok(&root, &["inspect", "vm", "noagent", "-t", "{{.UID}}"]);
+    assert!(!root.join("vm").join(uid.trim()).join("agent.sock").exists());
+    let o = exec(&root, &["--timeout", "2", "noagent", "--", "true"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--ssh"), "{err}");
+    ok(&root, &["rm", "-f", "noagent"]);
+}
