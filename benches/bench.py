@@ -9,6 +9,8 @@
     benches/bench.py net    [--runs 20]   network set-up per VM (netns + CNI ADD + tap), from
                                           `ignite start --log-level debug`, next to Weave Ignite's
                                           0.5-0.85 s (Ignite #436)
+    benches/bench.py exec   [--runs 50]   `ignite exec VM true` through the guest agent vs over SSH
+                                          (-i KEY), on one Debian systemd VM, side by side
     benches/bench.py all
 
 Uses target/release/ignite (built if missing), the cached kernel and test images. Absolute
@@ -49,6 +51,8 @@ class Env:
     def __init__(self):
         if not os.path.exists(IGNITE) or not os.path.exists(os.path.join(BIN, "ignite-spawn")):
             subprocess.run(["cargo", "build", "--release", "-p", "ignite-cli"], cwd=REPO, check=True)
+        # The static guest agent, next to ignite (where it looks for it).
+        sh(os.path.join(REPO, "scripts/build-agent.sh"), "--install", BIN)
         self.tmp = tempfile.mkdtemp(prefix="ignite-bench.")
         self.root = os.path.join(self.tmp, "root")
         self.env = dict(os.environ, IGNITE_ROOT=self.root)
@@ -198,9 +202,38 @@ def bench_net(e, runs):
     print(f"  ignite                       {fmt(xs)}   (target < 50 ms; Weave Ignite: 500-850 ms)")
 
 
+def bench_exec(e, runs):
+    deb = sh(os.path.join(REPO, "images/debian/build.sh")).strip().splitlines()[-1]
+    e.ig("image", "import", f"oci:{deb}/oci:latest", "--name", "debian-bench")
+    e.ig("run", "debian-bench", "--name", "ex", "--memory", "512MB", "--ssh")
+    deadline = time.time() + 300
+    while b"IGNITE-DEBIAN-READY" not in subprocess.run([IGNITE, "logs", "ex"], env=e.env, capture_output=True).stdout:
+        if time.time() > deadline:
+            raise SystemExit("the Debian VM did not boot")
+        time.sleep(0.2)
+    uid = e.ig("inspect", "vm", "ex", "-t", "{{.UID}}").strip()
+    key = os.path.join(e.root, "vm", uid, f"id_{uid}")
+
+    def run(extra):
+        xs = []
+        subprocess.run([IGNITE, "exec", *extra, "ex", "true"], env=e.env, check=True)  # warm-up
+        for _ in range(runs):
+            t0 = time.monotonic()
+            subprocess.run([IGNITE, "exec", *extra, "ex", "true"], env=e.env, check=True)
+            xs.append(time.monotonic() - t0)
+        return xs
+
+    agent, ssh = run([]), run(["-i", key])
+    print(f"exec latency, `ignite exec VM true` on a running Debian systemd VM ({runs} runs each)")
+    print(f"  through the guest agent      {fmt(agent)}")
+    print(f"  over SSH (OpenSSH, -i KEY)   {fmt(ssh)}")
+    print(f"  ratio agent / SSH (p50)      {pct(agent, 50) / pct(ssh, 50):.3f}")
+    e.ig("rm", "-f", "ex")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["boot", "disk", "import", "net", "all"])
+    ap.add_argument("what", choices=["boot", "disk", "import", "net", "exec", "all"])
     ap.add_argument("--runs", type=int)
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -215,6 +248,8 @@ def main():
             bench_import(e, a.runs or 3)
         if a.what in ("net", "all"):
             bench_net(e, a.runs or 20)
+        if a.what in ("exec", "all"):
+            bench_exec(e, a.runs or 50)
     finally:
         e.close()
 

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -p ignite-cli
 bin="$PWD/target/release"
+# The static guest agent, next to ignite (where it looks for it).
+scripts/build-agent.sh --install "$bin" >/dev/null
 export PATH="$bin:$PATH"
 vmlinux=$(images/kernel/build.sh | tail -1)
 work=$(mktemp -d /tmp/ignite-demo.XXXXXX)
@@ -27,6 +29,9 @@ done
 set -x
 ignite ps
 ignite logs demo | grep -a -E 'ignite-init|IGNITE-BUSYBOX-READY|Linux version'
+ignite exec demo -- uname -a
+echo hello-from-the-host | ignite exec demo -- sh -c 'read l; echo "guest read: $l"'
+ignite exec demo -- sh -c 'exit 3' || echo "exit code passed through: $?"
 ignite inspect vm demo -t 'accel={{.Status.Runtime.Accel}} pid={{.Status.Runtime.Pid}} started={{.Status.StartTime}}'
 ignite stop demo
 ignite ps -a

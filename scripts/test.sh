@@ -9,6 +9,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 images/kernel/build.sh >/dev/null
 # The Debian systemd test image (debootstrap, about 2 minutes once), cached the same way.
 images/debian/build.sh >/dev/null
+# The static guest agent the VM tests inject (a target directory of its own).
+IGNITE_AGENT="$(scripts/build-agent.sh)"
+export IGNITE_AGENT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
