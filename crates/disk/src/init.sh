@@ -132,13 +132,15 @@ if [ -f /ignite/agent ]; then
 	if [ -z "$agent_port" ]; then
 		echo "ignite-init: warning: no virtio-serial port org.ignite.agent.0: the guest agent is not started"
 	elif ! cmp -s /ignite/agent /newroot/.ignite/ignite-agent; then
-		mkdir -p /newroot/.ignite && chmod 0700 /newroot/.ignite &&
+		# Never through a link the image may have put there.
+		[ -L /newroot/.ignite ] && rm -f /newroot/.ignite
+		rm -f /newroot/.ignite/ignite-agent.new 2>/dev/null
+		if ! { mkdir -p /newroot/.ignite && chmod 0700 /newroot/.ignite &&
 			cp /ignite/agent /newroot/.ignite/ignite-agent.new &&
-			mv -f /newroot/.ignite/ignite-agent.new /newroot/.ignite/ignite-agent ||
-			{
-				echo "ignite-init: warning: cannot install the guest agent"
-				agent_port=
-			}
+			mv -f /newroot/.ignite/ignite-agent.new /newroot/.ignite/ignite-agent; }; then
+			echo "ignite-init: warning: cannot install the guest agent"
+			agent_port=
+		fi
 	fi
 fi
 
@@ -151,7 +153,9 @@ if [ $devtmpfs = 1 ]; then
 	if [ -d /newroot/dev ]; then mount -o move /dev /newroot/dev; else umount /dev; fi
 fi
 if [ -n "$agent_port" ]; then
-	[ $devtmpfs = 1 ] && [ -d /newroot/dev ] || mount -t devtmpfs devtmpfs /newroot/dev 2>/dev/null
+	if [ $devtmpfs = 0 ]; then
+		mount -t devtmpfs devtmpfs /newroot/dev 2>/dev/null
+	fi
 	chroot /newroot /.ignite/ignite-agent --port "$agent_port" </dev/null &
 fi
 exec switch_root /newroot "$IGNITE_INIT" "$@"
