@@ -81,13 +81,29 @@ fn busybox_from_a_registry_boots_stops_restarts_with_its_disk() {
         .status()
         .unwrap();
     assert!(st.success());
-    let v = format!("{}:/mnt/data", vol.display());
+    // A second volume: with the root disk, the NIC and the guest agent's port, five virtio
+    // devices (the agent's port then needs the IRQ filler, or the guest loses its clock).
+    let vol2 = d.path().join("vol2.ext4");
+    std::fs::write(voltree.join("marker"), "on-the-second-volume").unwrap();
+    let st = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&voltree)
+        .arg(&vol2)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let v = format!("{}:/mnt/data,{}:/mnt/data2", vol.display(), vol2.display());
     ok(&root, &["run", &image, "--name", "e2e", "--memory", "256MB", "--cpus", "1", "--copy-files", &cf, "-v", &v]);
     let logs = wait_for_log(&root, "e2e", "IGNITE-BUSYBOX-READY hostname=e2e boot=1", 90);
     assert!(logs.contains("IGNITE-COPIED from-the-host"), "copy-files did not reach the guest");
     assert!(logs.contains("IGNITE-VOLUME on-the-volume"), "the volume was not mounted");
-    // No sshd in this image: a clear error, not a hang.
-    fails(&root, &["exec", "e2e", "--timeout", "2", "--", "true"], 1, "has no SSH key: create it with --ssh");
+    // No sshd in this image, but the guest agent answers.
+    assert_eq!(ok(&root, &["exec", "e2e", "--", "cat", "/mnt/data2/marker"]), "on-the-second-volume");
+    // Forcing SSH (-i) on a VM without sshd: a clear error, not a hang.
+    let nokey = d.path().join("nokey");
+    std::fs::write(&nokey, "").unwrap();
+    fails(&root, &["exec", "-i", nokey.to_str().unwrap(), "e2e", "--timeout", "2", "--", "true"], 1, "no SSH server");
     eprintln!("boot to init line: {:?}", started.elapsed());
     assert!(logs.contains("ignite-init: provisioned e2e"));
     let uid = field(&root, "e2e", "{{.UID}}");
