@@ -37,7 +37,11 @@ fn until_exec_works(root: &Path, vm: &str, secs: u64) -> Duration {
         if o.status.success() {
             return t.elapsed();
         }
-        assert!(t.elapsed() < Duration::from_secs(secs), "exec never worked again: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "exec never worked again: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }

@@ -260,3 +260,90 @@ fn api_socket_lists_creates_stops_removes_and_reports_metrics() {
     assert_eq!(st, 200);
     assert!(vm_field(&root, "viaapi", "{{.UID}}").is_none());
 }
+
+fn metric(sock: &Path, name: &str) -> u64 {
+    let (_, body) = api(sock, "GET", "/metrics", "");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+/// Rejects the first two pushes of a commit written by ignited.
+const REJECT_TWICE: &str = r#"#!/bin/sh
+while read -r old new ref; do
+    case "$(git log -1 --format=%s "$new")" in
+    ignited:*)
+        n=$(cat rejections 2>/dev/null || echo 0)
+        if [ "$n" -lt 2 ]; then
+            echo $((n + 1)) >rejections
+            echo "rejected for the test" >&2
+            exit 1
+        fi
+        ;;
+    esac
+done
+"#;
+
+#[test]
+fn gitops_survives_rejected_pushes_an_unreachable_repo_and_conflicting_files() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let bare = d.path().join("vms.git");
+    let work = d.path().join("work");
+    assert!(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare).status().unwrap().success());
+    let url = format!("file://{}", bare.display());
+    assert!(Command::new("git").args(["clone", "-q", &url]).arg(&work).status().unwrap().success());
+    std::fs::create_dir(work.join("vms")).unwrap();
+    std::fs::write(work.join("vms/g2.yaml"), manifest("g2", 1, true)).unwrap();
+    // Two files naming one VM: both reported, neither applied, the others reconciled.
+    std::fs::write(work.join("vms/dup-a.yaml"), manifest("dupe", 1, true)).unwrap();
+    std::fs::write(work.join("vms/dup-b.yaml"), manifest("dupe", 2, true)).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "add g2 and a conflict"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(&hook, REJECT_TWICE).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let sock = d.path().join("gitops.sock");
+    let _daemon = GitDaemon(
+        Command::new(ignited_bin())
+            .args(["gitops", &url, "--branch", "main", "--path", "vms", "--interval", "2", "--socket"])
+            .arg(&sock)
+            .env("IGNITE_ROOT", &*root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    until("g2 running", 90, || vm_field(&root, "g2", "{{.Status.Running}}").as_deref() == Some("true"));
+    assert!(vm_field(&root, "dupe", "{{.UID}}").is_none(), "a VM named in two files was created");
+    assert!(metric(&sock, "ignited_reconcile_errors_total") >= 1);
+
+    // The status push was rejected twice, then landed after rebase-and-retry.
+    until("status commit", 60, || {
+        let log = Command::new("git").arg("-C").arg(&bare).args(["log", "--format=%s", "main"]).output().unwrap();
+        String::from_utf8_lossy(&log.stdout).contains("ignited: update VM status")
+    });
+    assert_eq!(std::fs::read_to_string(bare.join("rejections")).unwrap().trim(), "2");
+    assert_eq!(metric(&sock, "ignited_git_push_retries_total"), 2);
+    assert_eq!(metric(&sock, "ignited_git_push_errors_total"), 0);
+
+    // The repository goes away: the last good state is kept, the errors are counted.
+    let away = d.path().join("vms.git.away");
+    std::fs::rename(&bare, &away).unwrap();
+    until("a failed fetch", 30, || metric(&sock, "ignited_git_sync_errors_total") >= 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(vm_field(&root, "g2", "{{.Status.Running}}").as_deref(), Some("true"), "VM lost with the repo");
+    // It comes back: new commits are followed again (after the backoff).
+    std::fs::rename(&away, &bare).unwrap();
+    git(&work, &["pull", "-q", "--rebase", "origin", "main"]);
+    std::fs::remove_file(work.join("vms/dup-b.yaml")).unwrap();
+    std::fs::write(work.join("vms/g3.yaml"), manifest("g3", 1, false)).unwrap();
+    git(&work, &["add", "-A", "."]);
+    git(&work, &["commit", "-q", "-m", "add g3, resolve the conflict"]);
+    push(&work);
+    until("g3 created", 120, || vm_field(&root, "g3", "{{.UID}}").is_some());
+    until("dupe created", 60, || vm_field(&root, "dupe", "{{.UID}}").is_some());
+    assert_eq!(vm_field(&root, "g2", "{{.Status.Running}}").as_deref(), Some("true"));
+}

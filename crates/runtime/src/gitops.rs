@@ -88,8 +88,9 @@ impl Source {
     }
 
     /// Writes the observed status of managed VMs into their manifests, commits and pushes
-    /// (rebasing on concurrent pushes). Returns whether a commit was pushed.
-    pub fn write_back(&self, store: &Store) -> Result<bool, GitError> {
+    /// (rebasing on concurrent pushes). Returns whether a commit was pushed and how many
+    /// pushes were rejected on the way.
+    pub fn write_back(&self, store: &Store) -> Result<(bool, u32), GitError> {
         let (desired, _) = crate::reconcile::read_manifest_dir(&self.manifest_dir());
         let mut changed_files = Vec::new();
         let mut files: Vec<PathBuf> = desired.iter().map(|d| d.file.clone()).collect();
@@ -146,7 +147,7 @@ impl Source {
             }
         }
         if changed_files.is_empty() {
-            return Ok(false);
+            return Ok((false, 0));
         }
         for f in &changed_files {
             let rel = f.strip_prefix(&self.checkout).unwrap_or(f).to_string_lossy().into_owned();
@@ -155,10 +156,11 @@ impl Source {
         git(Some(&self.checkout), &["commit", "--quiet", "-m", "ignited: update VM status"])?;
         let target = format!("HEAD:{}", self.branch);
         let mut last = None;
-        for _ in 0..5 {
+        for retries in 0..5 {
             match git(Some(&self.checkout), &["push", "--quiet", "origin", &target]) {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok((true, retries)),
                 Err(e) => {
+                    tracing::warn!("push rejected ({}); rebasing and retrying", e.stderr.lines().last().unwrap_or(""));
                     last = Some(e);
                     // Someone pushed first: take their commits and put ours on top.
                     git(Some(&self.checkout), &["pull", "--quiet", "--rebase", "origin", &self.branch])?;

@@ -157,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         backoff = Duration::from_secs(interval);
                     }
                     Err(e) => {
+                        metrics.sync_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!("cannot update from {repo}: {e}; keeping the last good state");
                         backoff = (backoff * 2).min(Duration::from_secs(300));
                         wait = backoff;
@@ -166,9 +167,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pass(&store, &config, &source.manifest_dir(), &metrics);
                     if !read_only {
                         match source.write_back(&store) {
-                            Ok(true) => tracing::info!("pushed VM status to {repo}"),
-                            Ok(false) => {}
-                            Err(e) => tracing::error!("cannot write status back: {e}"),
+                            Ok((pushed, retries)) => {
+                                metrics.push_retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+                                if pushed {
+                                    tracing::info!("pushed VM status to {repo}");
+                                }
+                            }
+                            Err(e) => {
+                                metrics.push_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!("cannot write status back: {e}");
+                            }
                         }
                     }
                 }

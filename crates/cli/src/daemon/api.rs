@@ -28,6 +28,12 @@ pub struct Metrics {
     pub created: AtomicU64,
     pub removed: AtomicU64,
     pub last_pass_micros: AtomicU64,
+    /// Failed fetches of the Git repository (gitops).
+    pub sync_errors: AtomicU64,
+    /// Status write-backs that could not be pushed (after rebase-and-retry).
+    pub push_errors: AtomicU64,
+    /// Pushes rejected and retried after a rebase.
+    pub push_retries: AtomicU64,
 }
 
 const MAX_BODY: usize = 1 << 20;
@@ -214,6 +220,21 @@ fn metrics_text(store: &Store, m: &Metrics) -> String {
     ));
     s.push_str(&c("ignited_vms_created_total", "VMs created by reconciling.", m.created.load(Ordering::Relaxed)));
     s.push_str(&c("ignited_vms_removed_total", "VMs removed by reconciling.", m.removed.load(Ordering::Relaxed)));
+    s.push_str(&c(
+        "ignited_git_sync_errors_total",
+        "Fetches of the Git repository that failed (the last good state is kept).",
+        m.sync_errors.load(Ordering::Relaxed),
+    ));
+    s.push_str(&c(
+        "ignited_git_push_retries_total",
+        "Status pushes rejected and retried after a rebase.",
+        m.push_retries.load(Ordering::Relaxed),
+    ));
+    s.push_str(&c(
+        "ignited_git_push_errors_total",
+        "Status write-backs that could not be pushed.",
+        m.push_errors.load(Ordering::Relaxed),
+    ));
     s.push_str(&format!(
         "# HELP ignited_reconcile_last_duration_seconds Duration of the last pass.\n# TYPE ignited_reconcile_last_duration_seconds gauge\nignited_reconcile_last_duration_seconds {:.6}\n",
         m.last_pass_micros.load(Ordering::Relaxed) as f64 / 1e6
