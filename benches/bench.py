@@ -11,6 +11,9 @@
                                           0.5-0.85 s (Ignite #436)
     benches/bench.py exec   [--runs 50]   `ignite exec VM true` through the guest agent vs over SSH
                                           (-i KEY), on one Debian systemd VM, side by side
+    benches/bench.py reconcile [--runs 5] ignited: manifest written -> VM running (manifest-dir mode),
+                                          and git push -> VM running (gitops, --interval 2), next
+                                          to `ignite run` of the same VM
     benches/bench.py all
 
 Uses target/release/ignite (built if missing), the cached kernel and test images. Absolute
@@ -231,9 +234,100 @@ def bench_exec(e, runs):
     e.ig("rm", "-f", "ex")
 
 
+def wait_running(e, name, deadline_s=120):
+    t_end = time.monotonic() + deadline_s
+    while time.monotonic() < t_end:
+        p = subprocess.run([IGNITE, "inspect", "vm", name, "-t", "{{.Status.Running}}"], env=e.env,
+                           capture_output=True, text=True)
+        if p.returncode == 0 and p.stdout.strip() == "true":
+            return time.monotonic()
+        time.sleep(0.01)
+    raise SystemExit(f"VM {name} did not start")
+
+
+def wait_gone(e, name, deadline_s=120):
+    t_end = time.monotonic() + deadline_s
+    while subprocess.run([IGNITE, "inspect", "vm", name], env=e.env, capture_output=True).returncode == 0:
+        if time.monotonic() > t_end:
+            raise SystemExit(f"VM {name} was not removed")
+        time.sleep(0.05)
+
+
+def manifest(name):
+    return (f"apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: {name}\nspec:\n"
+            f"  image:\n    oci: busybox\n  cpus: 1\n  memory: 128MB\nstatus:\n  running: true\n")
+
+
+def bench_reconcile(e, runs):
+    ignited = os.path.join(BIN, "ignited")
+    # Reference: the same VM by hand.
+    ref = []
+    for i in range(runs):
+        t0 = time.monotonic()
+        e.ig("run", "busybox", "--name", f"ref{i}", "--cpus", "1", "--memory", "128MB")
+        ref.append(wait_running(e, f"ref{i}") - t0)
+        e.ig("rm", "-f", f"ref{i}")
+    # Manifest directory.
+    mdir = os.path.join(e.tmp, "manifests")
+    os.makedirs(mdir)
+    d = subprocess.Popen([ignited, "daemon", "--manifest-dir", mdir, "--interval", "30", "--socket", "none"],
+                         env=e.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    md = []
+    try:
+        time.sleep(1)
+        for i in range(runs):
+            path = os.path.join(mdir, f"md{i}.yaml")
+            with open(path + ".tmp", "w") as f:
+                f.write(manifest(f"md{i}"))
+            t0 = time.monotonic()
+            os.rename(path + ".tmp", path)
+            md.append(wait_running(e, f"md{i}") - t0)
+            os.remove(path)
+            wait_gone(e, f"md{i}")
+    finally:
+        d.terminate()
+        d.wait()
+    # Git (file:// bare repository), polled every 2 s.
+    bare, work = os.path.join(e.tmp, "vms.git"), os.path.join(e.tmp, "work")
+    sh("git", "init", "-q", "--bare", "-b", "main", bare)
+    sh("git", "clone", "-q", f"file://{bare}", work)
+    g = ["git", "-C", work, "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    os.makedirs(os.path.join(work, "vms"))
+    with open(os.path.join(work, "vms", "README"), "w") as f:
+        f.write("VMs\n")
+    sh(*g, "add", ".")
+    sh(*g, "commit", "-q", "-m", "init")
+    sh(*g, "push", "-q", "origin", "HEAD:main")
+    d = subprocess.Popen([ignited, "gitops", f"file://{bare}", "--branch", "main", "--path", "vms", "--interval", "2",
+                          "--read-only", "--socket", "none"], env=e.env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    gi = []
+    try:
+        time.sleep(1)
+        for i in range(runs):
+            with open(os.path.join(work, "vms", f"gi{i}.yaml"), "w") as f:
+                f.write(manifest(f"gi{i}"))
+            sh(*g, "add", ".")
+            sh(*g, "commit", "-q", "-m", f"add gi{i}")
+            sh(*g, "push", "-q", "origin", "HEAD:main")
+            t0 = time.monotonic()
+            gi.append(wait_running(e, f"gi{i}") - t0)
+            sh(*g, "rm", "-q", f"vms/gi{i}.yaml")
+            sh(*g, "commit", "-q", "-m", f"remove gi{i}")
+            sh(*g, "push", "-q", "origin", "HEAD:main")
+            wait_gone(e, f"gi{i}")
+    finally:
+        d.terminate()
+        d.wait()
+    print(f"reconcile latency to a running VM (busybox, 128 MB; {runs} runs each)")
+    print(f"  ignite run (reference)                 {fmt(ref)}")
+    print(f"  ignited daemon: manifest written       {fmt(md)}   ratio to run {pct(md, 50) / pct(ref, 50):.2f}")
+    print(f"  ignited gitops: git push (interval 2s) {fmt(gi)}   ratio to run {pct(gi, 50) / pct(ref, 50):.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["boot", "disk", "import", "net", "exec", "all"])
+    ap.add_argument("what", choices=["boot", "disk", "import", "net", "exec", "reconcile", "all"])
     ap.add_argument("--runs", type=int)
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -250,6 +344,8 @@ def main():
             bench_net(e, a.runs or 20)
         if a.what in ("exec", "all"):
             bench_exec(e, a.runs or 50)
+        if a.what in ("reconcile", "all"):
+            bench_reconcile(e, a.runs or 5)
     finally:
         e.close()
 

@@ -43,7 +43,7 @@ enum Cmd {
         /// Directory of VM manifests (YAML/JSON, v1alpha2-4, several per file with ---)
         #[arg(long, default_value = "/etc/ignite/manifests")]
         manifest_dir: PathBuf,
-        /// Seconds between full resyncs (changes in the directory are picked up within a second)
+        /// Seconds between full resyncs (changes in the directory are picked up at once, by inotify)
         #[arg(long, default_value_t = 30)]
         interval: u64,
         /// Run one pass and exit
@@ -89,6 +89,40 @@ fn fingerprint(dir: &std::path::Path) -> Vec<(String, u64, i128)> {
     v
 }
 
+/// An inotify watch on the manifest directory (None where the directory does not exist yet
+/// or inotify is unavailable: then the loop polls every 500 ms).
+fn watch_dir(dir: &std::path::Path) -> Option<std::os::fd::OwnedFd> {
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?;
+    let flags = WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::MOVED_TO
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::ATTRIB
+        | WatchFlags::DELETE_SELF
+        | WatchFlags::MOVE_SELF;
+    inotify::add_watch(&fd, dir, flags).ok()?;
+    Some(fd)
+}
+
+/// Waits up to `max` for a change in the watched directory; changes are batched for 50 ms
+/// (an editor's save, a `git checkout` of many files) so that one pass sees them all.
+fn wait_for_change(watch: Option<&std::os::fd::OwnedFd>, max: Duration) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let Some(fd) = watch else {
+        std::thread::sleep(max);
+        return;
+    };
+    let ts = Timespec { tv_sec: max.as_secs() as i64, tv_nsec: i64::from(max.subsec_nanos()) };
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    if poll(&mut fds, Some(&ts)).unwrap_or(0) > 0 {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 4096];
+        while rustix::io::read(fd, &mut buf).map(|n| n > 0).unwrap_or(false) {}
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -130,7 +164,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("reconciling {} every {interval}s and on change", manifest_dir.display());
             let mut last_fp = None;
             let mut last_pass = Instant::now() - Duration::from_secs(interval);
+            let mut watch = None;
             while !stop.load(Ordering::Relaxed) {
+                if !manifest_dir.is_dir() {
+                    watch = None; // removed (or not there yet): watch it again once it exists
+                } else if watch.is_none() {
+                    watch = watch_dir(&manifest_dir);
+                }
                 let fp = fingerprint(&manifest_dir);
                 if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
                     pass(&store, &config, &manifest_dir, &metrics);
@@ -140,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         break;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                wait_for_change(watch.as_ref(), Duration::from_millis(500));
             }
         }
         Cmd::Gitops { repo, branch, path, interval, read_only, once } => {
