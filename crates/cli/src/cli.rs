@@ -28,6 +28,11 @@ pub struct Global {
     /// Ignite configuration path (default /etc/ignite/config.yaml when it exists)
     #[arg(long, global = true, env = "IGNITE_CONFIG")]
     pub ignite_config: Option<PathBuf>,
+    /// Work through ignited's API socket (default /run/ignite/ignited.sock); without this flag
+    /// ignited is used when it runs on this state root
+    #[arg(long, global = true, env = "IGNITE_DAEMON_SOCKET", num_args = 0..=1, require_equals = true,
+          default_missing_value = crate::remote::DEFAULT_SOCKET)]
+    pub daemon: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,19 @@ impl Ctx {
         })
     }
 
+    /// The daemon to work through, if any (see `remote::choose`).
+    pub fn daemon(&self) -> anyhow::Result<Option<crate::remote::Daemon>> {
+        crate::remote::choose(self.global.daemon.as_deref(), &self.global.root)
+    }
+
+    /// Every VM with its live status, from the daemon or the store.
+    pub fn list_vms(&self) -> anyhow::Result<Vec<ignite_api::Vm>> {
+        match self.daemon()? {
+            Some(d) => d.list(),
+            None => Ok(ignite_runtime::status::list(&self.store()?)?),
+        }
+    }
+
     pub fn config(&self) -> anyhow::Result<LoadedConfig> {
         let c = load_configuration(self.global.ignite_config.as_deref())?;
         match &c.source {

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod context;
 mod output;
+mod remote;
 mod template;
 
 use std::process::ExitCode;
@@ -39,6 +40,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return match se {
                 StoreError::NotFound { .. } => 3,
                 StoreError::Ambiguous { .. } | StoreError::NameTaken { .. } | StoreError::UidTaken { .. } => 2,
+                _ => 1,
+            };
+        }
+        if let Some(r) = cause.downcast_ref::<remote::RemoteError>() {
+            return match r.status {
+                404 => 3,
+                400 | 409 => 2,
                 _ => 1,
             };
         }

@@ -347,3 +347,54 @@ fn gitops_survives_rejected_pushes_an_unreachable_repo_and_conflicting_files() {
     until("dupe created", 60, || vm_field(&root, "dupe", "{{.UID}}").is_some());
     assert_eq!(vm_field(&root, "g2", "{{.Status.Running}}").as_deref(), Some("true"));
 }
+
+#[test]
+fn the_cli_works_through_the_daemon_socket() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let dir = d.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let _daemon = Daemon::start(&root, &dir);
+    let sock = d.path().join("api.sock");
+    let _ = api(&sock, "GET", "/v1/info", ""); // waits for the socket
+    let flag = format!("--daemon={}", sock.display());
+    let via = |args: &[&str]| {
+        let mut a = vec![flag.as_str()];
+        a.extend_from_slice(args);
+        common::ignite(&root, &a)
+    };
+    let o = via(&["run", "busybox", "--name", "viacli", "--memory", "128MB"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("Created VM with ID") && err.contains("through ignited"), "{err}");
+    let ps = String::from_utf8_lossy(&via(&["ps"]).stdout).to_string();
+    assert!(ps.contains("viacli") && ps.contains("Up "), "{ps}");
+    assert_eq!(
+        String::from_utf8_lossy(&via(&["inspect", "vm", "viacli", "-t", "{{.Status.Running}}"]).stdout),
+        "true\n"
+    );
+    until("console output through the API", 60, || {
+        String::from_utf8_lossy(&via(&["logs", "viacli"]).stdout).contains("ignite-init: provisioned viacli")
+    });
+    // Created, not started; bad input is refused before the daemon is asked.
+    assert!(via(&["create", "busybox", "--name", "created"]).status.success());
+    assert_eq!(vm_field(&root, "created", "{{.Status.Running}}").as_deref(), Some("false"));
+    assert_eq!(via(&["create", "busybox", "--memory", "0"]).status.code(), Some(2));
+    assert_eq!(via(&["create", "busybox", "--name", "created"]).status.code(), Some(2), "name taken");
+    // rm of a running VM without -f is refused, as locally.
+    let o = via(&["rm", "viacli"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is running"));
+    let o = via(&["stop", "viacli"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(vm_field(&root, "viacli", "{{.Status.Running}}").as_deref(), Some("false"));
+    let o = via(&["start", "viacli"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("through ignited"));
+    assert!(via(&["rm", "-f", "viacli", "created"]).status.success());
+    assert!(ok(&root, &["ps", "-a", "-q"]).trim().is_empty());
+    assert_eq!(via(&["inspect", "vm", "nosuch"]).status.code(), Some(3));
+    // A daemon that is not there, asked for explicitly: a clear error.
+    let o = common::ignite(&root, &["--daemon=/nonexistent/ignited.sock", "ps"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach ignited"));
+}

@@ -15,7 +15,10 @@ use crate::cli::CreateArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<()> {
-    let vm = create(ctx, &a)?;
+    let vm = match ctx.daemon()? {
+        Some(d) => d.create(&remote_spec(ctx, &a)?, false)?,
+        None => create(ctx, &a)?,
+    };
     report(ctx, &vm);
     Ok(())
 }
@@ -26,6 +29,25 @@ pub fn report(ctx: &Ctx, vm: &Vm) {
     } else {
         eprintln!("Created VM with ID {:?} and name {:?}", vm.uid(), vm.metadata.name);
     }
+}
+
+/// The VM `ignited` is asked to create: flags and manifest merged and validated here, so that
+/// bad input is reported as it would be locally.
+pub fn remote_spec(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Vm> {
+    let config = ctx.config()?;
+    let manifest = match &a.config {
+        Some(p) => Some(read_vm_manifest(p)?),
+        None => None,
+    };
+    let (meta, spec) = flags_to_spec(a)?;
+    if manifest.is_none() && spec.image.oci.is_none() {
+        return Err(UsageError("an image is required: ignite create IMAGE, or --config FILE".into()).into());
+    }
+    let vm = ignite_runtime::create::build_vm(&config, manifest, meta, &spec)?;
+    if vm.metadata.name.is_empty() && a.require_name {
+        return Err(ignite_runtime::CreateError::NameRequired.into());
+    }
+    Ok(vm)
 }
 
 /// Parses the flags and manifest into a stored VM.

@@ -11,7 +11,10 @@ use crate::template::Template;
 pub fn run(ctx: &Ctx, kind: Kind, query: &str, out: ObjOutput, template: Option<&str>) -> anyhow::Result<()> {
     let store = ctx.store()?;
     match kind {
-        Kind::Vm => show(&ignite_runtime::status::refresh(&store, store.resolve::<Vm>(query)?)?, out, template),
+        Kind::Vm => match ctx.daemon()? {
+            Some(d) => show(&d.get(query)?, out, template),
+            None => show(&ignite_runtime::status::refresh(&store, store.resolve::<Vm>(query)?)?, out, template),
+        },
         Kind::Image => show(&store.resolve::<Image>(query)?, out, template),
         Kind::Kernel => show(&store.resolve::<Kernel>(query)?, out, template),
     }

@@ -10,6 +10,12 @@ use crate::context::Ctx;
 use ignite_runtime::console::CONSOLE_LOG;
 
 pub fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
+    if !a.follow {
+        if let Some(d) = ctx.daemon()? {
+            std::io::stdout().lock().write_all(&d.logs(&a.vm)?)?;
+            return Ok(());
+        }
+    }
     let store = ctx.store()?;
     let vm = store.resolve::<Vm>(&a.vm)?;
     let path = store.dir::<Vm>(&vm.uid()).join(CONSOLE_LOG);

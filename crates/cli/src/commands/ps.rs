@@ -8,12 +8,11 @@ use crate::output::{ago, since, table};
 use crate::template::{Filter, Template};
 
 pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
-    let store = ctx.store()?;
     let filter = a.filter.as_deref().map(Filter::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
     let template =
         a.template.as_deref().map(Template::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
     let mut vms = Vec::new();
-    for vm in ignite_runtime::status::list(&store)? {
+    for vm in ctx.list_vms()? {
         if !a.all && vm.state() != VmState::Running {
             continue;
         }

@@ -16,7 +16,17 @@ pub fn run(ctx: &Ctx, a: RmArgs) -> anyhow::Result<()> {
         let q = vm.metadata.uid.map(|u| u.to_string()).unwrap_or(vm.metadata.name);
         targets.push(q);
     }
+    let daemon = ctx.daemon()?;
     each(&targets, |q| {
+        if let Some(d) = &daemon {
+            let removed = d.remove(q, a.force)?;
+            if ctx.global.quiet {
+                println!("{}", removed.uid());
+            } else {
+                eprintln!("Removed VM with name {:?} and ID {:?}", removed.metadata.name, removed.uid());
+            }
+            return Ok(());
+        }
         let vm = refresh(&store, store.resolve::<Vm>(q)?)?;
         let removed = remove_vm(&store, &vm.uid(), a.force, |v| {
             ignite_runtime::stop::kill(&store, v.clone())

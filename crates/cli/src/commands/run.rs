@@ -31,7 +31,35 @@ pub fn report_started(ctx: &Ctx, s: &Started) {
     );
 }
 
+/// Like [`report_started`], for a VM started by ignited.
+pub fn report_started_remote(ctx: &Ctx, vm: &Vm) {
+    if ctx.global.quiet {
+        println!("{}", vm.uid());
+        return;
+    }
+    let rt = vm.status.runtime.as_ref();
+    eprintln!(
+        "Started VM {:?} ({}) with {}/{} through ignited",
+        vm.metadata.name,
+        vm.uid(),
+        rt.map(|r| r.name.as_str()).unwrap_or("qemu"),
+        rt.and_then(|r| r.accel.as_deref()).unwrap_or("?")
+    );
+}
+
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
+    if let Some(d) = ctx.daemon()? {
+        if a.accel.is_some() {
+            return Err(UsageError("--accel is not passed through ignited: leave out --daemon".into()).into());
+        }
+        let vm = d.create(&super::create::remote_spec(ctx, &a.create)?, true)?;
+        super::create::report(ctx, &vm);
+        report_started_remote(ctx, &vm);
+        if a.interactive {
+            return super::attach::attach(&ctx.store()?, &vm);
+        }
+        return Ok(());
+    }
     let opts = start_options(a.accel.as_deref())?;
     let vm: Vm = super::create::create(ctx, &a.create)?;
     super::create::report(ctx, &vm);

@@ -7,6 +7,21 @@ use crate::cli::StartArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
+    if let Some(d) = ctx.daemon()? {
+        if a.network_plugin.is_some() || a.accel.is_some() {
+            return Err(super::UsageError(
+                "--network-plugin and --accel are not passed through ignited: leave out --daemon (or stop ignited)"
+                    .into(),
+            )
+            .into());
+        }
+        let vm = d.start(&a.vm)?;
+        super::run::report_started_remote(ctx, &vm);
+        if a.interactive {
+            return super::attach::attach(&ctx.store()?, &vm);
+        }
+        return Ok(());
+    }
     let store = ctx.store()?;
     let config = ctx.config()?;
     let mut vm = store.resolve::<Vm>(&a.vm)?;

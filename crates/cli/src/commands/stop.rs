@@ -9,12 +9,16 @@ use crate::cli::StopArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: StopArgs) -> anyhow::Result<()> {
+    let daemon = ctx.daemon()?;
     let store = ctx.store()?;
     each(&a.vms, |q| {
-        let vm = store.resolve::<Vm>(q)?;
-        let done = if a.force_kill {
+        let done = if let Some(d) = &daemon {
+            d.stop(q, a.time, a.force_kill)?
+        } else if a.force_kill {
+            let vm = store.resolve::<Vm>(q)?;
             ignite_runtime::stop::kill(&store, vm)?
         } else {
+            let vm = store.resolve::<Vm>(q)?;
             ignite_runtime::stop::stop(&store, vm, Duration::from_secs(a.time))?
         };
         if ctx.global.quiet {

@@ -137,13 +137,21 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
     if req.method == "TOO_LARGE" {
         return json_error(&conn, 413, "request body larger than 1 MiB");
     }
-    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
+    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k).and_then(|r| r.strip_prefix('=')));
+    let flag = |k: &str| param(k) == Some("true");
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result: anyhow::Result<(u16, String, Vec<u8>)> = (|| {
         let json = |v: serde_json::Value| Ok((200, "application/json".to_string(), v.to_string().into_bytes()));
         match (req.method.as_str(), segs.as_slice()) {
             ("GET", ["metrics"]) => {
                 Ok((200, "text/plain; version=0.0.4".into(), metrics_text(store, metrics).into_bytes()))
             }
+            ("GET", ["v1", "info"]) => json(serde_json::json!({
+                "root": store.root(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+            })),
             ("GET", ["v1", "vms"]) => json(serde_json::to_value(ignite_runtime::status::list(store)?)?),
             ("GET", ["v1", "vms", q]) => {
                 let vm = ignite_runtime::status::refresh(store, store.resolve::<Vm>(q)?)?;
@@ -166,6 +174,9 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
                     &VmSpec::default(),
                     &CreateOptions::default(),
                 )?;
+                if param("start") == Some("false") {
+                    return Ok((201, "application/json".into(), serde_json::to_vec(&vm)?));
+                }
                 let started = ignite_runtime::start::start(store, config, vm, &Default::default())?;
                 Ok((201, "application/json".into(), serde_json::to_vec(&started.vm)?))
             }
@@ -175,11 +186,19 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
             }
             ("POST", ["v1", "vms", q, "stop"]) => {
                 let vm = store.resolve::<Vm>(q)?;
-                json(serde_json::to_value(ignite_runtime::stop::stop(store, vm, Duration::from_secs(10))?)?)
+                let secs = param("time").and_then(|t| t.parse().ok()).unwrap_or(10);
+                let done = if flag("kill") {
+                    ignite_runtime::stop::kill(store, vm)?
+                } else {
+                    ignite_runtime::stop::stop(store, vm, Duration::from_secs(secs))?
+                };
+                json(serde_json::to_value(done)?)
             }
             ("DELETE", ["v1", "vms", q]) => {
                 let vm = store.resolve::<Vm>(q)?;
-                let removed = ignite_runtime::remove_vm(store, &vm.uid(), true, |v| {
+                // Without ?force=true a running VM is refused, as `ignite rm` without -f.
+                let force = param("force") != Some("false");
+                let removed = ignite_runtime::remove_vm(store, &vm.uid(), force, |v| {
                     ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
                         ignite_runtime::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
                     })
