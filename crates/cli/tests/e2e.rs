@@ -389,6 +389,17 @@ fn debian_systemd_image_boots_with_ssh_key_and_keeps_its_disk() {
     let back = d.path().join("back.bin");
     ok(&root, &["cp", "-i", k, "deb:/root/big.bin", back.to_str().unwrap()]);
     assert!(std::fs::read(&back).unwrap() == data, "10 MiB round trip over SSH differs");
+    // A wrong key: refused by the guest's sshd, said so, nothing hangs.
+    let wrong = d.path().join("wrong_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&wrong)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = common::ignite(&root, &["exec", "-i", wrong.to_str().unwrap(), "deb", "--", "true"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&o.stderr));
     // The guest agent runs beside systemd too: the same through it.
     assert_eq!(ok(&root, &["exec", "deb", "--", "uname", "-r"]).trim(), "6.1.192");
     assert_eq!(common::ignite(&root, &["exec", "deb", "--", "sh", "-c", "exit 4"]).status.code(), Some(4));
