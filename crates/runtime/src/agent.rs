@@ -340,11 +340,14 @@ fn serve_client(mux: &Arc<Mux>, conn: UnixStream) {
     if out.write_all(&hello.encode()).is_err() {
         return;
     }
+    // A client that never says what it wants does not hold a thread forever.
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut frames = FrameReader::new(conn);
     let open = match frames.read_frame() {
         Ok(f) if f.kind == Kind::Open => f,
         _ => return,
     };
+    let _ = frames.get_ref().set_read_timeout(None);
     let chan = loop {
         let c = mux.next_chan.fetch_add(1, Ordering::SeqCst);
         if c != 0 && !lock(&mux.chans).contains_key(&c) {
