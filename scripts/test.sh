@@ -14,4 +14,4 @@ IGNITE_AGENT="$(scripts/build-agent.sh)"
 export IGNITE_AGENT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

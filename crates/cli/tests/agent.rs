@@ -54,7 +54,14 @@ for p in /sys/class/virtio-ports/*; do
 done
 sleep 1
 kill -9 $(pidof ignite-agent)
-head -c 300000 /dev/urandom > "$port"
+while pidof ignite-agent >/dev/null; do sleep 0.05; done
+# The port opens once its last user is gone.
+i=0
+until head -c 300000 /dev/urandom 2>/dev/null >"$port"; do
+    i=$((i + 1))
+    [ $i -lt 100 ] || break
+    sleep 0.05
+done
 exec /.ignite/ignite-agent --port "$port"
 "#;
 
