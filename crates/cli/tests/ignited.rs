@@ -156,16 +156,22 @@ fn start_gitops(root: &Path, url: &str) -> GitDaemon {
     )
 }
 
-#[test]
-fn gitops_repo_drives_vms_and_gets_their_status_back() {
-    let d = tempfile::tempdir().unwrap();
-    let root = prepared_root(d.path());
-    let bare = d.path().join("vms.git");
-    let work = d.path().join("work");
+/// A bare repository (file://) and a user's clone of it with an empty `vms/` directory.
+fn bare_repo(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let bare = dir.join("vms.git");
+    let work = dir.join("work");
     assert!(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare).status().unwrap().success());
     let url = format!("file://{}", bare.display());
     assert!(Command::new("git").args(["clone", "-q", &url]).arg(&work).status().unwrap().success());
     std::fs::create_dir(work.join("vms")).unwrap();
+    (bare, work, url)
+}
+
+#[test]
+fn gitops_repo_drives_vms_and_gets_their_status_back() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let (bare, work, url) = bare_repo(d.path());
     std::fs::write(work.join("vms/g1.yaml"), manifest("g1", 1, true)).unwrap();
     git(&work, &["add", "."]);
     git(&work, &["commit", "-q", "-m", "add g1"]);
@@ -224,14 +230,19 @@ fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A prepared root, and a daemon on an empty manifest directory serving its API socket.
+fn daemon_with_api(dir: &Path) -> (common::Root, Daemon, std::path::PathBuf) {
+    let root = prepared_root(dir);
+    let manifests = dir.join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let daemon = Daemon::start(&root, &manifests);
+    (root, daemon, dir.join("api.sock"))
+}
+
 #[test]
 fn api_socket_lists_creates_stops_removes_and_reports_metrics() {
     let d = tempfile::tempdir().unwrap();
-    let root = prepared_root(d.path());
-    let dir = d.path().join("manifests");
-    std::fs::create_dir(&dir).unwrap();
-    let _daemon = Daemon::start(&root, &dir);
-    let sock = d.path().join("api.sock");
+    let (root, _daemon, sock) = daemon_with_api(d.path());
     let (st, body) = api(&sock, "GET", "/metrics", "");
     assert_eq!(st, 200);
     assert!(
@@ -288,12 +299,7 @@ done
 fn gitops_survives_rejected_pushes_an_unreachable_repo_and_conflicting_files() {
     let d = tempfile::tempdir().unwrap();
     let root = prepared_root(d.path());
-    let bare = d.path().join("vms.git");
-    let work = d.path().join("work");
-    assert!(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare).status().unwrap().success());
-    let url = format!("file://{}", bare.display());
-    assert!(Command::new("git").args(["clone", "-q", &url]).arg(&work).status().unwrap().success());
-    std::fs::create_dir(work.join("vms")).unwrap();
+    let (bare, work, url) = bare_repo(d.path());
     std::fs::write(work.join("vms/g2.yaml"), manifest("g2", 1, true)).unwrap();
     // Two files naming one VM: both reported, neither applied, the others reconciled.
     std::fs::write(work.join("vms/dup-a.yaml"), manifest("dupe", 1, true)).unwrap();
@@ -351,11 +357,7 @@ fn gitops_survives_rejected_pushes_an_unreachable_repo_and_conflicting_files() {
 #[test]
 fn the_cli_works_through_the_daemon_socket() {
     let d = tempfile::tempdir().unwrap();
-    let root = prepared_root(d.path());
-    let dir = d.path().join("manifests");
-    std::fs::create_dir(&dir).unwrap();
-    let _daemon = Daemon::start(&root, &dir);
-    let sock = d.path().join("api.sock");
+    let (root, _daemon, sock) = daemon_with_api(d.path());
     let _ = api(&sock, "GET", "/v1/info", ""); // waits for the socket
     let flag = format!("--daemon={}", sock.display());
     let via = |args: &[&str]| {

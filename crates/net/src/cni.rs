@@ -189,7 +189,9 @@ impl NetworkList {
         let mut prev: Option<Value> = None;
         for plugin in self.active(inv) {
             let conf = self.plugin_conf(plugin, prev.as_ref(), inv);
+            let t = std::time::Instant::now();
             let out = exec(cfg, "ADD", &conf, inv)?;
+            tracing::debug!("CNI ADD {}: {:.1} ms", conf["type"], t.elapsed().as_secs_f64() * 1000.0);
             prev = Some(out);
         }
         prev.ok_or(NetError::NoAddress)

@@ -82,33 +82,17 @@ pub fn find_binary() -> Result<PathBuf, String> {
     ))
 }
 
-/// Whether `p` is an x86-64 ELF executable without a program interpreter (static).
+/// Whether `p` is a static x86-64 executable (see [`ignite_disk::elf_static`]).
 pub fn check_static(p: &Path) -> Result<(), String> {
-    let data = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    let bad = |why: &str| Err(format!("{}: {why}", p.display()));
-    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
-        return bad("not a 64-bit little-endian ELF file");
+    match ignite_disk::elf_static(p) {
+        Ok(Some(true)) => Ok(()),
+        Ok(Some(false)) => Err(format!(
+            "{}: dynamically linked (it needs a C library the image may not have); build it with -C target-feature=+crt-static",
+            p.display()
+        )),
+        Ok(None) => Err(format!("{}: not an x86-64 ELF executable", p.display())),
+        Err(e) => Err(format!("{}: {e}", p.display())),
     }
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let u64_at = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&data[o..o + 8]);
-        u64::from_le_bytes(b) as usize
-    };
-    if u16_at(18) != 62 {
-        return bad("not an x86-64 executable");
-    }
-    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
-    for i in 0..phnum {
-        let o = phoff.saturating_add(i.saturating_mul(phentsize));
-        if o.saturating_add(4) > data.len() {
-            return bad("truncated program headers");
-        }
-        if u32::from_le_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]) == 3 {
-            return bad("dynamically linked (it needs a C library the image may not have); build it with -C target-feature=+crt-static");
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -586,5 +570,22 @@ impl Session {
             return Err(AgentError::Failed(format!("copy from the VM failed: {e}")));
         }
         unpacked.map(|_| ()).map_err(|e| AgentError::Failed(format!("copy from the VM refused: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_static_executables_qualify_as_the_agent() {
+        // Debian's busybox-static is static, coreutils' ls is not, a text file is no ELF.
+        check_static(Path::new("/bin/busybox")).unwrap();
+        let e = check_static(Path::new("/bin/ls")).unwrap_err();
+        assert!(e.contains("dynamically linked"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x"), "#!/bin/sh\n").unwrap();
+        assert!(check_static(&d.path().join("x")).unwrap_err().contains("not an x86-64 ELF"));
+        assert!(check_static(&d.path().join("missing")).is_err());
     }
 }

@@ -31,9 +31,11 @@ pub fn report(ctx: &Ctx, vm: &Vm) {
     }
 }
 
-/// The VM `ignited` is asked to create: flags and manifest merged and validated here, so that
-/// bad input is reported as it would be locally.
-pub fn remote_spec(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Vm> {
+/// What create is asked: the configuration, the `--config` manifest and the flags (an image
+/// is required from one of them).
+type Inputs = (ignite_runtime::LoadedConfig, Option<Vm>, ignite_api::ObjectMeta, VmSpec);
+
+fn inputs(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Inputs> {
     let config = ctx.config()?;
     let manifest = match &a.config {
         Some(p) => Some(read_vm_manifest(p)?),
@@ -43,6 +45,13 @@ pub fn remote_spec(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Vm> {
     if manifest.is_none() && spec.image.oci.is_none() {
         return Err(UsageError("an image is required: ignite create IMAGE, or --config FILE".into()).into());
     }
+    Ok((config, manifest, meta, spec))
+}
+
+/// The VM `ignited` is asked to create: flags and manifest merged and validated here, so that
+/// bad input is reported as it would be locally.
+pub fn remote_spec(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Vm> {
+    let (config, manifest, meta, spec) = inputs(ctx, a)?;
     let vm = ignite_runtime::create::build_vm(&config, manifest, meta, &spec)?;
     if vm.metadata.name.is_empty() && a.require_name {
         return Err(ignite_runtime::CreateError::NameRequired.into());
@@ -52,15 +61,7 @@ pub fn remote_spec(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Vm> {
 
 /// Parses the flags and manifest into a stored VM.
 pub fn create(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Vm> {
-    let config = ctx.config()?;
-    let manifest = match &a.config {
-        Some(p) => Some(read_vm_manifest(p)?),
-        None => None,
-    };
-    let (meta, spec) = flags_to_spec(a)?;
-    if manifest.is_none() && spec.image.oci.is_none() {
-        return Err(UsageError("an image is required: ignite create IMAGE, or --config FILE".into()).into());
-    }
+    let (config, manifest, meta, spec) = inputs(ctx, a)?;
     let store = ctx.store()?;
     let pull: PullPolicy = a.pull.parse().map_err(UsageError)?;
     let opts = CreateOptions {
