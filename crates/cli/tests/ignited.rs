@@ -400,3 +400,71 @@ fn the_cli_works_through_the_daemon_socket() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach ignited"));
 }
+
+fn pinned(name: &str, host: &str, running: bool) -> String {
+    manifest(name, 1, running).replace(
+        &format!("  name: {name}\n"),
+        &format!("  name: {name}\n  annotations:\n    ignite.weave.works/host: {host}\n"),
+    )
+}
+
+#[test]
+fn many_hosts_follow_one_repository() {
+    // Two hosts, played by two state roots on this machine, each with its own ignited.
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (root_a, root_b) = (prepared_root(&a), prepared_root(&b));
+    let (bare, work, url) = bare_repo(d.path());
+    std::fs::write(work.join("vms/on-a.yaml"), pinned("on-a", "hosta", true)).unwrap();
+    std::fs::write(work.join("vms/on-b.yaml"), pinned("on-b", "hostb", true)).unwrap();
+    std::fs::write(work.join("vms/moving.yaml"), pinned("moving", "hosta", false)).unwrap();
+    // Not pinned: every host has it (stopped here: both "hosts" share one machine's netns names).
+    std::fs::write(work.join("vms/everywhere.yaml"), manifest("everywhere", 1, false)).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "four VMs"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let start = |root: &Path, host: &str| {
+        GitDaemon(
+            Command::new(ignited_bin())
+                .args(["gitops", &url, "--branch", "main", "--path", "vms", "--interval", "2", "--socket", "none"])
+                .args(["--host", host])
+                .env("IGNITE_ROOT", root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _da = start(&root_a, "hosta");
+    let _db = start(&root_b, "hostb");
+    let names = |root: &Path| {
+        let mut v: Vec<String> =
+            ok(root, &["ps", "-a", "-t", "{{.ObjectMeta.Name}}"]).lines().map(String::from).collect();
+        v.sort();
+        v
+    };
+    until("host a's VMs", 90, || names(&root_a) == ["everywhere", "moving", "on-a"]);
+    until("host b's VMs", 90, || names(&root_b) == ["everywhere", "on-b"]);
+    until("on-a running", 90, || vm_field(&root_a, "on-a", "{{.Status.Running}}").as_deref() == Some("true"));
+    until("on-b running", 90, || vm_field(&root_b, "on-b", "{{.Status.Running}}").as_deref() == Some("true"));
+    // Each host writes back the status of its own VMs, and only those.
+    let ip_a = vm_field(&root_a, "on-a", "{{.Status.Network.IPAddresses[0]}}").unwrap();
+    let ip_b = vm_field(&root_b, "on-b", "{{.Status.Network.IPAddresses[0]}}").unwrap();
+    until("both status commits", 90, || {
+        git(&work, &["pull", "-q", "--rebase", "origin", "main"]);
+        let fa = std::fs::read_to_string(work.join("vms/on-a.yaml")).unwrap();
+        let fb = std::fs::read_to_string(work.join("vms/on-b.yaml")).unwrap();
+        fa.contains(&ip_a) && fb.contains(&ip_b)
+    });
+    assert!(!std::fs::read_to_string(work.join("vms/everywhere.yaml")).unwrap().contains("startTime"));
+    // Moving a VM: the old host removes it, the new one creates it.
+    std::fs::write(work.join("vms/moving.yaml"), pinned("moving", "hostb", false)).unwrap();
+    git(&work, &["commit", "-q", "-am", "move to host b"]);
+    push(&work);
+    until("moved off a", 90, || names(&root_a) == ["everywhere", "on-a"]);
+    until("moved onto b", 90, || names(&root_b) == ["everywhere", "moving", "on-b"]);
+    let log = git(&bare, &["log", "--format=%s", "main"]);
+    assert!(log.matches("ignited: update VM status").count() >= 2, "{log}");
+}

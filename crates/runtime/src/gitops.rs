@@ -90,8 +90,20 @@ impl Source {
     /// Writes the observed status of managed VMs into their manifests, commits and pushes
     /// (rebasing on concurrent pushes). Returns whether a commit was pushed and how many
     /// pushes were rejected on the way.
-    pub fn write_back(&self, store: &Store) -> Result<(bool, u32), GitError> {
+    ///
+    /// With `host` set (several hosts follow the repository), only the VMs pinned to this host
+    /// are written: a VM every host runs has no single status to record.
+    pub fn write_back(&self, store: &Store, host: Option<&str>) -> Result<(bool, u32), GitError> {
         let (desired, _) = crate::reconcile::read_manifest_dir(&self.manifest_dir());
+        let desired: Vec<_> = match host {
+            None => desired,
+            Some(h) => desired
+                .into_iter()
+                .filter(|d| {
+                    d.vm.metadata.annotations.get(crate::reconcile::HOST_ANNOTATION).map(String::as_str) == Some(h)
+                })
+                .collect(),
+        };
         let mut changed_files = Vec::new();
         let mut files: Vec<PathBuf> = desired.iter().map(|d| d.file.clone()).collect();
         files.sort();

@@ -14,6 +14,9 @@
 //!   disk).
 //! - Invalid manifests are reported per file; the others are still reconciled. Two files naming
 //!   one VM are both reported and neither is applied.
+//! - Many hosts can follow one repository: a manifest annotated `ignite.weave.works/host: NAME`
+//!   runs only on the host whose daemon has `--host NAME` ([`for_host`]); moving the annotation
+//!   moves the VM (the old host removes it, the new one creates it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +34,15 @@ pub const MANAGED_LABEL: &str = "ignite.weave.works/managed-by";
 pub const MANAGED_VALUE: &str = "ignited";
 pub const SOURCE_ANNOTATION: &str = "ignite.weave.works/manifest";
 pub const SPEC_HASH_ANNOTATION: &str = "ignite.weave.works/spec-hash";
+/// Pins a manifest's VM to one host (`ignited gitops --host NAME`); without it, every host
+/// following the repository runs the VM.
+pub const HOST_ANNOTATION: &str = "ignite.weave.works/host";
+
+/// The manifests meant for `host`: pinned to it, or pinned to none. With `host` unset, all.
+pub fn for_host(desired: Vec<Desired>, host: Option<&str>) -> Vec<Desired> {
+    let Some(host) = host else { return desired };
+    desired.into_iter().filter(|d| d.vm.metadata.annotations.get(HOST_ANNOTATION).is_none_or(|h| h == host)).collect()
+}
 
 /// A VM some manifest asks for.
 #[derive(Debug, Clone)]

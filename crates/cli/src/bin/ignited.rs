@@ -66,6 +66,10 @@ enum Cmd {
         /// Do not write VM status back to the repository
         #[arg(long)]
         read_only: bool,
+        /// This host's name when several hosts follow the repository: manifests annotated
+        /// ignite.weave.works/host run only on the host of that name
+        #[arg(long)]
+        host: Option<String>,
         /// Run one pass and exit
         #[arg(long)]
         once: bool,
@@ -173,7 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let fp = fingerprint(&manifest_dir);
                 if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
-                    pass(&store, &config, &manifest_dir, &metrics);
+                    pass(&store, &config, &manifest_dir, None, &metrics);
                     last_fp = Some(fp);
                     last_pass = Instant::now();
                     if once {
@@ -183,7 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wait_for_change(watch.as_ref(), Duration::from_millis(500));
             }
         }
-        Cmd::Gitops { repo, branch, path, interval, read_only, once } => {
+        Cmd::Gitops { repo, branch, path, interval, read_only, host, once } => {
             let source = ignite_runtime::gitops::Source::new(&cli.root, &repo, &branch, &path);
             tracing::info!("following {repo} ({branch}, {}) every {interval}s", path.display());
             let mut backoff = Duration::from_secs(interval);
@@ -204,9 +208,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 if last_good {
-                    pass(&store, &config, &source.manifest_dir(), &metrics);
+                    pass(&store, &config, &source.manifest_dir(), host.as_deref(), &metrics);
                     if !read_only {
-                        match source.write_back(&store) {
+                        match source.write_back(&store, host.as_deref()) {
                             Ok((pushed, retries)) => {
                                 metrics.push_retries.fetch_add(u64::from(retries), Ordering::Relaxed);
                                 if pushed {
@@ -234,9 +238,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// One reconcile pass over a manifest directory, logged.
-fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, dir: &std::path::Path, metrics: &api::Metrics) {
+fn pass(
+    store: &Store,
+    config: &ignite_runtime::LoadedConfig,
+    dir: &std::path::Path,
+    host: Option<&str>,
+    metrics: &api::Metrics,
+) {
     let started = Instant::now();
     let (desired, mut errors) = read_manifest_dir(dir);
+    let desired = ignite_runtime::reconcile::for_host(desired, host);
     let report = reconcile(store, config, &desired, &CreateOptions::default());
     errors.extend(report.errors.iter().cloned());
     for (what, list) in [
