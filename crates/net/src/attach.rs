@@ -133,7 +133,7 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
     if std::path::Path::new(&netns_path(&ns)).exists() {
         let _ = run("ip", &["netns", "del", &ns], None);
     }
-    run("ip", &["netns", "add", &ns], None)?;
+    crate::netns::create(&ns)?;
     let mut cni_args = String::from("IgnoreUnknown=1");
     if let Some(ip) = opts.ip {
         cni_args.push_str(&format!(";IP={ip}"));
@@ -154,7 +154,14 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
         dns: Vec::new(),
     };
     let path = netns_path(&ns);
-    let result = match list.add(&opts.cni, &att.invocation(&path)) {
+    // The tap needs nothing from CNI: made in the namespace while the plugins run.
+    let tapcmds = format!("link set lo up\ntuntap add dev {TAP} mode tap\nlink set {TAP} up\n");
+    let (added, tap) = std::thread::scope(|s| {
+        let tap = s.spawn(|| run("ip", &["-n", &ns, "-batch", "-"], Some(&tapcmds)));
+        let added = list.add(&opts.cni, &att.invocation(&path));
+        (added, tap.join().unwrap_or_else(|_| Err(panicked("ip -batch (tap)"))))
+    });
+    let result = match added.and_then(|r| tap.map(|_| r)) {
         Ok(r) => r,
         Err(e) => {
             let _ = list.del(&opts.cni, &att.invocation(&path), None);
@@ -173,10 +180,7 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
         att.dns = dns;
         // The tap carries the gateway address as the DHCP server identifier (see `dhcp`).
         let server = gw.map(|g| format!("addr add {g}/32 dev {TAP}\n")).unwrap_or_default();
-        let ipcmds = format!(
-            "link set lo up\ntuntap add dev {TAP} mode tap\nlink set {TAP} up\naddr flush dev {IFNAME}\n{server}"
-        );
-        run("ip", &["-n", &ns, "-batch", "-"], Some(&ipcmds))?;
+        let ipcmds = format!("addr flush dev {IFNAME}\n{server}");
         let tccmds = format!(
             "qdisc add dev {IFNAME} ingress\n\
              filter add dev {IFNAME} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {TAP}\n\
@@ -184,7 +188,14 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
              filter add dev {TAP} parent ffff: prio 1 protocol ip u32 match ip protocol 17 0xff match ip dport 67 0xffff flowid ffff:1\n\
              filter add dev {TAP} parent ffff: prio 2 protocol all u32 match u32 0 0 action mirred egress redirect dev {IFNAME}\n"
         );
-        run("tc", &["-n", &ns, "-batch", "-"], Some(&tccmds))?;
+        // Addresses and redirects are independent: both at once.
+        let (ip, tc) = std::thread::scope(|s| {
+            let ip = s.spawn(|| run("ip", &["-n", &ns, "-batch", "-"], Some(&ipcmds)));
+            let tc = run("tc", &["-n", &ns, "-batch", "-"], Some(&tccmds));
+            (ip.join().unwrap_or_else(|_| Err(panicked("ip -batch (addresses)"))), tc)
+        });
+        ip?;
+        tc?;
         Ok::<(), NetError>(())
     })();
     if let Err(e) = finish {
@@ -192,6 +203,10 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
         return Err(e);
     }
     Ok(att)
+}
+
+fn panicked(what: &str) -> NetError {
+    NetError::Command { command: what.to_string(), stderr: "the thread running it panicked".into() }
 }
 
 /// Newer kernels (6.x) create bridges with an all-zero MAC until a port joins, and the bridge

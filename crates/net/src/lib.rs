@@ -7,11 +7,14 @@
 //!   the guest takes the interface's IP and MAC, learnt from the kernel `ip=` argument. The
 //!   VMM runs inside the namespace. Teardown is CNI DEL and namespace removal, and works from
 //!   the saved attachment after a crash.
-#![forbid(unsafe_code)]
+//! - [`netns`]: named network namespaces made in-process (the crate's only `unsafe`, one
+//!   `unshare(CLONE_NEWNET)` in a thread of its own), `ip netns add` as the fallback.
+#![deny(unsafe_code)]
 
 pub mod attach;
 pub mod cni;
 pub mod dhcp;
+pub mod netns;
 
 use std::path::PathBuf;
 
