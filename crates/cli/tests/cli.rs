@@ -220,8 +220,9 @@ fn lookup_by_prefix_and_ambiguity() {
     let root = &prepared_root(d.path());
     ok(root, &["create", "busybox", "--name", "web-1"]);
     ok(root, &["create", "busybox", "--name", "web-2"]);
-    ok(root, &["create", "busybox", "--name", "db"]);
-    assert_eq!(ok(root, &["inspect", "vm", "d", "-t", "{{.Name}}"]).trim(), "db");
+    // Prefixes that are not hex digits: a UID (16 hex characters) cannot start with them.
+    ok(root, &["create", "busybox", "--name", "queue"]);
+    assert_eq!(ok(root, &["inspect", "vm", "q", "-t", "{{.Name}}"]).trim(), "queue");
     let err = fails(root, &["inspect", "vm", "web", "-t", "{{.Name}}"], 2, "is ambiguous");
     assert!(err.contains("web-1") && err.contains("web-2"), "{err}");
     let uid = ok(root, &["inspect", "vm", "web-2", "-t", "{{.UID}}"]).trim().to_string();
