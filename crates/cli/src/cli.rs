@@ -331,6 +331,12 @@ pub struct ExecArgs {
     /// Allocate a pseudo-TTY
     #[arg(short, long)]
     pub tty: bool,
+    /// Set an environment variable for the command (KEY=VALUE; repeatable)
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory of the command in the VM
+    #[arg(short, long)]
+    pub workdir: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -79,6 +79,11 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     assert_eq!(exec(&root, &["ag", "--", "sh", "-c", "exit 3"]).status.code(), Some(3));
     let o = exec(&root, &["ag", "--", "sh", "-c", "echo out; echo err >&2; exit 0"]);
     assert_eq!((o.stdout.as_slice(), o.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    // Docker's -e and -w.
+    let o = exec(&root, &["-e", "FOO=bar baz", "-w", "/root", "ag", "--", "sh", "-c", "echo \"$FOO\"; pwd"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "bar baz\n/root\n");
+    assert_eq!(exec(&root, &["-e", "1X=2", "ag", "--", "true"]).status.code(), Some(2));
+    assert_eq!(exec(&root, &["-w", "relative", "ag", "--", "true"]).status.code(), Some(2));
     let o = exec(&root, &["ag", "--", "no-such-command"]);
     assert_eq!(o.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot run \"no-such-command\""));

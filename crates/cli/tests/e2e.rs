@@ -382,6 +382,11 @@ fn debian_systemd_image_boots_with_ssh_key_and_keeps_its_disk() {
     let k = key.to_str().unwrap();
     let o = common::ignite(&root, &["exec", "-i", k, "deb", "--", "sh", "-c", "exit 3"]);
     assert_eq!(o.status.code(), Some(3));
+    let o = common::ignite(
+        &root,
+        &["exec", "-i", k, "-e", "FOO=bar baz", "-w", "/tmp", "deb", "--", "sh", "-c", "echo \"$FOO\" $(pwd)"],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "bar baz /tmp\n", "{}", String::from_utf8_lossy(&o.stderr));
     let big = d.path().join("big.bin");
     let data: Vec<u8> = (0..10u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(&big, &data).unwrap();

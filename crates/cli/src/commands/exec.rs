@@ -17,12 +17,18 @@ pub fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let vm = ignite_runtime::status::refresh(&store, store.resolve::<Vm>(&a.vm)?)?;
     let timeout = Duration::from_secs(u64::from(a.timeout));
+    let env = parse_env(&a.env)?;
+    if let Some(w) = &a.workdir {
+        if !w.starts_with('/') {
+            return Err(super::UsageError(format!("invalid --workdir {w:?}: give an absolute path in the VM")).into());
+        }
+    }
     if !vm.status.running {
         return Err(ignite_runtime::ssh::SshError::NotRunning { name: vm.metadata.name.clone() }.into());
     }
     if a.identity.is_none() {
         match Session::connect(&vm.metadata.name, &store.dir::<Vm>(&vm.uid()), timeout) {
-            Ok(s) => exec_agent(s, &a),
+            Ok(s) => exec_agent(s, &a, env),
             Err(AgentError::NotEnabled { .. }) => {}
             Err(e @ AgentError::NotReady { .. }) if vm.spec.ssh.is_some() => {
                 tracing::warn!("{e}; trying SSH");
@@ -31,7 +37,18 @@ pub fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<()> {
         }
     }
     let t = ignite_runtime::ssh::target(&store, &vm, a.identity.as_deref(), timeout)?;
-    let err = ignite_runtime::ssh::ssh_command(&t, a.tty, &a.command, timeout).exec();
+    // Over SSH the remote shell runs the command (each word quoted):
+    // `sh -c 'cd "$0" && exec "$@"' DIR env K=V... COMMAND`.
+    let mut command = Vec::new();
+    if let Some(w) = &a.workdir {
+        command.extend(["sh", "-c", "cd \"$0\" && exec \"$@\"", w].map(String::from));
+    }
+    if !env.is_empty() {
+        command.push("env".into());
+        command.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    }
+    command.extend(a.command.iter().cloned());
+    let err = ignite_runtime::ssh::ssh_command(&t, a.tty, &command, timeout).exec();
     if err.kind() == std::io::ErrorKind::NotFound {
         return Err(ignite_runtime::ssh::SshError::NoClient.into());
     }
@@ -69,15 +86,34 @@ fn window_size() -> Option<(u16, u16)> {
     rustix::termios::tcgetwinsize(rustix::stdio::stdout()).ok().filter(|w| w.ws_row > 0).map(|w| (w.ws_row, w.ws_col))
 }
 
-fn exec_agent(s: Session, a: &ExecArgs) -> ! {
+/// `-e KEY=VALUE` flags, as Docker's: the key must be a valid variable name.
+fn parse_env(flags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    flags
+        .iter()
+        .map(|e| {
+            let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+            let valid = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(super::UsageError(format!(
+                    "invalid --env {e:?}: use KEY=VALUE with a shell variable name"
+                ))
+                .into());
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn exec_agent(s: Session, a: &ExecArgs, mut env: Vec<(String, String)>) -> ! {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGWINCH};
     let tty = a.tty;
     let (rows, cols) = if tty { window_size().unwrap_or((24, 80)) } else { (0, 0) };
-    let mut env = Vec::new();
-    if tty {
-        env.push(("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())));
+    if tty && !env.iter().any(|(k, _)| k == "TERM") {
+        env.insert(0, ("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())));
     }
-    let req = ExecRequest { argv: a.command.clone(), env, cwd: None, tty, rows, cols };
+    let req = ExecRequest { argv: a.command.clone(), env, cwd: a.workdir.clone(), tty, rows, cols };
     // Signals to ignite go to the command (in a terminal, Ctrl-C arrives as a byte instead).
     let sender = s.sender();
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH]) {
