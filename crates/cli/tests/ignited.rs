@@ -468,3 +468,48 @@ fn many_hosts_follow_one_repository() {
     let log = git(&bare, &["log", "--format=%s", "main"]);
     assert!(log.matches("ignited: update VM status").count() >= 2, "{log}");
 }
+
+#[test]
+fn gitops_recovers_from_a_status_push_that_conflicts_with_another_writer() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let (bare, work, url) = bare_repo(d.path());
+    std::fs::write(work.join("vms/g4.yaml"), manifest("g4", 1, true)).unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "add g4"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    // ignited's status pushes are held back until the other writer has pushed, and the first
+    // one after that is refused too: ignited must then rebase onto a conflicting commit.
+    let waiting = d.path().join("ignited-waiting");
+    let other = d.path().join("other-pushed");
+    let once = d.path().join("refused-after-other");
+    let hook = format!(
+        "#!/bin/sh\nwhile read -r old new ref; do\n    case \"$(git log -1 --format=%s \"$new\")\" in\n    ignited:*)\n        if [ ! -e '{o}' ]; then touch '{w}'; echo held >&2; exit 1; fi\n        if [ ! -e '{r}' ]; then touch '{r}'; echo refused >&2; exit 1; fi ;;\n    esac\ndone\n",
+        o = other.display(),
+        w = waiting.display(),
+        r = once.display()
+    );
+    let hook_path = bare.join("hooks/pre-receive");
+    std::fs::write(&hook_path, hook).unwrap();
+    std::fs::set_permissions(&hook_path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let _daemon = start_gitops(&root, &url);
+    until("ignited's first status push", 90, || waiting.exists());
+    // The other writer changes the very lines ignited's status commit touches: its rebase
+    // conflicts, and it must start again from their version.
+    let m = std::fs::read_to_string(work.join("vms/g4.yaml")).unwrap();
+    std::fs::write(work.join("vms/g4.yaml"), m.replace("running: true", "running: false")).unwrap();
+    std::fs::write(work.join("README.md"), "VMs of this host\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "other writer: stop g4"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    std::fs::write(&other, "").unwrap();
+    until("g4 stopped", 90, || vm_field(&root, "g4", "{{.Status.Running}}").as_deref() == Some("false"));
+    until("the status commit on top of theirs", 90, || {
+        let log = git(&bare, &["log", "--format=%s", "main"]);
+        log.lines().next() == Some("ignited: update VM status") && log.contains("other writer: stop g4")
+    });
+    assert!(once.exists(), "the push after the other writer's was not refused");
+    let g4 = git(&bare, &["show", "main:vms/g4.yaml"]);
+    assert!(g4.contains("running: false") && g4.contains("reason:"), "{g4}");
+    assert_eq!(git(&bare, &["show", "main:README.md"]), "VMs of this host\n");
+}

@@ -81,6 +81,11 @@ impl Source {
             let dest = self.checkout.to_string_lossy().into_owned();
             git(None, &["clone", "--quiet", "--branch", &self.branch, &self.url, &dest])?;
         } else {
+            // A write-back interrupted in the middle of a rebase leaves its state behind, and
+            // every later rebase would fail on it.
+            if self.checkout.join(".git/rebase-merge").exists() || self.checkout.join(".git/rebase-apply").exists() {
+                let _ = git(Some(&self.checkout), &["rebase", "--abort"]);
+            }
             git(Some(&self.checkout), &["fetch", "--quiet", "origin", &self.branch])?;
             git(Some(&self.checkout), &["reset", "--quiet", "--hard", &format!("origin/{}", self.branch)])?;
         }
@@ -174,8 +179,14 @@ impl Source {
                 Err(e) => {
                     tracing::warn!("push rejected ({}); rebasing and retrying", e.stderr.lines().last().unwrap_or(""));
                     last = Some(e);
-                    // Someone pushed first: take their commits and put ours on top.
-                    git(Some(&self.checkout), &["pull", "--quiet", "--rebase", "origin", &self.branch])?;
+                    // Someone pushed first: take their commits and put ours on top. When ours
+                    // conflicts with theirs, give this pass up (aborting the rebase): the next
+                    // one starts from their version and writes the status again.
+                    if let Err(e) = git(Some(&self.checkout), &["pull", "--quiet", "--rebase", "origin", &self.branch])
+                    {
+                        let _ = git(Some(&self.checkout), &["rebase", "--abort"]);
+                        return Err(e);
+                    }
                 }
             }
         }
