@@ -62,23 +62,23 @@ pub enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 12] = [
+        Kind::Hello,
+        Kind::Ping,
+        Kind::Pong,
+        Kind::Open,
+        Kind::Stdin,
+        Kind::Stdout,
+        Kind::Stderr,
+        Kind::Window,
+        Kind::Signal,
+        Kind::Resize,
+        Kind::Exit,
+        Kind::Close,
+    ];
+
     pub fn from_u8(b: u8) -> Option<Kind> {
-        use Kind::*;
-        Some(match b {
-            1 => Hello,
-            2 => Ping,
-            3 => Pong,
-            4 => Open,
-            5 => Stdin,
-            6 => Stdout,
-            7 => Stderr,
-            8 => Window,
-            9 => Signal,
-            10 => Resize,
-            11 => Exit,
-            12 => Close,
-            _ => return None,
-        })
+        Kind::ALL.into_iter().find(|k| *k as u8 == b)
     }
 }
 
@@ -442,6 +442,16 @@ mod tests {
             assert_eq!(out, frames, "step {step}");
         }
         assert_eq!(frames[2].credit().unwrap(), 42);
+    }
+
+    #[test]
+    fn every_kind_decodes_from_its_byte() {
+        for (i, k) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(k as u8, i as u8 + 1);
+            assert_eq!(Kind::from_u8(k as u8), Some(k));
+        }
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(13), None);
     }
 
     #[test]
