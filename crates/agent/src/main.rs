@@ -36,6 +36,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut port: Option<String> = None;
     let mut worker = false;
+    let mut detach = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -44,12 +45,13 @@ fn main() {
                 i += 1;
             }
             "--worker" => worker = true,
+            "--detach" => detach = true,
             "--version" => {
                 println!("ignite-agent {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
                 return;
             }
             a => {
-                eprintln!("ignite-agent: unknown argument {a:?}; usage: ignite-agent [--port DEVICE]");
+                eprintln!("ignite-agent: unknown argument {a:?}; usage: ignite-agent [--port DEVICE] [--detach]");
                 std::process::exit(2);
             }
         }
@@ -59,7 +61,30 @@ fn main() {
     if worker {
         std::process::exit(serve(&port));
     }
+    if detach {
+        std::process::exit(spawn_detached(&args[0], &port));
+    }
     watchdog(&args[0], &port);
+}
+
+/// `--detach`: starts the watchdog as a new process and returns once it runs.
+///
+/// The init shim runs `chroot /newroot ignite-agent --detach` in the foreground, then
+/// `switch_root`s, which empties the initramfs. A shell's background job (`agent &`) would
+/// still be opening the initramfs's `/dev/null` for its stdin at that moment (ash does that
+/// for every asynchronous command), and lose the race one boot in four; this child needs
+/// nothing outside the VM's root: its stdin is a pipe whose other end is closed.
+fn spawn_detached(me: &str, port: &str) -> i32 {
+    match Command::new(me).args(["--port", port]).stdin(Stdio::piped()).spawn() {
+        Ok(mut child) => {
+            drop(child.stdin.take());
+            0
+        }
+        Err(e) => {
+            eprintln!("ignite-agent: cannot start: {e}");
+            1
+        }
+    }
 }
 
 /// Keeps one worker running. A worker that dies right away (no port, say) is restarted

@@ -156,6 +156,9 @@ if [ -n "$agent_port" ]; then
 	if [ $devtmpfs = 0 ]; then
 		mount -t devtmpfs devtmpfs /newroot/dev 2>/dev/null
 	fi
-	chroot /newroot /.ignite/ignite-agent --port "$agent_port" </dev/null &
+	# In the foreground: the agent detaches itself once it runs inside /newroot. A background
+	# job (`&`) would open the initramfs's /dev/null while switch_root empties it.
+	chroot /newroot /.ignite/ignite-agent --port "$agent_port" --detach ||
+		echo "ignite-init: warning: the guest agent did not start"
 fi
 exec switch_root /newroot "$IGNITE_INIT" "$@"

@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! dev/console            char 5:1 (init's stdio before devtmpfs is mounted)
+//! dev/null               char 1:3 (the shim's redirections before devtmpfs is mounted)
 //! bin/busybox            the host's static busybox (0755)
 //! init                   the shim (0755)
 //! ignite/env             IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT (shell-quoted)
@@ -168,6 +169,8 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
     let mut i = Initramfs::new();
     i.add_dir("dev", 0o755)?;
     i.add_char_device("dev/console", 0o600, 5, 1)?;
+    // Before devtmpfs is mounted, a redirection to /dev/null would create a plain file here.
+    i.add_char_device("dev/null", 0o666, 1, 3)?;
     i.add_dir("bin", 0o755)?;
     i.add_file_from("bin/busybox", &spec.busybox, 0o755)?;
     i.add_file("init", guest_init_script().as_bytes(), 0o755)?;
