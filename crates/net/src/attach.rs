@@ -120,27 +120,18 @@ fn parse_result(result: &Value) -> Result<Parsed, NetError> {
     Ok((ip.0, ip.1, ip.2, mac.unwrap_or_default(), dns))
 }
 
-/// Attaches VM `id`: returns the attachment (namespace, address, MAC, tap).
-pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
+/// What attaching VM `id` will allocate, before anything is allocated: its namespace, network,
+/// container id and arguments. The caller records this first (`vm/<uid>/network.json`), so
+/// that a kill at any later step leaves a record that [`detach`] can release.
+pub fn plan(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
     let list = opts.cni.load(opts.network.as_deref())?;
-    for p in &list.plugins {
-        if p["type"] == "bridge" {
-            ensure_bridge_mac(p["bridge"].as_str().unwrap_or("cni0"))?;
-        }
-    }
-    let ns = netns_name(id);
-    // A namespace left by a crash: remove it first (its CNI state is released by recovery).
-    if std::path::Path::new(&netns_path(&ns)).exists() {
-        let _ = run("ip", &["netns", "del", &ns], None);
-    }
-    crate::netns::create(&ns)?;
     let mut cni_args = String::from("IgnoreUnknown=1");
     if let Some(ip) = opts.ip {
         cni_args.push_str(&format!(";IP={ip}"));
     }
-    let mut att = Attachment {
+    Ok(Attachment {
         container_id: id.to_string(),
-        netns: ns.clone(),
+        netns: netns_name(id),
         network: list.name.clone(),
         conflist: list.path.clone(),
         cni_args,
@@ -152,7 +143,30 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
         prefix_len: 0,
         gateway: None,
         dns: Vec::new(),
-    };
+    })
+}
+
+/// Attaches VM `id`: returns the attachment (namespace, address, MAC, tap). Plans and
+/// allocates in one step; see [`plan`] and [`attach_planned`] to record the plan in between.
+pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
+    attach_planned(plan(id, opts)?, opts)
+}
+
+/// Allocates what `att` (from [`plan`]) describes: namespace, CNI ADD, tap and redirects.
+/// On failure everything allocated so far is released again.
+pub fn attach_planned(mut att: Attachment, opts: &AttachOptions) -> Result<Attachment, NetError> {
+    let list = opts.cni.load(Some(&att.network))?;
+    for p in &list.plugins {
+        if p["type"] == "bridge" {
+            ensure_bridge_mac(p["bridge"].as_str().unwrap_or("cni0"))?;
+        }
+    }
+    let ns = att.netns.clone();
+    // A namespace left by a crash: remove it first (its CNI state is released by recovery).
+    if std::path::Path::new(&netns_path(&ns)).exists() {
+        let _ = run("ip", &["netns", "del", &ns], None);
+    }
+    crate::netns::create(&ns)?;
     let path = netns_path(&ns);
     // The tap needs nothing from CNI: made in the namespace while the plugins run.
     let tapcmds = format!("link set lo up\ntuntap add dev {TAP} mode tap\nlink set {TAP} up\n");
@@ -164,8 +178,8 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
     let result = match added.and_then(|r| tap.map(|_| r)) {
         Ok(r) => r,
         Err(e) => {
-            let _ = list.del(&opts.cni, &att.invocation(&path), None);
-            let _ = run("ip", &["netns", "del", &ns], None);
+            // What some plugins allocated before one failed: released from the IPAM's leases.
+            let _ = detach(&att, &opts.cni);
             return Err(e);
         }
     };
@@ -249,17 +263,35 @@ fn read_mac(ns: &str) -> Result<String, NetError> {
 pub fn detach(att: &Attachment, cni: &CniConfig) -> Result<(), NetError> {
     let path = netns_path(&att.netns);
     let ns_exists = std::path::Path::new(&path).exists();
-    if ns_exists && att.ip != Ipv4Addr::UNSPECIFIED {
+    let list = cni.load(Some(&att.network));
+    // A record saved before CNI ADD returned (a kill in between) has no result: what the
+    // plugins allocated is found from the IPAM's leases, so that DEL still gets the addresses
+    // whose rules (firewall, masquerading) it must remove.
+    let (ip, prefix_len, result) = match (&list, att.result.is_null()) {
+        (Ok(list), true) => match leased(list, &att.container_id).first() {
+            Some((ip, prefix)) => {
+                let r = serde_json::json!({
+                    "cniVersion": list.cni_version,
+                    "interfaces": [{"name": IFNAME, "sandbox": path}],
+                    "ips": [{"address": format!("{ip}/{prefix}"), "interface": 0}],
+                });
+                (*ip, *prefix, r)
+            }
+            None => (att.ip, att.prefix_len, Value::Null),
+        },
+        _ => (att.ip, att.prefix_len, att.result.clone()),
+    };
+    if ns_exists && ip != Ipv4Addr::UNSPECIFIED {
         // The bridge plugin finds what to un-masquerade from the interface's addresses, which
         // attach moved to the guest: give it back first (harmless if already there).
-        let cidr = format!("{}/{}", att.ip, att.prefix_len);
+        let cidr = format!("{ip}/{prefix_len}");
         let _ = run("ip", &["-n", &att.netns, "addr", "add", &cidr, "dev", IFNAME], None);
     }
-    let del = match cni.load(Some(&att.network)) {
+    let del = match list {
         Ok(list) => {
             // Plugins accept DEL of a namespace that is gone; pass it only if it exists.
             let p = if ns_exists { path.clone() } else { String::new() };
-            list.del(cni, &att.invocation(&p), (!att.result.is_null()).then_some(&att.result))
+            list.del(cni, &att.invocation(&p), (!result.is_null()).then_some(&result))
         }
         Err(e) => Err(e),
     };
@@ -270,6 +302,37 @@ pub fn detach(att: &Attachment, cni: &CniConfig) -> Result<(), NetError> {
     // NAT rules are tagged with the container id in their comment.
     scrub_nat_rules(&att.container_id);
     del
+}
+
+/// The addresses (with the subnet's prefix length) that the host-local IPAM of `list` has
+/// leased to `container_id`, read from its lease files (`<dataDir>/<network>/<ip>`, holding
+/// the container id on their first line).
+pub fn leased(list: &crate::cni::NetworkList, container_id: &str) -> Vec<(Ipv4Addr, u8)> {
+    let mut out = Vec::new();
+    for p in &list.plugins {
+        let ipam = &p["ipam"];
+        if ipam["type"] != "host-local" {
+            continue;
+        }
+        let data_dir = ipam["dataDir"].as_str().unwrap_or("/var/lib/cni/networks");
+        let prefix = ipam["subnet"]
+            .as_str()
+            .or_else(|| ipam["ranges"][0][0]["subnet"].as_str())
+            .and_then(|s| s.split_once('/'))
+            .and_then(|(_, p)| p.parse::<u8>().ok())
+            .unwrap_or(32);
+        let dir = std::path::Path::new(data_dir).join(&list.name);
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let Ok(ip) = e.file_name().to_string_lossy().parse::<Ipv4Addr>() else { continue };
+            let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+            if owner.lines().next().map(str::trim) == Some(container_id) {
+                out.push((ip, prefix));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Deletes nat-table rules and chains whose comment names container `id` (as the bridge and

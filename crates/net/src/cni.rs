@@ -1,9 +1,8 @@
 //! A CNI 1.0 runtime: loads a network configuration list and runs its plugins in order for
 //! ADD (each receiving the previous result), in reverse for DEL, and CHECK.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -225,27 +224,17 @@ pub fn exec(cfg: &CniConfig, command: &str, conf: &Value, inv: &Invocation<'_>) 
     let ty = conf["type"].as_str().unwrap_or_default().to_string();
     let bin = cfg.plugin_path(&ty)?;
     let path = cfg.bin_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
-    let mut child = Command::new(&bin)
-        .env_clear()
+    let mut cmd = Command::new(&bin);
+    cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_NETNS", inv.netns)
         .env("CNI_IFNAME", inv.ifname)
         .env("CNI_ARGS", inv.args)
-        .env("CNI_PATH", path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NetError::Plugin { plugin: ty.clone(), command: command.into(), message: e.to_string() })?;
-    if let Some(mut s) = child.stdin.take() {
-        let _ = s.write_all(conf.to_string().as_bytes());
-    }
-    let out = child.wait_with_output().map_err(|e| NetError::Plugin {
-        plugin: ty.clone(),
-        command: command.into(),
-        message: e.to_string(),
+        .env("CNI_PATH", path);
+    let out = ignite_proc::output(&mut cmd, Some(conf.to_string().as_bytes()), ignite_proc::PLUGIN).map_err(|e| {
+        NetError::Plugin { plugin: ty.clone(), command: command.into(), message: crate::error_chain(&e) }
     })?;
     let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     if !out.status.success() {

@@ -18,7 +18,7 @@ pub mod netns;
 
 use std::path::PathBuf;
 
-pub use attach::{attach, detach, AttachOptions, Attachment};
+pub use attach::{attach, attach_planned, detach, plan, AttachOptions, Attachment};
 pub use cni::{CniConfig, PortMapping};
 
 /// Networking failures.
@@ -42,25 +42,18 @@ pub enum NetError {
     NoAddress,
 }
 
-/// Runs a host tool, mapping failure to its stderr.
+/// Runs a host tool (with a deadline: see `ignite_proc`), mapping failure to its stderr.
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NetError> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let shown = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NetError::Command { command: shown.clone(), stderr: format!("{e} (install iproute2)") })?;
-    if let Some(input) = stdin {
-        if let Some(mut s) = child.stdin.take() {
-            let _ = s.write_all(input.as_bytes());
-        }
-    }
-    let out =
-        child.wait_with_output().map_err(|e| NetError::Command { command: shown.clone(), stderr: e.to_string() })?;
+    let out = ignite_proc::output(
+        std::process::Command::new(program).args(args),
+        stdin.map(str::as_bytes),
+        ignite_proc::QUICK,
+    )
+    .map_err(|e| {
+        let hint = if e.is_not_found() { " (install iproute2)" } else { "" };
+        NetError::Command { command: shown.clone(), stderr: format!("{}{hint}", error_chain(&e)) }
+    })?;
     if !out.status.success() {
         return Err(NetError::Command {
             command: shown,
@@ -68,4 +61,16 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An error and its causes, joined by ": ".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
