@@ -267,8 +267,15 @@ fn api_socket_lists_creates_stops_removes_and_reports_metrics() {
     assert_eq!(st, 200, "{body}");
     let (_, body) = api(&sock, "GET", "/metrics", "");
     assert!(body.contains("ignite_vms{state=\"stopped\"} 1"), "{body}");
-    let (st, _) = api(&sock, "DELETE", "/v1/vms/viaapi", "");
-    assert_eq!(st, 200);
+    // DELETE refuses a running VM unless ?force=true, as `ignite rm` without -f.
+    let (st, body) = api(&sock, "POST", "/v1/vms/viaapi/start", "");
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = api(&sock, "DELETE", "/v1/vms/viaapi", "");
+    assert_eq!(st, 409, "{body}");
+    assert!(body.contains("is running"), "{body}");
+    assert_eq!(vm_field(&root, "viaapi", "{{.Status.Running}}").as_deref(), Some("true"));
+    let (st, body) = api(&sock, "DELETE", "/v1/vms/viaapi?force=true", "");
+    assert_eq!(st, 200, "{body}");
     assert!(vm_field(&root, "viaapi", "{{.UID}}").is_none());
 }
 

@@ -99,7 +99,7 @@ impl Source {
     /// With `host` set (several hosts follow the repository), only the VMs pinned to this host
     /// are written: a VM every host runs has no single status to record.
     pub fn write_back(&self, store: &Store, host: Option<&str>) -> Result<(bool, u32), GitError> {
-        let (desired, _) = crate::reconcile::read_manifest_dir(&self.manifest_dir());
+        let desired = crate::reconcile::read_manifest_dir(&self.manifest_dir()).desired;
         let desired: Vec<_> = match host {
             None => desired,
             Some(h) => desired

@@ -12,8 +12,12 @@
 //!   are applied by stopping the VM, updating it and starting it again: its disk is kept.
 //!   Changes of image, kernel image or disk size are reported as pending (they would need a new
 //!   disk).
-//! - Invalid manifests are reported per file; the others are still reconciled. Two files naming
-//!   one VM are both reported and neither is applied.
+//! - **The last good state is kept.** A manifest file that cannot be read, parsed or validated
+//!   (a typo, an unknown field, a truncated or empty file), or that names a VM another file
+//!   names too, is reported and its VMs are *held*: left exactly as they are, never removed.
+//!   A missing or unreadable directory changes nothing. Only a VM whose manifest is gone
+//!   from a directory read completely is removed. Every spec goes through the same
+//!   validation as `ignite create` before anything is applied.
 //! - Many hosts can follow one repository: a manifest annotated `ignite.weave.works/host: NAME`
 //!   runs only on the host whose daemon has `--host NAME` ([`for_host`]); moving the annotation
 //!   moves the VM (the old host removes it, the new one creates it).
@@ -27,7 +31,7 @@ use ignite_store::Store;
 use serde::Deserialize;
 
 use crate::config::LoadedConfig;
-use crate::create::{create_vm, CreateOptions};
+use crate::create::{build_vm, create_vm, CreateOptions};
 use crate::start::{start, StartOptions};
 
 pub const MANAGED_LABEL: &str = "ignite.weave.works/managed-by";
@@ -39,9 +43,10 @@ pub const SPEC_HASH_ANNOTATION: &str = "ignite.weave.works/spec-hash";
 pub const HOST_ANNOTATION: &str = "ignite.weave.works/host";
 
 /// The manifests meant for `host`: pinned to it, or pinned to none. With `host` unset, all.
-pub fn for_host(desired: Vec<Desired>, host: Option<&str>) -> Vec<Desired> {
-    let Some(host) = host else { return desired };
-    desired.into_iter().filter(|d| d.vm.metadata.annotations.get(HOST_ANNOTATION).is_none_or(|h| h == host)).collect()
+pub fn for_host(mut m: Manifests, host: Option<&str>) -> Manifests {
+    let Some(host) = host else { return m };
+    m.desired.retain(|d| d.vm.metadata.annotations.get(HOST_ANNOTATION).is_none_or(|h| h == host));
+    m
 }
 
 /// A VM some manifest asks for.
@@ -54,7 +59,7 @@ pub struct Desired {
 }
 
 /// What one pass did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
     pub created: Vec<String>,
     pub started: Vec<String>,
@@ -63,6 +68,8 @@ pub struct Report {
     pub removed: Vec<String>,
     pub pending: Vec<String>,
     pub errors: Vec<String>,
+    /// VMs left exactly as they are because their manifest is unusable.
+    pub held: Vec<String>,
 }
 
 impl Report {
@@ -111,75 +118,146 @@ fn running_flags(bytes: &[u8]) -> Vec<Option<bool>> {
         .collect()
 }
 
+/// What a manifest directory asks for, and what could not be read.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    pub desired: Vec<Desired>,
+    /// One line per problem (file, document, reason).
+    pub errors: Vec<String>,
+    /// Files present but unusable: their VMs are held as they are.
+    pub held_files: HashSet<PathBuf>,
+    /// VM names held (named by several files).
+    pub held_names: HashSet<String>,
+    /// Whether the directory was listed completely: only then may a VM whose manifest is
+    /// gone be removed.
+    pub complete: bool,
+}
+
+impl Manifests {
+    /// Whether a managed VM without a desired entry must be kept anyway: its manifest file is
+    /// held, its name is held, or the directory was not read completely.
+    pub fn holds(&self, vm: &Vm) -> bool {
+        !self.complete
+            || self.held_names.contains(&vm.metadata.name)
+            || vm.metadata.annotations.get(SOURCE_ANNOTATION).is_some_and(|f| self.held_files.contains(Path::new(f)))
+    }
+}
+
 /// Reads every `*.yaml`, `*.yml` and `*.json` in `dir`.
-pub fn read_manifest_dir(dir: &Path) -> (Vec<Desired>, Vec<String>) {
-    let mut errors = Vec::new();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-            .collect(),
-        Err(e) => return (Vec::new(), vec![format!("cannot read {}: {e}", dir.display())]),
-    };
+pub fn read_manifest_dir(dir: &Path) -> Manifests {
+    let mut m = Manifests::default();
+    let mut files: Vec<PathBuf> = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            m.complete = true;
+            for e in rd {
+                match e {
+                    Ok(e) => {
+                        let p = e.path();
+                        if p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json") && !p.is_dir() {
+                            files.push(p);
+                        }
+                    }
+                    Err(e) => {
+                        m.complete = false;
+                        m.errors.push(format!("cannot list {}: {e}: keeping every VM as it is", dir.display()));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            m.errors.push(format!("cannot read {}: {e}: keeping every VM as it is", dir.display()));
+            return m;
+        }
+    }
     files.sort();
     let mut desired: Vec<Desired> = Vec::new();
     for f in files {
+        let hold = |m: &mut Manifests, why: String| {
+            m.errors.push(format!("{}: {why}: its VMs are kept as they are", f.display()));
+            m.held_files.insert(f.clone());
+        };
         let bytes = match crate::config::read_bounded(&f) {
             Ok(b) => b,
             Err(e) => {
-                errors.push(format!("{}: {e}", f.display()));
+                hold(&mut m, e.to_string());
                 continue;
             }
         };
         let objs = match decode_objects(&bytes) {
             Ok(o) => o,
             Err(e) => {
-                errors.push(format!("{}: {e}", f.display()));
+                hold(&mut m, e.to_string());
                 continue;
             }
         };
+        if objs.is_empty() {
+            hold(&mut m, "holds no manifest (empty)".into());
+            continue;
+        }
         let flags = running_flags(&bytes);
+        let mut from_file = Vec::new();
+        let mut bad = None;
         for (i, o) in objs.into_iter().enumerate() {
             let Object::Vm(mut vm) = o else { continue };
             if vm.metadata.name.is_empty() {
-                errors.push(format!("{}: document {}: a VM needs metadata.name", f.display(), i + 1));
-                continue;
+                bad = Some(format!("document {}: a VM needs metadata.name", i + 1));
+                break;
             }
             if vm.metadata.uid.is_none() {
                 vm.metadata.uid = Some(stable_uid(&f, &vm.metadata.name));
             }
             let running = flags.get(i).copied().flatten().unwrap_or(true);
             let spec_hash = spec_hash(&vm.spec);
-            desired.push(Desired { file: f.clone(), vm, running, spec_hash });
+            from_file.push(Desired { file: f.clone(), vm, running, spec_hash });
+        }
+        // A file is used whole or not at all: half of a file is not what its author meant.
+        match bad {
+            Some(why) => hold(&mut m, why),
+            None => desired.extend(from_file),
         }
     }
-    // Two files naming one VM: neither is applied.
+    // Two files naming one VM: neither is applied, and the VM is kept as it is.
     let mut by_name: HashMap<String, Vec<PathBuf>> = HashMap::new();
     for d in &desired {
         by_name.entry(d.vm.metadata.name.clone()).or_default().push(d.file.clone());
     }
-    let dup: HashSet<String> = by_name.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k.clone()).collect();
-    for n in &dup {
-        let files: Vec<String> = by_name[n].iter().map(|p| p.display().to_string()).collect();
-        errors.push(format!("VM {n:?} is described by several manifests ({}): none is applied", files.join(", ")));
+    let mut dup: Vec<(&String, &Vec<PathBuf>)> = by_name.iter().filter(|(_, v)| v.len() > 1).collect();
+    dup.sort();
+    for (n, files) in dup {
+        let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        m.errors.push(format!("VM {n:?} is described by several manifests ({}): none is applied", files.join(", ")));
+        m.held_names.insert(n.clone());
     }
-    desired.retain(|d| !dup.contains(&d.vm.metadata.name));
-    (desired, errors)
+    desired.retain(|d| !m.held_names.contains(&d.vm.metadata.name));
+    m.desired = desired;
+    m
 }
 
 fn is_managed(vm: &Vm) -> bool {
     vm.metadata.labels.get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE)
 }
 
-/// One reconcile pass.
-pub fn reconcile(store: &Store, config: &LoadedConfig, desired: &[Desired], create: &CreateOptions) -> Report {
+/// One reconcile pass over what `manifests` asks for (see [`read_manifest_dir`], and
+/// [`for_host`] for the manifests of this host).
+pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, create: &CreateOptions) -> Report {
     let mut r = Report::default();
     let grace = Duration::from_secs(30);
+    let desired = &manifests.desired;
     let wanted: HashSet<String> = desired.iter().filter_map(|d| d.vm.metadata.uid.map(|u| u.to_string())).collect();
     for d in desired {
         let uid = d.vm.uid();
         let name = d.vm.metadata.name.clone();
+        // The same validation as `ignite create`, before anything is applied; an invalid spec
+        // leaves the VM as it is.
+        let valid = match build_vm(config, Some(d.vm.clone()), ObjectMeta::default(), &VmSpec::default()) {
+            Ok(v) => v,
+            Err(e) => {
+                r.errors.push(format!("{}: {e}: the VM is kept as it is", d.file.display()));
+                r.held.push(name);
+                continue;
+            }
+        };
         let existing = match store.get::<Vm>(&uid) {
             Ok(v) => Some(crate::status::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
             Err(ignite_store::StoreError::NotFound { .. }) => None,
@@ -219,9 +297,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, desired: &[Desired], crea
         };
         // Spec changes.
         if vm.metadata.annotations.get(SPEC_HASH_ANNOTATION) != Some(&d.spec_hash) {
-            let mut new_spec = config.spec.vm_defaults.clone();
-            new_spec.merge_from(&d.vm.spec);
-            new_spec.set_defaults();
+            let new_spec = valid.spec;
             let needs_disk = new_spec.image != vm.spec.image
                 || new_spec.kernel.oci != vm.spec.kernel.oci
                 || new_spec.disk_size() != vm.spec.disk_size();
@@ -239,11 +315,13 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, desired: &[Desired], crea
                 }
                 let labels = d.vm.metadata.labels.clone();
                 let hash = d.spec_hash.clone();
+                let file = d.file.display().to_string();
                 match store.modify::<Vm, _>(&uid, |v| {
                     v.spec = new_spec;
                     v.metadata.labels = labels;
                     v.metadata.labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
                     v.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), hash);
+                    v.metadata.annotations.insert(SOURCE_ANNOTATION.into(), file);
                 }) {
                     Ok((v, ())) => {
                         vm = v;
@@ -270,10 +348,14 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, desired: &[Desired], crea
             }
         }
     }
-    // Managed VMs whose manifest is gone.
+    // Managed VMs whose manifest is gone from a directory read completely.
     if let Ok(all) = store.list::<Vm>() {
         for vm in all.into_iter().filter(|v| is_managed(v) && !wanted.contains(&v.uid())) {
             let name = vm.metadata.name.clone();
+            if manifests.holds(&vm) {
+                r.held.push(name);
+                continue;
+            }
             let res = crate::remove::remove_vm(store, &vm.uid(), true, |v| {
                 crate::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| crate::remove::RemoveError::Stop {
                     name: v.metadata.name.clone(),
@@ -286,6 +368,8 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, desired: &[Desired], crea
             }
         }
     }
+    r.held.sort();
+    r.held.dedup();
     r
 }
 
@@ -318,15 +402,46 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.path().join("notes.txt"), "ignored").unwrap();
-        let (desired, errors) = read_manifest_dir(d.path());
+        std::fs::write(d.path().join("empty.yaml"), "").unwrap();
+        let m = read_manifest_dir(d.path());
+        let desired = &m.desired;
         let names: Vec<&str> = desired.iter().map(|d| d.vm.metadata.name.as_str()).collect();
         assert_eq!(names, vec!["one", "two"]);
         assert!(desired[0].running && !desired[1].running);
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("bad.yaml") && e.contains("unknown apiVersion")));
-        assert!(errors.iter().any(|e| e.contains("\"dup\" is described by several manifests")));
-        let (again, _) = read_manifest_dir(d.path());
-        assert_eq!(again[0].vm.metadata.uid, desired[0].vm.metadata.uid, "UIDs are stable");
+        assert_eq!(m.errors.len(), 3, "{:?}", m.errors);
+        assert!(m.errors.iter().any(|e| e.contains("bad.yaml") && e.contains("unknown apiVersion")));
+        assert!(m.errors.iter().any(|e| e.contains("empty.yaml") && e.contains("holds no manifest")));
+        assert!(m.errors.iter().any(|e| e.contains("\"dup\" is described by several manifests")));
+        assert!(m.complete);
+        assert_eq!(m.held_files.len(), 2);
+        assert!(m.held_names.contains("dup"));
+        let again = read_manifest_dir(d.path());
+        assert_eq!(again.desired[0].vm.metadata.uid, desired[0].vm.metadata.uid, "UIDs are stable");
         assert_ne!(desired[0].vm.metadata.uid, desired[1].vm.metadata.uid);
+    }
+
+    fn managed(name: &str, file: &Path) -> Vm {
+        let mut vm = Vm::new(ObjectMeta { name: name.into(), ..Default::default() }, VmSpec::default());
+        vm.metadata.labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
+        vm.metadata.annotations.insert(SOURCE_ANNOTATION.into(), file.display().to_string());
+        vm
+    }
+
+    #[test]
+    fn vms_of_unusable_manifests_and_unreadable_directories_are_held() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("a.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata: {name: a}\nspec: {cpu: 1}\n",
+        )
+        .unwrap();
+        let m = read_manifest_dir(d.path());
+        assert!(m.desired.is_empty() && m.holds(&managed("a", &file)), "an invalid file holds its VM");
+        assert!(!m.holds(&managed("b", &d.path().join("b.yaml"))), "a VM whose file is gone is not held");
+        std::fs::remove_file(&file).unwrap();
+        let m = read_manifest_dir(&d.path().join("missing"));
+        assert!(!m.complete && m.holds(&managed("b", &d.path().join("b.yaml"))), "a missing directory holds all");
+        assert!(m.errors[0].contains("keeping every VM"), "{:?}", m.errors);
     }
 }

@@ -116,7 +116,14 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     if vm.status.running {
         return Err(StartError::AlreadyRunning { name });
     }
-
+    // No supervisor may live while this start allocates: one whose start was killed before it
+    // reported ready may still be on its way to running.
+    let supervisor_lease = crate::lease::supervisor(&dir)
+        .map_err(prep(&name, "cannot take the VM's supervisor lease"))?
+        .ok_or_else(|| StartError::AlreadyRunning { name: name.clone() })?;
+    // Nothing runs for this VM now: what a killed start or a crash left allocated is released
+    // before anything is allocated anew.
+    crate::network::release(&dir);
     let backend_name = vm.spec.vmm.clone().or_else(|| config.spec.vmm.clone()).unwrap_or_else(|| "qemu".into());
     backend::by_name(&backend_name)?;
     let qemu_bin = qemu::check_installed(&qemu::Qemu::from_env())?;
@@ -137,6 +144,9 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     })
     .map_err(StartError::Accel)?;
 
+    // Host ports are reserved host-wide (other state roots included) for the VM's life.
+    let port_leases = crate::lease::host_ports(store.root(), &vm)
+        .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
     // Network: attach before boot so the guest gets its address on the kernel command line.
     let mut vm = vm;
     let plugin = crate::network::plugin_for(&vm, config);
@@ -147,8 +157,19 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
             crate::network::check_ports(store, &vm)
                 .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
             let t = std::time::Instant::now();
-            let att = ignite_net::attach(&uid, &opts)
+            // Recorded before anything is allocated: a kill at any later step leaves a record
+            // that the next start, stop, rm or recovery releases.
+            let plan = ignite_net::plan(&uid, &opts)
                 .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
+            crate::network::save(&dir, &plan)?;
+            crate::fault::point("start.network-planned");
+            let att = match ignite_net::attach_planned(plan, &opts) {
+                Ok(a) => a,
+                Err(e) => {
+                    crate::network::release(&dir);
+                    return Err(StartError::Network { name: name.clone(), message: e.to_string() });
+                }
+            };
             tracing::debug!(
                 "network of VM {name}: {} in {} after {:.1} ms",
                 att.ip,
@@ -156,9 +177,10 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
                 t.elapsed().as_secs_f64() * 1000.0
             );
             if let Err(e) = crate::network::save(&dir, &att) {
-                let _ = ignite_net::detach(&att, &opts.cni);
+                crate::network::release(&dir);
                 return Err(e.into());
             }
+            crate::fault::point("start.network-attached");
             Some(att)
         }
         "none" => None,
@@ -169,8 +191,10 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
             })
         }
     };
+    let mut leases = vec![supervisor_lease];
+    leases.extend(port_leases);
     // From here on, a failure releases the network again.
-    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, attachment.as_ref(), opts);
+    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, attachment.as_ref(), opts, &leases);
     if res.is_err() {
         crate::network::release(&dir);
         let _ = store.modify::<Vm, _>(&uid, |v| {
@@ -196,6 +220,7 @@ fn boot_and_spawn(
     verdict: &AccelVerdict,
     att: Option<&ignite_net::Attachment>,
     opts: &StartOptions,
+    leases: &[crate::lease::Lease],
 ) -> Result<u32, StartError> {
     let uid = vm.uid();
     let name = vm.metadata.name.clone();
@@ -259,19 +284,31 @@ fn boot_and_spawn(
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;
-    spawn_supervisor(store.root(), dir, &uid, &name)
+    crate::fault::point("start.before-spawn");
+    spawn_supervisor(store.root(), dir, &uid, &name, leases)
 }
 
-fn spawn_supervisor(root: &Path, dir: &Path, uid: &str, name: &str) -> Result<u32, StartError> {
+fn spawn_supervisor(
+    root: &Path,
+    dir: &Path,
+    uid: &str,
+    name: &str,
+    leases: &[crate::lease::Lease],
+) -> Result<u32, StartError> {
     let log_path = dir.join("spawn.log");
     let log = File::options()
         .create(true)
         .append(true)
         .open(&log_path)
         .map_err(prep(name, format!("cannot open {}", log_path.display())))?;
-    let mut child = Command::new(spawn_binary())
-        .arg("--root")
-        .arg(root)
+    let mut cmd = Command::new(spawn_binary());
+    cmd.arg("--root").arg(root);
+    let fds: Vec<i32> = leases.iter().map(crate::lease::Lease::fd).collect();
+    for fd in &fds {
+        cmd.arg("--hold-fd").arg(fd.to_string());
+    }
+    sys::inherit_fds(&mut cmd, fds);
+    let mut child = cmd
         .arg(uid)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

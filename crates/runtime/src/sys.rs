@@ -21,6 +21,40 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Lets `cmd`'s child inherit the descriptors `fds` (leases: see `lease`). Only that child:
+/// the flag is cleared between fork and exec, so tools spawned meanwhile by other threads
+/// never inherit them.
+pub fn inherit_fds(cmd: &mut Command, fds: Vec<i32>) {
+    // SAFETY: the closure runs in the child between fork and exec; fcntl(2) is async-signal-
+    // safe; it borrows descriptors that stay open in the parent until after the spawn
+    // returns (the caller holds the leases), allocates nothing (the Vec was moved in before
+    // the fork) and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Marks inherited descriptors close-on-exec again (the supervisor keeps its leases to
+/// itself), after checking that they are open. Returns the ones that are.
+pub fn keep_fds_to_self(fds: &[i32]) -> Vec<i32> {
+    fds.iter()
+        .copied()
+        .filter(|&fd| {
+            // SAFETY: `fd` was passed by `--hold-fd` and is owned by this process for its whole
+            // life (it is never closed); borrowing it for one fcntl call is sound, and a
+            // number that is not open makes fcntl fail with EBADF, which is handled.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_setfd(b, rustix::io::FdFlags::CLOEXEC).is_ok()
+        })
+        .collect()
+}
+
 /// Starts a new session so the process survives its terminal closing.
 pub fn detach_session() -> std::io::Result<()> {
     rustix::process::setsid().map(|_| ()).map_err(std::io::Error::from)

@@ -1,15 +1,32 @@
-//! `ignite-spawn --root ROOT UID`: the per-VM supervisor (see `ignite_runtime::supervisor`).
-//! Started by `ignite start`; not meant to be run by hand.
+//! `ignite-spawn --root ROOT [--hold-fd N]... UID`: the per-VM supervisor (see
+//! `ignite_runtime::supervisor`). Started by `ignite start`, which hands it the VM's leases
+//! as inherited descriptors (`--hold-fd`, see `ignite_runtime::lease`); not meant to be run
+//! by hand.
 #![forbid(unsafe_code)]
 
+fn usage() -> ! {
+    eprintln!("usage: ignite-spawn --root ROOT [--hold-fd N]... VM_UID (started by `ignite start`)");
+    std::process::exit(2);
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (root, uid) = match args.as_slice() {
-        [flag, root, uid] if flag == "--root" => (std::path::PathBuf::from(root), uid.clone()),
-        _ => {
-            eprintln!("usage: ignite-spawn --root ROOT VM_UID (started by `ignite start`)");
-            std::process::exit(2);
+    let mut args = std::env::args().skip(1);
+    let mut root = None;
+    let mut fds = Vec::new();
+    let mut uid = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--root" => root = Some(std::path::PathBuf::from(args.next().unwrap_or_else(|| usage()))),
+            "--hold-fd" => fds.push(args.next().and_then(|n| n.parse::<i32>().ok()).unwrap_or_else(|| usage())),
+            _ if uid.is_none() && !a.starts_with('-') => uid = Some(a),
+            _ => usage(),
         }
-    };
+    }
+    let (Some(root), Some(uid)) = (root, uid) else { usage() };
+    // The leases stay open (never closed) for this process's life, and are not passed on.
+    let held = ignite_runtime::sys::keep_fds_to_self(&fds);
+    if held.len() != fds.len() {
+        eprintln!("ignite-spawn: some of the descriptors {fds:?} are not open");
+    }
     std::process::exit(ignite_runtime::supervisor::run(&root, &uid));
 }

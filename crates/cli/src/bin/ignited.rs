@@ -246,10 +246,13 @@ fn pass(
     metrics: &api::Metrics,
 ) {
     let started = Instant::now();
-    let (desired, mut errors) = read_manifest_dir(dir);
-    let desired = ignite_runtime::reconcile::for_host(desired, host);
-    let report = reconcile(store, config, &desired, &CreateOptions::default());
-    errors.extend(report.errors.iter().cloned());
+    let manifests = ignite_runtime::reconcile::for_host(read_manifest_dir(dir), host);
+    let mut report = reconcile(store, config, &manifests, &CreateOptions::default());
+    // Problems with the manifests themselves first, then those of applying them.
+    let mut errors = manifests.errors.clone();
+    errors.append(&mut report.errors);
+    report.errors = errors;
+    let errors = &report.errors;
     for (what, list) in [
         ("created", &report.created),
         ("started", &report.started),
@@ -264,13 +267,10 @@ fn pass(
     for p in &report.pending {
         tracing::warn!("pending: {p}");
     }
-    for e in &errors {
+    for e in errors {
         tracing::error!("{e}");
     }
-    tracing::debug!("pass over {} VMs in {:.0} ms", desired.len(), started.elapsed().as_secs_f64() * 1000.0);
-    metrics.passes.fetch_add(1, Ordering::Relaxed);
-    metrics.errors.fetch_add(errors.len() as u64, Ordering::Relaxed);
-    metrics.created.fetch_add(report.created.len() as u64, Ordering::Relaxed);
-    metrics.removed.fetch_add(report.removed.len() as u64, Ordering::Relaxed);
+    tracing::debug!("pass over {} VMs in {:.0} ms", manifests.desired.len(), started.elapsed().as_secs_f64() * 1000.0);
     metrics.last_pass_micros.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    metrics.record(&report);
 }

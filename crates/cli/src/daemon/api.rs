@@ -6,7 +6,9 @@
 //! - `POST /v1/vms` with a VM manifest (YAML or JSON): create and start
 //! - `POST /v1/vms/{name}/start`, `POST /v1/vms/{name}/stop`, `DELETE /v1/vms/{name}`
 //! - `GET /v1/vms/{name}/logs`: the serial console log
-//! - `GET /metrics`: VMs by state, reconcile passes, errors and the last pass's duration
+//! - `GET /v1/reconcile`: the last pass's report (created, started, stopped, restarted,
+//!   removed, pending, errors — unusable manifests included —, and the VMs held as they are)
+//! - `GET /metrics`: VMs by state, reconcile passes, errors, held VMs and the last pass's duration
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -34,6 +36,23 @@ pub struct Metrics {
     pub push_errors: AtomicU64,
     /// Pushes rejected and retried after a rebase.
     pub push_retries: AtomicU64,
+    /// The last pass's report (`GET /v1/reconcile`).
+    pub last: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, ignite_runtime::reconcile::Report)>>,
+}
+
+impl Metrics {
+    /// Counts a finished pass and keeps its report.
+    /// Counts a finished pass and keeps its report. The pass counter moves last, so a reader
+    /// that sees it move sees everything the pass recorded.
+    pub fn record(&self, r: &ignite_runtime::reconcile::Report) {
+        self.errors.fetch_add(r.errors.len() as u64, Ordering::Relaxed);
+        self.created.fetch_add(r.created.len() as u64, Ordering::Relaxed);
+        self.removed.fetch_add(r.removed.len() as u64, Ordering::Relaxed);
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some((chrono::Utc::now(), r.clone()));
+        }
+        self.passes.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 const MAX_BODY: usize = 1 << 20;
@@ -123,6 +142,9 @@ fn status_for(e: &anyhow::Error) -> u16 {
                 _ => 500,
             };
         }
+        if let Some(ignite_runtime::RemoveError::Running { .. }) = c.downcast_ref::<ignite_runtime::RemoveError>() {
+            return 409;
+        }
         if c.downcast_ref::<ignite_api::DecodeError>().is_some()
             || c.downcast_ref::<ignite_runtime::CreateError>().is_some()
         {
@@ -146,6 +168,13 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
         match (req.method.as_str(), segs.as_slice()) {
             ("GET", ["metrics"]) => {
                 Ok((200, "text/plain; version=0.0.4".into(), metrics_text(store, metrics).into_bytes()))
+            }
+            ("GET", ["v1", "reconcile"]) => {
+                let last = metrics.last.lock().ok().and_then(|l| l.clone());
+                json(match last {
+                    Some((time, report)) => serde_json::json!({ "time": time, "report": report }),
+                    None => serde_json::json!({ "time": null, "report": null }),
+                })
             }
             ("GET", ["v1", "info"]) => json(serde_json::json!({
                 "root": store.root(),
@@ -197,7 +226,7 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
             ("DELETE", ["v1", "vms", q]) => {
                 let vm = store.resolve::<Vm>(q)?;
                 // Without ?force=true a running VM is refused, as `ignite rm` without -f.
-                let force = param("force") != Some("false");
+                let force = flag("force");
                 let removed = ignite_runtime::remove_vm(store, &vm.uid(), force, |v| {
                     ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
                         ignite_runtime::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
@@ -253,6 +282,14 @@ fn metrics_text(store: &Store, m: &Metrics) -> String {
         "ignited_git_push_errors_total",
         "Status write-backs that could not be pushed.",
         m.push_errors.load(Ordering::Relaxed),
+    ));
+    let (errs, held) =
+        m.last.lock().ok().and_then(|l| l.as_ref().map(|(_, r)| (r.errors.len(), r.held.len()))).unwrap_or((0, 0));
+    s.push_str(&format!(
+        "# HELP ignited_reconcile_last_errors Problems the last pass reported (unusable manifests included).\n# TYPE ignited_reconcile_last_errors gauge\nignited_reconcile_last_errors {errs}\n"
+    ));
+    s.push_str(&format!(
+        "# HELP ignited_vms_held VMs kept as they are because their manifest is unusable.\n# TYPE ignited_vms_held gauge\nignited_vms_held {held}\n"
     ));
     s.push_str(&format!(
         "# HELP ignited_reconcile_last_duration_seconds Duration of the last pass.\n# TYPE ignited_reconcile_last_duration_seconds gauge\nignited_reconcile_last_duration_seconds {:.6}\n",

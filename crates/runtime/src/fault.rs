@@ -1,0 +1,26 @@
+//! Fault injection for the kill drill (`scripts/drill.py`): named points between the steps of
+//! multi-step operations where a process can be killed for real.
+//!
+//! `IGNITE_FAULT=<point>[,<point>...]` makes the process SIGKILL itself when it reaches one of
+//! those points — the same as a `kill -9` from outside at exactly that step, replayable.
+//! `IGNITE_FAULT_TRACE=<file>` appends the name of every point reached (the drill learns the
+//! points of an operation this way). Without these variables a point costs one environment
+//! lookup.
+
+use std::io::Write;
+
+/// Marks the step `name`; the process dies here when the drill asks for it.
+pub fn point(name: &str) {
+    if let Some(trace) = std::env::var_os("IGNITE_FAULT_TRACE") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(trace) {
+            let _ = writeln!(f, "{name}");
+        }
+    }
+    let Some(want) = std::env::var_os("IGNITE_FAULT") else { return };
+    if want.to_string_lossy().split(',').any(|p| p.trim() == name) {
+        let _ = std::io::stderr().write_all(format!("ignite: fault injection: killed at {name}\n").as_bytes());
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        // SIGKILL is not deliverable late; this is never reached.
+        std::process::abort();
+    }
+}
