@@ -391,7 +391,8 @@ pub struct ImportArgs {
     /// import a local layout as localhost/ignite-kernel:6.1
     #[arg(long)]
     pub name: Option<String>,
-    /// Re-import even if an object of that name exists
+    /// Replace an object of that name whose content differs from the source's (VMs made from
+    /// the old content keep it); without it, other content under the name is refused
     #[arg(long)]
     pub force: bool,
 }
@@ -407,7 +408,7 @@ pub struct LsArgs {
 pub struct RmObjArgs {
     #[arg(required = true)]
     pub objects: Vec<String>,
-    /// Force removal even when VMs use it
+    /// Also remove the VMs that use it (running ones are stopped first), as Weave Ignite does
     #[arg(short, long)]
     pub force: bool,
 }
@@ -433,6 +434,9 @@ pub enum ObjSub {
     Ls(LsArgs),
     /// Remove objects
     Rm(RmObjArgs),
+    /// Remove what nothing uses: bases and size classes of removed images that no VM needs,
+    /// blobs no image or kernel was made from, temporary files of killed processes
+    Prune,
 }
 
 #[derive(Debug, Args)]

@@ -136,7 +136,15 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    let running = |root: &Path| {
+        let o = exec(root, &["ag", "--", "sh", "-c", "ps | grep -c '[s]leep 300' || true"]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let t = Instant::now();
+    while running(&root) != "1" {
+        assert!(t.elapsed() < Duration::from_secs(30), "the command never started in the guest");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::INT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
     let o = exec(&root, &["ag", "--", "sh", "-c", "ps | grep -c '[s]leep 300' || true"]);
@@ -192,13 +200,18 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     ok(&root, &["cp", script.to_str().unwrap(), "ag:/root/hostile.sh"]);
     let o = exec(&root, &["ag", "--", "sh", "-c", "setsid sh /root/hostile.sh </dev/null >/dev/null 2>&1 &"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::thread::sleep(Duration::from_secs(3));
+    // The flood has reached the supervisor before exec is tried again (else the old agent
+    // would answer and prove nothing).
+    let uid = ok(&root, &["inspect", "vm", "ag", "-t", "{{.UID}}"]);
+    let spawn_log = root.join("vm").join(uid.trim()).join("spawn.log");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&spawn_log).unwrap_or_default().contains("malformed frame") {
+        assert!(t.elapsed() < Duration::from_secs(60), "no malformed frame reached the supervisor");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let took = until_exec_works(&root, "ag", 60);
     println!("FIGURE exec works again {took:?} after a garbage flood");
     assert_eq!(ok(&root, &["inspect", "vm", "ag", "-t", "{{.Status.Running}}"]).trim(), "true");
-    let uid = ok(&root, &["inspect", "vm", "ag", "-t", "{{.UID}}"]);
-    let spawn_log = std::fs::read_to_string(root.join("vm").join(uid.trim()).join("spawn.log")).unwrap();
-    assert!(spawn_log.contains("malformed frame"), "{spawn_log}");
 
     // A stopped VM.
     ok(&root, &["stop", "ag"]);

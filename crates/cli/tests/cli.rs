@@ -4,12 +4,12 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{bin, fails, ok, prepared_root, snapshot, write};
+use common::{bin, fails, ok, snapshot, store_root, write};
 
 #[test]
 fn fifty_concurrent_creates_with_distinct_names() {
     let d = tempfile::tempdir().unwrap();
-    let root = &prepared_root(d.path());
+    let root = &store_root(d.path());
     let children: Vec<_> = (0..50)
         .map(|i| {
             Command::new(bin())
@@ -37,7 +37,7 @@ fn fifty_concurrent_creates_with_distinct_names() {
 #[test]
 fn fifty_concurrent_creates_with_one_name() {
     let d = tempfile::tempdir().unwrap();
-    let root = &prepared_root(d.path());
+    let root = &store_root(d.path());
     let children: Vec<_> = (0..50)
         .map(|_| {
             Command::new(bin())
@@ -89,7 +89,7 @@ fn ignite_example_manifests_round_trip_as_v1alpha4() {
     for (version, doc) in IGNITE_EXAMPLES {
         let d = tempfile::tempdir().unwrap();
         let f = write(d.path(), "vm.yaml", doc);
-        let root = prepared_root(d.path());
+        let root = store_root(d.path());
         ok(&root, &["create", "--config", &f]);
         let name = if *version == "v1alpha2" { "test-vm" } else { "my-vm" };
         let yaml = ok(&root, &["inspect", "vm", name, "-o", "yaml"]);
@@ -102,7 +102,7 @@ fn ignite_example_manifests_round_trip_as_v1alpha4() {
         // The output is itself a valid manifest that reads back the same.
         let again = write(d.path(), "again.yaml", &yaml);
         let d2 = tempfile::tempdir().unwrap();
-        let root2 = prepared_root(d2.path());
+        let root2 = store_root(d2.path());
         ok(&root2, &["create", "--config", &again]);
         let yaml2 = ok(&root2, &["inspect", "vm", name, "-o", "yaml"]);
         let strip = |s: &str| s.lines().filter(|l| !l.contains("created:")).collect::<Vec<_>>().join("\n");
@@ -113,9 +113,9 @@ fn ignite_example_manifests_round_trip_as_v1alpha4() {
 #[test]
 fn full_reference_manifest_and_config_layering() {
     let d = tempfile::tempdir().unwrap();
-    let root = prepared_root(d.path());
-    let f = common::fixtures();
-    ok(&root, &["kernel", "import", f.vmlinux.to_str().unwrap(), "--name", "weaveworks/ignite-kernel:5.10.51"]);
+    let root = store_root(d.path());
+    let k = common::unbootable_kernel();
+    ok(&root, &["kernel", "import", k.to_str().unwrap(), "--name", "weaveworks/ignite-kernel:5.10.51"]);
     let admin = write(d.path(), "admin.conf", "apiVersion: v1\n");
     let vol = d.path().join("vol.img");
     std::fs::File::create(&vol).unwrap().set_len(16 << 20).unwrap();
@@ -153,7 +153,7 @@ fn full_reference_manifest_and_config_layering() {
 fn bad_input_is_refused_and_leaves_the_store_alone() {
     let missing_image = vec!["create".to_string(), "--pull".into(), "never".into(), "nosuchimage".into()];
     let d = tempfile::tempdir().unwrap();
-    let root = prepared_root(d.path());
+    let root = store_root(d.path());
     ok(&root, &["create", "busybox", "--name", "keep"]);
     let before = snapshot(&root);
     let cases: Vec<(Vec<String>, i32, &str)> = vec![
@@ -217,7 +217,7 @@ fn bad_input_is_refused_and_leaves_the_store_alone() {
 #[test]
 fn lookup_by_prefix_and_ambiguity() {
     let d = tempfile::tempdir().unwrap();
-    let root = &prepared_root(d.path());
+    let root = &store_root(d.path());
     ok(root, &["create", "busybox", "--name", "web-1"]);
     ok(root, &["create", "busybox", "--name", "web-2"]);
     // Prefixes that are not hex digits: a UID (16 hex characters) cannot start with them.
@@ -234,7 +234,7 @@ fn lookup_by_prefix_and_ambiguity() {
 #[test]
 fn verbs_on_a_vm_that_is_not_running() {
     let d = tempfile::tempdir().unwrap();
-    let root = &prepared_root(d.path());
+    let root = &store_root(d.path());
     ok(root, &["create", "busybox", "--name", "idle"]);
     let before = snapshot(root);
     fails(root, &["stop", "idle"], 1, "is not running");
@@ -275,7 +275,7 @@ fn version_completion_man() {
 #[test]
 fn doctor_reports_each_check_with_its_fix() {
     let d = tempfile::tempdir().unwrap();
-    let root = prepared_root(d.path());
+    let root = store_root(d.path());
     let out = ok(&root, &["doctor"]);
     for check in ["e2fsprogs", "qemu", "qemu-img", "busybox-static", "openat2", "disk-space", "kernel", "kvm"] {
         assert!(out.lines().any(|l| l.starts_with(check)), "no {check} line in\n{out}");

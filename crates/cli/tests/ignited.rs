@@ -46,6 +46,13 @@ fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the daemon serving `sock` has finished `n` more reconcile passes than now:
+/// whatever it was going to do with the state as it is now, it has done.
+fn passes(sock: &Path, n: u64) {
+    let start = metric(sock, "ignited_reconcile_passes_total");
+    until(&format!("{n} more reconcile passes"), 60, || metric(sock, "ignited_reconcile_passes_total") >= start + n);
+}
+
 fn vm_field(root: &Path, vm: &str, t: &str) -> Option<String> {
     let o = common::ignite(root, &["inspect", "vm", vm, "-t", t]);
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -102,12 +109,13 @@ fn manifest_dir_drives_vms_across_daemon_restarts() {
     let _ = daemon.0.wait();
     let uid2 = vm_field(&root, "m2", "{{.UID}}").unwrap();
     let _daemon2 = Daemon::start(&root, &dir);
-    std::thread::sleep(Duration::from_secs(4));
+    let sock = dir.with_file_name("api.sock");
+    passes(&sock, 2);
     let ids = ok(&root, &["ps", "-a", "-q"]);
     assert_eq!(ids.split_whitespace().collect::<Vec<_>>(), vec![uid2.as_str()]);
     // Unmanaged VMs are never touched.
     ok(&root, &["create", "busybox", "--name", "mine"]);
-    std::thread::sleep(Duration::from_secs(4));
+    passes(&sock, 2);
     assert!(vm_field(&root, "mine", "{{.UID}}").is_some());
 }
 
@@ -144,10 +152,12 @@ impl Drop for GitDaemon {
     }
 }
 
+/// `ignited gitops` following `url`, its API socket beside the state root.
 fn start_gitops(root: &Path, url: &str) -> GitDaemon {
     GitDaemon(
         Command::new(ignited_bin())
-            .args(["gitops", url, "--branch", "main", "--path", "vms", "--interval", "2", "--socket", "none"])
+            .args(["gitops", url, "--branch", "main", "--path", "vms", "--interval", "2", "--socket"])
+            .arg(root.with_file_name("gitops.sock"))
             .env("IGNITE_ROOT", root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -198,7 +208,7 @@ fn gitops_repo_drives_vms_and_gets_their_status_back() {
     let uid = vm_field(&root, "g1", "{{.UID}}").unwrap();
     drop(daemon);
     let daemon = start_gitops(&root, &url);
-    std::thread::sleep(Duration::from_secs(5));
+    passes(&root.with_file_name("gitops.sock"), 2);
     assert_eq!(ok(&root, &["ps", "-a", "-q"]).split_whitespace().collect::<Vec<_>>(), vec![uid.as_str()]);
     // Deleting the manifest removes the VM.
     git(&work, &["pull", "-q", "--rebase", "origin", "main"]);
@@ -339,6 +349,9 @@ fn gitops_survives_rejected_pushes_an_unreachable_repo_and_conflicting_files() {
         String::from_utf8_lossy(&log.stdout).contains("ignited: update VM status")
     });
     assert_eq!(std::fs::read_to_string(bare.join("rejections")).unwrap().trim(), "2");
+    // The daemon counts the retries once its push returns, a moment after the commit lands.
+    until("the retries counted", 30, || metric(&sock, "ignited_git_push_retries_total") == 2);
+    passes(&sock, 1);
     assert_eq!(metric(&sock, "ignited_git_push_retries_total"), 2);
     assert_eq!(metric(&sock, "ignited_git_push_errors_total"), 0);
 
@@ -346,7 +359,8 @@ fn gitops_survives_rejected_pushes_an_unreachable_repo_and_conflicting_files() {
     let away = d.path().join("vms.git.away");
     std::fs::rename(&bare, &away).unwrap();
     until("a failed fetch", 30, || metric(&sock, "ignited_git_sync_errors_total") >= 1);
-    std::thread::sleep(Duration::from_secs(3));
+    // Passes go on over the last good checkout.
+    passes(&sock, 1);
     assert_eq!(vm_field(&root, "g2", "{{.Status.Running}}").as_deref(), Some("true"), "VM lost with the repo");
     // It comes back: new commits are followed again (after the backoff).
     std::fs::rename(&away, &bare).unwrap();
@@ -519,4 +533,72 @@ fn gitops_recovers_from_a_status_push_that_conflicts_with_another_writer() {
     let g4 = git(&bare, &["show", "main:vms/g4.yaml"]);
     assert!(g4.contains("running: false") && g4.contains("reason:"), "{g4}");
     assert_eq!(git(&bare, &["show", "main:README.md"]), "VMs of this host\n");
+}
+
+/// The last good state is kept: a manifest made invalid, then empty, then its directory
+/// removed — the VM keeps running with its disk; restoring the file changes nothing; an
+/// invalid spec (cpus: 1000) is refused as `ignite create` refuses it; deleting the file
+/// removes the VM.
+#[test]
+fn unusable_manifests_and_a_missing_directory_keep_the_last_good_state() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let dir = d.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let good = manifest("kept", 1, true);
+    std::fs::write(dir.join("kept.yaml"), &good).unwrap();
+    let _daemon = Daemon::start(&root, &dir);
+    let sock = d.path().join("api.sock");
+    until("kept running", 90, || vm_field(&root, "kept", "{{.Status.Running}}").as_deref() == Some("true"));
+    until("kept booted", 90, || {
+        String::from_utf8_lossy(&common::ignite(&root, &["logs", "kept"]).stdout).contains("IGNITE-BUSYBOX-READY")
+    });
+    let o = common::ignite(&root, &["exec", "kept", "--", "sh", "-c", "echo mine >/root/data && sync"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let uid = vm_field(&root, "kept", "{{.UID}}").unwrap();
+    let started = vm_field(&root, "kept", "{{.Status.StartTime}}").unwrap();
+    let unchanged = |what: &str| {
+        passes(&sock, 2);
+        assert_eq!(vm_field(&root, "kept", "{{.UID}}").as_deref(), Some(uid.as_str()), "{what}: VM replaced");
+        assert_eq!(vm_field(&root, "kept", "{{.Status.Running}}").as_deref(), Some("true"), "{what}: VM stopped");
+        assert_eq!(
+            vm_field(&root, "kept", "{{.Status.StartTime}}").as_deref(),
+            Some(started.as_str()),
+            "{what}: VM restarted"
+        );
+        assert_eq!(vm_field(&root, "kept", "{{.Spec.CPUs}}").as_deref(), Some("1"), "{what}: spec changed");
+    };
+    let held = |what: &str| {
+        let (st, body) = api(&sock, "GET", "/v1/reconcile", "");
+        assert_eq!(st, 200);
+        assert!(body.contains("\"held\":[\"kept\"]"), "{what}: {body}");
+        assert_eq!(metric(&sock, "ignited_vms_held"), 1, "{what}");
+        body
+    };
+    // A typo: an unknown field.
+    std::fs::write(dir.join("kept.yaml"), good.replace("  cpus: 1\n", "  cpu: 1\n")).unwrap();
+    unchanged("an unknown field");
+    assert!(held("an unknown field").contains("unknown field"));
+    // A value `ignite create` refuses.
+    std::fs::write(dir.join("kept.yaml"), good.replace("  cpus: 1\n", "  cpus: 1000\n")).unwrap();
+    unchanged("cpus: 1000");
+    assert!(held("cpus: 1000").contains("spec.cpus"));
+    // Truncated to nothing.
+    std::fs::write(dir.join("kept.yaml"), "").unwrap();
+    unchanged("an empty file");
+    held("an empty file");
+    // The whole directory gone.
+    let away = d.path().join("manifests.away");
+    std::fs::rename(&dir, &away).unwrap();
+    unchanged("a missing directory");
+    // Back as it was: nothing to do.
+    std::fs::rename(&away, &dir).unwrap();
+    std::fs::write(dir.join("kept.yaml"), &good).unwrap();
+    unchanged("the file restored");
+    assert_eq!(metric(&sock, "ignited_vms_held"), 0);
+    let o = common::ignite(&root, &["exec", "kept", "--", "cat", "/root/data"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "mine\n", "{}", String::from_utf8_lossy(&o.stderr));
+    // Deleted from a directory read completely: removed.
+    std::fs::remove_file(dir.join("kept.yaml")).unwrap();
+    until("kept removed", 60, || vm_field(&root, "kept", "{{.UID}}").is_none());
 }

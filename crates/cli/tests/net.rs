@@ -201,7 +201,15 @@ fn killed_supervisor_releases_the_network_on_recovery_and_fixed_ips_work() {
     let uid = field(&root, "victim", "{{.UID}}");
     let pid = field(&root, "victim", "{{.Status.Runtime.Pid}}");
     Command::new("kill").args(["-9", &pid]).status().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline"))
+        .exists()
+        .then(|| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .is_some_and(|c| !c.is_empty())
+    {
+        assert!(std::time::Instant::now() < deadline, "the supervisor survived kill -9");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!leftovers(&uid, "10.61.200.7").is_empty(), "expected the crash to leave state behind");
     // The next ignite command notices and cleans up.
     ok(&root, &["ps", "-a"]);

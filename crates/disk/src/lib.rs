@@ -39,12 +39,12 @@ pub mod vmboot;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use ext4::{build_ext4, fs_size, grow_ext4, size_class_base, Ext4Info, Ext4Options};
 pub use initramfs::Initramfs;
-pub use overlay::{create_overlay, overlay_info, OverlayInfo};
+pub use overlay::{backing_file, create_overlay, overlay_info, OverlayInfo};
 pub use vmboot::{build_vm_initramfs, elf_static, guest_init_script, VmBoot};
 
 /// Disk failures. Variants carry the path (and the command) involved; causes stay in
@@ -140,6 +140,10 @@ pub(crate) fn render(cmd: &Command) -> String {
     std::iter::once(word(cmd.get_program())).chain(cmd.get_args().map(word)).collect::<Vec<_>>().join(" ")
 }
 
+/// The longest a disk tool may run: `mke2fs -d` of a many-GiB tree, `resize2fs` or `e2fsck` of
+/// a large image take minutes; one that hangs (a stuck file system) is killed, not waited for.
+const TOOL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Runs a tool to completion. Exit codes in `ok` (besides 0) count as success; "not found"
 /// becomes [`DiskError::ToolMissing`] naming the package that provides the tool.
 pub(crate) fn run_tool_ok(
@@ -150,11 +154,13 @@ pub(crate) fn run_tool_ok(
     ok: &[i32],
 ) -> Result<Output, DiskError> {
     tracing::debug!(command = %render(cmd), "running");
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            DiskError::ToolMissing { tool, package, command: render(cmd) }
-        } else {
-            DiskError::Fs { op: "run a tool on", path: path.to_path_buf(), source: e }
+    let out = ignite_proc::output(cmd, None, TOOL_DEADLINE).map_err(|e| match e {
+        e if e.is_not_found() => DiskError::ToolMissing { tool, package, command: render(cmd) },
+        ignite_proc::ProcError::Timeout { .. } => {
+            DiskError::Tool { tool, path: path.to_path_buf(), command: render(cmd), stderr: e.to_string() }
+        }
+        ignite_proc::ProcError::Spawn { source, .. } | ignite_proc::ProcError::Wait { source, .. } => {
+            DiskError::Fs { op: "run a tool on", path: path.to_path_buf(), source }
         }
     })?;
     let code = out.status.code();

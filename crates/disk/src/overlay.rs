@@ -160,6 +160,36 @@ pub fn create_overlay(backing: &Path, out: &Path, virtual_size: u64) -> Result<(
     tmp.commit(out)
 }
 
+/// The backing file named in a qcow2 image's header (read directly: no process, a few
+/// hundred bytes), or `None` for an image without one. The disk garbage collector uses it to
+/// know which shared bases VMs still need.
+pub fn backing_file(path: &Path) -> Result<Option<PathBuf>, DiskError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).map_err(fs_err("open", path))?;
+    let mut h = [0u8; 20];
+    f.read_exact_at(&mut h, 0).map_err(fs_err("read the header of", path))?;
+    let invalid = |reason: &str| DiskError::Invalid {
+        what: "qcow2 image",
+        value: path.display().to_string(),
+        reason: reason.into(),
+    };
+    if &h[..4] != b"QFI\xfb" {
+        return Err(invalid("no qcow2 magic"));
+    }
+    let offset = u64::from_be_bytes(h[8..16].try_into().unwrap_or_default());
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap_or_default()) as usize;
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    if len > MAX_BACKING_NAME {
+        return Err(invalid("backing file name too long"));
+    }
+    let mut name = vec![0u8; len];
+    f.read_exact_at(&mut name, offset).map_err(fs_err("read the backing file name of", path))?;
+    Ok(Some(PathBuf::from(std::ffi::OsStr::from_bytes(&name))))
+}
+
 /// Reads an image's virtual size, backing file and allocation with `qemu-img info` (`-U`:
 /// also while a VM has it open).
 pub fn overlay_info(path: &Path) -> Result<OverlayInfo, DiskError> {
@@ -182,6 +212,17 @@ pub fn overlay_info(path: &Path) -> Result<OverlayInfo, DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backing_file_is_read_from_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("base.ext4");
+        std::fs::write(&base, vec![0u8; 4096]).unwrap();
+        let ov = d.path().join("disk.qcow2");
+        create_overlay(&base, &ov, 1 << 20).unwrap();
+        assert_eq!(backing_file(&ov).unwrap(), Some(base.clone()));
+        assert!(backing_file(&base).is_err(), "not a qcow2 image");
+    }
 
     #[test]
     fn layout_of_a_4g_disk() {

@@ -162,6 +162,10 @@ fn vm_initramfs_holds_busybox_shim_and_files() {
         let console = std::fs::symlink_metadata(f("dev/console")).unwrap();
         assert!(console.file_type().is_char_device());
         assert_eq!(console.rdev(), rustix::fs::makedev(5, 1));
+        // The shim's redirections before devtmpfs is mounted must not create a plain file.
+        let null = std::fs::symlink_metadata(f("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
     }
 }
 

@@ -191,6 +191,7 @@ impl NetworkList {
             let t = std::time::Instant::now();
             let out = exec(cfg, "ADD", &conf, inv)?;
             tracing::debug!("CNI ADD {}: {:.1} ms", conf["type"], t.elapsed().as_secs_f64() * 1000.0);
+            ignite_proc::fault::point(&format!("cni.added-{}", conf["type"].as_str().unwrap_or("plugin")));
             prev = Some(out);
         }
         prev.ok_or(NetError::NoAddress)

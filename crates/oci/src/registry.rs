@@ -58,16 +58,9 @@ pub fn credentials(host: &str, config_dir: Option<&std::path::Path>) -> Option<(
         }
     }
     let helper = keys.iter().find_map(|k| cfg["credHelpers"][k].as_str()).or(cfg["credsStore"].as_str())?;
-    let mut child = std::process::Command::new(format!("docker-credential-{helper}"))
-        .arg("get")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    use std::io::Write;
-    child.stdin.take()?.write_all(host.as_bytes()).ok()?;
-    let out = child.wait_with_output().ok()?;
+    let mut cmd = std::process::Command::new(format!("docker-credential-{helper}"));
+    cmd.arg("get");
+    let out = ignite_proc::output(&mut cmd, Some(host.as_bytes()), ignite_proc::QUICK).ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     Some((v["Username"].as_str()?.into(), v["Secret"].as_str()?.into()))
 }

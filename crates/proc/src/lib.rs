@@ -5,7 +5,13 @@
 //! than a deadline. A tool that overruns is killed with its whole process group (plugins run
 //! `iptables`, git runs ssh and helpers), so a hung tool cannot wedge the VM lock or the
 //! daemon pass that waits for it; the caller gets [`ProcError::Timeout`] naming the tool.
-#![forbid(unsafe_code)]
+//! A tool also dies with the thread that runs it (a parent-death signal), so a killed `ignite`
+//! leaves no plugin finishing an allocation behind its back.
+//!
+//! Also here: [`fault`], the named kill points of the fault-injection drill.
+#![deny(unsafe_code)]
+
+pub mod fault;
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -65,6 +71,15 @@ pub fn output(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Res
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec; it only makes one prctl(2)
+    // call through rustix (async-signal-safe), allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
     let mut child = cmd.spawn().map_err(|source| ProcError::Spawn { program: program.clone(), source })?;
     let pgid = rustix::process::Pid::from_raw(child.id() as i32);
     let input = stdin.map(<[u8]>::to_vec);

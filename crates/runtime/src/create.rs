@@ -13,7 +13,9 @@ use ignite_api::{Image, ImageRef, Kernel, ObjectMeta, ValidationErrors, Vm, VmSp
 use ignite_store::{Store, StoreError};
 
 use crate::config::LoadedConfig;
-use crate::import::{import_image, import_kernel, ImportError, ImportOptions, BASE_DISK, HAS_INIT_ANNOTATION};
+use crate::import::{
+    import_image, import_kernel, ImportError, ImportMode, ImportOptions, BASE_DISK, HAS_INIT_ANNOTATION,
+};
 use crate::start::ROOT_DISK;
 
 /// When to fetch an image or kernel.
@@ -158,14 +160,20 @@ pub fn create_vm(
         .oci
         .clone()
         .ok_or_else(|| CreateError::Invalid { name: vm.metadata.name.clone(), source: ValidationErrors(vec![]) })?;
+    // Until the VM exists, the base it will use must not be collected.
+    let _gc = crate::gc::hold(store).map_err(|source| StoreError::Io {
+        op: "cannot lock the collector of",
+        path: store.root().into(),
+        source,
+    })?;
     let image = match (find_image(store, &image_ref)?, opts.pull) {
         (Some(i), PullPolicy::Missing | PullPolicy::Never) => i,
         (None, PullPolicy::Never) => {
             return Err(CreateError::NotImported { what: "image", reference: image_ref.to_string() })
         }
         (_, pull) => {
-            let io = ImportOptions { force: pull == PullPolicy::Always, ..opts.import.clone() };
-            import_image(store, &image_ref, &io)?
+            let mode = if pull == PullPolicy::Always { ImportMode::Replace } else { ImportMode::Reuse };
+            import_image(store, &image_ref, &ImportOptions { mode, ..opts.import.clone() })?.object
         }
     };
     if image.metadata.annotations.get(HAS_INIT_ANNOTATION).map(String::as_str) == Some("false") {
@@ -184,18 +192,19 @@ pub fn create_vm(
         {
             return Err(CreateError::NotImported { what: "kernel", reference: kernel_ref.to_string() })
         }
-        None => import_kernel(store, &kernel_ref.to_string(), &opts.import)?,
+        None => import_kernel(store, &kernel_ref.to_string(), &opts.import)?.object,
     };
     vm.status.image = image.status.oci_source.clone();
     vm.status.kernel = kernel.status.oci_source.clone();
 
     // The shared base of this size class (built once per image and size).
-    let image_dir = store.dir::<Image>(&image.uid());
+    let image_dir = crate::gc::base_dir(store, &image);
     let size = vm.spec.disk_size().bytes();
     let name_for_err = if vm.metadata.name.is_empty() { "(unnamed)".to_string() } else { vm.metadata.name.clone() };
     let base: PathBuf = ignite_disk::size_class_base(&image_dir, &image_dir.join(BASE_DISK), size)
         .map_err(|source| CreateError::Disk { name: name_for_err.clone(), source })?;
 
+    ignite_proc::fault::point("create.base-ready");
     let lock = store.lock()?;
     if vm.metadata.name.is_empty() {
         let taken: std::collections::HashSet<String> =
@@ -208,7 +217,9 @@ pub fn create_vm(
             let msg = e.to_string();
             *disk_err.borrow_mut() = Some(e);
             std::io::Error::other(msg)
-        })
+        })?;
+        ignite_proc::fault::point("create.disk-written");
+        Ok(())
     });
     match created {
         Ok(vm) => Ok(vm),

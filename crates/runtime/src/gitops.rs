@@ -28,6 +28,10 @@ pub struct GitError {
     pub stderr: String,
 }
 
+/// How long one git command may take (a clone of a large repository over a slow link
+/// included); a hung fetch or push is killed, reported, and retried at the next interval.
+pub const GIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     let mut c = Command::new("git");
     if let Some(d) = dir {
@@ -35,7 +39,10 @@ fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     }
     c.args(["-c", "user.name=ignited", "-c", "user.email=ignited@localhost", "-c", "advice.detachedHead=false"]);
     c.args(args).env("GIT_TERMINAL_PROMPT", "0");
-    let out = c.output().map_err(|e| GitError { args: args.join(" "), stderr: format!("{e} (install git)") })?;
+    let out = ignite_proc::output(&mut c, None, GIT_DEADLINE).map_err(|e| {
+        let hint = if e.is_not_found() { " (install git)" } else { "" };
+        GitError { args: args.join(" "), stderr: format!("{e}{hint}") }
+    })?;
     if !out.status.success() {
         return Err(GitError { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }

@@ -6,20 +6,25 @@
 //! source's normalized name, and a second import finds the first's object (Ignite #744: one
 //! image per ref). All work happens in a scratch directory under `<root>/tmp`; the object
 //! appears in the store with its files in one rename, or not at all; the scratch directory is
-//! removed on every exit path and scratch left by a crash is swept by the next import.
+//! removed on every exit path and scratch left by a crash is swept by the next import (or
+//! collection).
+//!
+//! An image's root filesystem goes to the shared base directory of its content (see `gc`):
+//! re-importing a name with new content makes a new object and a new base, and the VMs made
+//! from the old content keep theirs. Each object records the blobs it was made from
+//! (`blobs.json`), so that the collector can remove the blobs nothing needs.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ignite_api::{Image, ImageRef, Kernel, ObjectMeta, OciSource, Size};
+use ignite_api::{Image, ImageRef, Kernel, ObjectMeta, OciSource, Size, Vm};
 use ignite_oci::{apply_layers, fetch, ApplyOptions, BlobStore, FetchOptions};
 use ignite_store::{Store, StoreError};
 
 use crate::start::VMLINUX;
 
-/// Base disk file inside an image object's directory.
-pub const BASE_DISK: &str = "base.ext4";
+pub use crate::gc::BASE_DISK;
 /// Annotation recording whether the image has `/sbin/init` ("true"/"false").
 pub const HAS_INIT_ANNOTATION: &str = "ignite.weave.works/has-sbin-init";
 
@@ -48,15 +53,51 @@ pub enum ImportError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} {name:?} exists with other content ({have}; {source_ref} has {new}): use --force to replace it")]
+    Differs { what: &'static str, name: String, source_ref: String, have: String, new: String },
+    #[error("image {name:?} was imported by an older ignite, into its own directory, and VMs {users} use it: remove them, or import the new content under another name")]
+    InUseLegacy { name: String, users: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What an import does when an object of the name exists already.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImportMode {
+    /// The object is used as it is and the source is not read (`run`/`create`, `--pull
+    /// missing`).
+    #[default]
+    Reuse,
+    /// The source is read; new content replaces the object (`--pull always`, `import --force`).
+    /// VMs made from the old content keep their base.
+    Replace,
+    /// The source is read; the same content keeps the object, other content is refused
+    /// (`ignite image import` without `--force`).
+    Verify,
+}
+
+/// How an import ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new object.
+    Imported,
+    /// The source was read and holds what the object has.
+    Unchanged,
+    /// The object was used without reading the source.
+    Reused,
+}
+
+/// An imported (or found) object.
+#[derive(Debug, Clone)]
+pub struct Imported<T> {
+    pub object: T,
+    pub outcome: Outcome,
 }
 
 /// Options shared by image and kernel imports.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Re-import even when an object of that name exists (`--pull always`).
-    pub force: bool,
+    pub mode: ImportMode,
     pub fetch: FetchOptions,
     /// Store name (default: the source's normalized form).
     pub name: Option<String>,
@@ -91,18 +132,20 @@ fn rand_u32() -> u32 {
     t ^ std::process::id().rotate_left(16)
 }
 
-/// Removes scratch directories whose owning process is gone.
-fn sweep_scratch(base: &Path) {
-    let Ok(rd) = std::fs::read_dir(base) else { return };
+/// Removes scratch directories whose owning process is gone; returns how many.
+pub fn sweep_scratch(base: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(base) else { return 0 };
+    let mut n = 0;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
-            if !crate::sys::pid_exists(pid) {
-                let _ = std::fs::remove_dir_all(e.path());
+            if !crate::sys::pid_exists(pid) && std::fs::remove_dir_all(e.path()).is_ok() {
+                n += 1;
             }
         }
     }
+    n
 }
 
 /// Serializes imports of one name across processes.
@@ -121,46 +164,113 @@ fn blobs(store: &Store) -> Result<BlobStore, ImportError> {
     BlobStore::open(&dir).map_err(|source| ImportError::Fetch { source_ref: dir.display().to_string(), source })
 }
 
+/// What a base directory records of the image it was built from (`info.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct BaseInfo {
+    has_init: bool,
+    content_bytes: u64,
+}
+
+fn blob_list(fetched: &ignite_oci::FetchedImage) -> Vec<String> {
+    let mut v = vec![fetched.manifest_digest.clone(), fetched.config_digest.clone()];
+    v.extend(fetched.layers.iter().map(|l| l.digest.clone()));
+    v
+}
+
 /// Imports an OCI image as an Image with an ext4 base disk.
-pub fn import_image(store: &Store, source: &ImageRef, opts: &ImportOptions) -> Result<Image, ImportError> {
+pub fn import_image(store: &Store, source: &ImageRef, opts: &ImportOptions) -> Result<Imported<Image>, ImportError> {
+    let res = import_image_locked(store, source, opts);
+    // What a failed or replacing import (or a killed one before it) left unreferenced.
+    if !matches!(res, Ok(Imported { outcome: Outcome::Reused, .. })) {
+        crate::gc::collect_if_idle(store);
+    }
+    res
+}
+
+fn import_image_locked(store: &Store, source: &ImageRef, opts: &ImportOptions) -> Result<Imported<Image>, ImportError> {
     let name = opts.name.clone().unwrap_or_else(|| source.normalized());
     let shown = source.to_string();
     let _guard = name_lock(store, "image", &name)?;
     if let Some(existing) = store.by_name::<Image>(&name)? {
-        if !opts.force {
-            return Ok(existing);
+        if opts.mode == ImportMode::Reuse {
+            return Ok(Imported { object: existing, outcome: Outcome::Reused });
         }
     }
+    let _gc = crate::gc::hold(store).map_err(io("cannot lock", store.root()))?;
+    ignite_proc::fault::point("import.fetch");
     let scratch = Scratch::new(store, "import")?;
     let blobs = blobs(store)?;
     let fetched = fetch(source, &blobs, &opts.fetch)
         .map_err(|source| ImportError::Fetch { source_ref: shown.clone(), source })?;
-    if let Some(existing) = store.by_name::<Image>(&name)? {
-        if existing.status.oci_source.id.as_deref() == Some(fetched.id().as_str()) {
-            return Ok(existing);
+    ignite_proc::fault::point("import.fetched");
+    let id = fetched.id();
+    let old = store.by_name::<Image>(&name)?;
+    if let Some(existing) = &old {
+        let have = existing.status.oci_source.id.clone().unwrap_or_default();
+        if have == id {
+            return Ok(Imported { object: existing.clone(), outcome: Outcome::Unchanged });
+        }
+        if opts.mode == ImportMode::Verify {
+            return Err(ImportError::Differs { what: "image", name, source_ref: shown, have, new: id });
         }
     }
-    let rootfs = scratch.0.join("rootfs");
-    std::fs::create_dir(&rootfs).map_err(io("cannot create", &rootfs))?;
-    apply_layers(&fetched, &blobs, &rootfs, &ApplyOptions::default())
-        .map_err(|source| ImportError::Fetch { source_ref: shown.clone(), source })?;
-    let has_init = resolves_to_file(&rootfs, "sbin/init");
-    let base = scratch.0.join(BASE_DISK);
-    let info = ignite_disk::build_ext4(&rootfs, &base, &ignite_disk::Ext4Options::default())
-        .map_err(|source| ImportError::Disk { source_ref: shown.clone(), source })?;
+    let base_dir = crate::gc::base_dir_for(store, &id);
+    let base = base_dir.join(BASE_DISK);
+    let info_path = base_dir.join(crate::gc::BASE_INFO);
+    let known = std::fs::read(&info_path).ok().and_then(|b| serde_json::from_slice::<BaseInfo>(&b).ok());
+    let info = match known.filter(|_| base.is_file()) {
+        // The same content under another name (or imported before): its base is shared.
+        Some(info) => info,
+        None => {
+            let rootfs = scratch.0.join("rootfs");
+            std::fs::create_dir(&rootfs).map_err(io("cannot create", &rootfs))?;
+            apply_layers(&fetched, &blobs, &rootfs, &ApplyOptions::default())
+                .map_err(|source| ImportError::Fetch { source_ref: shown.clone(), source })?;
+            ignite_proc::fault::point("import.applied");
+            let has_init = resolves_to_file(&rootfs, "sbin/init");
+            let built = scratch.0.join(BASE_DISK);
+            let ext4 = ignite_disk::build_ext4(&rootfs, &built, &ignite_disk::Ext4Options::default())
+                .map_err(|source| ImportError::Disk { source_ref: shown.clone(), source })?;
+            ignite_proc::fault::point("import.built");
+            let info = BaseInfo { has_init, content_bytes: ext4.content_bytes };
+            std::fs::create_dir_all(&base_dir).map_err(io("cannot create", &base_dir))?;
+            // The base first, then what describes it: a base without info.json is rebuilt.
+            std::fs::rename(&built, &base).map_err(io("cannot move into place", &base))?;
+            let json = serde_json::to_vec(&info).map_err(|e| io("cannot encode", &info_path)(e.into()))?;
+            ignite_store::write_atomic(&info_path, &json)?;
+            info
+        }
+    };
     let mut meta = ObjectMeta { name: name.clone(), ..Default::default() };
-    meta.annotations.insert(HAS_INIT_ANNOTATION.into(), has_init.to_string());
+    meta.annotations.insert(HAS_INIT_ANNOTATION.into(), info.has_init.to_string());
     let mut img = Image::new(meta, ignite_api::ImageSpec { oci: Some(source.clone()) });
-    img.status.oci_source =
-        OciSource { id: Some(fetched.id()), size: Some(Size::from_bytes(info.content_bytes.max(1))) };
+    img.status.oci_source = OciSource { id: Some(id), size: Some(Size::from_bytes(info.content_bytes.max(1))) };
+    let record = serde_json::to_vec(&blob_list(&fetched)).unwrap_or_default();
     let lock = store.lock()?;
+    ignite_proc::fault::point("import.replacing");
     if let Some(old) = store.by_name::<Image>(&name)? {
-        // --pull always found new content: the old object gives way (VMs keep their own
-        // overlays' backing files only while the old object exists, so refuse if in use).
+        // New content under the name: the old object gives way. Its base stays for as long as
+        // VMs made from it exist (the collector keeps what a VM's disk names).
+        if crate::gc::base_dir(store, &old) == store.dir::<Image>(&old.uid()) {
+            let users: Vec<String> = store
+                .list::<Vm>()?
+                .into_iter()
+                .filter(|v| {
+                    ignite_disk::backing_file(&store.dir::<Vm>(&v.uid()).join(crate::start::ROOT_DISK))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|b| b.starts_with(store.dir::<Image>(&old.uid())))
+                })
+                .map(|v| v.metadata.name)
+                .collect();
+            if !users.is_empty() {
+                return Err(ImportError::InUseLegacy { name, users: users.join(", ") });
+            }
+        }
         store.remove::<Image>(&lock, &old.uid())?;
     }
-    let img = store.create_with(&lock, img, |dir, _| std::fs::rename(&base, dir.join(BASE_DISK)))?;
-    Ok(img)
+    let img = store.create_with(&lock, img, |dir, _| std::fs::write(dir.join(crate::gc::BLOBS_FILE), &record))?;
+    Ok(Imported { object: img, outcome: Outcome::Imported })
 }
 
 /// Whether `rel` resolves (following symlinks inside `root` only) to a regular file.
@@ -204,7 +314,15 @@ pub fn resolves_to_file(root: &Path, rel: &str) -> bool {
 }
 
 /// Imports a kernel: from an OCI image holding `/boot/vmlinux`, or from a vmlinux file.
-pub fn import_kernel(store: &Store, source: &str, opts: &ImportOptions) -> Result<Kernel, ImportError> {
+pub fn import_kernel(store: &Store, source: &str, opts: &ImportOptions) -> Result<Imported<Kernel>, ImportError> {
+    let res = import_kernel_locked(store, source, opts);
+    if !matches!(res, Ok(Imported { outcome: Outcome::Reused, .. })) {
+        crate::gc::collect_if_idle(store);
+    }
+    res
+}
+
+fn import_kernel_locked(store: &Store, source: &str, opts: &ImportOptions) -> Result<Imported<Kernel>, ImportError> {
     let file = Path::new(source);
     let is_file = !source.contains("://")
         && !source.starts_with("oci:")
@@ -225,12 +343,14 @@ pub fn import_kernel(store: &Store, source: &str, opts: &ImportOptions) -> Resul
     let name = opts.name.clone().unwrap_or(default_name);
     let _guard = name_lock(store, "kernel", &name)?;
     if let Some(existing) = store.by_name::<Kernel>(&name)? {
-        if !opts.force {
-            return Ok(existing);
+        if opts.mode == ImportMode::Reuse {
+            return Ok(Imported { object: existing, outcome: Outcome::Reused });
         }
     }
+    let _gc = crate::gc::hold(store).map_err(io("cannot lock", store.root()))?;
     let scratch = Scratch::new(store, "kernel")?;
     let vmlinux = scratch.0.join(VMLINUX);
+    let mut record: Vec<String> = Vec::new();
     let id = match &oci {
         None => {
             std::fs::copy(file, &vmlinux).map_err(io("cannot copy", file))?;
@@ -240,6 +360,7 @@ pub fn import_kernel(store: &Store, source: &str, opts: &ImportOptions) -> Resul
             let blobs = blobs(store)?;
             let fetched = fetch(r, &blobs, &opts.fetch)
                 .map_err(|source| ImportError::Fetch { source_ref: r.to_string(), source })?;
+            record = blob_list(&fetched);
             let rootfs = scratch.0.join("rootfs");
             std::fs::create_dir(&rootfs).map_err(io("cannot create", &rootfs))?;
             apply_layers(&fetched, &blobs, &rootfs, &ApplyOptions::default())
@@ -250,17 +371,32 @@ pub fn import_kernel(store: &Store, source: &str, opts: &ImportOptions) -> Resul
             fetched.id()
         }
     };
+    if let Some(existing) = store.by_name::<Kernel>(&name)? {
+        let have = existing.status.oci_source.id.clone().unwrap_or_default();
+        if have == id {
+            return Ok(Imported { object: existing, outcome: Outcome::Unchanged });
+        }
+        if opts.mode == ImportMode::Verify {
+            return Err(ImportError::Differs { what: "kernel", name, source_ref: source.to_string(), have, new: id });
+        }
+    }
     let version = kernel_version(&vmlinux)?;
     let size = std::fs::metadata(&vmlinux).map_err(io("cannot stat", &vmlinux))?.len();
     let meta = ObjectMeta { name: name.clone(), ..Default::default() };
     let mut k = Kernel::new(meta, ignite_api::KernelSpec { oci });
     k.status.version = version;
     k.status.oci_source = OciSource { id: Some(id), size: Some(Size::from_bytes(size.max(1))) };
+    let record = serde_json::to_vec(&record).unwrap_or_default();
     let lock = store.lock()?;
     if let Some(old) = store.by_name::<Kernel>(&name)? {
+        // VMs name their kernel: they boot the new one at their next start.
         store.remove::<Kernel>(&lock, &old.uid())?;
     }
-    Ok(store.create_with(&lock, k, |dir, _| std::fs::rename(&vmlinux, dir.join(VMLINUX)))?)
+    let k = store.create_with(&lock, k, |dir, _| {
+        std::fs::rename(&vmlinux, dir.join(VMLINUX))?;
+        std::fs::write(dir.join(crate::gc::BLOBS_FILE), &record)
+    })?;
+    Ok(Imported { object: k, outcome: Outcome::Imported })
 }
 
 fn resolve_in_root(root: &Path, rel: &str) -> Option<PathBuf> {

@@ -9,7 +9,7 @@ pub mod config;
 pub mod console;
 pub mod create;
 pub mod doctor;
-pub mod fault;
+pub mod gc;
 pub mod gitops;
 pub mod import;
 pub mod lease;

@@ -280,6 +280,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
                 m.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), d.spec_hash.clone());
                 match create_vm(store, config, Some(m), ObjectMeta::default(), &VmSpec::default(), create) {
                     Ok(v) => {
+                        ignite_proc::fault::point("reconcile.created");
                         r.created.push(name.clone());
                         v
                     }
@@ -312,6 +313,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
                         r.errors.push(format!("{name}: {e}"));
                         continue;
                     }
+                    ignite_proc::fault::point("reconcile.stopped-for-update");
                 }
                 let labels = d.vm.metadata.labels.clone();
                 let hash = d.spec_hash.clone();

@@ -39,7 +39,12 @@ pub fn remove_vm(
     if cur.status.running && !force {
         return Err(RemoveError::Running { name: cur.metadata.name });
     }
+    ignite_proc::fault::point("rm.locked");
     crate::network::release(&store.dir::<Vm>(uid));
+    ignite_proc::fault::point("rm.network-released");
     store.remove::<Vm>(&lock, uid)?;
+    drop(lock);
+    // The VM may have been the last user of a base whose image is gone.
+    crate::gc::collect_if_idle(store);
     Ok(vm)
 }

@@ -56,6 +56,8 @@ pub enum StartError {
     KernelMissing { kernel: String },
     #[error("VM {name:?} has no root disk ({path}): it was created without an image; remove and re-create it")]
     DiskMissing { name: String, path: PathBuf },
+    #[error("the image base of VM {name:?} ({path}) is gone: the VM cannot start; remove it and create it again")]
+    BaseMissing { name: String, path: PathBuf },
     #[error("volume {volume:?} of VM {name:?}: {path} does not exist")]
     VolumeMissing { name: String, volume: String, path: PathBuf },
     #[error("VM {name:?} asks for {want} MiB of memory but this host has {have} MiB")]
@@ -132,6 +134,11 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     if !disk.is_file() {
         return Err(StartError::DiskMissing { name, path: disk });
     }
+    match ignite_disk::backing_file(&disk) {
+        Ok(Some(base)) if !base.is_file() => return Err(StartError::BaseMissing { name, path: base }),
+        Ok(_) => {}
+        Err(e) => return Err(prep(&name, "cannot read its root disk")(e)),
+    }
     let want = vm.spec.memory().mib();
     if let Some(have) = sys::host_memory_mib() {
         if want > have {
@@ -162,7 +169,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
             let plan = ignite_net::plan(&uid, &opts)
                 .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
             crate::network::save(&dir, &plan)?;
-            crate::fault::point("start.network-planned");
+            ignite_proc::fault::point("start.network-planned");
             let att = match ignite_net::attach_planned(plan, &opts) {
                 Ok(a) => a,
                 Err(e) => {
@@ -180,7 +187,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
                 crate::network::release(&dir);
                 return Err(e.into());
             }
-            crate::fault::point("start.network-attached");
+            ignite_proc::fault::point("start.network-attached");
             Some(att)
         }
         "none" => None,
@@ -284,7 +291,7 @@ fn boot_and_spawn(
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;
-    crate::fault::point("start.before-spawn");
+    ignite_proc::fault::point("start.before-spawn");
     spawn_supervisor(store.root(), dir, &uid, &name, leases)
 }
 
@@ -352,14 +359,15 @@ pub fn ensure_ssh_key(store: &Store, vm: &Vm) -> Result<Option<String>, std::io:
             let key = dir.join(format!("id_{}", vm.uid()));
             let pubkey = key.with_extension("pub");
             if !pubkey.is_file() {
-                let out = Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+                let mut cmd = Command::new("ssh-keygen");
+                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C"])
                     .arg(format!("ignite-{}", vm.uid()))
                     .arg("-f")
-                    .arg(&key)
-                    .stdin(Stdio::null())
-                    .output()
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("ssh-keygen (install openssh-client): {e}")))?;
+                    .arg(&key);
+                let out = ignite_proc::output(&mut cmd, None, ignite_proc::QUICK).map_err(|e| {
+                    let hint = if e.is_not_found() { " (install openssh-client)" } else { "" };
+                    std::io::Error::other(format!("ssh-keygen: {e}{hint}"))
+                })?;
                 if !out.status.success() {
                     return Err(std::io::Error::other(format!(
                         "ssh-keygen failed: {}",

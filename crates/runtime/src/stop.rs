@@ -29,6 +29,7 @@ pub fn stop(store: &Store, vm: Vm, grace: Duration) -> Result<Vm, StopError> {
     let vm = refresh(store, vm)?;
     let pid = running_pid(&vm)?;
     signal(&vm, pid, sys::terminate)?;
+    ignite_proc::fault::point("stop.signalled");
     if let Some(v) = wait_down(store, &vm, grace)? {
         return Ok(v);
     }

@@ -106,6 +106,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let mut child: Child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", backend.name()))?;
     eprintln!("ignite-spawn: timing vmm_spawn_unix_ns={spawn_ns}");
     let vmm_pid = child.id();
+    ignite_proc::fault::point("spawn.vmm-started");
     if boot.agent {
         if let Err(e) = crate::agent::start_mux(&dir, crate::agent::DEAD_AFTER) {
             eprintln!("ignite-spawn: the guest agent's socket: {e}");
@@ -222,6 +223,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         },
     };
     eprintln!("ignite-spawn: VM {vm_name} ({uid}) ended: {reason}");
+    ignite_proc::fault::point("spawn.vmm-ended");
     finish(&store, uid, my_pid, code, &reason, &dir);
     Ok(0)
 }

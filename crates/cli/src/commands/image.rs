@@ -11,12 +11,17 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
         None => ls(ctx, LsArgs { output: PsOutput::Table }),
         Some(ObjSub::Ls(a)) => ls(ctx, a),
         Some(ObjSub::Rm(a)) => rm(ctx, a),
+        Some(ObjSub::Prune) => super::objects::prune(ctx),
         Some(ObjSub::Import(a)) => {
             let r: ignite_api::ImageRef =
                 a.source.parse().map_err(|e: ignite_api::RefError| super::UsageError(e.to_string()))?;
             let config = ctx.config()?;
             let mut opts = import_options(&config, &a.insecure_registries, a.registry_config_dir.as_deref());
-            opts.force = a.force;
+            opts.mode = if a.force {
+                ignite_runtime::import::ImportMode::Replace
+            } else {
+                ignite_runtime::import::ImportMode::Verify
+            };
             if let Some(n) = &a.name {
                 let norm: ignite_api::ImageRef =
                     n.parse().map_err(|e: ignite_api::RefError| super::UsageError(format!("invalid --name: {e}")))?;
@@ -27,16 +32,22 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
             let pb = crate::output::spinner(format!("importing {r}"), ctx.global.quiet);
             let img = ignite_runtime::import::import_image(&store, &r, &opts);
             pb.finish_and_clear();
-            let img = img?;
+            let imported = img?;
+            let img = &imported.object;
             if ctx.global.quiet {
                 println!("{}", img.uid());
             } else {
-                eprintln!(
-                    "Imported image {:?} ({}) in {:.2}s",
-                    img.metadata.name,
-                    img.uid(),
-                    started.elapsed().as_secs_f64()
-                );
+                let secs = started.elapsed().as_secs_f64();
+                match imported.outcome {
+                    ignite_runtime::import::Outcome::Imported => {
+                        eprintln!("Imported image {:?} ({}) in {secs:.2}s", img.metadata.name, img.uid())
+                    }
+                    _ => eprintln!(
+                        "Image {:?} ({}) is up to date with the source (checked in {secs:.2}s)",
+                        img.metadata.name,
+                        img.uid()
+                    ),
+                }
             }
             Ok(())
         }

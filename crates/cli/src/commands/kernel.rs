@@ -11,11 +11,16 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
         None => ls(ctx, LsArgs { output: PsOutput::Table }),
         Some(ObjSub::Ls(a)) => ls(ctx, a),
         Some(ObjSub::Rm(a)) => rm(ctx, a),
+        Some(ObjSub::Prune) => super::objects::prune(ctx),
         Some(ObjSub::Import(a)) => {
             let config = ctx.config()?;
             let mut opts =
                 super::image::import_options(&config, &a.insecure_registries, a.registry_config_dir.as_deref());
-            opts.force = a.force;
+            opts.mode = if a.force {
+                ignite_runtime::import::ImportMode::Replace
+            } else {
+                ignite_runtime::import::ImportMode::Verify
+            };
             if let Some(n) = &a.name {
                 let norm: ignite_api::ImageRef =
                     n.parse().map_err(|e: ignite_api::RefError| super::UsageError(format!("invalid --name: {e}")))?;
@@ -25,11 +30,16 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
             let pb = crate::output::spinner(format!("importing kernel {}", a.source), ctx.global.quiet);
             let k = ignite_runtime::import::import_kernel(&store, &a.source, &opts);
             pb.finish_and_clear();
-            let k = k?;
+            let imported = k?;
+            let k = &imported.object;
             if ctx.global.quiet {
                 println!("{}", k.uid());
             } else {
-                eprintln!("Imported kernel {:?} ({}), Linux {}", k.metadata.name, k.uid(), k.status.version);
+                let how = match imported.outcome {
+                    ignite_runtime::import::Outcome::Imported => "Imported kernel",
+                    _ => "Up to date with the source: kernel",
+                };
+                eprintln!("{how} {:?} ({}), Linux {}", k.metadata.name, k.uid(), k.status.version);
             }
             Ok(())
         }

@@ -33,7 +33,9 @@ pub fn list<T: StoredObject + Serialize>(
     Ok(())
 }
 
-/// `rm`: refuses objects that VMs use (per `used_by`) unless `-f`.
+/// `rm`: refuses objects that VMs use (per `used_by`), naming them; with `-f` those VMs are
+/// removed first (running ones are stopped), as Weave Ignite does. What the object leaves
+/// unused (its base, its blobs) is collected afterwards.
 pub fn remove<T: StoredObject>(
     ctx: &Ctx,
     a: RmObjArgs,
@@ -41,21 +43,62 @@ pub fn remove<T: StoredObject>(
     used_by: impl Fn(&Vm, &T) -> bool,
 ) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    each(&a.objects, |q| {
+    let res = each(&a.objects, |q| {
         let obj = store.resolve::<T>(q)?;
         let name = obj.meta().name.clone();
-        let lock = store.lock()?;
-        let users: Vec<String> =
-            store.list::<Vm>()?.into_iter().filter(|v| used_by(v, &obj)).map(|v| v.metadata.name).collect();
-        if !users.is_empty() && !a.force {
-            anyhow::bail!("{what} {name:?} is used by VMs {}: remove them first or use -f", users.join(", "));
+        loop {
+            let lock = store.lock()?;
+            let users: Vec<Vm> = store.list::<Vm>()?.into_iter().filter(|v| used_by(v, &obj)).collect();
+            if users.is_empty() {
+                store.remove::<T>(&lock, &uid_of(&obj))?;
+                break;
+            }
+            let names: Vec<String> = users.iter().map(|v| v.metadata.name.clone()).collect();
+            if !a.force {
+                anyhow::bail!(
+                    "{what} {name:?} is used by VMs {}: remove them first, or use -f to remove them with it",
+                    names.join(", ")
+                );
+            }
+            drop(lock);
+            for v in users {
+                ignite_runtime::remove_vm(&store, &v.uid(), true, |v| {
+                    ignite_runtime::stop::kill(&store, v.clone()).map(|_| ()).map_err(|e| {
+                        ignite_runtime::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
+                    })
+                })?;
+                if !ctx.global.quiet {
+                    eprintln!(
+                        "Removed VM with name {:?} and ID {:?} (it used {what} {name:?})",
+                        v.metadata.name,
+                        v.uid()
+                    );
+                }
+            }
         }
-        store.remove::<T>(&lock, &uid_of(&obj))?;
         if ctx.global.quiet {
             println!("{}", uid_of(&obj));
         } else {
             eprintln!("Removed {what} with name {name:?} and ID {:?}", uid_of(&obj));
         }
         Ok(())
-    })
+    });
+    ignite_runtime::gc::collect_if_idle(&store);
+    res
+}
+
+/// `image prune` / `kernel prune`: collects what nothing uses, waiting for imports and
+/// creates in flight.
+pub fn prune(ctx: &Ctx) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let c = ignite_runtime::gc::collect(&store)?;
+    if !ctx.global.quiet {
+        let mut line = c.to_string();
+        line[..1].make_ascii_uppercase();
+        eprintln!("{line}");
+        if let Some(k) = &c.blobs_kept {
+            eprintln!("{k}");
+        }
+    }
+    Ok(())
 }

@@ -22,10 +22,16 @@ pub struct Fixtures {
     pub vmlinux: PathBuf,
 }
 
-/// Built once per test process.
-pub fn fixtures() -> &'static Fixtures {
-    static F: OnceLock<Fixtures> = OnceLock::new();
-    F.get_or_init(|| {
+/// The busybox test image (a few seconds), built once per test process.
+pub struct Images {
+    pub dir: PathBuf,
+    pub busybox_oci: PathBuf,
+    pub busybox_archive: PathBuf,
+}
+
+pub fn images() -> &'static Images {
+    static I: OnceLock<Images> = OnceLock::new();
+    I.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fixtures-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -34,11 +40,40 @@ pub fn fixtures() -> &'static Fixtures {
             .output()
             .expect("run images/busybox/build.sh");
         assert!(o.status.success(), "busybox image build failed: {}", String::from_utf8_lossy(&o.stderr));
+        Images { busybox_oci: dir.join("oci"), busybox_archive: dir.join("busybox.tar"), dir }
+    })
+}
+
+/// The busybox image and the real guest kernel (images/kernel/build.sh: minutes on a cache
+/// miss), for the tests that boot VMs.
+pub fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let i = images();
         let o = Command::new(repo().join("images/kernel/build.sh")).output().expect("run images/kernel/build.sh");
         assert!(o.status.success(), "kernel build failed: {}", String::from_utf8_lossy(&o.stderr));
         let vmlinux = PathBuf::from(String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").trim());
         assert!(vmlinux.is_file(), "kernel build printed no vmlinux path");
-        Fixtures { busybox_oci: dir.join("oci"), busybox_archive: dir.join("busybox.tar"), vmlinux, dir }
+        Fixtures {
+            dir: i.dir.clone(),
+            busybox_oci: i.busybox_oci.clone(),
+            busybox_archive: i.busybox_archive.clone(),
+            vmlinux,
+        }
+    })
+}
+
+/// A kernel file for the tests that never boot a VM (create, validation, lookups, output):
+/// `ignite kernel import` reads its version string; nothing ever runs it. These tests then
+/// need no kernel build.
+pub fn unbootable_kernel() -> &'static PathBuf {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        let p = images().dir.join("vmlinux-never-booted");
+        let mut bytes = vec![0u8; 4096];
+        bytes.extend_from_slice(b"Linux version 6.1.0-never-booted (ignite tests that create but never boot)\0");
+        std::fs::write(&p, bytes).unwrap();
+        p
     })
 }
 
@@ -97,10 +132,19 @@ pub fn debian_oci() -> &'static PathBuf {
 /// manifests find an image without a network). Every VM in it is removed when it is dropped,
 /// so a failing test leaves no VM running.
 pub fn prepared_root(parent: &Path) -> Root {
-    let f = fixtures();
+    root_with_kernel(parent, &fixtures().vmlinux)
+}
+
+/// Like [`prepared_root`], for tests that create VMs but never boot them: no kernel build.
+pub fn store_root(parent: &Path) -> Root {
+    root_with_kernel(parent, unbootable_kernel())
+}
+
+fn root_with_kernel(parent: &Path, vmlinux: &Path) -> Root {
+    let i = images();
     let root = parent.join("root");
-    ok(&root, &["kernel", "import", f.vmlinux.to_str().unwrap(), "--name", "localhost/ignite-kernel:6.1"]);
-    let oci = format!("oci:{}:latest", f.busybox_oci.display());
+    ok(&root, &["kernel", "import", vmlinux.to_str().unwrap(), "--name", "localhost/ignite-kernel:6.1"]);
+    let oci = format!("oci:{}:latest", i.busybox_oci.display());
     ok(&root, &["image", "import", &oci, "--name", "busybox"]);
     ok(&root, &["image", "import", &oci, "--name", "weaveworks/ignite-ubuntu"]);
     Root(root)

@@ -3,6 +3,7 @@
 //!
 //! `IGNITE_FAULT=<point>[,<point>...]` makes the process SIGKILL itself when it reaches one of
 //! those points — the same as a `kill -9` from outside at exactly that step, replayable.
+//! `IGNITE_FAULT_SIGNAL=TERM` sends SIGTERM instead (what `kill` and systemd send first).
 //! `IGNITE_FAULT_TRACE=<file>` appends the name of every point reached (the drill learns the
 //! points of an operation this way). Without these variables a point costs one environment
 //! lookup.
@@ -19,8 +20,15 @@ pub fn point(name: &str) {
     let Some(want) = std::env::var_os("IGNITE_FAULT") else { return };
     if want.to_string_lossy().split(',').any(|p| p.trim() == name) {
         let _ = std::io::stderr().write_all(format!("ignite: fault injection: killed at {name}\n").as_bytes());
+        let sig = match std::env::var("IGNITE_FAULT_SIGNAL").as_deref() {
+            Ok("TERM") => rustix::process::Signal::TERM,
+            _ => rustix::process::Signal::KILL,
+        };
+        let _ = rustix::process::kill_process(rustix::process::getpid(), sig);
+        // A process that handles SIGTERM is stopped here all the same: SIGTERM, then death
+        // before the next step (as a service manager's stop would end it).
+        std::thread::sleep(std::time::Duration::from_millis(200));
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // SIGKILL is not deliverable late; this is never reached.
         std::process::abort();
     }
 }
