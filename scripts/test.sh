@@ -1,17 +1,59 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then runs every test of the workspace,
-# including the ones that boot real VMs (TCG where KVM cannot run a guest).
+# The test command: installs what the tests need, then runs every test of the workspace in two
+# tiers, then a short fault-injection drill.
+#
+#   scripts/test.sh        everything (what CI runs)
+#   scripts/test.sh fast   tier 1 only: fmt, clippy, and the tests that need no guest kernel
+#                          (unit tests, store, validation, CLI errors, disk and CNI pieces)
+#
+# Tier 2 boots real VMs (TCG where KVM cannot run a guest): the guest kernel and the Debian
+# image are built once and then taken from their caches by content hash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier=${1:-all}
 ./scripts/setup-host.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-# The guest kernel: built once (a few minutes), then taken from the cache by content hash.
+
+# Every integration test target belongs to exactly one tier: a new file that is in neither
+# list fails here instead of silently never running.
+TIER1=(cli:cli disk:ext4 disk:initramfs disk:overlay net:concurrent runtime:agent_mux)
+TIER2=(disk:boot cli:e2e cli:agent cli:net cli:ignited cli:faults)
+listed=" ${TIER1[*]} ${TIER2[*]} "
+for f in crates/*/tests/*.rs; do
+  crate=$(basename "$(dirname "$(dirname "$f")")")
+  t="$crate:$(basename "$f" .rs)"
+  if [[ $listed != *" $t "* ]]; then
+    echo "test.sh: $f is in no tier: add $t to TIER1 or TIER2" >&2
+    exit 1
+  fi
+done
+targets() {
+  for t in "$@"; do printf -- '-p ignite-%s --test %s ' "${t%%:*}" "${t##*:}"; done
+}
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# Tier 1: no guest kernel, no VM.
+status=0
+cargo test --workspace --locked --no-fail-fast --lib --bins || status=1
+for t in "${TIER1[@]}"; do
+  # shellcheck disable=SC2046
+  cargo test --locked --no-fail-fast $(targets "$t") || status=1
+done
+[ "$tier" = fast ] && exit $status
+
+# Tier 2: real VMs. The guest kernel: built once (a few minutes), then from the cache.
 images/kernel/build.sh >/dev/null
 # The Debian systemd test image (debootstrap, about 2 minutes once), cached the same way.
 images/debian/build.sh >/dev/null
 # The static guest agent the VM tests inject (a target directory of its own).
 IGNITE_AGENT="$(scripts/build-agent.sh)"
 export IGNITE_AGENT
-cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked --no-fail-fast
+for t in "${TIER2[@]}"; do
+  # shellcheck disable=SC2046
+  cargo test --locked --no-fail-fast $(targets "$t") || status=1
+done
+# The fault-injection drill, short: 50 kill points with a fresh seed (printed for replay).
+cargo build --locked -p ignite-cli
+scripts/drill.py --points "${IGNITE_DRILL_POINTS:-50}" || status=1
+exit $status
