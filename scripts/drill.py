@@ -293,9 +293,18 @@ class Drill:
         self.ensure_running(name)
         return what, killed
 
+    def point_kill_supervisor(self):
+        return self.point_supervisor(vmm=False)
+
+    def point_kill_vmm(self):
+        return self.point_supervisor(vmm=True)
+
     def point_import(self):
-        name = "bb2"
+        name = "localhost/bb2:latest"
         args = ["image", "import", self.archive, "--name", name, "--force"]
+        # From nothing, so that every step of an import runs (fetch, apply, mke2fs, replace).
+        self.run("rmi", "-f", name)
+        self.run("image", "prune", check=True)
         if self.rng.random() < 0.6:
             fault = self.rng.choice(IMPORT_POINTS)
             p = self.run(*args, fault=fault)
@@ -447,8 +456,8 @@ class Drill:
             (self.point_create, 2),
             (self.point_stop, 2),
             (self.point_rm, 2),
-            (lambda: self.point_supervisor(False), 2),
-            (lambda: self.point_supervisor(True), 2),
+            (self.point_kill_supervisor, 2),
+            (self.point_kill_vmm, 2),
             (self.point_import, 2),
             (self.point_reconcile, 2),
         ]
@@ -458,14 +467,15 @@ class Drill:
         violations = 0
         for i in range(1, n + 1):
             op = self.rng.choices([o for o, _ in ops], weights)[0]
+            name = op.__name__.removeprefix("point_")
             t = time.monotonic()
             try:
                 what, killed = op()
                 problems = self.check()
             except Violation as e:
-                what, killed, problems = "(recovery)", False, [str(e)]
+                what, killed, problems = f"{name}: recovery failed", False, [str(e)]
             except subprocess.TimeoutExpired as e:
-                what, killed, problems = "(recovery)", False, [f"timed out: {e}"]
+                what, killed, problems = f"{name}: recovery failed", False, [f"timed out: {e}"]
             self.points += 1
             state = "killed" if killed else "finished before the kill"
             log(f"[{i:3}/{n}] {what} ({state}); recovered and checked in {time.monotonic() - t:.1f} s")

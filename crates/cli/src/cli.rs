@@ -46,7 +46,7 @@ pub enum Command {
     /// Create a new VM without starting it
     Create(CreateArgs),
     /// Check this host: packages, kernel, KVM, disk space — each problem with its fix
-    Doctor,
+    Doctor(DoctorArgs),
     /// Execute a command in a running VM
     Exec(ExecArgs),
     /// Manage base images
@@ -395,6 +395,14 @@ pub struct ImportArgs {
     /// the old content keep it); without it, other content under the name is refused
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also release what killed processes left behind: networks of VMs that are not running,
+    /// sockets of dead supervisors, scratch and blobs of killed imports
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod context;
+mod errors;
 mod output;
 mod remote;
 mod template;
@@ -31,43 +32,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit codes: 1 = the operation failed; 2 = bad input (usage, manifest, flags; clap also
-/// uses 2); 3 = the named object does not exist.
+/// Exit codes (see `errors`): 1 = the operation failed; 2 = bad input (usage, manifest,
+/// flags; clap also uses 2); 3 = the named object does not exist. An error that ignited
+/// reported carries the exit code it classified.
 fn exit_code(e: &anyhow::Error) -> u8 {
-    use ignite_store::StoreError;
     for cause in e.chain() {
-        if let Some(se) = cause.downcast_ref::<StoreError>() {
-            return match se {
-                StoreError::NotFound { .. } => 3,
-                StoreError::Ambiguous { .. } | StoreError::NameTaken { .. } | StoreError::UidTaken { .. } => 2,
-                _ => 1,
-            };
-        }
         if let Some(r) = cause.downcast_ref::<remote::RemoteError>() {
-            return match r.status {
+            return r.exit_code.unwrap_or(match r.status {
                 404 => 3,
-                400 | 409 => 2,
+                400 => 2,
                 _ => 1,
-            };
+            });
         }
-        if cause.downcast_ref::<commands::UsageError>().is_some()
-            || cause.downcast_ref::<ignite_api::DecodeError>().is_some()
-            || cause.downcast_ref::<ignite_api::ValidationErrors>().is_some()
-            || cause.downcast_ref::<ignite_runtime::ConfigError>().is_some()
-        {
+        if cause.downcast_ref::<commands::UsageError>().is_some() {
             return 2;
         }
-        if let Some(ce) = cause.downcast_ref::<ignite_runtime::CreateError>() {
-            use ignite_runtime::CreateError as C;
-            return match ce {
-                C::Store(StoreError::Io { .. }) | C::Import(_) => 1,
-                C::Disk { source: ignite_disk::DiskError::TooSmall { .. }, .. } => 2,
-                C::Disk { .. } => 1,
-                _ => 2,
-            };
-        }
     }
-    1
+    errors::classify(e).exit_code()
 }
 
 fn init_logging(g: &cli::Global) {

@@ -23,6 +23,8 @@ pub const DEFAULT_SOCKET: &str = "/run/ignite/ignited.sock";
 #[error("{message} (ignited, HTTP {status})")]
 pub struct RemoteError {
     pub status: u16,
+    /// The exit code ignited classified the error as (see `errors`).
+    pub exit_code: Option<u8>,
     pub message: String,
 }
 
@@ -62,11 +64,13 @@ impl Daemon {
         if (200..300).contains(&status) {
             return Ok(body);
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
+        let v = serde_json::from_slice::<serde_json::Value>(&body).ok();
+        let message = v
+            .as_ref()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        Err(RemoteError { status, message }.into())
+        let exit_code = v.as_ref().and_then(|v| v.get("exitCode")).and_then(|c| c.as_u64()).map(|c| c.min(255) as u8);
+        Err(RemoteError { status, message, exit_code }.into())
     }
 
     pub fn info(&self) -> anyhow::Result<Info> {

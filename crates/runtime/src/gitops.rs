@@ -78,6 +78,17 @@ impl Source {
         self.checkout.join(&self.path)
     }
 
+    /// The manifests of the checkout. Git keeps no empty directories: a manifest directory
+    /// missing from a checkout that is there means the commit holds no manifest (its last
+    /// one was deleted), not that something cannot be read.
+    pub fn read_manifests(&self) -> crate::reconcile::Manifests {
+        let dir = self.manifest_dir();
+        if !dir.exists() && self.checkout.join(".git").is_dir() {
+            return crate::reconcile::Manifests { complete: true, ..Default::default() };
+        }
+        crate::reconcile::read_manifest_dir(&dir)
+    }
+
     /// Clones on first use, then fetches and resets to the remote branch.
     pub fn sync(&self) -> Result<String, GitError> {
         if !self.checkout.join(".git").is_dir() {
@@ -106,7 +117,7 @@ impl Source {
     /// With `host` set (several hosts follow the repository), only the VMs pinned to this host
     /// are written: a VM every host runs has no single status to record.
     pub fn write_back(&self, store: &Store, host: Option<&str>) -> Result<(bool, u32), GitError> {
-        let desired = crate::reconcile::read_manifest_dir(&self.manifest_dir()).desired;
+        let desired = self.read_manifests().desired;
         let desired: Vec<_> = match host {
             None => desired,
             Some(h) => desired

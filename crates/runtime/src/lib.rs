@@ -16,6 +16,7 @@ pub mod lease;
 pub mod network;
 pub mod provision;
 pub mod reconcile;
+pub mod recover;
 pub mod remove;
 pub mod ssh;
 pub mod start;

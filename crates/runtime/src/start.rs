@@ -21,6 +21,8 @@ use crate::sys;
 
 /// Root disk of a VM (qcow2 overlay over its image's base).
 pub const ROOT_DISK: &str = "disk.qcow2";
+/// Held by a start of the VM, from its first check until the supervisor runs.
+pub const START_LOCK: &str = "start.lock";
 /// Per-VM initramfs.
 pub const INITRD: &str = "initrd.cpio";
 /// The kernel file inside a kernel object's directory.
@@ -106,7 +108,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     let name = vm.metadata.name.clone();
     let dir = store.dir::<Vm>(&uid);
     // One start at a time per VM; the second finds it running.
-    let lock_path = dir.join("start.lock");
+    let lock_path = dir.join(START_LOCK);
     let lock = File::options()
         .create(true)
         .truncate(false)

@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 
 #[path = "../daemon/api.rs"]
 mod api;
+#[path = "../errors.rs"]
+mod errors;
 use ignite_runtime::reconcile::{read_manifest_dir, reconcile};
 use ignite_runtime::{load_configuration, CreateOptions};
 use ignite_store::Store;
@@ -177,7 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let fp = fingerprint(&manifest_dir);
                 if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
-                    pass(&store, &config, &manifest_dir, None, &metrics);
+                    pass(&store, &config, read_manifest_dir(&manifest_dir), &metrics);
                     last_fp = Some(fp);
                     last_pass = Instant::now();
                     if once {
@@ -208,7 +210,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 if last_good {
-                    pass(&store, &config, &source.manifest_dir(), host.as_deref(), &metrics);
+                    let manifests = ignite_runtime::reconcile::for_host(source.read_manifests(), host.as_deref());
+                    pass(&store, &config, manifests, &metrics);
                     if !read_only {
                         match source.write_back(&store, host.as_deref()) {
                             Ok((pushed, retries)) => {
@@ -237,16 +240,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One reconcile pass over a manifest directory, logged.
+/// One reconcile pass over what the manifests ask for, logged.
 fn pass(
     store: &Store,
     config: &ignite_runtime::LoadedConfig,
-    dir: &std::path::Path,
-    host: Option<&str>,
+    manifests: ignite_runtime::reconcile::Manifests,
     metrics: &api::Metrics,
 ) {
     let started = Instant::now();
-    let manifests = ignite_runtime::reconcile::for_host(read_manifest_dir(dir), host);
+    // What killed processes (a previous daemon included) left behind, first.
+    match ignite_runtime::recover::recover_all(store) {
+        Ok(r) => {
+            for n in &r.networks {
+                tracing::info!("VM {n}: released the network a killed start left");
+            }
+        }
+        Err(e) => tracing::warn!("recovery: {e}"),
+    }
     let mut report = reconcile(store, config, &manifests, &CreateOptions::default());
     // Problems with the manifests themselves first, then those of applying them.
     let mut errors = manifests.errors.clone();

@@ -5,8 +5,17 @@ use ignite_runtime::doctor::{run_checks, Level};
 use crate::context::Ctx;
 use crate::output::table;
 
-pub fn run(ctx: &Ctx) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, a: crate::cli::DoctorArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
+    if a.fix {
+        let r = ignite_runtime::recover::recover_all(&store)?;
+        for n in &r.networks {
+            eprintln!("Released the network a killed start left for VM {n:?}");
+        }
+        if let Some(c) = &r.collected {
+            eprintln!("Collector: {c}");
+        }
+    }
     let config = ctx.config()?;
     let checks = run_checks(&store, &config);
     let rows: Vec<Vec<String>> = checks

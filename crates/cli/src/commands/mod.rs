@@ -39,7 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completion(a) => completion::run(a),
         Command::Cp(a) => cp::run(&ctx, a),
         Command::Create(a) => create::run(&ctx, a),
-        Command::Doctor => doctor::run(&ctx),
+        Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Exec(a) => exec::run(&ctx, a),
         Command::Image(c) => image::run(&ctx, c.command),
         Command::Images(a) => image::ls(&ctx, a),

@@ -133,27 +133,6 @@ fn json_error(conn: &UnixStream, status: u16, e: impl std::fmt::Display) -> std:
     respond(conn, status, "application/json", serde_json::json!({ "error": e.to_string() }).to_string().as_bytes())
 }
 
-fn status_for(e: &anyhow::Error) -> u16 {
-    for c in e.chain() {
-        if let Some(se) = c.downcast_ref::<ignite_store::StoreError>() {
-            return match se {
-                ignite_store::StoreError::NotFound { .. } => 404,
-                ignite_store::StoreError::NameTaken { .. } | ignite_store::StoreError::Ambiguous { .. } => 409,
-                _ => 500,
-            };
-        }
-        if let Some(ignite_runtime::RemoveError::Running { .. }) = c.downcast_ref::<ignite_runtime::RemoveError>() {
-            return 409;
-        }
-        if c.downcast_ref::<ignite_api::DecodeError>().is_some()
-            || c.downcast_ref::<ignite_runtime::CreateError>().is_some()
-        {
-            return 400;
-        }
-    }
-    500
-}
-
 fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metrics) -> std::io::Result<()> {
     let Some(req) = read_request(&conn)? else { return Ok(()) };
     if req.method == "TOO_LARGE" {
@@ -244,7 +223,9 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
         Ok((s, ct, body)) => respond(&conn, s, &ct, &body),
         Err(e) => {
             let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-            json_error(&conn, status_for(&e), msg)
+            let class = crate::errors::classify(&e);
+            let body = serde_json::json!({ "error": msg, "exitCode": class.exit_code() });
+            respond(&conn, class.http_status(), "application/json", body.to_string().as_bytes())
         }
     }
 }

@@ -1,0 +1,87 @@
+//! One classification of errors, from which both the `ignite` exit code and ignited's HTTP
+//! status follow, so that a verb fails the same way locally and through the daemon.
+//!
+//! | class | exit code | HTTP |
+//! | --- | --- | --- |
+//! | bad input (flags, manifests, validation, an ambiguous name) | 2 | 400 |
+//! | a name or ID already taken | 2 | 409 |
+//! | no such object | 3 | 404 |
+//! | the object's state forbids it (running, not running) | 1 | 409 |
+//! | the operation failed | 1 | 500 |
+
+use ignite_store::StoreError;
+
+/// What kind of failure an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    BadInput,
+    Taken,
+    NotFound,
+    State,
+    Failed,
+}
+
+impl Class {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Class::BadInput | Class::Taken => 2,
+            Class::NotFound => 3,
+            Class::State | Class::Failed => 1,
+        }
+    }
+
+    #[allow(dead_code)] // ignited's API only; this file is in both binaries
+    pub fn http_status(self) -> u16 {
+        match self {
+            Class::BadInput => 400,
+            Class::Taken | Class::State => 409,
+            Class::NotFound => 404,
+            Class::Failed => 500,
+        }
+    }
+}
+
+/// Classifies an error by the first cause that says what it is.
+pub fn classify(e: &anyhow::Error) -> Class {
+    for cause in e.chain() {
+        if let Some(se) = cause.downcast_ref::<StoreError>() {
+            return match se {
+                StoreError::NotFound { .. } => Class::NotFound,
+                StoreError::Ambiguous { .. } => Class::BadInput,
+                StoreError::NameTaken { .. } | StoreError::UidTaken { .. } => Class::Taken,
+                _ => Class::Failed,
+            };
+        }
+        if cause.downcast_ref::<ignite_api::DecodeError>().is_some()
+            || cause.downcast_ref::<ignite_api::ValidationErrors>().is_some()
+            || cause.downcast_ref::<ignite_runtime::ConfigError>().is_some()
+        {
+            return Class::BadInput;
+        }
+        if let Some(ce) = cause.downcast_ref::<ignite_runtime::CreateError>() {
+            use ignite_runtime::CreateError as C;
+            return match ce {
+                C::Store(StoreError::NameTaken { .. } | StoreError::UidTaken { .. }) => Class::Taken,
+                C::Store(StoreError::NotFound { .. }) => Class::NotFound,
+                C::Store(_) | C::Import(_) => Class::Failed,
+                C::Disk { source: ignite_disk::DiskError::TooSmall { .. }, .. } => Class::BadInput,
+                C::Disk { .. } => Class::Failed,
+                _ => Class::BadInput,
+            };
+        }
+        if let Some(ignite_runtime::RemoveError::Running { .. }) = cause.downcast_ref::<ignite_runtime::RemoveError>() {
+            return Class::State;
+        }
+        if let Some(ignite_runtime::start::StartError::AlreadyRunning { .. }) =
+            cause.downcast_ref::<ignite_runtime::start::StartError>()
+        {
+            return Class::State;
+        }
+        if let Some(ignite_runtime::stop::StopError::NotRunning { .. }) =
+            cause.downcast_ref::<ignite_runtime::stop::StopError>()
+        {
+            return Class::State;
+        }
+    }
+    Class::Failed
+}

@@ -1,0 +1,45 @@
+//! Recovery of what killed processes left behind, for the VMs no process is acting on: the
+//! network a killed `start` allocated (its record in `vm/<uid>/network.json`), the sockets
+//! of a supervisor that died, and (through the collector) scratch, temporary files and blobs
+//! of killed imports. `ignited` runs it before every pass; `ignite doctor --fix` on demand.
+//! The next `start` or `rm` of a VM does the same for that VM, so nothing waits for this.
+
+use ignite_api::Vm;
+use ignite_store::{Store, StoreError};
+
+/// What a recovery released.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// VMs whose leftover network was released.
+    pub networks: Vec<String>,
+    pub collected: Option<crate::gc::Collected>,
+}
+
+/// Releases the leftovers of every VM that is not running and that no start is acting on.
+pub fn recover_all(store: &Store) -> Result<Recovered, StoreError> {
+    let mut r = Recovered::default();
+    for vm in store.list::<Vm>()? {
+        // A dead supervisor is recorded (and its network released) by the refresh.
+        let vm = crate::status::refresh(store, vm)?;
+        if vm.status.running {
+            continue;
+        }
+        let dir = store.dir::<Vm>(&vm.uid());
+        if !dir.join(crate::network::NETWORK_FILE).exists() {
+            continue;
+        }
+        // A start in progress holds the VM's start lock: leave its VM alone.
+        let Ok(lock) =
+            std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(crate::start::START_LOCK))
+        else {
+            continue;
+        };
+        if lock.try_lock().is_err() || crate::lease::supervisor_held(&dir) {
+            continue;
+        }
+        crate::network::release(&dir);
+        r.networks.push(vm.metadata.name.clone());
+    }
+    r.collected = crate::gc::collect_if_idle(store);
+    Ok(r)
+}
