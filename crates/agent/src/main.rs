@@ -294,6 +294,19 @@ fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
+/// root's home directory, from /etc/passwd (`/root` when it says nothing usable).
+fn root_home() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 6 && f[2] == "0" && f[5].starts_with('/')).then(|| f[5].to_string())
+            })
+        })
+        .unwrap_or_else(|| "/root".into())
+}
+
 fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
     let Some(program) = r.argv.first() else {
         agent.send(&Frame::exit(chan, &Exit::failed("no command given")));
@@ -301,14 +314,18 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
     };
     let mut cmd = Command::new(program);
     cmd.args(&r.argv[1..]);
-    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", "/root").env("USER", "root");
+    let home = root_home();
+    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", &home).env("USER", "root");
     if r.tty {
         cmd.env("TERM", "xterm");
     }
     for (k, v) in &r.env {
         cmd.env(k, v);
     }
-    cmd.current_dir(r.cwd.as_deref().unwrap_or("/"));
+    // As over SSH: in the user's home unless told otherwise.
+    let cwd =
+        r.cwd.clone().unwrap_or_else(|| if std::path::Path::new(&home).is_dir() { home.clone() } else { "/".into() });
+    cmd.current_dir(cwd);
     // The agent may have been started with SIGINT and SIGQUIT ignored (an asynchronous
     // command of the init shim); a command must start with every signal at its default and
     // none blocked, as under a container runtime.

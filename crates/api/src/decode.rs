@@ -175,7 +175,9 @@ fn decode_value(doc: usize, mut v: Value) -> Result<Object, DecodeError> {
         o.insert("apiVersion".into(), Value::String(API_VERSION.into()));
     }
     match (version, kind.as_str()) {
-        (Version::V2, "VM") => convert_v1alpha2_vm(&mut v).map_err(|m| field_err("status.ipAddresses".into(), m))?,
+        (Version::V2, "VM") => {
+            convert_v1alpha2_vm(&mut v).map_err(|(path, m)| field_err(path.into(), m))?;
+        }
         (Version::V2, "Configuration") => {
             return Err(DecodeError::UnknownKind { doc, api_version, kind });
         }
@@ -186,6 +188,9 @@ fn decode_value(doc: usize, mut v: Value) -> Result<Object, DecodeError> {
             ));
         }
         _ => {}
+    }
+    if let Some(status) = v.get_mut("status") {
+        drop_nulls(status);
     }
     let typed = |v: Value| -> Result<Object, DecodeError> {
         match kind.as_str() {
@@ -203,7 +208,36 @@ fn decode_value(doc: usize, mut v: Value) -> Result<Object, DecodeError> {
             }
         })
     };
-    typed(v)
+    match typed(v.clone()) {
+        // A status is what some host observed (Ignite wrote `image: {id: null, size: 0B}` and
+        // the like); it is never a request, so a status this version cannot read is set aside
+        // (keeping `running`, which ignited reads as the request) rather than refusing the
+        // manifest.
+        Err(DecodeError::Field { path, .. }) if path == "status" || path.starts_with("status.") => {
+            let running = v.get("status").and_then(|s| s.get("running")).cloned();
+            if let Some(o) = v.as_object_mut() {
+                let mut st = serde_json::Map::new();
+                if let Some(r) = running.filter(Value::is_boolean) {
+                    st.insert("running".into(), r);
+                }
+                o.insert("status".into(), Value::Object(st));
+            }
+            typed(v)
+        }
+        r => r,
+    }
+}
+
+/// Removes null values from objects (Go's `null` for unset pointers and slices).
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.retain(|_, x| !x.is_null());
+            o.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 fn strict<T: DeserializeOwned>(v: Value) -> Result<T, (String, String)> {
@@ -214,12 +248,34 @@ fn strict<T: DeserializeOwned>(v: Value) -> Result<T, (String, String)> {
     })
 }
 
-fn convert_v1alpha2_vm(v: &mut Value) -> Result<(), String> {
+/// The annotation that selects a VM's network plugin (as `--network-plugin`).
+const NETWORK_PLUGIN_ANNOTATION: &str = "ignite.weave.works/network-plugin";
+
+fn convert_v1alpha2_vm(v: &mut Value) -> Result<(), (&'static str, String)> {
+    // Early v1alpha2 (and v1alpha1) manifests chose the network per VM: `spec.network.mode`.
+    let mode = v
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("network"))
+        .and_then(Value::as_object_mut)
+        .and_then(|n| n.remove("mode"));
+    if let Some(mode) = mode.filter(|m| !m.is_null()) {
+        let plugin = match mode.as_str() {
+            Some("cni" | "docker-bridge") => "cni",
+            _ => return Err(("spec.network.mode", format!("unknown network mode {mode}: use cni or docker-bridge"))),
+        };
+        let meta = v.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Default::default())));
+        if let Some(Value::Object(m)) = meta {
+            let ann = m.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(a) = ann {
+                a.entry(NETWORK_PLUGIN_ANNOTATION).or_insert_with(|| Value::String(plugin.into()));
+            }
+        }
+    }
     let Some(status) = v.get_mut("status").and_then(Value::as_object_mut) else {
         return Ok(());
     };
     if status.contains_key("network") {
-        return Err("v1alpha2 has no status.network; use status.ipAddresses".into());
+        return Err(("status.ipAddresses", "v1alpha2 has no status.network; use status.ipAddresses".into()));
     }
     if let Some(ips) = status.remove("ipAddresses") {
         let mut net = serde_json::Map::new();
@@ -271,6 +327,67 @@ spec:
         let j = serde_json::to_string(&y).unwrap();
         let y2 = vm(decode_object(j.as_bytes()).unwrap());
         assert_eq!(y, y2);
+    }
+
+    #[test]
+    fn manifests_written_by_ignite_with_status_blocks_are_read() {
+        // As `ignite inspect vm -o yaml` of Weave Ignite v0.10 printed a VM that never ran.
+        let doc = "apiVersion: ignite.weave.works/v1alpha4
+kind: VM
+metadata:
+  created: \"2021-09-01T12:00:00Z\"
+  name: my-vm
+  uid: 599615df99804ae8
+spec:
+  cpus: 1
+  diskSize: 4GB
+  image:
+    oci: weaveworks/ignite-ubuntu:latest
+  kernel:
+    cmdLine: console=ttyS0 reboot=k panic=1 pci=off ip=dhcp
+    oci: weaveworks/ignite-kernel:5.10.51
+  memory: 512MB
+  network: {}
+  sandbox:
+    oci: weaveworks/ignite:dev
+  storage: {}
+status:
+  idPrefix: ignite
+  image:
+    id: null
+    size: 0B
+  kernel:
+    id: null
+    size: 0B
+  network:
+    ipAddresses: null
+    plugin: cni
+  running: true
+  runtime: null
+  startTime: null
+";
+        let Object::Vm(vm) = decode_object(doc.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(vm.metadata.name, "my-vm");
+        assert!(vm.status.running, "status.running is kept: ignited reads it as the request");
+    }
+
+    #[test]
+    fn v1alpha2_network_mode_selects_the_plugin() {
+        let doc = "apiVersion: ignite.weave.works/v1alpha2
+kind: VM
+metadata: {name: old}
+spec:
+  image: {oci: busybox}
+  network:
+    mode: cni
+    ports: [{hostPort: 8080, vmPort: 80}]
+";
+        let Object::Vm(vm) = decode_object(doc.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(vm.metadata.annotations.get("ignite.weave.works/network-plugin").map(String::as_str), Some("cni"));
+        assert_eq!(vm.spec.network.ports.len(), 1);
+        let bad = doc.replace("mode: cni", "mode: warp");
+        let e = decode_object(bad.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("spec.network.mode") && e.contains("unknown network mode"), "{e}");
     }
 
     #[test]

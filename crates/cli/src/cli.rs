@@ -33,6 +33,18 @@ pub struct Global {
     #[arg(long, global = true, env = "IGNITE_DAEMON_SOCKET", num_args = 0..=1, require_equals = true,
           default_missing_value = crate::remote::DEFAULT_SOCKET)]
     pub daemon: Option<PathBuf>,
+    /// Network plugin to use: cni (Ignite's docker-bridge is taken as cni) or none; for create,
+    /// run and start, before or after the verb
+    #[arg(long, global = true)]
+    pub network_plugin: Option<String>,
+    /// Container runtime (Ignite's containerd or docker): accepted, and ignored — ignite needs
+    /// no container runtime
+    #[arg(long, global = true)]
+    pub runtime: Option<String>,
+    /// Prefix string for system identifiers: the VMM's process name, the VM's network
+    /// namespace, its status (default from the configuration: ignite)
+    #[arg(long, global = true)]
+    pub id_prefix: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,16 +61,14 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Execute a command in a running VM
     Exec(ExecArgs),
-    /// Manage base images
+    /// Manage base images (`ignite images` lists them)
+    #[command(visible_alias = "images")]
     Image(ImageCmd),
-    /// List imported images (alias of `image ls`)
-    Images(LsArgs),
     /// Inspect an ignite object (vm, image or kernel)
     Inspect(InspectArgs),
-    /// Manage VM kernels
+    /// Manage VM kernels (`ignite kernels` lists them)
+    #[command(visible_alias = "kernels")]
     Kernel(KernelCmd),
-    /// List imported kernels (alias of `kernel ls`)
-    Kernels(LsArgs),
     /// Kill running VMs
     Kill(VmsArg),
     /// Get the serial console log of a VM
@@ -84,6 +94,7 @@ pub enum Command {
     /// Print the version of ignite
     Version(VersionArgs),
     /// Manage VMs (the VM verbs, grouped)
+    #[command(visible_alias = "vms")]
     Vm(VmCmd),
 }
 
@@ -148,9 +159,6 @@ pub struct CreateArgs {
     /// Specify the name
     #[arg(short = 'n', long)]
     pub name: Option<String>,
-    /// Network plugin to use: cni or none
-    #[arg(long)]
-    pub network_plugin: Option<String>,
     /// A fixed IPv4 address for the VM (from the CNI network's subnet)
     #[arg(long)]
     pub ip: Option<std::net::Ipv4Addr>,
@@ -175,15 +183,9 @@ pub struct CreateArgs {
     /// Install and start the guest agent (exec and cp without sshd); --agent=false opts out
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub agent: Option<bool>,
-    /// Prefix string for system identifiers
-    #[arg(long)]
-    pub id_prefix: Option<String>,
     /// Ignite's sandbox image (accepted for compatibility; ignite runs no sandbox container)
     #[arg(long, hide = true)]
     pub sandbox_image: Option<String>,
-    /// Ignite's container runtime (accepted for compatibility; ignite needs no container runtime)
-    #[arg(long, hide = true)]
-    pub runtime: Option<String>,
     /// Directory containing the registry configuration (default ~/.docker/)
     #[arg(long)]
     pub registry_config_dir: Option<PathBuf>,
@@ -205,7 +207,8 @@ pub struct RunArgs {
     /// Attach to the VM after starting
     #[arg(short, long)]
     pub interactive: bool,
-    /// Debug mode: keep the VM's files after it stops
+    /// Debug mode: the VMM logs the guest's device errors into the VM's vmm.log (Ignite kept its
+    /// sandbox container; ignite keeps a stopped VM's files anyway)
     #[arg(short, long)]
     pub debug: bool,
     /// Accelerator: kvm, tcg, or auto (KVM when it can boot a guest here; env IGNITE_ACCEL)
@@ -219,17 +222,13 @@ pub struct StartArgs {
     /// Attach to the VM after starting
     #[arg(short, long)]
     pub interactive: bool,
-    /// Debug mode: keep the VM's files after it stops
+    /// Debug mode: the VMM logs the guest's device errors into the VM's vmm.log (Ignite kept its
+    /// sandbox container; ignite keeps a stopped VM's files anyway)
     #[arg(short, long)]
     pub debug: bool,
-    /// Network plugin to use: cni or none
-    #[arg(long)]
-    pub network_plugin: Option<String>,
     /// Checks whose errors are shown as warnings ('all' for all)
     #[arg(long, value_delimiter = ',')]
     pub ignore_preflight_checks: Vec<String>,
-    #[arg(long, hide = true)]
-    pub runtime: Option<String>,
     /// Accelerator: kvm, tcg, or auto (KVM when it can boot a guest here; env IGNITE_ACCEL)
     #[arg(long)]
     pub accel: Option<String>,
@@ -351,8 +350,9 @@ pub struct SshArgs {
     /// Timeout waiting for connection in seconds
     #[arg(long, default_value_t = 30)]
     pub timeout: u32,
-    /// Allocate a pseudo-TTY
-    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    /// Allocate a pseudo-TTY (default true; -t=false for none)
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
     pub tty: bool,
 }
 
@@ -385,8 +385,6 @@ pub struct ImportArgs {
     /// Registry host[:port] that may be reached over plain HTTP
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
-    #[arg(long, hide = true)]
-    pub runtime: Option<String>,
     /// Name to store the import under (default: the source's normalized reference), e.g. to
     /// import a local layout as localhost/ignite-kernel:6.1
     #[arg(long)]
@@ -422,15 +420,23 @@ pub struct RmObjArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ImageCmd {
     #[command(subcommand)]
     pub command: Option<ObjSub>,
+    /// Without a subcommand: list (as `ls`)
+    #[command(flatten)]
+    pub ls: LsArgs,
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct KernelCmd {
     #[command(subcommand)]
     pub command: Option<ObjSub>,
+    /// Without a subcommand: list (as `ls`)
+    #[command(flatten)]
+    pub ls: LsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -461,8 +467,11 @@ pub enum VmSub {
     Exec(ExecArgs),
     Kill(VmsArg),
     Logs(LogsArgs),
-    #[command(alias = "ls", alias = "list")]
+    /// List running VMs (-a: all)
     Ps(PsArgs),
+    /// List all VMs (as Weave Ignite's `vm ls`, `vm list`)
+    #[command(visible_alias = "list")]
+    Ls(PsArgs),
     Rm(RmArgs),
     Run(RunArgs),
     Ssh(SshArgs),

@@ -30,8 +30,22 @@ impl Ctx {
         }
     }
 
+    /// The configuration file's settings, with the global flags that override them
+    /// (`--id-prefix`).
     pub fn config(&self) -> anyhow::Result<LoadedConfig> {
-        let c = load_configuration(self.global.ignite_config.as_deref())?;
+        let mut c = load_configuration(self.global.ignite_config.as_deref())?;
+        if let Some(p) = &self.global.id_prefix {
+            if p.is_empty()
+                || p.len() > 32
+                || !p.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+            {
+                return Err(crate::commands::UsageError(format!(
+                    "invalid --id-prefix {p:?}: use 1 to 32 lowercase letters, digits and '-'"
+                ))
+                .into());
+            }
+            c.spec.id_prefix = p.clone();
+        }
         match &c.source {
             ConfigSource::Defaults => tracing::debug!("using ignite default configurations"),
             ConfigSource::DefaultFile(p) => tracing::debug!("using ignite configuration file {}", p.display()),

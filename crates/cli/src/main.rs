@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = cli::Cli::parse();
     init_logging(&cli.global);
     match commands::run(cli) {
@@ -26,10 +27,35 @@ fn main() -> ExitCode {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
+            // Whatever an image, a guest or a tool put into the message: never terminal controls.
+            let msg: String = msg
+                .chars()
+                .flat_map(
+                    |c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().collect() } else { vec![c] },
+                )
+                .collect();
             eprintln!("{msg}");
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// `ignite ps | head -1`: once the reader is gone, stop quietly with the status a process
+/// killed by SIGPIPE has (as Weave Ignite's Go binary did), instead of a panic message.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Exit codes (see `errors`): 1 = the operation failed; 2 = bad input (usage, manifest,

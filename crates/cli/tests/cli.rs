@@ -292,3 +292,88 @@ fn doctor_reports_each_check_with_its_fix() {
     assert!(text.contains("dynamically linked: apt-get install busybox-static"), "{text}");
     assert!(text.contains("not imported: run images/kernel/build.sh"), "{text}");
 }
+
+/// Weave Ignite users' commands, as they typed them (issue: Ignite's CLI, unchanged).
+#[test]
+fn weave_ignite_commands_work_unchanged() {
+    let d = tempfile::tempdir().unwrap();
+    let root = &store_root(d.path());
+    ok(root, &["create", "busybox", "--name", "idle"]);
+    // `ssh -t VM`: -t is a switch, the VM is the VM.
+    fails(root, &["ssh", "-t", "idle"], 1, "is not running");
+    // `vm ls` / `vm list` / `vms ls` list every VM (Ignite's aliases of `ps -a`).
+    for args in [&["vm", "ls"][..], &["vm", "list"], &["vms", "ls"]] {
+        assert!(ok(root, args).contains("idle"), "{args:?}");
+    }
+    assert!(!ok(root, &["vm", "ps"]).contains("idle"), "ps lists running VMs only");
+    // images/kernels as aliases of image/kernel, with their subcommands.
+    for args in [&["images"][..], &["images", "ls"], &["image", "list"]] {
+        assert!(ok(root, args).contains("busybox:latest"), "{args:?}");
+    }
+    assert!(ok(root, &["kernels", "ls"]).contains("localhost/ignite-kernel:6.1"));
+    // Short image names, everywhere a name is taken.
+    assert_eq!(
+        ok(root, &["inspect", "image", "busybox:latest", "-t", "{{.ObjectMeta.Name}}"]).trim(),
+        "docker.io/library/busybox:latest"
+    );
+    assert!(ok(root, &["inspect", "image", "busybox", "-o", "json"]).contains("docker.io/library/busybox:latest"));
+    fails(root, &["rmi", "busybox"], 1, "is used by VMs idle");
+    ok(root, &["rmi", "weaveworks/ignite-ubuntu"]);
+    // Global flags before the verb; --runtime says once what it does here.
+    let o =
+        common::ignite(root, &["--network-plugin", "cni", "--runtime", "docker", "create", "busybox", "--name", "g1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).matches("--runtime docker has no effect").count(), 1);
+    fails(root, &["--network-plugin", "warp", "create", "busybox"], 2, "invalid --network-plugin");
+    // --id-prefix is recorded (and names the VM's VMM process and network namespace).
+    ok(root, &["--id-prefix", "acme", "create", "busybox", "--name", "g2"]);
+    assert_eq!(ok(root, &["inspect", "vm", "g2", "-t", "{{.Status.IDPrefix}}"]).trim(), "acme");
+    fails(root, &["--id-prefix", "Bad_Prefix", "create", "busybox"], 2, "invalid --id-prefix");
+    // A validation message is said once.
+    let err = fails(root, &["create", "busybox", "--cpus", "1000"], 2, "spec.cpus");
+    assert_eq!(err.matches("spec.cpus").count(), 1, "{err}");
+    // A run that cannot start says nothing was created, and leaves nothing.
+    let before = ok(root, &["ps", "-a", "-q"]);
+    let err = fails(root, &["run", "busybox", "--name", "huge", "--memory", "100000GB"], 1, "memory");
+    assert!(!err.contains("Created VM"), "{err}");
+    assert_eq!(ok(root, &["ps", "-a", "-q"]), before);
+    // A kernel file that does not exist, and an archive that is not one: clear, printable.
+    fails(root, &["kernel", "import", "/nonexistent/vmlinux"], 1, "no kernel file /nonexistent/vmlinux");
+    let junk = d.path().join("junk.tar");
+    std::fs::write(&junk, (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>()).unwrap();
+    let err = fails(root, &["image", "import", &format!("docker-archive:{}", junk.display())], 1, "junk.tar");
+    assert!(err.chars().all(|c| c == '\n' || !c.is_control()) && !err.contains('\u{fffd}'), "{err:?}");
+    // Output into a pipe closed early (`| head -1`): no panic.
+    let mut child = Command::new(bin())
+        .args(["vm", "ls", "-o", "json"])
+        .env("IGNITE_ROOT", &**root)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Manifests Weave Ignite wrote or documented are read: v1alpha2's `spec.network.mode`, and
+/// status blocks as `ignite inspect -o yaml` printed them.
+#[test]
+fn manifests_written_by_weave_ignite_are_read() {
+    let d = tempfile::tempdir().unwrap();
+    let root = &store_root(d.path());
+    let v2 = write(
+        d.path(),
+        "v2.yaml",
+        "apiVersion: ignite.weave.works/v1alpha2\nkind: VM\nmetadata:\n  name: old\nspec:\n  image:\n    oci: busybox\n  network:\n    mode: cni\n",
+    );
+    ok(root, &["create", "--config", &v2]);
+    assert!(ok(root, &["inspect", "vm", "old"]).contains("\"ignite.weave.works/network-plugin\": \"cni\""));
+    let v4 = write(
+        d.path(),
+        "v4.yaml",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: written\nspec:\n  image:\n    oci: busybox\n  memory: 512MB\nstatus:\n  idPrefix: ignite\n  image:\n    id: null\n    size: 0B\n  kernel:\n    id: null\n    size: 0B\n  network:\n    ipAddresses: null\n    plugin: cni\n  running: false\n  runtime: null\n  startTime: null\n",
+    );
+    ok(root, &["create", "--config", &v4]);
+    assert!(ok(root, &["ps", "-a"]).contains("written"));
+}

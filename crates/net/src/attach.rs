@@ -29,6 +29,8 @@ pub struct AttachOptions {
     pub ports: Vec<PortMapping>,
     /// A fixed address (host-local's `IP` CNI argument).
     pub ip: Option<Ipv4Addr>,
+    /// The namespace's name (default [`netns_name`] of the VM's id).
+    pub netns: Option<String>,
 }
 
 /// A VM's network attachment; saved so that it can be torn down after a crash.
@@ -131,7 +133,7 @@ pub fn plan(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
     }
     Ok(Attachment {
         container_id: id.to_string(),
-        netns: netns_name(id),
+        netns: opts.netns.clone().unwrap_or_else(|| netns_name(id)),
         network: list.name.clone(),
         conflist: list.path.clone(),
         cni_args,

@@ -135,7 +135,7 @@ pub fn apply_layer_reader(
 }
 
 fn layer_err(message: String) -> OciError {
-    OciError::Layer { digest: String::new(), message }
+    OciError::Layer { digest: String::new(), message: crate::printable(&message) }
 }
 
 fn io(path: &str) -> impl FnOnce(rustix::io::Errno) -> OciError + '_ {

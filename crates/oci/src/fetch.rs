@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::blobs::BlobStore;
-use crate::{io_err, sha256_hex, OciError};
+use crate::{io_err, printable, sha256_hex, OciError};
 
 /// Largest manifest, index or config accepted.
 pub const MAX_JSON_BYTES: u64 = 4 << 20;
@@ -282,11 +282,14 @@ fn from_oci_archive(path: &Path, tag: Option<&str>, blobs: &BlobStore, source: &
     let res = (|| {
         let f = std::fs::File::open(path).map_err(io_err(path))?;
         let mut ar = tar::Archive::new(f);
-        for e in
-            ar.entries().map_err(|e| OciError::Invalid { what: path.display().to_string(), message: e.to_string() })?
+        for e in ar
+            .entries()
+            .map_err(|e| OciError::Invalid { what: path.display().to_string(), message: printable(&e.to_string()) })?
         {
-            let mut e =
-                e.map_err(|e| OciError::Invalid { what: path.display().to_string(), message: e.to_string() })?;
+            let mut e = e.map_err(|e| OciError::Invalid {
+                what: path.display().to_string(),
+                message: printable(&e.to_string()),
+            })?;
             let name = String::from_utf8_lossy(&e.path_bytes()).trim_start_matches("./").to_string();
             let dest = match name.as_str() {
                 "oci-layout" | "index.json" => scratch.join(&name),
@@ -314,8 +317,8 @@ fn from_docker_archive(path: &Path, blobs: &BlobStore, source: &str) -> Result<F
     let mut names: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let f = std::fs::File::open(path).map_err(io_err(path))?;
     let mut ar = tar::Archive::new(f);
-    for e in ar.entries().map_err(|e| bad(e.to_string()))? {
-        let e = e.map_err(|e| bad(e.to_string()))?;
+    for e in ar.entries().map_err(|e| bad(printable(&e.to_string())))? {
+        let e = e.map_err(|e| bad(printable(&e.to_string())))?;
         if !e.header().entry_type().is_file() {
             continue;
         }

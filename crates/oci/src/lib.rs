@@ -49,6 +49,28 @@ pub enum OciError {
     Layer { digest: String, message: String },
 }
 
+/// Text from an archive or a tool, made fit for a terminal and a log: control characters are
+/// escaped (an archive must not drive the user's terminal), binary junk (bytes that were not
+/// UTF-8) is cut off at the field that held it, and the text is bounded.
+pub(crate) fn printable(s: &str) -> String {
+    let mut text = s;
+    if let Some(bad) = s.find('\u{fffd}') {
+        // "numeric field did not have utf-8 text: <bytes> when …": keep what precedes the bytes.
+        text = s[..bad].rfind(": ").map(|i| &s[..i]).unwrap_or(&s[..bad]);
+    }
+    let mut out: String = text
+        .chars()
+        .take(300)
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect();
+    if text.len() < s.len() {
+        out.push_str(" (binary data omitted: not an archive of this kind, or a damaged one)");
+    } else if text.chars().count() > 300 {
+        out.push('…');
+    }
+    out
+}
+
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> OciError {
     let path = path.into();
     move |source| OciError::Io { path, source }
@@ -59,5 +81,20 @@ pub(crate) fn sha256_hex(digest: &str) -> Result<&str, OciError> {
     match digest.strip_prefix("sha256:") {
         Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(h),
         _ => Err(OciError::Invalid { what: "digest".into(), message: format!("{digest:?} is not a sha256 digest") }),
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn binary_junk_and_control_characters_never_reach_the_terminal() {
+        let tar = "numeric field did not have utf-8 text: Y\u{fffd}\u{fffd}pm when getting cksum for \u{fffd}L";
+        assert_eq!(
+            super::printable(tar),
+            "numeric field did not have utf-8 text (binary data omitted: not an archive of this kind, or a damaged one)"
+        );
+        assert_eq!(super::printable("a\x1b[31mred"), "a\\u{1b}[31mred");
+        assert_eq!(super::printable("plain: ok"), "plain: ok");
+        assert!(super::printable(&"x".repeat(1000)).chars().count() <= 301);
     }
 }

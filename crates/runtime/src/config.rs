@@ -59,7 +59,7 @@ pub enum ConfigError {
     },
     #[error("ignite configuration {path} holds a {kind}, expected kind Configuration")]
     WrongKind { path: PathBuf, kind: &'static str },
-    #[error("invalid ignite configuration {path}: {source}")]
+    #[error("invalid ignite configuration {path}")]
     Invalid { path: PathBuf, source: ValidationErrors },
 }
 

@@ -45,7 +45,7 @@ impl std::str::FromStr for PullPolicy {
 /// Why a VM could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    #[error("invalid VM {name}: {source}")]
+    #[error("invalid VM {name}")]
     Invalid { name: String, source: ValidationErrors },
     #[error("{field}: {path} does not exist on this host")]
     HostPath { field: String, path: String },

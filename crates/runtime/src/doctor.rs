@@ -147,6 +147,48 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
     out
 }
 
+/// The checks that matter for starting `vm` (as Weave Ignite's preflight at start): the VMM
+/// and the guest shim's busybox on this host, the CNI plugins and `ip`/`iptables` when the VM
+/// uses CNI. Each check has its own name and the name of Ignite's check it stands for
+/// (`BinaryInPath`), so that `--ignore-preflight-checks` takes either.
+pub fn preflight(plugin: &str) -> Vec<(Check, &'static str)> {
+    let mut out = vec![
+        (tool("qemu", "qemu-system-x86_64", "qemu-system-x86", Level::Error), "BinaryInPath"),
+        (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath"),
+    ];
+    let bb = crate::provision::busybox();
+    let busybox = match std::fs::read(&bb) {
+        Ok(b) if is_static_elf(&b) => {
+            Check { name: "busybox-static", level: Level::Ok, detail: bb.display().to_string() }
+        }
+        _ => Check {
+            name: "busybox-static",
+            level: Level::Error,
+            detail: format!("{} is missing or dynamically linked: apt-get install busybox-static", bb.display()),
+        },
+    };
+    out.push((busybox, "ExistingFile"));
+    if plugin == "cni" {
+        out.push((tool("iptables", "iptables", "iptables", Level::Error), "BinaryInPath"));
+        let dirs = ignite_net::CniConfig::default().bin_dirs;
+        let found = dirs.iter().map(|d| d.join("bridge")).find(|p| p.is_file());
+        out.push((
+            match found {
+                Some(p) => Check { name: "cni-plugins", level: Level::Ok, detail: p.display().to_string() },
+                None => Check {
+                    name: "cni-plugins",
+                    level: Level::Error,
+                    detail:
+                        "no CNI bridge plugin (apt-get install containernetworking-plugins, or set IGNITE_CNI_BIN_DIR)"
+                            .into(),
+                },
+            },
+            "BinaryInPath",
+        ));
+    }
+    out
+}
+
 /// An ELF64 file without a PT_INTERP program header (statically linked).
 fn is_static_elf(b: &[u8]) -> bool {
     let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]) as usize);

@@ -329,6 +329,17 @@ fn import_kernel_locked(store: &Store, source: &str, opts: &ImportOptions) -> Re
         && !source.starts_with("oci-archive:")
         && !source.starts_with("docker-archive:")
         && file.is_file();
+    let looks_like_a_path = source.starts_with('/') || source.starts_with("./") || source.starts_with("../");
+    if looks_like_a_path && !is_file {
+        return Err(ImportError::Io {
+            op: "no kernel file",
+            path: source.into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file: build one with images/kernel/build.sh, or give an OCI kernel image",
+            ),
+        });
+    }
     let (oci, default_name) = if is_file {
         (None, format!("file:{}", std::path::absolute(file).map_err(io("cannot resolve", file))?.display()))
     } else {

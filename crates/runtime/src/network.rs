@@ -44,7 +44,9 @@ pub fn options_for(vm: &Vm) -> Result<AttachOptions, String> {
         Some(s) => Some(s.parse().map_err(|_| format!("invalid IP {s:?}"))?),
         None => None,
     };
-    Ok(AttachOptions { cni: CniConfig::default(), network: None, ports, ip })
+    let prefix = if vm.status.id_prefix.is_empty() { "ignite" } else { vm.status.id_prefix.as_str() };
+    let netns = Some(format!("{prefix}-{}", vm.uid()));
+    Ok(AttachOptions { cni: CniConfig::default(), network: None, ports, ip, netns })
 }
 
 pub fn save(dir: &Path, att: &Attachment) -> Result<(), ignite_store::StoreError> {

@@ -32,11 +32,21 @@ pub const VMLINUX: &str = "vmlinux";
 pub struct StartOptions {
     pub accel: AccelChoice,
     pub stop_grace: Duration,
+    /// Preflight checks whose failures are only warnings (check names, Ignite's names such as
+    /// `BinaryInPath`, or `all`).
+    pub ignore_preflight: Vec<String>,
+    /// The supervisor logs at debug level (`ignite start -d`).
+    pub debug: bool,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        StartOptions { accel: AccelChoice::Auto, stop_grace: Duration::from_secs(10) }
+        StartOptions {
+            accel: AccelChoice::Auto,
+            stop_grace: Duration::from_secs(10),
+            ignore_preflight: Vec::new(),
+            debug: false,
+        }
     }
 }
 
@@ -66,6 +76,8 @@ pub enum StartError {
     Memory { name: String, want: u64, have: u64 },
     #[error("cannot set up the network of VM {name:?}: {message}")]
     Network { name: String, message: String },
+    #[error("preflight check{} failed: {}; skip with --ignore-preflight-checks {}", if .0.len() > 1 { "s" } else { "" }, .0.iter().map(|(n, d)| format!("{n}: {d}")).collect::<Vec<_>>().join("; "), .0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","))]
+    Preflight(Vec<(String, String)>),
     #[error("cannot choose an accelerator: {0}")]
     Accel(String),
     #[error(transparent)]
@@ -128,6 +140,22 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     // Nothing runs for this VM now: what a killed start or a crash left allocated is released
     // before anything is allocated anew.
     crate::network::release(&dir);
+    let plugin = crate::network::plugin_for(&vm, config);
+    let mut failed = Vec::new();
+    for (c, ignite_name) in crate::doctor::preflight(&plugin) {
+        if c.level != crate::doctor::Level::Error {
+            continue;
+        }
+        let ignored = opts.ignore_preflight.iter().any(|i| i == "all" || i == c.name || i == ignite_name);
+        if ignored {
+            tracing::warn!("preflight check {} ({ignite_name}) failed, ignored: {}", c.name, c.detail);
+        } else {
+            failed.push((c.name.to_string(), c.detail));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(StartError::Preflight(failed));
+    }
     let backend_name = vm.spec.vmm.clone().or_else(|| config.spec.vmm.clone()).unwrap_or_else(|| "qemu".into());
     backend::by_name(&backend_name)?;
     let qemu_bin = qemu::check_installed(&qemu::Qemu::from_env())?;
@@ -158,7 +186,6 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
     // Network: attach before boot so the guest gets its address on the kernel command line.
     let mut vm = vm;
-    let plugin = crate::network::plugin_for(&vm, config);
     let attachment = match plugin.as_str() {
         "cni" => {
             let opts =
@@ -290,6 +317,8 @@ fn boot_and_spawn(
         netns: att.map(|a| a.netns.clone()),
         dhcp: att.and_then(|a| lease_for(a, &name)),
         agent: with_agent,
+        id_prefix: if vm.status.id_prefix.is_empty() { "ignite".into() } else { vm.status.id_prefix.clone() },
+        debug: opts.debug,
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;

@@ -41,7 +41,7 @@ fn inputs(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<Inputs> {
         Some(p) => Some(read_vm_manifest(p)?),
         None => None,
     };
-    let (meta, spec) = flags_to_spec(a)?;
+    let (meta, spec) = flags_to_spec(&ctx.global, a)?;
     if manifest.is_none() && spec.image.oci.is_none() {
         return Err(UsageError("an image is required: ignite create IMAGE, or --config FILE".into()).into());
     }
@@ -85,7 +85,7 @@ fn usage<T, E: std::fmt::Display>(flag: &str, r: Result<T, E>) -> anyhow::Result
 }
 
 /// Only the fields the user set: the rest stay unset so lower layers show through.
-pub fn flags_to_spec(a: &CreateArgs) -> anyhow::Result<(ObjectMeta, VmSpec)> {
+pub fn flags_to_spec(g: &crate::cli::Global, a: &CreateArgs) -> anyhow::Result<(ObjectMeta, VmSpec)> {
     let mut spec = VmSpec::default();
     if let Some(i) = &a.image {
         spec.image = OciSpec { oci: Some(usage("image", i.parse())?) };
@@ -153,19 +153,7 @@ pub fn flags_to_spec(a: &CreateArgs) -> anyhow::Result<(ObjectMeta, VmSpec)> {
     if let Some(s) = &a.sandbox_image {
         spec.sandbox = OciSpec { oci: Some(usage("--sandbox-image", s.parse())?) };
     }
-    if let Some(np) = &a.network_plugin {
-        if !matches!(np.as_str(), "cni" | "docker-bridge" | "none") {
-            return Err(UsageError(format!("invalid --network-plugin {np:?}: use cni or none")).into());
-        }
-    }
-    if let Some(rt) = &a.runtime {
-        if !matches!(rt.as_str(), "containerd" | "docker") {
-            return Err(
-                UsageError(format!("invalid --runtime {rt:?}: Ignite's values are containerd and docker")).into()
-            );
-        }
-        tracing::info!("--runtime {rt} is accepted for compatibility: ignite needs no container runtime");
-    }
+    let network_plugin = super::network_plugin(g)?;
     let mut meta = ObjectMeta::default();
     if let Some(n) = &a.name {
         meta.name = n.clone();
@@ -177,9 +165,8 @@ pub fn flags_to_spec(a: &CreateArgs) -> anyhow::Result<(ObjectMeta, VmSpec)> {
         labels.insert(k.to_string(), v.to_string());
     }
     meta.labels = labels;
-    if let Some(np) = &a.network_plugin {
-        let np = if np == "docker-bridge" { "cni" } else { np.as_str() };
-        meta.annotations.insert(ignite_runtime::network::PLUGIN_ANNOTATION.into(), np.into());
+    if let Some(np) = network_plugin {
+        meta.annotations.insert(ignite_runtime::network::PLUGIN_ANNOTATION.into(), np);
     }
     if let Some(ip) = a.ip {
         meta.annotations.insert(ignite_runtime::network::IP_ANNOTATION.into(), ip.to_string());

@@ -55,6 +55,16 @@ pub fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<()> {
     Err(anyhow::Error::new(err).context("cannot run ssh"))
 }
 
+/// The command as the guest runs it. One argument holding a space is a shell command line, as
+/// Weave Ignite ran it (its exec went through SSH, whose remote shell parses the line:
+/// `ignite exec vm "mkdir -p /x && echo ok"`); several arguments are the argv, as Docker's.
+fn argv(command: &[String]) -> Vec<String> {
+    match command {
+        [line] if line.contains(char::is_whitespace) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        _ => command.to_vec(),
+    }
+}
+
 /// Restores the terminal's settings when dropped.
 struct RawMode(Option<rustix::termios::Termios>);
 
@@ -113,7 +123,7 @@ fn exec_agent(s: Session, a: &ExecArgs, mut env: Vec<(String, String)>) -> ! {
     if tty && !env.iter().any(|(k, _)| k == "TERM") {
         env.insert(0, ("TERM".to_string(), std::env::var("TERM").unwrap_or_else(|_| "xterm".into())));
     }
-    let req = ExecRequest { argv: a.command.clone(), env, cwd: a.workdir.clone(), tty, rows, cols };
+    let req = ExecRequest { argv: argv(&a.command), env, cwd: a.workdir.clone(), tty, rows, cols };
     // Signals to ignite go to the command (in a terminal, Ctrl-C arrives as a byte instead).
     let sender = s.sender();
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH]) {
@@ -143,5 +153,16 @@ fn exec_agent(s: Session, a: &ExecArgs, mut env: Vec<(String, String)>) -> ! {
             eprintln!("error: {e}");
             std::process::exit(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_string_with_spaces_is_a_shell_command_line() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::argv(&s(&["mkdir -p /x && echo ok"])), s(&["/bin/sh", "-c", "mkdir -p /x && echo ok"]));
+        assert_eq!(super::argv(&s(&["uname"])), s(&["uname"]));
+        assert_eq!(super::argv(&s(&["sh", "-c", "echo a; echo b"])), s(&["sh", "-c", "echo a; echo b"]));
     }
 }

@@ -2,13 +2,13 @@
 
 use ignite_api::Image;
 
-use crate::cli::{LsArgs, ObjSub, PsOutput, RmObjArgs};
+use crate::cli::{LsArgs, ObjSub, RmObjArgs};
 use crate::context::Ctx;
 use crate::output::ago;
 
-pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, sub: Option<ObjSub>, list: LsArgs) -> anyhow::Result<()> {
     match sub {
-        None => ls(ctx, LsArgs { output: PsOutput::Table }),
+        None => ls(ctx, list),
         Some(ObjSub::Ls(a)) => ls(ctx, a),
         Some(ObjSub::Rm(a)) => rm(ctx, a),
         Some(ObjSub::Prune) => super::objects::prune(ctx),
@@ -40,11 +40,15 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
                 let secs = started.elapsed().as_secs_f64();
                 match imported.outcome {
                     ignite_runtime::import::Outcome::Imported => {
-                        eprintln!("Imported image {:?} ({}) in {secs:.2}s", img.metadata.name, img.uid())
+                        eprintln!(
+                            "Imported image {:?} ({}) in {secs:.2}s",
+                            super::objects::shown(&img.metadata.name),
+                            img.uid()
+                        )
                     }
                     _ => eprintln!(
                         "Image {:?} ({}) is up to date with the source (checked in {secs:.2}s)",
-                        img.metadata.name,
+                        super::objects::shown(&img.metadata.name),
                         img.uid()
                     ),
                 }
@@ -58,7 +62,7 @@ pub fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<()> {
     super::objects::list::<Image>(ctx, a.output, &["IMAGE ID", "NAME", "CREATED", "SIZE"], |o| {
         vec![
             o.uid(),
-            o.metadata.name.clone(),
+            super::objects::shown(&o.metadata.name),
             ago(o.metadata.created),
             o.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
         ]

@@ -2,13 +2,13 @@
 
 use ignite_api::Kernel;
 
-use crate::cli::{LsArgs, ObjSub, PsOutput, RmObjArgs};
+use crate::cli::{LsArgs, ObjSub, RmObjArgs};
 use crate::context::Ctx;
 use crate::output::ago;
 
-pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, sub: Option<ObjSub>, list: LsArgs) -> anyhow::Result<()> {
     match sub {
-        None => ls(ctx, LsArgs { output: PsOutput::Table }),
+        None => ls(ctx, list),
         Some(ObjSub::Ls(a)) => ls(ctx, a),
         Some(ObjSub::Rm(a)) => rm(ctx, a),
         Some(ObjSub::Prune) => super::objects::prune(ctx),
@@ -39,7 +39,12 @@ pub fn run(ctx: &Ctx, sub: Option<ObjSub>) -> anyhow::Result<()> {
                     ignite_runtime::import::Outcome::Imported => "Imported kernel",
                     _ => "Up to date with the source: kernel",
                 };
-                eprintln!("{how} {:?} ({}), Linux {}", k.metadata.name, k.uid(), k.status.version);
+                eprintln!(
+                    "{how} {:?} ({}), Linux {}",
+                    super::objects::shown(&k.metadata.name),
+                    k.uid(),
+                    k.status.version
+                );
             }
             Ok(())
         }
@@ -50,7 +55,7 @@ pub fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<()> {
     super::objects::list::<Kernel>(ctx, a.output, &["KERNEL ID", "NAME", "CREATED", "SIZE", "VERSION"], |o| {
         vec![
             o.uid(),
-            o.metadata.name.clone(),
+            super::objects::shown(&o.metadata.name),
             ago(o.metadata.created),
             o.status.oci_source.size.map(|s| s.human()).unwrap_or_default(),
             o.status.version.clone(),

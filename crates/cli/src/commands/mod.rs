@@ -41,11 +41,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Create(a) => create::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Exec(a) => exec::run(&ctx, a),
-        Command::Image(c) => image::run(&ctx, c.command),
-        Command::Images(a) => image::ls(&ctx, a),
+        Command::Image(c) => image::run(&ctx, c.command, c.ls),
         Command::Inspect(a) => inspect::run(&ctx, a.kind, &a.object, a.output, a.template.as_deref()),
-        Command::Kernel(c) => kernel::run(&ctx, c.command),
-        Command::Kernels(a) => kernel::ls(&ctx, a),
+        Command::Kernel(c) => kernel::run(&ctx, c.command, c.ls),
         Command::Kill(a) => kill::run(&ctx, a),
         Command::Logs(a) => logs::run(&ctx, a),
         Command::Man(a) => man::run(a),
@@ -66,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             VmSub::Kill(a) => kill::run(&ctx, a),
             VmSub::Logs(a) => logs::run(&ctx, a),
             VmSub::Ps(a) => ps::run(&ctx, a),
+            VmSub::Ls(a) => ps::run(&ctx, crate::cli::PsArgs { all: true, ..a }),
             VmSub::Rm(a) => rm::run(&ctx, a),
             VmSub::Run(a) => run::run(&ctx, a),
             VmSub::Ssh(a) => ssh::run(&ctx, a),
@@ -73,6 +72,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             VmSub::Stop(a) => stop::run(&ctx, a),
             VmSub::Inspect(a) => inspect::run(&ctx, crate::cli::Kind::Vm, &a.object, a.output, a.template.as_deref()),
         },
+    }
+}
+
+/// The `--network-plugin` flag, checked and normalized (Ignite's `docker-bridge` is CNI's
+/// bridge here); `--runtime` is checked and said to have no effect, once.
+pub fn network_plugin(g: &crate::cli::Global) -> anyhow::Result<Option<String>> {
+    if let Some(rt) = &g.runtime {
+        if !matches!(rt.as_str(), "containerd" | "docker") {
+            return Err(
+                UsageError(format!("invalid --runtime {rt:?}: Ignite's values are containerd and docker")).into()
+            );
+        }
+        eprintln!("note: --runtime {rt} has no effect: ignite runs VMs without a container runtime");
+    }
+    match g.network_plugin.as_deref() {
+        None => Ok(None),
+        Some("cni" | "docker-bridge") => Ok(Some("cni".into())),
+        Some("none") => Ok(Some("none".into())),
+        Some(np) => Err(UsageError(format!("invalid --network-plugin {np:?}: use cni, docker-bridge or none")).into()),
     }
 }
 

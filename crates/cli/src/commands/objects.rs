@@ -9,6 +9,27 @@ use crate::cli::{PsOutput, RmObjArgs};
 use crate::context::Ctx;
 use crate::output::table;
 
+/// Finds an image or kernel as Weave Ignite users name them: its ID (or a unique prefix), its
+/// stored name (`docker.io/library/busybox:latest`), or any spelling of that reference
+/// (`busybox`, `busybox:latest`, `weaveworks/ignite-ubuntu`).
+pub fn resolve<T: StoredObject>(store: &ignite_store::Store, query: &str) -> anyhow::Result<T> {
+    if let Ok(r) = query.parse::<ignite_api::ImageRef>() {
+        let n = r.normalized();
+        if let Some(o) = store.list::<T>()?.into_iter().find(|o| o.meta().name == n) {
+            return Ok(o);
+        }
+    }
+    Ok(store.resolve::<T>(query)?)
+}
+
+/// A stored image or kernel name in the short form Ignite printed (`busybox:latest`).
+pub fn shown(name: &str) -> String {
+    match name.parse::<ignite_api::ImageRef>() {
+        Ok(ignite_api::ImageRef::Registry(r)) => r.familiar(),
+        _ => name.to_string(),
+    }
+}
+
 fn uid_of<T: StoredObject>(o: &T) -> String {
     o.meta().uid.map(|u| u.to_string()).unwrap_or_default()
 }
@@ -44,8 +65,8 @@ pub fn remove<T: StoredObject>(
 ) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let res = each(&a.objects, |q| {
-        let obj = store.resolve::<T>(q)?;
-        let name = obj.meta().name.clone();
+        let obj = resolve::<T>(&store, q)?;
+        let name = shown(&obj.meta().name);
         loop {
             let lock = store.lock()?;
             let users: Vec<Vm> = store.list::<Vm>()?.into_iter().filter(|v| used_by(v, &obj)).collect();

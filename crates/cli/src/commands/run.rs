@@ -9,11 +9,14 @@ use super::UsageError;
 use crate::cli::RunArgs;
 use crate::context::Ctx;
 
-pub fn start_options(accel: Option<&str>) -> anyhow::Result<StartOptions> {
+pub fn start_options(accel: Option<&str>, ignore_preflight: &[String], debug: bool) -> anyhow::Result<StartOptions> {
     let env = std::env::var("IGNITE_ACCEL").ok();
     let choice = accel.or(env.as_deref()).unwrap_or("auto");
     let accel: AccelChoice = choice.parse().map_err(UsageError)?;
-    Ok(StartOptions { accel, ..Default::default() })
+    if debug {
+        eprintln!("debug mode: the VMM logs the guest's device errors into the VM's vmm.log");
+    }
+    Ok(StartOptions { accel, ignore_preflight: ignore_preflight.to_vec(), debug, ..Default::default() })
 }
 
 pub fn report_started(ctx: &Ctx, s: &Started) {
@@ -53,20 +56,26 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
             return Err(UsageError("--accel is not passed through ignited: leave out --daemon".into()).into());
         }
         let vm = d.create(&super::create::remote_spec(ctx, &a.create)?, true)?;
-        super::create::report(ctx, &vm);
+        if !ctx.global.quiet {
+            super::create::report(ctx, &vm);
+        }
         report_started_remote(ctx, &vm);
         if a.interactive {
             return super::attach::attach(&ctx.store()?, &vm);
         }
         return Ok(());
     }
-    let opts = start_options(a.accel.as_deref())?;
+    let opts = start_options(a.accel.as_deref(), &a.create.ignore_preflight_checks, a.debug)?;
     let vm: Vm = super::create::create(ctx, &a.create)?;
-    super::create::report(ctx, &vm);
     let store = ctx.store()?;
     let config = ctx.config()?;
     match start(&store, &config, vm.clone(), &opts) {
         Ok(started) => {
+            // Said once the VM runs: a run that fails leaves no VM, and says nothing was made.
+            // (With -q, the ID is printed once, by report_started.)
+            if !ctx.global.quiet {
+                super::create::report(ctx, &vm);
+            }
             report_started(ctx, &started);
             if a.interactive {
                 return super::attach::attach(&store, &started.vm);

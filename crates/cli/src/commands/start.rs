@@ -8,7 +8,7 @@ use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
     if let Some(d) = ctx.daemon()? {
-        if a.network_plugin.is_some() || a.accel.is_some() {
+        if ctx.global.network_plugin.is_some() || a.accel.is_some() {
             return Err(super::UsageError(
                 "--network-plugin and --accel are not passed through ignited: leave out --daemon (or stop ignited)"
                     .into(),
@@ -25,18 +25,14 @@ pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let config = ctx.config()?;
     let mut vm = store.resolve::<Vm>(&a.vm)?;
-    if let Some(np) = &a.network_plugin {
-        if !matches!(np.as_str(), "cni" | "docker-bridge" | "none") {
-            return Err(super::UsageError(format!("invalid --network-plugin {np:?}: use cni or none")).into());
-        }
-        let np = if np == "docker-bridge" { "cni".to_string() } else { np.clone() };
+    if let Some(np) = super::network_plugin(&ctx.global)? {
         vm = store
             .modify::<Vm, _>(&vm.uid(), |v| {
                 v.metadata.annotations.insert(ignite_runtime::network::PLUGIN_ANNOTATION.into(), np);
             })?
             .0;
     }
-    let opts = super::run::start_options(a.accel.as_deref())?;
+    let opts = super::run::start_options(a.accel.as_deref(), &a.ignore_preflight_checks, a.debug)?;
     let started = start(&store, &config, vm, &opts)?;
     super::run::report_started(ctx, &started);
     if a.interactive {

@@ -73,6 +73,17 @@ pub struct BootConfig {
     /// `agent-vmm.sock` and the supervisor multiplexes it on `agent.sock`.
     #[serde(default)]
     pub agent: bool,
+    /// Prefix of system identifiers (Ignite's `--id-prefix`): the VMM's process name is
+    /// `<prefix>-<uid>`.
+    #[serde(default = "default_id_prefix")]
+    pub id_prefix: String,
+    /// Debug mode (`ignite run/start -d`): the VMM logs the guest's errors into `vmm.log`.
+    #[serde(default)]
+    pub debug: bool,
+}
+
+fn default_id_prefix() -> String {
+    "ignite".into()
 }
 
 /// Backend failures.

@@ -39,7 +39,7 @@ impl Qemu {
     pub fn args(boot: &BootConfig) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-        push(&["-name", &format!("ignite-{}", boot.uid)]);
+        push(&["-name", &format!("{}-{}", boot.id_prefix, boot.uid)]);
         push(&["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"]);
         match boot.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
@@ -47,6 +47,10 @@ impl Qemu {
         }
         push(&["-smp", &boot.vcpus.to_string(), "-m", &format!("{}M", boot.memory_mib)]);
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        if boot.debug {
+            // Guest accesses to devices that are not there or not implemented, into vmm.log.
+            push(&["-d", "guest_errors,unimp"]);
+        }
         push(&["-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0"]);
         push(&["-device", "i8042"]);
         push(&["-kernel", &boot.kernel.to_string_lossy()]);
@@ -206,8 +210,11 @@ mod tests {
             netns: None,
             dhcp: None,
             agent: true,
+            id_prefix: "acme".into(),
+            debug: false,
         };
         let a = Qemu::args(&boot).join(" ");
+        assert!(a.contains("-name acme-0123456789abcdef"), "{a}");
         assert!(a.contains("-accel tcg -cpu max"), "{a}");
         assert!(a.contains("-smp 2 -m 256M"));
         assert!(a.contains("file=/v/a,,b.qcow2,format=qcow2"), "{a}");
