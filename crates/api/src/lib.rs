@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod decode;
+pub mod duration;
 pub mod meta;
 pub mod names;
 pub mod ports;

@@ -61,6 +61,9 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Execute a command in a running VM
     Exec(ExecArgs),
+    /// Run GitOps in the foreground: the VMs of a Git repository's manifests (as `ignited
+    /// gitops`, which this runs)
+    Gitops(GitopsArgs),
     /// Manage base images (`ignite images` lists them)
     #[command(visible_alias = "images")]
     Image(ImageCmd),
@@ -393,6 +396,18 @@ pub struct ImportArgs {
     /// the old content keep it); without it, other content under the name is refused
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GitopsArgs {
+    /// Repository URL
+    pub repo: String,
+    /// What branch to sync (default: the repository's default branch)
+    #[arg(short = 'b', long)]
+    pub branch: Option<String>,
+    /// What subdirectories to care about (default: the whole repository)
+    #[arg(short = 'p', long, value_delimiter = ',')]
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, Args)]

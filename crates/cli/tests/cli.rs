@@ -377,3 +377,96 @@ fn manifests_written_by_weave_ignite_are_read() {
     ok(root, &["create", "--config", &v4]);
     assert!(ok(root, &["ps", "-a"]).contains("written"));
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `ignited` as Weave Ignite's users call it: version, completion, a checked log level,
+/// global flags, and `gitops` with `-b`, `-p`, Go durations, `--timeout`.
+#[test]
+fn ignited_takes_weave_ignites_flags() {
+    let ignited = std::path::Path::new(bin()).with_file_name("ignited");
+    let run = |root: &std::path::Path, args: &[&str]| {
+        Command::new(&ignited).args(args).env("IGNITE_ROOT", root).stdin(Stdio::null()).output().unwrap()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let root = store_root(d.path());
+    let o = run(&root, &["--log-level", "bogus", "version"]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&run(&root, &["version"]).stdout).starts_with("ignited version: v"));
+    let v: serde_json::Value = serde_json::from_slice(&run(&root, &["version", "-o", "json"]).stdout).unwrap();
+    assert!(v["gitVersion"].as_str().unwrap().starts_with('v'));
+    assert!(String::from_utf8_lossy(&run(&root, &["completion", "bash"]).stdout).contains("ignited"));
+
+    // A repository whose default branch is master (Ignite's default), manifests under vms/.
+    let bare = d.path().join("repo.git");
+    let work = d.path().join("work");
+    assert!(Command::new("git").args(["init", "-q", "--bare", "-b", "master"]).arg(&bare).status().unwrap().success());
+    let url = format!("file://{}", bare.display());
+    assert!(Command::new("git").args(["clone", "-q", &url]).arg(&work).status().unwrap().success());
+    std::fs::create_dir(work.join("vms")).unwrap();
+    std::fs::write(
+        work.join("vms/g.yaml"),
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: from-git\nspec:\n  image:\n    oci: busybox\nstatus:\n  running: false\n",
+    )
+    .unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "a VM"]);
+    git(&work, &["push", "-q", "origin", "HEAD:master"]);
+    let o = run(
+        &root,
+        &[
+            "--id-prefix",
+            "acme",
+            "--network-plugin",
+            "cni",
+            "--runtime",
+            "containerd",
+            "gitops",
+            &url,
+            "-p",
+            "vms",
+            "--interval",
+            "30s",
+            "--timeout",
+            "1m",
+            "--once",
+            "--socket",
+            "none",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(ok(&root, &["inspect", "vm", "from-git", "-t", "{{.Status.IDPrefix}}"]).trim(), "acme");
+    // A branch that is not there: said, nothing changes.
+    let o = run(&root, &["gitops", &url, "-b", "main", "--once", "--socket", "none"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("main"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(ok(&root, &["ps", "-a"]).contains("from-git"));
+    let o = run(&root, &["gitops", &url, "--interval", "ten", "--once"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid duration"));
+
+    // --timeout: a server that accepts and never answers is given up on in time.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _hold = std::thread::spawn(move || {
+        let _conns: Vec<_> = l.incoming().take(2).collect();
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    });
+    let t = std::time::Instant::now();
+    let o =
+        run(&root, &["gitops", &format!("git://127.0.0.1:{port}/x"), "--timeout", "2s", "--once", "--socket", "none"]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "waited {:?}", t.elapsed());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("did not finish within 2 s"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

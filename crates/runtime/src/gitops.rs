@@ -28,18 +28,59 @@ pub struct GitError {
     pub stderr: String,
 }
 
-/// How long one git command may take (a clone of a large repository over a slow link
-/// included); a hung fetch or push is killed, reported, and retried at the next interval.
-pub const GIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long one git command may take by default (Weave Ignite's `--timeout`: 1m); a hung
+/// fetch or push is killed, reported, and retried at the next interval.
+pub const GIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+/// How ignited reaches the repository, as Weave Ignite's `gitops` flags say.
+#[derive(Debug, Clone)]
+pub struct GitOptions {
+    /// Deadline of each git command (`--timeout`).
+    pub timeout: std::time::Duration,
+    /// SSH private key to use (`--identity-file`).
+    pub identity_file: Option<PathBuf>,
+    /// known_hosts file to verify the server against (`--hosts-file`).
+    pub hosts_file: Option<PathBuf>,
+    /// HTTPS credentials (`--https-username`, `--https-password`), handed to git by a
+    /// credential helper that reads them from the environment (never on a command line).
+    pub https: Option<(String, String)>,
+}
+
+impl Default for GitOptions {
+    fn default() -> Self {
+        GitOptions { timeout: GIT_DEADLINE, identity_file: None, hosts_file: None, https: None }
+    }
+}
+
+fn git_with(o: &GitOptions, dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     let mut c = Command::new("git");
     if let Some(d) = dir {
         c.arg("-C").arg(d);
     }
     c.args(["-c", "user.name=ignited", "-c", "user.email=ignited@localhost", "-c", "advice.detachedHead=false"]);
+    if o.https.is_some() {
+        c.args(["-c", "credential.helper="]);
+        c.args([
+            "-c",
+            "credential.helper=!f() { echo \"username=$IGNITED_GIT_USERNAME\"; echo \"password=$IGNITED_GIT_PASSWORD\"; }; f",
+        ]);
+    }
+    if let Some((u, p)) = &o.https {
+        c.env("IGNITED_GIT_USERNAME", u).env("IGNITED_GIT_PASSWORD", p);
+    }
+    if o.identity_file.is_some() || o.hosts_file.is_some() {
+        let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let mut ssh = String::from("ssh");
+        if let Some(k) = &o.identity_file {
+            ssh.push_str(&format!(" -i {} -o IdentitiesOnly=yes", q(k)));
+        }
+        if let Some(h) = &o.hosts_file {
+            ssh.push_str(&format!(" -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes", q(h)));
+        }
+        c.env("GIT_SSH_COMMAND", ssh);
+    }
     c.args(args).env("GIT_TERMINAL_PROMPT", "0");
-    let out = ignite_proc::output(&mut c, None, GIT_DEADLINE).map_err(|e| {
+    let out = ignite_proc::output(&mut c, None, o.timeout).map_err(|e| {
         let hint = if e.is_not_found() { " (install git)" } else { "" };
         GitError { args: args.join(" "), stderr: format!("{e}{hint}") }
     })?;
@@ -53,40 +94,66 @@ fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub url: String,
-    pub branch: String,
-    /// Subdirectory of the repository holding the manifests.
-    pub path: PathBuf,
+    /// Branch to follow; `None`: the repository's default branch (its HEAD), as `git clone`.
+    pub branch: Option<String>,
+    /// Subdirectories of the repository holding the manifests (Ignite's `--paths`).
+    pub paths: Vec<PathBuf>,
     pub checkout: PathBuf,
+    pub options: GitOptions,
 }
 
 impl Source {
-    pub fn new(root: &Path, url: &str, branch: &str, path: &Path) -> Source {
+    pub fn new(root: &Path, url: &str, branch: Option<&str>, paths: &[PathBuf], options: GitOptions) -> Source {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in format!("{url}\0{branch}").bytes() {
+        for b in format!("{url}\0{}", branch.unwrap_or("HEAD")).bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
+        let paths = if paths.is_empty() { vec![PathBuf::from(".")] } else { paths.to_vec() };
         Source {
             url: url.into(),
-            branch: branch.into(),
-            path: path.into(),
+            branch: branch.map(String::from),
+            paths,
             checkout: root.join("gitops").join(format!("{h:016x}")),
+            options,
         }
     }
 
-    /// The manifest directory inside the checkout.
-    pub fn manifest_dir(&self) -> PathBuf {
-        self.checkout.join(&self.path)
+    fn git(&self, dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+        git_with(&self.options, dir, args)
     }
 
-    /// The manifests of the checkout. Git keeps no empty directories: a manifest directory
-    /// missing from a checkout that is there means the commit holds no manifest (its last
-    /// one was deleted), not that something cannot be read.
+    /// The branch followed: the one asked for, or the remote's default branch as the clone
+    /// recorded it (`origin/HEAD`).
+    pub fn branch(&self) -> Result<String, GitError> {
+        if let Some(b) = &self.branch {
+            return Ok(b.clone());
+        }
+        let r = self.git(Some(&self.checkout), &["symbolic-ref", "--short", "refs/remotes/origin/HEAD"])?;
+        Ok(r.trim().trim_start_matches("origin/").to_string())
+    }
+
+    /// The manifest directories inside the checkout.
+    pub fn manifest_dirs(&self) -> Vec<PathBuf> {
+        self.paths.iter().map(|p| self.checkout.join(p)).collect()
+    }
+
+    /// The manifests of the checkout (every path). Git keeps no empty directories: a manifest
+    /// directory missing from a checkout that is there means the commit holds no manifest
+    /// (its last one was deleted), not that something cannot be read.
     pub fn read_manifests(&self) -> crate::reconcile::Manifests {
-        let dir = self.manifest_dir();
-        if !dir.exists() && self.checkout.join(".git").is_dir() {
-            return crate::reconcile::Manifests { complete: true, ..Default::default() };
+        let mut all = crate::reconcile::Manifests { complete: true, ..Default::default() };
+        for dir in self.manifest_dirs() {
+            if !dir.exists() && self.checkout.join(".git").is_dir() {
+                continue;
+            }
+            let m = crate::reconcile::read_manifest_dir(&dir);
+            all.complete &= m.complete;
+            all.desired.extend(m.desired);
+            all.errors.extend(m.errors);
+            all.held_files.extend(m.held_files);
+            all.held_names.extend(m.held_names);
         }
-        crate::reconcile::read_manifest_dir(&dir)
+        all
     }
 
     /// Clones on first use, then fetches and resets to the remote branch.
@@ -97,17 +164,21 @@ impl Source {
                 let _ = std::fs::create_dir_all(p);
             }
             let dest = self.checkout.to_string_lossy().into_owned();
-            git(None, &["clone", "--quiet", "--branch", &self.branch, &self.url, &dest])?;
+            match &self.branch {
+                Some(b) => self.git(None, &["clone", "--quiet", "--branch", b, &self.url, &dest])?,
+                None => self.git(None, &["clone", "--quiet", &self.url, &dest])?,
+            };
         } else {
             // A write-back interrupted in the middle of a rebase leaves its state behind, and
             // every later rebase would fail on it.
             if self.checkout.join(".git/rebase-merge").exists() || self.checkout.join(".git/rebase-apply").exists() {
-                let _ = git(Some(&self.checkout), &["rebase", "--abort"]);
+                let _ = self.git(Some(&self.checkout), &["rebase", "--abort"]);
             }
-            git(Some(&self.checkout), &["fetch", "--quiet", "origin", &self.branch])?;
-            git(Some(&self.checkout), &["reset", "--quiet", "--hard", &format!("origin/{}", self.branch)])?;
+            let branch = self.branch()?;
+            self.git(Some(&self.checkout), &["fetch", "--quiet", "origin", &branch])?;
+            self.git(Some(&self.checkout), &["reset", "--quiet", "--hard", &format!("origin/{branch}")])?;
         }
-        Ok(git(Some(&self.checkout), &["rev-parse", "HEAD"])?.trim().to_string())
+        Ok(self.git(Some(&self.checkout), &["rev-parse", "HEAD"])?.trim().to_string())
     }
 
     /// Writes the observed status of managed VMs into their manifests, commits and pushes
@@ -186,13 +257,14 @@ impl Source {
         }
         for f in &changed_files {
             let rel = f.strip_prefix(&self.checkout).unwrap_or(f).to_string_lossy().into_owned();
-            git(Some(&self.checkout), &["add", "--", &rel])?;
+            self.git(Some(&self.checkout), &["add", "--", &rel])?;
         }
-        git(Some(&self.checkout), &["commit", "--quiet", "-m", "ignited: update VM status"])?;
-        let target = format!("HEAD:{}", self.branch);
+        self.git(Some(&self.checkout), &["commit", "--quiet", "-m", "ignited: update VM status"])?;
+        let branch = self.branch()?;
+        let target = format!("HEAD:{branch}");
         let mut last = None;
         for retries in 0..5 {
-            match git(Some(&self.checkout), &["push", "--quiet", "origin", &target]) {
+            match self.git(Some(&self.checkout), &["push", "--quiet", "origin", &target]) {
                 Ok(_) => return Ok((true, retries)),
                 Err(e) => {
                     tracing::warn!("push rejected ({}); rebasing and retrying", e.stderr.lines().last().unwrap_or(""));
@@ -200,9 +272,9 @@ impl Source {
                     // Someone pushed first: take their commits and put ours on top. When ours
                     // conflicts with theirs, give this pass up (aborting the rebase): the next
                     // one starts from their version and writes the status again.
-                    if let Err(e) = git(Some(&self.checkout), &["pull", "--quiet", "--rebase", "origin", &self.branch])
+                    if let Err(e) = self.git(Some(&self.checkout), &["pull", "--quiet", "--rebase", "origin", &branch])
                     {
-                        let _ = git(Some(&self.checkout), &["rebase", "--abort"]);
+                        let _ = self.git(Some(&self.checkout), &["rebase", "--abort"]);
                         return Err(e);
                     }
                 }

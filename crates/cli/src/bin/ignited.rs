@@ -18,24 +18,40 @@ use ignite_runtime::reconcile::{read_manifest_dir, reconcile};
 use ignite_runtime::{load_configuration, CreateOptions};
 use ignite_store::Store;
 
-/// ignited: declarative VMs from a manifest directory.
+/// ignited: run VMs declaratively, from a manifest directory or a Git repository.
 #[derive(Debug, Parser)]
-#[command(name = "ignited", version)]
+#[command(name = "ignited", version, max_term_width = 100)]
 struct Cli {
     /// State directory
     #[arg(long, global = true, env = "IGNITE_ROOT", default_value = ignite_store::DEFAULT_ROOT)]
     root: PathBuf,
-    /// Ignite configuration path
+    /// Ignite configuration path; refer to the 'Ignite Configuration' docs for more details
     #[arg(long, global = true, env = "IGNITE_CONFIG")]
     ignite_config: Option<PathBuf>,
-    /// Log level (trace, debug, info, warn, error)
-    #[arg(long, global = true, default_value = "info")]
+    /// Specify the log level for the program
+    #[arg(long, global = true, default_value = "info", value_parser = ["trace", "debug", "info", "warn", "error"])]
     log_level: String,
     /// Unix socket of the HTTP/JSON API and /metrics ("none" to disable)
     #[arg(long, global = true, env = "IGNITED_SOCKET", default_value = "/run/ignite/ignited.sock")]
     socket: PathBuf,
+    /// Prefix string for system identifiers (VMM process and network namespace names)
+    #[arg(long, global = true)]
+    id_prefix: Option<String>,
+    /// Network plugin of the VMs this daemon creates: cni (Ignite's docker-bridge is taken as
+    /// cni) or none
+    #[arg(long, global = true)]
+    network_plugin: Option<String>,
+    /// Container runtime (Ignite's containerd or docker): accepted, and ignored — ignite needs
+    /// no container runtime
+    #[arg(long, global = true)]
+    runtime: Option<String>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// Go durations (`30s`, `1m`) or plain seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    ignite_api::duration::parse_duration(s)
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,26 +61,41 @@ enum Cmd {
         /// Directory of VM manifests (YAML/JSON, v1alpha2-4, several per file with ---)
         #[arg(long, default_value = "/etc/ignite/manifests")]
         manifest_dir: PathBuf,
-        /// Seconds between full resyncs (changes in the directory are picked up at once, by inotify)
-        #[arg(long, default_value_t = 30)]
-        interval: u64,
+        /// Time between full resyncs (changes in the directory are picked up at once, by inotify)
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        interval: Duration,
         /// Run one pass and exit
         #[arg(long)]
         once: bool,
     },
     /// Reconcile the VMs described in a Git repository, writing their status back
     Gitops {
-        /// Repository URL (file://, ssh, https; credentials as git has them)
+        /// Repository URL (file://, ssh, https; credentials as git has them, or the flags below)
         repo: String,
-        /// Branch to follow
-        #[arg(long, default_value = "main")]
-        branch: String,
-        /// Directory of the manifests inside the repository
-        #[arg(long, default_value = ".")]
-        path: PathBuf,
-        /// Seconds between polls of the repository
-        #[arg(long, default_value_t = 10)]
-        interval: u64,
+        /// What branch to sync (default: the repository's default branch)
+        #[arg(short = 'b', long)]
+        branch: Option<String>,
+        /// Subdirectories of the repository holding the manifests (default: the whole repository)
+        #[arg(short = 'p', long = "path", visible_alias = "paths", value_delimiter = ',')]
+        paths: Vec<PathBuf>,
+        /// Sync interval for pushing to and pulling from the remote
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        interval: Duration,
+        /// Git operation (clone, push, pull) timeout
+        #[arg(long, default_value = "1m", value_parser = duration)]
+        timeout: Duration,
+        /// What SSH identity file to use for pulling and pushing
+        #[arg(long)]
+        identity_file: Option<PathBuf>,
+        /// What known_hosts file to use for remote verification (default ~/.ssh/known_hosts)
+        #[arg(long)]
+        hosts_file: Option<PathBuf>,
+        /// What username to use when authenticating with Git over HTTPS
+        #[arg(long, env = "IGNITED_HTTPS_USERNAME")]
+        https_username: Option<String>,
+        /// What password or access token to use when authenticating with Git over HTTPS
+        #[arg(long, env = "IGNITED_HTTPS_PASSWORD", hide_env_values = true)]
+        https_password: Option<String>,
         /// Do not write VM status back to the repository
         #[arg(long)]
         read_only: bool,
@@ -75,6 +106,17 @@ enum Cmd {
         /// Run one pass and exit
         #[arg(long)]
         once: bool,
+    },
+    /// Print the version of ignited
+    Version {
+        /// Output format: short, json or yaml
+        #[arg(short, long, value_parser = ["short", "json", "yaml"])]
+        output: Option<String>,
+    },
+    /// Output shell completion code for ignited (bash, zsh or fish)
+    Completion {
+        #[arg(value_parser = ["bash", "zsh", "fish"], default_value = "bash")]
+        shell: String,
     },
 }
 
@@ -147,6 +189,34 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Cmd::Version { output } => {
+            let v = env!("CARGO_PKG_VERSION");
+            match output.as_deref() {
+                Some("short") => println!("v{v}"),
+                Some("json") => {
+                    println!("{}", serde_json::json!({ "major": "0", "minor": "1", "gitVersion": format!("v{v}") }))
+                }
+                Some("yaml") => println!("gitVersion: v{v}"),
+                _ => println!("ignited version: v{v}"),
+            }
+            return Ok(());
+        }
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            let sh: clap_complete::Shell = shell.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            clap_complete::generate(sh, &mut Cli::command(), "ignited", &mut std::io::stdout());
+            return Ok(());
+        }
+        _ => {}
+    }
+    if let Some(rt) = &cli.runtime {
+        anyhow::ensure!(
+            matches!(rt.as_str(), "containerd" | "docker"),
+            "invalid --runtime {rt:?}: Ignite's values are containerd and docker"
+        );
+        tracing::info!("--runtime {rt} has no effect: ignite runs VMs without a container runtime");
+    }
     let store = Store::open(&cli.root)?;
     // One daemon per state root.
     let lock_path = cli.root.join("ignited.lock");
@@ -154,7 +224,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if lock.try_lock().is_err() {
         anyhow::bail!("another ignited is running on {} (lock {})", cli.root.display(), lock_path.display());
     }
-    let config = load_configuration(cli.ignite_config.as_deref())?;
+    let mut config = load_configuration(cli.ignite_config.as_deref())?;
+    // Global flags over the configuration file, as for `ignite`.
+    if let Some(p) = &cli.id_prefix {
+        anyhow::ensure!(
+            !p.is_empty()
+                && p.len() <= 32
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "invalid --id-prefix {p:?}: use 1 to 32 lowercase letters, digits and '-'"
+        );
+        config.spec.id_prefix = p.clone();
+    }
+    match cli.network_plugin.as_deref() {
+        None => {}
+        Some("cni" | "docker-bridge") => config.spec.network_plugin = "cni".into(),
+        Some("none") => config.spec.network_plugin = "none".into(),
+        Some(np) => anyhow::bail!("invalid --network-plugin {np:?}: use cni, docker-bridge or none"),
+    }
     let metrics = Arc::new(api::Metrics::default());
     if cli.socket.as_os_str() != "none" {
         api::serve(cli.socket.clone(), store.clone(), config.clone(), metrics.clone())
@@ -167,9 +253,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Cmd::Daemon { manifest_dir, interval, once } => {
-            tracing::info!("reconciling {} every {interval}s and on change", manifest_dir.display());
+            tracing::info!("reconciling {} every {interval:?} and on change", manifest_dir.display());
             let mut last_fp = None;
-            let mut last_pass = Instant::now() - Duration::from_secs(interval);
+            let mut last_pass: Option<Instant> = None;
             let mut watch = None;
             while !stop.load(Ordering::Relaxed) {
                 if !manifest_dir.is_dir() {
@@ -178,10 +264,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     watch = watch_dir(&manifest_dir);
                 }
                 let fp = fingerprint(&manifest_dir);
-                if Some(&fp) != last_fp.as_ref() || last_pass.elapsed() >= Duration::from_secs(interval) {
+                if Some(&fp) != last_fp.as_ref() || last_pass.is_none_or(|t| t.elapsed() >= interval) {
                     pass(&store, &config, read_manifest_dir(&manifest_dir), &metrics);
                     last_fp = Some(fp);
-                    last_pass = Instant::now();
+                    last_pass = Some(Instant::now());
                     if once {
                         break;
                     }
@@ -189,18 +275,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 wait_for_change(watch.as_ref(), Duration::from_millis(500));
             }
         }
-        Cmd::Gitops { repo, branch, path, interval, read_only, host, once } => {
-            let source = ignite_runtime::gitops::Source::new(&cli.root, &repo, &branch, &path);
-            tracing::info!("following {repo} ({branch}, {}) every {interval}s", path.display());
-            let mut backoff = Duration::from_secs(interval);
+        Cmd::Gitops {
+            repo,
+            branch,
+            paths,
+            interval,
+            timeout,
+            identity_file,
+            hosts_file,
+            https_username,
+            https_password,
+            read_only,
+            host,
+            once,
+        } => {
+            let https = match (https_username, https_password) {
+                (Some(u), Some(p)) => Some((u, p)),
+                (None, None) => None,
+                _ => anyhow::bail!("--https-username and --https-password go together"),
+            };
+            let options = ignite_runtime::gitops::GitOptions { timeout, identity_file, hosts_file, https };
+            let source = ignite_runtime::gitops::Source::new(&cli.root, &repo, branch.as_deref(), &paths, options);
+            let shown: Vec<String> = source.paths.iter().map(|p| p.display().to_string()).collect();
+            tracing::info!(
+                "following {repo} ({}, {}) every {interval:?}",
+                branch.as_deref().unwrap_or("its default branch"),
+                shown.join(", ")
+            );
+            let interval = interval.max(Duration::from_millis(100));
+            let mut backoff = interval;
             let mut last_good = false;
             while !stop.load(Ordering::Relaxed) {
-                let mut wait = Duration::from_secs(interval);
+                let mut wait = interval;
                 match source.sync() {
                     Ok(head) => {
                         tracing::debug!("at {head}");
                         last_good = true;
-                        backoff = Duration::from_secs(interval);
+                        backoff = interval;
                     }
                     Err(e) => {
                         metrics.sync_errors.fetch_add(1, Ordering::Relaxed);
@@ -232,10 +343,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let until = Instant::now() + wait;
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(Duration::from_millis(200).min(wait));
                 }
             }
         }
+        // Answered before the daemon started.
+        Cmd::Version { .. } | Cmd::Completion { .. } => {}
     }
     Ok(())
 }

@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Create(a) => create::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Exec(a) => exec::run(&ctx, a),
+        Command::Gitops(a) => gitops(&ctx, a),
         Command::Image(c) => image::run(&ctx, c.command, c.ls),
         Command::Inspect(a) => inspect::run(&ctx, a.kind, &a.object, a.output, a.template.as_deref()),
         Command::Kernel(c) => kernel::run(&ctx, c.command, c.ls),
@@ -73,6 +74,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             VmSub::Inspect(a) => inspect::run(&ctx, crate::cli::Kind::Vm, &a.object, a.output, a.template.as_deref()),
         },
     }
+}
+
+/// `ignite gitops`: Weave Ignite ran GitOps from the CLI as well; here the daemon's loop does
+/// it, in the foreground, for this state root.
+fn gitops(ctx: &Ctx, a: crate::cli::GitopsArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe()?;
+    let ignited = me.with_file_name("ignited");
+    let mut cmd = std::process::Command::new(if ignited.is_file() { ignited } else { "ignited".into() });
+    cmd.arg("--root").arg(&ctx.global.root).args(["--log-level", &ctx.global.log_level, "--socket", "none"]);
+    if let Some(c) = &ctx.global.ignite_config {
+        cmd.arg("--ignite-config").arg(c);
+    }
+    cmd.args(["gitops", &a.repo]);
+    if let Some(b) = &a.branch {
+        cmd.args(["--branch", b]);
+    }
+    if !a.paths.is_empty() {
+        cmd.args(["--paths", &a.paths.join(",")]);
+    }
+    let err = cmd.exec();
+    Err(anyhow::Error::new(err).context("cannot run ignited (install it beside ignite)"))
 }
 
 /// The `--network-plugin` flag, checked and normalized (Ignite's `docker-bridge` is CNI's
