@@ -229,6 +229,31 @@ fn without_agent_and_without_ssh_exec_says_what_to_do() {
     let o = exec(&root, &["--timeout", "2", "noagent", "--", "true"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--ssh"), "{err}");
+    assert!(err.contains("--ssh") && err.contains("created with --agent=false"), "{err}");
     ok(&root, &["rm", "-f", "noagent"]);
+    // A dynamically linked agent where ignite was told to take it: exec says so (not "has no
+    // SSH key").
+    let o = Command::new(common::bin())
+        .args(["run", "busybox", "--name", "dynagent", "--memory", "256MB", "--network-plugin", "none"])
+        .env("IGNITE_ROOT", &*root)
+        .env("IGNITE_AGENT", "/bin/true")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = exec(&root, &["--timeout", "2", "dynagent", "--", "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("/bin/true: dynamically linked"), "{err}");
+    ok(&root, &["rm", "-f", "dynagent"]);
+    // Nothing set, nothing installed: the agent built into ignite by cargo is used.
+    let o = Command::new(common::bin())
+        .args(["run", "busybox", "--name", "builtin", "--memory", "256MB", "--network-plugin", "none"])
+        .env("IGNITE_ROOT", &*root)
+        .env_remove("IGNITE_AGENT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    until_exec_works(&root, "builtin", 120);
+    let written: Vec<_> = std::fs::read_dir(root.join("agent")).unwrap().flatten().collect();
+    assert_eq!(written.len(), 1, "the built-in agent is written once under the state root");
+    ok(&root, &["rm", "-f", "builtin"]);
 }

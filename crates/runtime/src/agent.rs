@@ -55,14 +55,28 @@ pub enum AgentError {
     Io(#[from] std::io::Error),
 }
 
-/// The static agent binary to inject: `$IGNITE_AGENT`, else `ignite-agent` next to the running
+/// Why a VM's current boot runs without the agent (a file in its directory, written by start).
+pub const NO_AGENT_FILE: &str = "no-agent.reason";
+
+/// The static guest agent built with this ignite (by `build.rs`; empty when the build was told
+/// to leave it out).
+const EMBEDDED: &[u8] = include_bytes!(env!("IGNITE_EMBEDDED_AGENT"));
+
+/// The static agent binary to inject: `$IGNITE_AGENT`, else the one built into ignite (written
+/// once to `<state root>/agent/ignite-agent-<hash>`), else `ignite-agent` next to the running
 /// executable, else `/usr/local/lib/ignite/ignite-agent` or `/usr/lib/ignite/ignite-agent`.
 /// Only a statically linked executable qualifies: images need not have a C library.
-pub fn find_binary() -> Result<PathBuf, String> {
+pub fn find_binary(root: &Path) -> Result<PathBuf, String> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("IGNITE_AGENT") {
         let p = PathBuf::from(p);
         return check_static(&p).map(|_| p);
+    }
+    if !EMBEDDED.is_empty() {
+        match write_embedded(root) {
+            Ok(p) => return Ok(p),
+            Err(e) => tracing::warn!("cannot write the built-in guest agent under {}: {e}", root.display()),
+        }
     }
     if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
         candidates.push(dir.join("ignite-agent"));
@@ -80,6 +94,23 @@ pub fn find_binary() -> Result<PathBuf, String> {
         "no usable ignite-agent ({}); build one with scripts/build-agent.sh or set IGNITE_AGENT",
         why.join("; ")
     ))
+}
+
+/// The built-in agent as a file under the state root, written atomically the first time.
+fn write_embedded(root: &Path) -> std::io::Result<PathBuf> {
+    use sha2::Digest;
+    let hash = format!("{:x}", sha2::Sha256::digest(EMBEDDED));
+    let dir = root.join("agent");
+    let path = dir.join(format!("ignite-agent-{}", &hash[..16]));
+    if !path.is_file() {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".ignite-agent.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, EMBEDDED)?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    check_static(&path).map_err(std::io::Error::other)?;
+    Ok(path)
 }
 
 /// Whether `p` is a static x86-64 executable (see [`ignite_disk::elf_static`]).

@@ -266,17 +266,24 @@ fn boot_and_spawn(
         store.modify::<Vm, _>(&uid, |v| v.status.network = Some(status))?;
     }
     let initrd = dir.join(INITRD);
-    let agent = if vm.spec.agent == Some(false) {
-        None
+    let (agent, why_not) = if vm.spec.agent == Some(false) {
+        (None, "it was created with --agent=false".to_string())
     } else {
-        match crate::agent::find_binary() {
-            Ok(p) => Some(p),
+        match crate::agent::find_binary(store.root()) {
+            Ok(p) => (Some(p), String::new()),
             Err(e) => {
                 tracing::warn!("VM {name} starts without its guest agent (exec and cp need --ssh): {e}");
-                None
+                (None, e)
             }
         }
     };
+    // Why this boot has no agent, for `ignite exec` to say.
+    let why_file = dir.join(crate::agent::NO_AGENT_FILE);
+    if agent.is_some() {
+        let _ = std::fs::remove_file(&why_file);
+    } else {
+        ignite_store::write_atomic(&why_file, why_not.as_bytes())?;
+    }
     let with_agent = agent.is_some();
     crate::provision::vm_initramfs(store, vm, &initrd, agent)
         .map_err(prep(&name, "cannot build the VM's initramfs"))?;

@@ -52,6 +52,9 @@ pub fn run(ctx: &Ctx, a: CpArgs) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
+            Err(AgentError::NotEnabled { .. }) if vm.spec.ssh.is_none() => {
+                return Err(super::exec::no_way_in(&store, &vm))
+            }
             Err(AgentError::NotEnabled { .. }) => {}
             Err(e @ AgentError::NotReady { .. }) if vm.spec.ssh.is_some() => tracing::warn!("{e}; trying SSH"),
             Err(e) => return Err(e.into()),

@@ -29,6 +29,7 @@ pub fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<()> {
     if a.identity.is_none() {
         match Session::connect(&vm.metadata.name, &store.dir::<Vm>(&vm.uid()), timeout) {
             Ok(s) => exec_agent(s, &a, env),
+            Err(AgentError::NotEnabled { .. }) if vm.spec.ssh.is_none() => return Err(no_way_in(&store, &vm)),
             Err(AgentError::NotEnabled { .. }) => {}
             Err(e @ AgentError::NotReady { .. }) if vm.spec.ssh.is_some() => {
                 tracing::warn!("{e}; trying SSH");
@@ -63,6 +64,18 @@ fn argv(command: &[String]) -> Vec<String> {
         [line] if line.contains(char::is_whitespace) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
         _ => command.to_vec(),
     }
+}
+
+/// The error for a VM that has neither an agent nor an SSH key, saying why it has no agent.
+pub fn no_way_in(store: &ignite_store::Store, vm: &Vm) -> anyhow::Error {
+    let why = std::fs::read_to_string(store.dir::<Vm>(&vm.uid()).join(ignite_runtime::agent::NO_AGENT_FILE))
+        .unwrap_or_default();
+    let why = if why.trim().is_empty() { "it started without one".to_string() } else { why.trim().to_string() };
+    anyhow::anyhow!(
+        "VM {:?} has no guest agent ({why}) and no SSH key: restart it with an agent (a static ignite-agent: \
+         scripts/build-agent.sh, or ignite as cargo builds it), or create it with --ssh (or give -i KEY)",
+        vm.metadata.name
+    )
 }
 
 /// Restores the terminal's settings when dropped.
