@@ -225,6 +225,46 @@ fn panicked(what: &str) -> NetError {
     NetError::Command { command: what.to_string(), stderr: "the thread running it panicked".into() }
 }
 
+/// Waits until interface `ifname` exists in namespace `netns` (someone else creates it: Weave
+/// Ignite's extra interfaces appear in the VM's namespace after it exists).
+pub fn wait_for_interface(netns: &str, ifname: &str, timeout: std::time::Duration) -> Result<(), NetError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if run("ip", &["-n", netns, "link", "show", ifname], None).is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(NetError::Command {
+                command: format!("ip -n {netns} link show {ifname}"),
+                stderr: format!(
+                    "interface {ifname} did not appear in network namespace {netns} within {} s (create it there, e.g. `ip -n {netns} link add {ifname} type veth`)",
+                    timeout.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Connects interface `ifname` of namespace `netns` to a new tap `tap` there, frames redirected
+/// both ways by tc (Weave Ignite's `tc-redirect` mode); returns the interface's MAC, which the
+/// guest's NIC takes.
+pub fn redirect_extra(netns: &str, ifname: &str, tap: &str) -> Result<String, NetError> {
+    let out = run("ip", &["-n", netns, "-j", "link", "show", ifname], None)?;
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let mac = v[0]["address"].as_str().map(String::from).ok_or(NetError::NoAddress)?;
+    let ipcmds = format!("link set {ifname} up\ntuntap add dev {tap} mode tap\nlink set {tap} up\n");
+    run("ip", &["-n", netns, "-batch", "-"], Some(&ipcmds))?;
+    let tccmds = format!(
+        "qdisc add dev {ifname} ingress\n\
+         filter add dev {ifname} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {tap}\n\
+         qdisc add dev {tap} ingress\n\
+         filter add dev {tap} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {ifname}\n"
+    );
+    run("tc", &["-n", netns, "-batch", "-"], Some(&tccmds))?;
+    Ok(mac)
+}
+
 /// Newer kernels (6.x) create bridges with an all-zero MAC until a port joins, and the bridge
 /// plugin of containernetworking-plugins 1.1 then fails ("could not set bridge's mac: invalid
 /// argument") when it pins the bridge's MAC to itself. Give the bridge a stable, locally

@@ -16,6 +16,44 @@ pub const PLUGIN_ANNOTATION: &str = "ignite.weave.works/network-plugin";
 /// Annotation requesting a fixed IPv4 address.
 pub const IP_ANNOTATION: &str = "ignite.weave.works/ip";
 
+/// Annotation prefix of Weave Ignite's extra interfaces:
+/// `ignite.weave.works/interface/<name>: tc-redirect`.
+pub const INTERFACE_ANNOTATION: &str = "ignite.weave.works/interface/";
+/// Most extra interfaces a VM takes (QEMU microvm has 8 virtio-mmio slots in all).
+pub const MAX_EXTRA_INTERFACES: usize = 3;
+
+/// The extra interfaces a VM asks for, sorted by name (the guest sees them as eth1, eth2, ...
+/// in that order, as Weave Ignite plugged them). `eth0` (the CNI interface) may be named with
+/// Ignite's `dhcp-bridge`, which is what it is here; an empty name is ignored, as Ignite did.
+pub fn extra_interfaces(vm: &Vm) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (k, mode) in &vm.metadata.annotations {
+        let Some(name) = k.strip_prefix(INTERFACE_ANNOTATION) else { continue };
+        if name.is_empty() || (name == "eth0" && mode == "dhcp-bridge") {
+            continue;
+        }
+        if name.len() > 15 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(format!(
+                "annotation {k}: {name:?} is not an interface name (at most 15 letters, digits, '-', '_', '.')"
+            ));
+        }
+        if name == "eth0" || name.starts_with("tap") || name == "lo" {
+            return Err(format!("annotation {k}: {name} is ignite's own interface in the VM's namespace"));
+        }
+        if mode != "tc-redirect" {
+            return Err(format!(
+                "annotation {k}: mode {mode:?} is not supported for an extra interface (use tc-redirect)"
+            ));
+        }
+        out.push(name.to_string());
+    }
+    out.sort();
+    if out.len() > MAX_EXTRA_INTERFACES {
+        return Err(format!("{} extra interfaces asked; at most {MAX_EXTRA_INTERFACES}", out.len()));
+    }
+    Ok(out)
+}
+
 /// The network plugin a VM uses.
 pub fn plugin_for(vm: &Vm, config: &LoadedConfig) -> String {
     let p =

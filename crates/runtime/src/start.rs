@@ -23,6 +23,8 @@ use crate::sys;
 pub const ROOT_DISK: &str = "disk.qcow2";
 /// Held by a start of the VM, from its first check until the supervisor runs.
 pub const START_LOCK: &str = "start.lock";
+/// How long a start waits for a VM's extra interfaces to appear in its network namespace.
+const EXTRA_INTERFACE_WAIT: Duration = Duration::from_secs(120);
 /// Per-VM initramfs.
 pub const INITRD: &str = "initrd.cpio";
 /// The kernel file inside a kernel object's directory.
@@ -181,11 +183,20 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     })
     .map_err(StartError::Accel)?;
 
+    let extra_ifs =
+        crate::network::extra_interfaces(&vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+    if !extra_ifs.is_empty() && plugin != "cni" {
+        return Err(StartError::Network {
+            name: name.clone(),
+            message: "extra interfaces (ignite.weave.works/interface/...) need the cni network plugin".into(),
+        });
+    }
     // Host ports are reserved host-wide (other state roots included) for the VM's life.
     let port_leases = crate::lease::host_ports(store.root(), &vm)
         .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
     // Network: attach before boot so the guest gets its address on the kernel command line.
     let mut vm = vm;
+    let mut extra_nics: Vec<NicConfig> = Vec::new();
     let attachment = match plugin.as_str() {
         "cni" => {
             let opts =
@@ -217,6 +228,19 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
                 return Err(e.into());
             }
             ignite_proc::fault::point("start.network-attached");
+            // Weave Ignite's extra interfaces: created in the VM's namespace by someone else
+            // once it exists; each becomes the guest's eth1, eth2, ... (sorted by name).
+            for (i, ifname) in extra_ifs.iter().enumerate() {
+                let connected = ignite_net::wait_for_interface(&att.netns, ifname, EXTRA_INTERFACE_WAIT)
+                    .and_then(|_| ignite_net::redirect_extra(&att.netns, ifname, &format!("tap{}", i + 1)));
+                match connected {
+                    Ok(mac) => extra_nics.push(NicConfig { tap: format!("tap{}", i + 1), mac }),
+                    Err(e) => {
+                        crate::network::release(&dir);
+                        return Err(StartError::Network { name: name.clone(), message: e.to_string() });
+                    }
+                }
+            }
             Some(att)
         }
         "none" => None,
@@ -230,7 +254,8 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     let mut leases = vec![supervisor_lease];
     leases.extend(port_leases);
     // From here on, a failure releases the network again.
-    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, attachment.as_ref(), opts, &leases);
+    let nets = (attachment.as_ref(), extra_nics);
+    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, nets, opts, &leases);
     if res.is_err() {
         crate::network::release(&dir);
         let _ = store.modify::<Vm, _>(&uid, |v| {
@@ -254,7 +279,7 @@ fn boot_and_spawn(
     disk: PathBuf,
     want: u64,
     verdict: &AccelVerdict,
-    att: Option<&ignite_net::Attachment>,
+    (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<NicConfig>),
     opts: &StartOptions,
     leases: &[crate::lease::Lease],
 ) -> Result<u32, StartError> {
@@ -299,7 +324,8 @@ fn boot_and_spawn(
         cmdline.push(' ');
         cmdline.push_str(&a.kernel_ip_arg(&name));
     }
-    let nics = att.map(|a| vec![NicConfig { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
+    let mut nics = att.map(|a| vec![NicConfig { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
+    nics.extend(extra_nics);
     let mut disks = vec![DiskConfig { path: disk, format: "qcow2".into(), read_only: false }];
     for v in &vm.spec.storage.volumes {
         let path = v.block_device.as_ref().map(|b| PathBuf::from(&b.path)).unwrap_or_default();
@@ -307,6 +333,16 @@ fn boot_and_spawn(
             return Err(StartError::VolumeMissing { name: name.clone(), volume: v.name.clone(), path });
         }
         disks.push(DiskConfig { path, format: "raw".into(), read_only: false });
+    }
+    let devices = disks.len() + nics.len() + usize::from(with_agent);
+    if devices > qemu::Qemu::MAX_DEVICES {
+        return Err(StartError::Network {
+            name: name.clone(),
+            message: format!(
+                "{devices} virtio devices (root disk, volumes, NICs, agent): the microvm machine takes at most {}; use fewer volumes or extra interfaces",
+                qemu::Qemu::MAX_DEVICES
+            ),
+        });
     }
     let boot = BootConfig {
         uid: uid.clone(),

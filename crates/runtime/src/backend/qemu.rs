@@ -58,42 +58,42 @@ impl Qemu {
             push(&["-initrd", &i.to_string_lossy()]);
         }
         push(&["-append", &boot.cmdline]);
+        // Every virtio-mmio device, in order (see `with_irq_filler`).
+        let mut devices: Vec<Vec<String>> = Vec::new();
         for (i, d) in boot.disks.iter().enumerate() {
             let ro = if d.read_only { ",readonly=on" } else { "" };
-            push(&[
-                "-drive",
-                &format!(
+            devices.push(vec![
+                "-drive".into(),
+                format!(
                     "id=disk{i},file={},format={},if=none,cache=unsafe,discard=unmap{ro}",
                     qemu_path(&d.path),
                     d.format
                 ),
-                "-device",
-                &format!("virtio-blk-device,drive=disk{i}"),
+                "-device".into(),
+                format!("virtio-blk-device,drive=disk{i}"),
             ]);
         }
         for (i, n) in boot.nics.iter().enumerate() {
-            push(&[
-                "-netdev",
-                &format!("tap,id=net{i},ifname={},script=no,downscript=no", n.tap),
-                "-device",
-                &format!("virtio-net-device,netdev=net{i},mac={}", n.mac),
+            devices.push(vec![
+                "-netdev".into(),
+                format!("tap,id=net{i},ifname={},script=no,downscript=no", n.tap),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net{i},mac={}", n.mac),
             ]);
         }
         if boot.agent {
             let sock = boot.run_dir.join(crate::agent::AGENT_VMM_SOCKET);
-            // With the root disk, a NIC and two volumes, this is the fifth virtio-mmio device:
-            // QEMU would give it IRQ 8, the RTC's (see `filler_needed`).
-            if Self::filler_needed(boot) {
-                push(&["-device", "virtio-balloon-device"]);
-            }
-            push(&[
-                "-device",
-                "virtio-serial-device,max_ports=2",
-                "-chardev",
-                &format!("socket,id=agent0,path={},server=on,wait=off", qemu_path(&sock)),
-                "-device",
-                &format!("virtserialport,chardev=agent0,name={}", ignite_agent::proto::PORT_NAME),
+            devices.push(vec![
+                "-device".into(),
+                "virtio-serial-device,max_ports=2".into(),
+                "-chardev".into(),
+                format!("socket,id=agent0,path={},server=on,wait=off", qemu_path(&sock)),
+                "-device".into(),
+                format!("virtserialport,chardev=agent0,name={}", ignite_agent::proto::PORT_NAME),
             ]);
+        }
+        for d in Self::with_irq_filler(devices) {
+            push(&d.iter().map(String::as_str).collect::<Vec<_>>());
         }
         push(&["-qmp", &format!("unix:{},server=on,wait=off", qemu_path(&Self::qmp_path(&boot.run_dir)))]);
         a
@@ -101,12 +101,18 @@ impl Qemu {
 
     /// QEMU microvm (without ACPI) gives virtio-mmio devices IRQs 12, 11, 10, 9, 8, ... in
     /// the order they are created; IRQ 8 is the RTC's, and a guest driver that claims it
-    /// takes the guest's clock away. When the agent's port would be that fifth device, a
-    /// balloon device (no driver in ignite's kernel, so its IRQ is never requested) takes
-    /// the slot instead.
-    fn filler_needed(boot: &BootConfig) -> bool {
-        boot.disks.len() + boot.nics.len() == 4
+    /// takes the guest's clock away. When there is a fifth device, a balloon device (no driver
+    /// in ignite's kernel, so its IRQ is never requested) takes that slot instead.
+    fn with_irq_filler(mut devices: Vec<Vec<String>>) -> Vec<Vec<String>> {
+        if devices.len() > 4 {
+            devices.insert(4, vec!["-device".into(), "virtio-balloon-device".into()]);
+        }
+        devices
     }
+
+    /// Most virtio-mmio devices a VM can have: microvm's 8 transports, one of them the IRQ
+    /// filler once there are more than four.
+    pub const MAX_DEVICES: usize = 7;
 
     fn qmp(&self, boot: &BootConfig, command: &str, arguments: Option<serde_json::Value>) -> Result<(), BackendError> {
         let path = Self::qmp_path(&boot.run_dir);
@@ -223,5 +229,14 @@ mod tests {
         assert!(a.contains("acpi=off"));
         assert!(a.contains("virtserialport,chardev=agent0,name=org.ignite.agent.0"), "{a}");
         assert!(!a.contains("balloon"), "{a}");
+        // Three NICs: the fifth device (the third NIC) would take IRQ 8; the filler takes it.
+        let mut three = boot.clone();
+        three.nics =
+            (0..3).map(|i| NicConfig { tap: format!("tap{i}"), mac: format!("02:00:00:00:00:0{i}") }).collect();
+        three.disks.push(DiskConfig { path: "/v/vol".into(), format: "raw".into(), read_only: false });
+        let a = Qemu::args(&three);
+        let devices: Vec<&String> = a.iter().filter(|x| x.starts_with("virtio-")).collect();
+        assert_eq!(devices[4], "virtio-balloon-device", "{devices:?}");
+        assert!(devices[5].starts_with("virtio-net-device,netdev=net2"), "{devices:?}");
     }
 }
