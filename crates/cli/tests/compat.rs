@@ -111,3 +111,29 @@ fn id_prefix_names_the_vmm_and_the_namespace() {
     ok(&root, &["rm", "-f", "prefixed"]);
     assert!(!Path::new(&format!("/run/netns/e2e-test-{uid}")).exists());
 }
+
+/// Ignite's TestVMpsWithOutdatedStatus: a record that says "stopped" while the VM runs is
+/// shown as `*Up`, with a note; `rm -f` still stops the VM and releases everything.
+#[test]
+fn ps_marks_a_record_older_than_the_vm() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "outdated", "--memory", "256MB"]);
+    let uid =
+        ok(&root, &["ps", "-a", "-f", "{{.ObjectMeta.Name}}=outdated", "-t", "{{.ObjectMeta.UID}}"]).trim().to_string();
+    let meta = root.join("vm").join(&uid).join("metadata.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    v["status"]["running"] = serde_json::Value::Bool(false);
+    std::fs::write(&meta, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let o = common::ignite(&root, &["ps", "-a"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("*Up"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("The symbol *"), "{}", String::from_utf8_lossy(&o.stderr));
+    let pid = v["status"]["runtime"]["pid"].as_u64().unwrap();
+    ok(&root, &["rm", "-f", "outdated"]);
+    assert!(
+        !Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().is_empty(),
+        "the supervisor survived rm -f"
+    );
+    assert!(!Path::new(&format!("/run/netns/ignite-{uid}")).exists(), "its network survived rm -f");
+}

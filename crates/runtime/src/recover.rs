@@ -15,6 +15,24 @@ pub struct Recovered {
     pub collected: Option<crate::gc::Collected>,
 }
 
+/// Releases what VM `uid` holds while it runs (network, sockets) when no process acts on it: no
+/// start holds its start lock, no supervisor its lease. Returns whether a network was released.
+pub fn release_if_idle(store: &Store, uid: &str) -> bool {
+    let dir = store.dir::<Vm>(uid);
+    let had_network = dir.join(crate::network::NETWORK_FILE).exists();
+    // A start in progress holds the VM's start lock: leave its VM alone.
+    let Ok(lock) =
+        std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(crate::start::START_LOCK))
+    else {
+        return false;
+    };
+    if lock.try_lock().is_err() || crate::lease::supervisor_held(&dir) {
+        return false;
+    }
+    crate::supervisor::release_resources(&dir);
+    had_network
+}
+
 /// Releases the leftovers of every VM that is not running and that no start is acting on.
 pub fn recover_all(store: &Store) -> Result<Recovered, StoreError> {
     let mut r = Recovered::default();
@@ -24,21 +42,12 @@ pub fn recover_all(store: &Store) -> Result<Recovered, StoreError> {
         if vm.status.running {
             continue;
         }
-        let dir = store.dir::<Vm>(&vm.uid());
-        if !dir.join(crate::network::NETWORK_FILE).exists() {
+        if !store.dir::<Vm>(&vm.uid()).join(crate::network::NETWORK_FILE).exists() {
             continue;
         }
-        // A start in progress holds the VM's start lock: leave its VM alone.
-        let Ok(lock) =
-            std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(crate::start::START_LOCK))
-        else {
-            continue;
-        };
-        if lock.try_lock().is_err() || crate::lease::supervisor_held(&dir) {
-            continue;
+        if release_if_idle(store, &vm.uid()) {
+            r.networks.push(vm.metadata.name.clone());
         }
-        crate::network::release(&dir);
-        r.networks.push(vm.metadata.name.clone());
     }
     r.collected = crate::gc::collect_if_idle(store);
     Ok(r)

@@ -27,7 +27,7 @@ pub fn remove_vm(
     stop: impl FnOnce(&Vm) -> Result<(), RemoveError>,
 ) -> Result<Vm, RemoveError> {
     let vm = store.get::<Vm>(uid)?;
-    if vm.status.running {
+    if vm.status.running || crate::status::outdated(&vm) {
         if !force {
             return Err(RemoveError::Running { name: vm.metadata.name.clone() });
         }

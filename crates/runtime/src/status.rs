@@ -17,6 +17,13 @@ pub fn is_live(vm: &Vm) -> bool {
     vm.status.running && supervisor_pid(vm).map(|p| is_supervisor_alive(p, &vm.uid())).unwrap_or(false)
 }
 
+/// Whether the VM's record says it is not running while its supervisor lives (a record edited
+/// or restored by hand, or written by another tool): `ps` shows it as `*Up`, as Weave Ignite
+/// did for a manifest older than the VM's real state.
+pub fn outdated(vm: &Vm) -> bool {
+    !vm.status.running && supervisor_pid(vm).is_some_and(|p| is_supervisor_alive(p, &vm.uid()))
+}
+
 /// Returns the VM with a truthful `status.running`, recording a dead supervisor as a stop.
 pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
     if !vm.status.running || is_live(&vm) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ignite_api::{ExitStatus, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::status::{is_live, refresh, supervisor_pid};
+use crate::status::{refresh, supervisor_pid};
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub fn stop(store: &Store, vm: Vm, grace: Duration) -> Result<Vm, StopError> {
     let pid = running_pid(&vm)?;
     signal(&vm, pid, sys::terminate)?;
     ignite_proc::fault::point("stop.signalled");
-    if let Some(v) = wait_down(store, &vm, grace)? {
+    if let Some(v) = wait_down(store, &vm, pid, grace)? {
         return Ok(v);
     }
     tracing::info!("VM {:?} did not shut down within {}s: stopping it", vm.metadata.name, grace.as_secs());
@@ -46,7 +46,7 @@ pub fn kill(store: &Store, vm: Vm) -> Result<Vm, StopError> {
 
 fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
     signal(&vm, pid, sys::interrupt)?;
-    if let Some(v) = wait_down(store, &vm, Duration::from_secs(8))? {
+    if let Some(v) = wait_down(store, &vm, pid, Duration::from_secs(8))? {
         return Ok(v);
     }
     // The supervisor is wedged: kill it; its VMM dies with it (parent-death signal).
@@ -74,7 +74,8 @@ fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
 
 fn running_pid(vm: &Vm) -> Result<u32, StopError> {
     match supervisor_pid(vm) {
-        Some(p) if vm.status.running => Ok(p),
+        // A record that says "stopped" while its supervisor lives is stopped all the same.
+        Some(p) if vm.status.running || crate::status::outdated(vm) => Ok(p),
         _ => Err(StopError::NotRunning { name: vm.metadata.name.clone() }),
     }
 }
@@ -83,17 +84,21 @@ fn signal(vm: &Vm, pid: u32, f: fn(u32) -> std::io::Result<()>) -> Result<(), St
     f(pid).map_err(|source| StopError::Signal { name: vm.metadata.name.clone(), pid, source })
 }
 
-/// Waits until the supervisor has recorded the end (or died); `None` on timeout.
-fn wait_down(store: &Store, vm: &Vm, timeout: Duration) -> Result<Option<Vm>, StopError> {
+/// Waits until the supervisor (`pid`) is gone, with its end recorded; `None` on timeout.
+fn wait_down(store: &Store, vm: &Vm, pid: u32, timeout: Duration) -> Result<Option<Vm>, StopError> {
     let deadline = Instant::now() + timeout;
     let uid = vm.uid();
     loop {
         let cur = store.get::<Vm>(&uid)?;
-        if !cur.status.running {
+        if !sys::is_supervisor_alive(pid, &uid) {
+            if cur.status.running {
+                // Died without recording its end: recovery records it (and releases).
+                return Ok(Some(refresh(store, cur)?));
+            }
+            // Its record said "stopped" before it ended (an outdated record): it released
+            // nothing then; nobody else acts on the VM now.
+            crate::recover::release_if_idle(store, &uid);
             return Ok(Some(cur));
-        }
-        if !is_live(&cur) {
-            return Ok(Some(refresh(store, cur)?));
         }
         if Instant::now() >= deadline {
             return Ok(None);

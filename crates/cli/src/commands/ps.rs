@@ -13,7 +13,7 @@ pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
         a.template.as_deref().map(Template::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
     let mut vms = Vec::new();
     for vm in ctx.list_vms()? {
-        if !a.all && vm.state() != VmState::Running {
+        if !a.all && vm.state() != VmState::Running && !ignite_runtime::status::outdated(&vm) {
             continue;
         }
         let v = serde_json::to_value(&vm)?;
@@ -47,6 +47,11 @@ pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
             }
             let rows: Vec<Vec<String>> = vms.iter().map(|(vm, _)| row(vm, wide)).collect();
             table(&header, &rows);
+            if vms.iter().any(|(vm, _)| ignite_runtime::status::outdated(vm)) {
+                eprintln!(
+                    "The symbol * on the VM status indicates that the VM's record on disk may not be up-to-date with the actual VM status (its supervisor runs)"
+                );
+            }
         }
     }
     Ok(())
@@ -54,6 +59,7 @@ pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
 
 fn row(vm: &Vm, wide: bool) -> Vec<String> {
     let status = match vm.state() {
+        _ if ignite_runtime::status::outdated(vm) => format!("*Up {}", since(vm.status.start_time)),
         VmState::Running => format!("Up {}", since(vm.status.start_time)),
         VmState::Stopped => "Stopped".to_string(),
         VmState::Created => "Created".to_string(),
