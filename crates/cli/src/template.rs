@@ -20,20 +20,24 @@
 //! v1alpha2 path) finds `status.network.ipAddresses`; `{{.X[0]}}` indexes a list (an extension:
 //! Go spells it `{{index .X 0}}`). A field that a struct does not have is an error that names it
 //! (`can't evaluate field Nope in type v1alpha4.VMSpec`); a missing key of a map (labels,
-//! annotations) prints `<no value>`, as in Go. The text of a few literal escapes (`\n`, `\t`) in
-//! the template's text (not inside actions) are turned into newlines and tabs, as Docker does.
+//! annotations) prints `<no value>`, as in Go; so does a missing key of an untyped object. A
+//! literal `\n` or `\t` in the template's text (not inside actions) becomes a newline or a tab,
+//! as Docker does. `ps` checks a template's fields against the VM type before listing, so a bad
+//! field fails even when no VM is listed.
 //!
 //! # Values and their text form
 //!
-//! Templates run over the object's JSON, which does not say what Go type a value had: [`VM`],
-//! [`IMAGE`] and [`KERNEL`] below (the schema) are that type information, in one place: each
-//! Ignite struct with its Go field names, JSON names and Go types, and ignite's own extension
-//! fields. A value prints as Ignite's Go value printed (its `String()` where it has one):
+//! Templates run over the object's JSON, which does not say what Go type a value had: `VM`,
+//! `IMAGE` and `KERNEL` below (the schema, chosen by the object's `kind`) are that type
+//! information, in one place: each Ignite struct with its Go field names, JSON names and Go
+//! types, plus ignite's own extension fields (`Spec.VMM`, `Spec.Agent`, `Status.Runtime.PID`,
+//! `Status.Runtime.Accel`, `Status.Exit`). A test checks that every field ignite writes is in
+//! it. A value prints as Ignite's Go value printed (its `String()` where it has one):
 //!
 //! | Go type (paths) | text | JSON (`json`) |
 //! | --- | --- | --- |
 //! | `meta.Size` (`.Spec.Memory`, `.Spec.DiskSize`, `…OCISource.Size`) | `512.0 MB`, `1024.0 MB`, `4.0 GB` (datasize's `HumanReadable`) | `"512MB"` |
-//! | `runtime.Time` (`.Created`, `.Status.StartTime`) | `5m`, `3h10m` (the age, as Ignite's `String()`); `.Created.Time` prints `2006-01-02 15:04:05.999999999 +0000 UTC` | RFC 3339 |
+//! | `runtime.Time` (`.Created`, `.Status.StartTime`, and their `.Time`) | Go's `time.Time` form, `2006-01-02 15:04:05.999999999 +0000 UTC` (1) | RFC 3339 |
 //! | `meta.PortMappings` (`.Spec.Network.Ports`) | `0.0.0.0:8080->80/tcp, 0.0.0.0:443->443/tcp` | the list |
 //! | `meta.IPAddresses` (`.Status.Network.IPAddresses`) | `10.61.0.2, 10.61.0.3` | the list |
 //! | `meta.OCIImageRef` (`.Spec.Image.OCI`) | its short form, `weaveworks/ignite-ubuntu:latest` | the same string |
@@ -42,8 +46,13 @@
 //! | other slices, maps, structs | `[a b]`, `map[k:v]` (keys sorted), `{f1 f2}` | JSON |
 //! | pointers (`*T`) unset | `<nil>`; set: the value (Go would print an address inside a struct) | `null` |
 //!
+//! (1) Ignite's `runtime.Time.String()` printed the age (`5m`); ignite prints the time itself,
+//! which stays the same from one call to the next (what scripts compare), as Docker does.
+//!
 //! A field the JSON omits prints as its Go zero value (`0`, `""`, `[]`, `0 B`, `<nil>`).
-//! `Status.Runtime` and `Status.Network` are structs, not pointers, as Ignite defaults them.
+//! `Status.Runtime` and `Status.Network` are structs, not pointers, as Ignite defaults them;
+//! so is `Status.Exit` (its `.Reason` is empty before any exit). An unset image reference is
+//! false in `if`/`with` (Go's struct would always be true, and print garbage).
 //! `eq`/`ne`/`lt`… compare such values (sizes, image references, IPs) by their text with a
 //! string, where Go would refuse to compare different types.
 //!
@@ -107,7 +116,7 @@ enum Ty {
     Bool,
     /// `meta.Size`.
     Size,
-    /// libgitops' `runtime.Time`: prints its age; `.Time` is the `metav1.Time`.
+    /// libgitops' `runtime.Time` (`.Time` is the `metav1.Time`): Go's time form.
     Time,
     /// `metav1.Time` (`.Time` again is the `time.Time`) and `time.Time`: Go's time form.
     GoTime(&'static str),
@@ -489,41 +498,6 @@ fn go_time(t: Option<DateTime<Utc>>) -> String {
         s.push_str(frac.trim_end_matches('0'));
     }
     s + " +0000 UTC"
-}
-
-/// k8s' `duration.HumanDuration`, which Ignite's `runtime.Time.String()` prints.
-fn human_duration(d: chrono::Duration) -> String {
-    let seconds = d.num_seconds();
-    if seconds < -1 {
-        return "<invalid>".into();
-    } else if seconds < 0 {
-        return "0s".into();
-    } else if seconds < 60 * 2 {
-        return format!("{seconds}s");
-    }
-    let minutes = seconds / 60;
-    if minutes < 10 {
-        let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
-    } else if minutes < 60 * 3 {
-        return format!("{minutes}m");
-    }
-    let hours = seconds / 3600;
-    if hours < 8 {
-        let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
-    } else if hours < 48 {
-        return format!("{hours}h");
-    } else if hours < 24 * 8 {
-        let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
-    } else if hours < 24 * 365 * 2 {
-        return format!("{}d", hours / 24);
-    } else if hours < 24 * 365 * 8 {
-        let dy = (hours / 24) % 365;
-        return if dy == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{dy}d", hours / 24 / 365) };
-    }
-    format!("{}y", hours / 24 / 365)
 }
 
 /// Go's `%v` of a float64 (`strconv.FormatFloat(f, 'g', -1, 64)`).
@@ -1546,7 +1520,7 @@ fn truth(v: &Val) -> bool {
 }
 
 /// Prints a value of the object as Go prints it (see the module doc).
-fn obj_text(j: &Value, ty: &Ty, now: DateTime<Utc>) -> String {
+fn obj_text(j: &Value, ty: &Ty) -> String {
     match ty {
         Ty::Any => go_string(Some(j)),
         Ty::Str(_) | Ty::ImageRef => match j {
@@ -1563,12 +1537,11 @@ fn obj_text(j: &Value, ty: &Ty, now: DateTime<Utc>) -> String {
             Value::Null => size_text(0),
             other => size_bytes(other).map(size_text).unwrap_or_else(|| go_string(Some(other))),
         },
-        Ty::Time => match parse_time(j) {
-            Some(t) => human_duration(now - t),
-            None if j.is_null() => "<unknown>".into(),
-            None => go_string(Some(j)),
+        Ty::Time | Ty::GoTime(_) => match (parse_time(j), j) {
+            (Some(t), _) => go_time(Some(t)),
+            (None, Value::Null) => go_time(None),
+            (None, other) => go_string(Some(other)),
         },
-        Ty::GoTime(_) => go_time(parse_time(j)),
         Ty::ContentId | Ty::Ip => match j {
             Value::Null => "<nil>".into(),
             other => go_string(Some(other)),
@@ -1581,11 +1554,11 @@ fn obj_text(j: &Value, ty: &Ty, now: DateTime<Utc>) -> String {
         },
         Ty::Ptr(t) => match j {
             Value::Null => "<nil>".into(),
-            other => obj_text(other, t, now),
+            other => obj_text(other, t),
         },
         Ty::List(t, sep, _) => {
             let items: Vec<String> =
-                j.as_array().map(|a| a.iter().map(|x| obj_text(x, t, now)).collect()).unwrap_or_default();
+                j.as_array().map(|a| a.iter().map(|x| obj_text(x, t)).collect()).unwrap_or_default();
             match sep {
                 Sep::Go => format!("[{}]", items.join(" ")),
                 Sep::Comma => items.join(", "),
@@ -1594,14 +1567,14 @@ fn obj_text(j: &Value, ty: &Ty, now: DateTime<Utc>) -> String {
         Ty::Map => {
             let mut kv: Vec<(&String, &Value)> = j.as_object().map(|o| o.iter().collect()).unwrap_or_default();
             kv.sort_by(|a, b| a.0.cmp(b.0));
-            let parts: Vec<String> = kv.iter().map(|(k, v)| format!("{k}:{}", obj_text(v, &STRING, now))).collect();
+            let parts: Vec<String> = kv.iter().map(|(k, v)| format!("{k}:{}", obj_text(v, &STRING))).collect();
             format!("map[{}]", parts.join(" "))
         }
         Ty::Struct(s) => match s.stringer {
             Some(string) => string(j),
             None => {
                 let parts: Vec<String> =
-                    s.fields.iter().filter(|f| !f.alias).map(|f| obj_text(json_child(j, f), f.ty, now)).collect();
+                    s.fields.iter().filter(|f| !f.alias).map(|f| obj_text(json_child(j, f), f.ty)).collect();
                 format!("{{{}}}", parts.join(" "))
             }
         },
@@ -1638,7 +1611,6 @@ struct Exec<'a, 's> {
     vars: Vec<(String, Val<'a>)>,
     out: String,
     steps: u64,
-    now: DateTime<Utc>,
 }
 
 /// A failure with where it happened, as Go words it.
@@ -1671,7 +1643,7 @@ impl<'a> Exec<'a, '_> {
             Val::Int(n) => n.to_string(),
             Val::Float(x) => go_float(*x),
             Val::Str(s) => s.clone(),
-            Val::Obj(j, ty) => obj_text(j, ty, self.now),
+            Val::Obj(j, ty) => obj_text(j, ty),
         }
     }
 
@@ -2158,7 +2130,7 @@ impl<'a> Exec<'a, '_> {
                 want(2, "2")?;
                 let sep = self.text(&vals[1]);
                 let items: Vec<String> = match &vals[0] {
-                    Val::Obj(Value::Array(a), Ty::List(t, ..)) => a.iter().map(|x| obj_text(x, t, self.now)).collect(),
+                    Val::Obj(Value::Array(a), Ty::List(t, ..)) => a.iter().map(|x| obj_text(x, t)).collect(),
                     Val::Obj(Value::Array(a), Ty::Any) => a.iter().map(|x| go_string(Some(x))).collect(),
                     Val::Obj(Value::Null, Ty::List(..)) => vec![],
                     v => return Err(e(format!("join of type {}", v.type_name()))),
@@ -2415,7 +2387,7 @@ impl Checker<'_> {
     }
 
     fn err(&self, a: &Arg, msg: String) -> TemplateError {
-        let ex = Exec { src: self.src, vars: vec![], out: String::new(), steps: 0, now: Utc::now() };
+        let ex = Exec { src: self.src, vars: vec![], out: String::new(), steps: 0 };
         ex.to_error(Fail { pos: a.pos, at: (a.start, a.end), msg })
     }
 
@@ -2605,10 +2577,6 @@ impl Template {
 
     /// Renders the template over an object's JSON.
     pub fn render(&self, v: &Value) -> Result<String, TemplateError> {
-        self.render_at(v, Utc::now())
-    }
-
-    fn render_at(&self, v: &Value, now: DateTime<Utc>) -> Result<String, TemplateError> {
         match &self.0 {
             Compiled::JsonPath(pieces) => Ok(pieces
                 .iter()
@@ -2619,7 +2587,7 @@ impl Template {
                 .collect()),
             Compiled::Go { src, nodes } => {
                 let root = Val::Obj(v, root_ty(v));
-                let mut ex = Exec { src, vars: vec![("$".into(), root.clone())], out: String::new(), steps: 0, now };
+                let mut ex = Exec { src, vars: vec![("$".into(), root.clone())], out: String::new(), steps: 0 };
                 match ex.nodes(&root, nodes) {
                     Ok(_) if ex.out.len() > MAX_OUTPUT => {
                         Err(TemplateError::Exec(format!("template output exceeded {MAX_OUTPUT} bytes")))
@@ -2733,7 +2701,7 @@ mod tests {
     }
 
     fn render(t: &str, v: &Value) -> Result<String, TemplateError> {
-        Template::parse(t)?.render_at(v, now())
+        Template::parse(t)?.render(v)
     }
 
     fn r(t: &str) -> String {
@@ -2798,8 +2766,11 @@ mod tests {
         assert_eq!(r("{{.Annotations}}"), "map[]");
         assert_eq!(r("{{.Status.Image}}"), "{sha256:abc 100.0 MB}");
         assert_eq!(r("{{.Status.Kernel.ID}}"), "<nil>");
-        // Times: the age as Ignite's runtime.Time prints it; .Time is Go's time form.
-        assert_eq!(r("{{.Created}} {{.Status.StartTime}}"), "120m 60m");
+        // Times: Go's time.Time form (also under .Time, as Ignite's runtime.Time embeds it).
+        assert_eq!(
+            r("{{.Created}}|{{.Status.StartTime}}"),
+            "2024-05-01 10:00:00.12 +0000 UTC|2024-05-01 11:00:00 +0000 UTC"
+        );
         assert_eq!(r("{{.Created.Time}}"), "2024-05-01 10:00:00.12 +0000 UTC");
         assert_eq!(r("{{.Status.StartTime.Time.Time}}"), "2024-05-01 11:00:00 +0000 UTC");
         assert_eq!(r("{{.Status.Exit.Time}}"), "<nil>");
@@ -2814,6 +2785,7 @@ mod tests {
         );
         assert_eq!(r("{{.Status.Exit.Reason}}|{{.Status.Exit.Code}}"), "|<nil>");
         assert_eq!(render("{{.Status.StartTime}}", &json!({"kind": "VM"})).unwrap(), "<nil>");
+        assert_eq!(render("{{.Created}}", &json!({"kind": "VM"})).unwrap(), "0001-01-01 00:00:00 +0000 UTC");
         assert_eq!(render("{{.Spec.Memory}}", &json!({"kind": "VM"})).unwrap(), "0 B");
     }
 
@@ -3051,11 +3023,6 @@ mod tests {
         assert_eq!(size_text(1024), "1024 B");
         assert_eq!(size_text(1025), "1.0 KB");
         assert_eq!(size_text(3 << 30), "3.0 GB");
-        assert_eq!(human_duration(chrono::Duration::seconds(90)), "90s");
-        assert_eq!(human_duration(chrono::Duration::seconds(9 * 60 + 5)), "9m5s");
-        assert_eq!(human_duration(chrono::Duration::hours(5) + chrono::Duration::minutes(3)), "5h3m");
-        assert_eq!(human_duration(chrono::Duration::days(3)), "3d");
-        assert_eq!(human_duration(chrono::Duration::days(800)), "2y70d");
         assert_eq!(go_quote("a\"b\\\n\u{1}é"), "\"a\\\"b\\\\\\n\\x01é\"");
     }
 
@@ -3142,7 +3109,7 @@ mod tests {
         // And each prints without an error.
         let v = serde_json::to_value(&vm).unwrap();
         assert!(render("{{.}}", &v).unwrap().starts_with(
-            "{{{VM ignite.weave.works/v1alpha4}} {n 0000000000000001 0s map[a:b] map[c:d]} {{busybox:latest}"
+            "{{{VM ignite.weave.works/v1alpha4}} {n 0000000000000001 2024-05-01 12:00:00.12 +0000 UTC map[a:b] map[c:d]} {{busybox:latest}"
         ));
         assert_eq!(
             render("{{.Spec.Network.Ports}} {{.Status.Exit.Code}} {{.Spec.Agent}}", &v).unwrap(),
@@ -3155,7 +3122,7 @@ mod tests {
         fn arbitrary_input_never_panics(src in "\\PC{0,64}") {
             if let Ok(t) = Template::parse(&src) {
                 let _ = t.check("VM");
-                let _ = t.render_at(&vm(), now());
+                let _ = t.render(&vm());
             }
             if let Ok(f) = Filter::parse(&src) {
                 let _ = f.matches(&vm());
@@ -3172,8 +3139,8 @@ mod tests {
             let src: String = parts.concat();
             if let Ok(t) = Template::parse(&src) {
                 let _ = t.check("VM");
-                let _ = t.render_at(&vm(), now());
-                let _ = t.render_at(&json!({"a": [1, {"b": null}]}), now());
+                let _ = t.render(&vm());
+                let _ = t.render(&json!({"a": [1, {"b": null}]}));
             }
         }
     }
