@@ -23,7 +23,8 @@ pub fn run(ctx: &Ctx, kind: Kind, query: &str, out: ObjOutput, template: Option<
 fn show<T: Serialize>(obj: &T, out: ObjOutput, template: Option<&str>) -> anyhow::Result<()> {
     if let Some(t) = template {
         let t = Template::parse(t).map_err(|e| super::UsageError(e.to_string()))?;
-        println!("{}", t.render(&serde_json::to_value(obj)?));
+        let text = t.render(&serde_json::to_value(obj)?).map_err(|e| super::UsageError(e.to_string()))?;
+        println!("{text}");
         return Ok(());
     }
     output::object(obj, out)

@@ -5,19 +5,26 @@ use ignite_api::{Vm, VmState};
 use crate::cli::{PsArgs, PsOutput};
 use crate::context::Ctx;
 use crate::output::{ago, since, table};
-use crate::template::{Filter, Template};
+use crate::template::{Filter, Template, TemplateError};
 
 pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
-    let filter = a.filter.as_deref().map(Filter::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
-    let template =
-        a.template.as_deref().map(Template::parse).transpose().map_err(|e| super::UsageError(e.to_string()))?;
+    let usage = |e: TemplateError| super::UsageError(e.to_string());
+    let filter = a.filter.as_deref().map(Filter::parse).transpose().map_err(usage)?;
+    let template = a.template.as_deref().map(Template::parse).transpose().map_err(usage)?;
+    // A field that no VM has is refused even when no VM is listed.
+    if let Some(f) = &filter {
+        f.check(Vm::KIND).map_err(usage)?;
+    }
+    if let Some(t) = &template {
+        t.check(Vm::KIND).map_err(usage)?;
+    }
     let mut vms = Vec::new();
     for vm in ctx.list_vms()? {
         if !a.all && vm.state() != VmState::Running && !ignite_runtime::status::outdated(&vm) {
             continue;
         }
         let v = serde_json::to_value(&vm)?;
-        if filter.as_ref().map(|f| f.matches(&v)).unwrap_or(true) {
+        if filter.as_ref().map(|f| f.matches(&v)).transpose().map_err(usage)?.unwrap_or(true) {
             vms.push((vm, v));
         }
     }
@@ -28,9 +35,13 @@ pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(t) = template {
+        // Every VM is rendered before anything is printed: a template that fails prints nothing.
+        let mut out = String::new();
         for (_, v) in &vms {
-            println!("{}", t.render(v));
+            out.push_str(&t.render(v).map_err(usage)?);
+            out.push('\n');
         }
+        print!("{out}");
         return Ok(());
     }
     match a.output {
