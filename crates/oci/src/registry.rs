@@ -144,6 +144,7 @@ impl Client {
                 self.registry,
                 tls::INSECURE_REGISTRIES_ENV
             )),
+            tls::TlsFailure::Timeout => self.err(format!("{what}: timed out ({t})")),
             _ => self.err(format!("{what}: {t}")),
         }
     }

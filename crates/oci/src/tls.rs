@@ -283,6 +283,8 @@ pub enum TlsFailure {
     Certificate(String),
     /// The peer does not speak TLS (answered in plain text, or hung up on the handshake).
     NotTls,
+    /// No answer in time (a socket timeout shows as EAGAIN).
+    Timeout,
     /// Anything else (refused connection, timeout, DNS, ...).
     Other,
 }
@@ -295,6 +297,11 @@ pub fn classify(t: &ureq::Transport) -> TlsFailure {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if let Some(inner) = io.get_ref() {
                 rustls_err = rustls_err.or_else(|| inner.downcast_ref::<rustls::Error>());
+            }
+            if rustls_err.is_none()
+                && matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            {
+                return TlsFailure::Timeout;
             }
             if rustls_err.is_none()
                 && matches!(
