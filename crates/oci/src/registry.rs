@@ -144,6 +144,12 @@ impl Client {
                 self.registry,
                 tls::INSECURE_REGISTRIES_ENV
             )),
+            tls::TlsFailure::ClientCertificate(alert) => self.err(format!(
+                "{what}: the registry refused the TLS handshake ({alert}): it may require a client certificate: \
+                 put client.cert and client.key (signed by a CA it trusts) in {}/{}/",
+                self.certs_dir.display(),
+                self.registry
+            )),
             tls::TlsFailure::Timeout => self.err(format!("{what}: timed out ({t})")),
             _ => self.err(format!("{what}: {t}")),
         }

@@ -285,6 +285,8 @@ pub enum TlsFailure {
     NotTls,
     /// No answer in time (a socket timeout shows as EAGAIN).
     Timeout,
+    /// The registry refused the handshake for want of a (good) client certificate.
+    ClientCertificate(String),
     /// Anything else (refused connection, timeout, DNS, ...).
     Other,
 }
@@ -318,7 +320,12 @@ pub fn classify(t: &ureq::Transport) -> TlsFailure {
             return match r {
                 rustls::Error::InvalidCertificate(c) => TlsFailure::Certificate(format!("{c:?}")),
                 rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => TlsFailure::NotTls,
-                rustls::Error::AlertReceived(_) => TlsFailure::Other,
+                rustls::Error::AlertReceived(
+                    a @ (rustls::AlertDescription::BadCertificate
+                    | rustls::AlertDescription::CertificateRequired
+                    | rustls::AlertDescription::UnknownCA
+                    | rustls::AlertDescription::CertificateUnknown),
+                ) => TlsFailure::ClientCertificate(format!("{a:?}")),
                 _ => TlsFailure::Other,
             };
         }
