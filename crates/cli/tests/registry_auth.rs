@@ -137,6 +137,39 @@ impl Pki {
         std::fs::copy(self.ca(), root.join(addr).join("ca.crt")).unwrap();
         root
     }
+
+    /// A certs.d root for `addr` with this CA and a client certificate it signed.
+    fn certs_d_with_client(&self, parent: &Path, addr: &str) -> PathBuf {
+        let openssl = need("openssl", "openssl");
+        let root = parent.join(format!("certs.d-client-{}", self.dir.file_name().unwrap().to_string_lossy()));
+        let d = root.join(addr);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(self.ca(), d.join("ca.crt")).unwrap();
+        run(Command::new(&openssl).current_dir(&d).args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=ignite test client",
+        ]));
+        std::fs::write(d.join("client.cnf"), "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n").unwrap();
+        run(Command::new(&openssl)
+            .current_dir(&d)
+            .args(["x509", "-req", "-in", "client.csr", "-CA"])
+            .arg(self.ca())
+            .args(["-CAkey"])
+            .arg(self.dir.join("ca.key"))
+            .args(["-CAcreateserial", "-days", "2", "-out", "client.cert", "-extfile", "client.cnf"]));
+        for f in ["client.csr", "client.cnf"] {
+            std::fs::remove_file(d.join(f)).unwrap();
+        }
+        root
+    }
 }
 
 /// A real registry with htpasswd auth (and TLS when given a certificate), stopped on drop.
@@ -148,6 +181,11 @@ struct AuthRegistry {
 
 impl AuthRegistry {
     fn start(user: &str, password: &str, tls: Option<&Pki>) -> AuthRegistry {
+        AuthRegistry::start_with(user, password, tls, false)
+    }
+
+    /// `client_certs`: the registry also requires a client certificate signed by the CA.
+    fn start_with(user: &str, password: &str, tls: Option<&Pki>, client_certs: bool) -> AuthRegistry {
         let bin = need("docker-registry", "docker-registry");
         let htpasswd = need("htpasswd", "apache2-utils");
         let dir = tempfile::tempdir().unwrap();
@@ -157,11 +195,15 @@ impl AuthRegistry {
         let addr = format!("127.0.0.1:{port}");
         let tls = tls
             .map(|p| {
-                format!(
+                let mut t = format!(
                     "  tls:\n    certificate: {}\n    key: {}\n",
                     p.dir.join("domain.crt").display(),
                     p.dir.join("domain.key").display()
-                )
+                );
+                if client_certs {
+                    t += &format!("    clientcas:\n      - {}\n", p.ca().display());
+                }
+                t
             })
             .unwrap_or_default();
         let cfg = dir.path().join("config.yml");
@@ -185,25 +227,18 @@ impl AuthRegistry {
         AuthRegistry { addr, child, _dir: dir }
     }
 
-    /// Pushes the busybox layout as `name` with credentials (verifying TLS with `ca`).
-    fn push(&self, name: &str, creds: &str, ca: Option<&Path>) {
+    /// Pushes the busybox layout as `name` with credentials; TLS with the certificates of
+    /// `cert_dir` (a certs.d/<host:port> directory).
+    fn push(&self, name: &str, creds: &str, cert_dir: Option<&Path>) {
         let layout = &common::images().busybox_oci;
         let mut cmd = Command::new(need("skopeo", "skopeo"));
         cmd.args(["copy", "--quiet", "--dest-creds", creds]);
-        match ca {
-            Some(ca) => {
-                let d = tempfile::tempdir().unwrap();
-                std::fs::copy(ca, d.path().join("ca.crt")).unwrap();
-                cmd.arg("--dest-cert-dir").arg(d.path());
-                cmd.arg(format!("oci:{}:latest", layout.display())).arg(format!("docker://{}/{name}", self.addr));
-                run(&mut cmd);
-            }
-            None => {
-                cmd.arg("--dest-tls-verify=false");
-                cmd.arg(format!("oci:{}:latest", layout.display())).arg(format!("docker://{}/{name}", self.addr));
-                run(&mut cmd);
-            }
-        }
+        match cert_dir {
+            Some(d) => cmd.arg("--dest-cert-dir").arg(d),
+            None => cmd.arg("--dest-tls-verify=false"),
+        };
+        cmd.arg(format!("oci:{}:latest", layout.display())).arg(format!("docker://{}/{name}", self.addr));
+        run(&mut cmd);
     }
 
     fn image(&self) -> String {
@@ -391,9 +426,9 @@ fn pull_from_auth_registry_https() {
     let d = tempfile::tempdir().unwrap();
     let pki = Pki::new(d.path(), "pki");
     let reg = AuthRegistry::start(HTTPS_USER, HTTPS_PASSWORD, Some(&pki));
-    reg.push(IMAGE, &format!("{HTTPS_USER}:{HTTPS_PASSWORD}"), Some(&pki.ca()));
     // Trusted through certs.d/<host:port>/ca.crt.
     let certs_d = pki.certs_d(d.path(), &reg.addr);
+    reg.push(IMAGE, &format!("{HTTPS_USER}:{HTTPS_PASSWORD}"), Some(&certs_d.join(&reg.addr)));
     let trusted = Ignite::new(d.path()).env("IGNITE_REGISTRY_CERTS_DIR", &certs_d);
     ignite_cases(&d.path().join("certs.d"), &trusted, &reg, "https", HTTPS_USER, HTTPS_PASSWORD);
     // As in Ignite's test: an https:// insecure registry, certificate not verified.
@@ -408,7 +443,7 @@ fn https_trust() {
     let pki = Pki::new(d.path(), "pki");
     let other = Pki::new(d.path(), "other");
     let reg = AuthRegistry::start(HTTPS_USER, HTTPS_PASSWORD, Some(&pki));
-    reg.push(IMAGE, &format!("{HTTPS_USER}:{HTTPS_PASSWORD}"), Some(&pki.ca()));
+    reg.push(IMAGE, &format!("{HTTPS_USER}:{HTTPS_PASSWORD}"), Some(&pki.certs_d(d.path(), &reg.addr).join(&reg.addr)));
     let rc = write_config(
         &d.path().join("rc"),
         &format!(r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#, reg.addr, b64(&format!("{HTTPS_USER}:{HTTPS_PASSWORD}"))),
@@ -450,6 +485,36 @@ fn https_trust() {
         .env("IGNITE_REGISTRY_CERTS_DIR", pki.certs_d(d.path(), &reg.addr))
         .env("IGNITE_CONTAINERD_INSECURE_REGISTRIES", format!("http://{}", reg.addr))
         .fails("https registry listed as http", &args, &[&reg.addr, "speaks HTTPS"]);
+}
+
+#[test]
+fn https_client_certificate() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new(d.path(), "pki");
+    let reg = AuthRegistry::start_with(HTTPS_USER, HTTPS_PASSWORD, Some(&pki), true);
+    let with_client = pki.certs_d_with_client(d.path(), &reg.addr);
+    reg.push(IMAGE, &format!("{HTTPS_USER}:{HTTPS_PASSWORD}"), Some(&with_client.join(&reg.addr)));
+    let rc = write_config(
+        &d.path().join("rc"),
+        &format!(r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#, reg.addr, b64(&format!("{HTTPS_USER}:{HTTPS_PASSWORD}"))),
+    );
+    let args = [reg.image(), "--registry-config-dir".into(), s(&rc).into()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // certs.d/<host:port>/client.cert + client.key are presented, as Docker does.
+    Ignite::new(d.path()).env("IGNITE_REGISTRY_CERTS_DIR", &with_client).works("client certificate", &args);
+    // Without them the registry refuses the handshake, and the message says what to add.
+    Ignite::new(d.path()).env("IGNITE_REGISTRY_CERTS_DIR", pki.certs_d(d.path(), &reg.addr)).fails(
+        "no client certificate",
+        &args,
+        &[&reg.addr, "client certificate", "client.cert"],
+    );
+    // A certificate without its key is a clear error.
+    std::fs::remove_file(with_client.join(&reg.addr).join("client.key")).unwrap();
+    Ignite::new(d.path()).env("IGNITE_REGISTRY_CERTS_DIR", &with_client).fails(
+        "client certificate without key",
+        &args,
+        &["client.cert", "missing key"],
+    );
 }
 
 /// A `docker-credential-test` that knows one server; it records what it was asked for.
