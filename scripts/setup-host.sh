@@ -14,6 +14,7 @@ PKGS=(
   linux-source-6.1     # guest kernel source
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils  # kernel build
   docker-registry skopeo umoci   # tests: a real local registry and OCI tooling
+  apache2-utils openssl          # tests: htpasswd and a private CA for the registry auth tests
   containernetworking-plugins    # CNI plugins
   iproute2 nftables iptables     # networking
   debootstrap                    # the Debian systemd test image

@@ -198,7 +198,7 @@ pub struct CreateArgs {
     /// When to fetch the image and kernel: missing, always or never
     #[arg(long, default_value = "missing")]
     pub pull: String,
-    /// Registry host[:port] that may be reached over plain HTTP
+    /// Insecure registry: http://HOST[:PORT] (plain HTTP), https://HOST[:PORT] (unverified TLS), or HOST[:PORT]
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
 }
@@ -385,7 +385,7 @@ pub struct ImportArgs {
     /// Directory containing the registry configuration (default ~/.docker/)
     #[arg(long)]
     pub registry_config_dir: Option<PathBuf>,
-    /// Registry host[:port] that may be reached over plain HTTP
+    /// Insecure registry: http://HOST[:PORT] (plain HTTP), https://HOST[:PORT] (unverified TLS), or HOST[:PORT]
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
     /// Name to store the import under (default: the source's normalized reference), e.g. to

@@ -24,10 +24,16 @@ pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manife
 /// How to fetch.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
-    /// Registries (host[:port]) reachable over plain HTTP besides loopback ones.
+    /// Insecure registries: `http://HOST[:PORT]` (plain HTTP), `https://HOST[:PORT]` (HTTPS
+    /// without certificate verification) or `HOST[:PORT]` (either); see [`crate::tls`].
     pub insecure_registries: Vec<String>,
-    /// Directory with the Docker client configuration (`config.json`); default `~/.docker`.
+    /// Directory with the Docker client configuration (`config.json`); default
+    /// `$DOCKER_CONFIG`, else `~/.docker`.
     pub registry_config_dir: Option<PathBuf>,
+    /// Where `registry_config_dir` came from, for messages (default `--registry-config-dir`).
+    pub registry_config_origin: Option<String>,
+    /// Docker's per-registry certificates directory (`/etc/docker/certs.d`).
+    pub certs_dir: PathBuf,
     pub connect_timeout: std::time::Duration,
     pub read_timeout: std::time::Duration,
 }
@@ -37,6 +43,8 @@ impl Default for FetchOptions {
         FetchOptions {
             insecure_registries: Vec::new(),
             registry_config_dir: None,
+            registry_config_origin: None,
+            certs_dir: PathBuf::from(crate::tls::DEFAULT_CERTS_DIR),
             connect_timeout: std::time::Duration::from_secs(10),
             read_timeout: std::time::Duration::from_secs(60),
         }

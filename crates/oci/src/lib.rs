@@ -4,13 +4,17 @@
 //! - [`fetch`]: getting an image's manifest, config and layers into the blob store from a
 //!   registry, a `docker save` archive, or an OCI layout (directory or tar).
 //! - [`registry`]: the OCI distribution client (pull only).
+//! - [`credentials`]: registry credentials from the Docker client configuration.
+//! - [`tls`]: plain HTTP or HTTPS, trusted certificates, insecure registries.
 //! - [`apply`]: applying layers to a directory without ever touching anything outside it.
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod blobs;
+pub mod credentials;
 pub mod fetch;
 pub mod registry;
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -39,8 +43,12 @@ pub enum OciError {
     TagNotFound { source_ref: String, tag: String, available: String },
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
-    #[error("registry {registry}: authentication failed ({status}): check the credentials in ~/.docker/config.json or run `docker login {registry}`")]
-    Unauthorized { registry: String, status: u16 },
+    #[error("registry {registry}: authentication failed ({status}): {message}")]
+    Unauthorized { registry: String, status: u16, message: String },
+    #[error("registry configuration {path}: {message}")]
+    RegistryConfig { path: PathBuf, message: String },
+    #[error("credential helper {helper}: {message}")]
+    CredentialHelper { helper: String, message: String },
     #[error("registry {registry}: {what} not found (404)")]
     NotFound { registry: String, what: String },
     #[error("layer entry {path:?} is unsafe: {reason}")]

@@ -75,7 +75,11 @@ pub fn rm(ctx: &Ctx, a: RmObjArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Import options from the configuration and flags.
+/// Import options from the configuration, flags and environment: insecure registries from
+/// `--insecure-registry`, the Configuration and `IGNITE_CONTAINERD_INSECURE_REGISTRIES`; the
+/// registry configuration directory from `--registry-config-dir` > `spec.registryConfigDir`
+/// (> `DOCKER_CONFIG` > `~/.docker`, in ignite-oci); the certs.d root from
+/// `IGNITE_REGISTRY_CERTS_DIR` (default `/etc/docker/certs.d`).
 pub fn import_options(
     config: &ignite_runtime::LoadedConfig,
     insecure: &[String],
@@ -84,12 +88,27 @@ pub fn import_options(
     let mut fetch =
         ignite_oci::FetchOptions { insecure_registries: config.spec.insecure_registries.clone(), ..Default::default() };
     fetch.insecure_registries.extend(insecure.iter().cloned());
+    if let Ok(list) = std::env::var(ignite_oci::tls::INSECURE_REGISTRIES_ENV) {
+        fetch.insecure_registries.extend(ignite_oci::tls::parse_list(&list));
+    }
+    if let Some(d) = std::env::var_os("IGNITE_REGISTRY_CERTS_DIR").filter(|d| !d.is_empty()) {
+        fetch.certs_dir = d.into();
+    }
     if let Some(secs) = std::env::var("IGNITE_REGISTRY_TIMEOUT").ok().and_then(|s| s.parse::<u64>().ok()) {
         fetch.read_timeout = std::time::Duration::from_secs(secs);
         fetch.connect_timeout = std::time::Duration::from_secs(secs);
     }
-    fetch.registry_config_dir = registry_config_dir.map(Into::into).or_else(|| {
-        (!config.spec.registry_config_dir.is_empty()).then(|| config.spec.registry_config_dir.clone().into())
-    });
+    if let Some(d) = registry_config_dir {
+        fetch.registry_config_dir = Some(d.into());
+        fetch.registry_config_origin = Some("--registry-config-dir".into());
+    } else if !config.spec.registry_config_dir.is_empty() {
+        fetch.registry_config_dir = Some(config.spec.registry_config_dir.clone().into());
+        fetch.registry_config_origin = Some(match &config.source {
+            ignite_runtime::ConfigSource::Explicit(p) | ignite_runtime::ConfigSource::DefaultFile(p) => {
+                format!("spec.registryConfigDir of {}", p.display())
+            }
+            ignite_runtime::ConfigSource::Defaults => "spec.registryConfigDir".into(),
+        });
+    }
     ignite_runtime::import::ImportOptions { fetch, ..Default::default() }
 }
