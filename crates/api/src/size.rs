@@ -54,9 +54,11 @@ impl Size {
     }
 
     /// Human-readable form as Ignite's `ps` shows it ("512.0 MB", "4.0 GB").
+    /// As Ignite printed sizes (datasize's `HumanReadable`): the largest unit the size
+    /// strictly exceeds, one decimal — `512.0 MB`, `1024.0 MB` for 1 GiB, `4.0 GB`.
     pub fn human(self) -> String {
         for (unit, mult) in UNITS {
-            if self.0 >= mult && mult > 1 {
+            if self.0 > mult && mult > 1 {
                 return format!("{:.1} {unit}", self.0 as f64 / mult as f64);
             }
         }

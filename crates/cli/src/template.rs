@@ -455,17 +455,9 @@ fn find_field(s: &'static StructTy, name: &str) -> Option<Vec<&'static F>> {
 // Text forms of Ignite's types.
 // ---------------------------------------------------------------------------------------------
 
-/// datasize's `HumanReadable`, which Ignite's `Size.String()` is: the largest unit the size
-/// exceeds (strictly: 1GB is `1024.0 MB`), one decimal.
+/// datasize's `HumanReadable`, which Ignite's `Size.String()` is (see `Size::human`).
 fn size_text(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 6] =
-        [("EB", 1 << 60), ("PB", 1 << 50), ("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
-    for (unit, mult) in UNITS {
-        if bytes > mult {
-            return format!("{:.1} {unit}", bytes as f64 / mult as f64);
-        }
-    }
-    format!("{bytes} B")
+    ignite_api::Size::from_bytes(bytes).human()
 }
 
 fn size_bytes(j: &Value) -> Option<u64> {

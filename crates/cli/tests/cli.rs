@@ -135,7 +135,7 @@ fn full_reference_manifest_and_config_layering() {
     // defaults < config file < --config manifest < flags
     ok(&root, &["--ignite-config", &cfg, "create", "--config", &vm, "--memory", "1GB"]);
     let t = "{{.Spec.CPUs}} {{.Spec.Memory}} {{.Spec.DiskSize}} {{.Spec.Network.Ports[0].BindAddress}} {{.Labels.foo}}";
-    assert_eq!(ok(&root, &["inspect", "vm", "full", "-t", t]).trim(), "4 1GB 3GB 10.0.0.2 bar");
+    assert_eq!(ok(&root, &["inspect", "vm", "full", "-t", t]).trim(), "4 1024.0 MB 3.0 GB 10.0.0.2 bar");
     let ps = ok(&root, &["ps", "-a"]);
     assert!(ps.starts_with("VM ID"), "{ps}");
     for col in ["IMAGE", "KERNEL", "SIZE", "CPUS", "MEMORY", "CREATED", "STATUS", "IPS", "PORTS", "NAME"] {
@@ -469,4 +469,97 @@ fn ignited_takes_weave_ignites_flags() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// Ignite's TestConfigFile: the configuration file, a VM manifest and flags layer as Ignite
+/// documented, and `ps --template` prints the result in Ignite's text forms.
+#[test]
+fn config_file_layering_as_ignites_test() {
+    let d = tempfile::tempdir().unwrap();
+    let root = &store_root(d.path());
+    let k = common::unbootable_kernel();
+    for name in ["weaveworks/ignite-kernel:5.4.43", "weaveworks/ignite-kernel:5.10.51"] {
+        ok(root, &["kernel", "import", k.to_str().unwrap(), "--name", name]);
+    }
+    let default_kernel = "localhost/ignite-kernel:6.1";
+    let header = "---\napiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n";
+    let cases: Vec<(&str, String, Option<&str>, Vec<&str>, Option<String>)> = vec![
+        ("invalid config", String::new(), None, vec![], None),
+        (
+            "minimal valid config",
+            header.to_string(),
+            None,
+            vec![],
+            Some(format!("'512.0 MB 1 4.0 GB weaveworks/ignite-ubuntu:latest weaveworks/ignite:dev {default_kernel} <nil>'")),
+        ),
+        (
+            "custom vm properties",
+            format!("{header}metadata:\n  name: test-config\nspec:\n  vmDefaults:\n    memory: \"2GB\"\n    diskSize: \"3GB\"\n    cpus: 2\n    sandbox:\n      oci: weaveworks/ignite:dev\n    kernel:\n      oci: weaveworks/ignite-kernel:5.4.43\n    ssh: true\n"),
+            None,
+            vec![],
+            Some("'2.0 GB 2 3.0 GB weaveworks/ignite-ubuntu:latest weaveworks/ignite:dev weaveworks/ignite-kernel:5.4.43 {true }'".into()),
+        ),
+        (
+            "runtime and network config",
+            format!("{header}metadata:\n  name: test-config\nspec:\n  runtime: docker\n  networkPlugin: docker-bridge\n"),
+            None,
+            vec![],
+            Some(format!("'512.0 MB 1 4.0 GB weaveworks/ignite-ubuntu:latest weaveworks/ignite:dev {default_kernel} <nil>'")),
+        ),
+        (
+            "override properties",
+            format!("{header}metadata:\n  name: test-config\nspec:\n  vmDefaults:\n    memory: \"2GB\"\n    diskSize: \"3GB\"\n    cpus: 2\n"),
+            None,
+            vec!["--memory=1GB", "--size=1GB", "--cpus=1", "--ssh"],
+            Some(format!("'1024.0 MB 1 1024.0 MB weaveworks/ignite-ubuntu:latest weaveworks/ignite:dev {default_kernel} {{true }}'")),
+        ),
+        (
+            "vm config",
+            format!("{header}metadata:\n  name: test-config\nspec:\n  vmDefaults:\n    memory: \"2GB\"\n    diskSize: \"3GB\"\n    cpus: 2\n"),
+            Some("\napiVersion: ignite.weave.works/v1alpha4\nkind: VM\nspec:\n  memory: \"1GB\"\n  diskSize: \"2GB\"\n  cpus: 1\n"),
+            vec![],
+            Some(format!("'1024.0 MB 1 2.0 GB weaveworks/ignite-ubuntu:latest weaveworks/ignite:dev {default_kernel} <nil>'")),
+        ),
+        (
+            "vm config and flags",
+            format!("{header}metadata:\n  name: test-config\nspec:\n  vmDefaults:\n    memory: \"2GB\"\n    diskSize: \"3GB\"\n    cpus: 2\n"),
+            Some("\napiVersion: ignite.weave.works/v1alpha4\nkind: VM\nspec:\n  memory: \"1GB\"\n  diskSize: \"2GB\"\n"),
+            vec!["--size=1GB", "--cpus=1"],
+            Some(format!("'1024.0 MB 1 1024.0 MB weaveworks/ignite-ubuntu:latest weaveworks/ignite:dev {default_kernel} <nil>'")),
+        ),
+    ];
+    for (i, (name, config, vm_config, args, want)) in cases.into_iter().enumerate() {
+        let cfg = write(d.path(), &format!("config-{i}.yaml"), &config);
+        let vm_name = "e2e-test-ignite-config-file";
+        let mut a = vec![
+            format!("--ignite-config={cfg}"),
+            "create".into(),
+            format!("--name={vm_name}"),
+            "--sandbox-image=weaveworks/ignite:dev".into(),
+            "weaveworks/ignite-ubuntu".into(),
+        ];
+        if let Some(v) = vm_config {
+            a.push(format!("--config={}", write(d.path(), &format!("vm-{i}.yaml"), v)));
+        }
+        a.extend(args.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = common::ignite(root, &a);
+        match want {
+            None => assert!(!o.status.success(), "{name}: expected the create to fail"),
+            Some(want) => {
+                assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+                let got = ok(
+                    root,
+                    &[
+                        "ps",
+                        "-a",
+                        &format!("--filter={{{{.ObjectMeta.Name}}}}={vm_name}"),
+                        "--template='{{.Spec.Memory}} {{.Spec.CPUs}} {{.Spec.DiskSize}} {{.Spec.Image.OCI}} {{.Spec.Sandbox.OCI}} {{.Spec.Kernel.OCI}} {{.Spec.SSH}}'",
+                    ],
+                );
+                assert_eq!(got.trim(), want, "{name}");
+                ok(root, &["rm", "-f", vm_name]);
+            }
+        }
+    }
 }
