@@ -483,7 +483,9 @@ fn config_file_layering_as_ignites_test() {
     }
     let default_kernel = "localhost/ignite-kernel:6.1";
     let header = "---\napiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n";
-    let cases: Vec<(&str, String, Option<&str>, Vec<&str>, Option<String>)> = vec![
+    // (case, configuration file, VM manifest, flags, expected properties or a failure)
+    type Case<'a> = (&'a str, String, Option<&'a str>, Vec<&'a str>, Option<String>);
+    let cases: Vec<Case> = vec![
         ("invalid config", String::new(), None, vec![], None),
         (
             "minimal valid config",
