@@ -565,3 +565,36 @@ fn config_file_layering_as_ignites_test() {
         }
     }
 }
+
+/// Ignite's preflight checks at start, and `--ignore-preflight-checks` (its names or ours).
+#[test]
+fn preflight_checks_at_start() {
+    let d = tempfile::tempdir().unwrap();
+    let root = &store_root(d.path());
+    ok(root, &["create", "busybox", "--name", "pre", "--network-plugin", "none"]);
+    let start = |extra: &[&str]| {
+        let mut a = vec!["start", "pre"];
+        a.extend_from_slice(extra);
+        Command::new(bin())
+            .args(&a)
+            .env("IGNITE_ROOT", &**root)
+            .env("IGNITE_BUSYBOX", "/usr/bin/ls")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = start(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("preflight check failed: busybox-static")
+            && err.contains("--ignore-preflight-checks busybox-static"),
+        "{err}"
+    );
+    for ignore in ["busybox-static", "ExistingFile", "all"] {
+        let o = start(&["--ignore-preflight-checks", ignore]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("preflight check failed") && err.contains("failed, ignored"), "{ignore}: {err}");
+        let _ = common::ignite(root, &["kill", "pre"]);
+    }
+}

@@ -92,8 +92,11 @@ fn extra_interfaces_by_annotation() {
 fn id_prefix_names_the_vmm_and_the_namespace() {
     let d = tempfile::tempdir().unwrap();
     let root = prepared_root(d.path());
-    ok(&root, &["--id-prefix", "e2e-test", "run", "busybox", "--name", "prefixed", "--memory", "256MB"]);
+    ok(&root, &["--id-prefix", "e2e-test", "run", "-d", "busybox", "--name", "prefixed", "--memory", "256MB"]);
     let uid = field(&root, "prefixed", "{{.UID}}");
+    // -d: the VMM logs the guest's device errors (its argv is in the supervisor's log).
+    let spawn_log = std::fs::read_to_string(root.join("vm").join(&uid).join("spawn.log")).unwrap();
+    assert!(spawn_log.contains("guest_errors,unimp"), "{spawn_log}");
     assert!(Path::new(&format!("/run/netns/e2e-test-{uid}")).exists());
     let pid = field(&root, "prefixed", "{{.Status.Runtime.Pid}}");
     // The supervisor's child (through `ip netns exec`) is the VMM, named with the prefix.
