@@ -234,6 +234,18 @@ pub fn read_manifest_dir(dir: &Path) -> Manifests {
     m
 }
 
+/// An error and its causes, as one line (`invalid VM "x": spec.cpus: must be …`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn is_managed(vm: &Vm) -> bool {
     vm.metadata.labels.get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE)
 }
@@ -253,7 +265,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
         let valid = match build_vm(config, Some(d.vm.clone()), ObjectMeta::default(), &VmSpec::default()) {
             Ok(v) => v,
             Err(e) => {
-                r.errors.push(format!("{}: {e}: the VM is kept as it is", d.file.display()));
+                r.errors.push(format!("{}: {}: the VM is kept as it is", d.file.display(), chain(&e)));
                 r.held.push(name);
                 continue;
             }
@@ -262,7 +274,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
             Ok(v) => Some(crate::status::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
             Err(ignite_store::StoreError::NotFound { .. }) => None,
             Err(e) => {
-                r.errors.push(format!("{name}: {e}"));
+                r.errors.push(format!("{name}: {}", chain(&e)));
                 continue;
             }
         };
@@ -285,7 +297,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
                         v
                     }
                     Err(e) => {
-                        r.errors.push(format!("{name}: {e}"));
+                        r.errors.push(format!("{name}: {}", chain(&e)));
                         continue;
                     }
                 }
@@ -310,7 +322,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
                 let was_running = vm.status.running;
                 if was_running {
                     if let Err(e) = crate::stop::stop(store, vm.clone(), grace) {
-                        r.errors.push(format!("{name}: {e}"));
+                        r.errors.push(format!("{name}: {}", chain(&e)));
                         continue;
                     }
                     ignite_proc::fault::point("reconcile.stopped-for-update");
@@ -330,7 +342,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
                         r.restarted.push(name.clone());
                     }
                     Err(e) => {
-                        r.errors.push(format!("{name}: {e}"));
+                        r.errors.push(format!("{name}: {}", chain(&e)));
                         continue;
                     }
                 }
@@ -341,12 +353,12 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
             match start(store, config, vm, &StartOptions::default()) {
                 Ok(_) => r.started.push(name),
                 Err(crate::start::StartError::AlreadyRunning { .. }) => {}
-                Err(e) => r.errors.push(format!("{name}: {e}")),
+                Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
             }
         } else if !d.running && vm.status.running {
             match crate::stop::stop(store, vm, grace) {
                 Ok(_) => r.stopped.push(name),
-                Err(e) => r.errors.push(format!("{name}: {e}")),
+                Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
             }
         }
     }
@@ -366,7 +378,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
             });
             match res {
                 Ok(_) => r.removed.push(name),
-                Err(e) => r.errors.push(format!("{name}: {e}")),
+                Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
             }
         }
     }
