@@ -23,6 +23,8 @@ pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 pub const MAX_DOCUMENTS: usize = 1000;
 
 /// Any decoded object.
+// A handful are decoded per manifest and moved out at once: boxing the VM buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Vm(Vm),

@@ -123,6 +123,10 @@ pub struct VmSpec {
     /// ignite extension. Unset: yes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<bool>,
+    /// Whether the VMM runs confined (own uid, namespaces, cgroup, seccomp); ignite extension.
+    /// Unset: the configuration's default (yes). `false` is for debugging a VMM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<bool>,
 }
 
 impl VmSpec {
@@ -181,6 +185,9 @@ impl VmSpec {
         }
         if over.agent.is_some() {
             self.agent = over.agent;
+        }
+        if over.jail.is_some() {
+            self.jail = over.jail;
         }
     }
 
@@ -354,6 +361,29 @@ pub struct RuntimeStatus {
     /// Accelerator in use: `kvm` or `tcg` (ignite extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    /// How the VMM is confined, when it is (ignite extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailStatus>,
+}
+
+/// A jailed VMM's identity and limits (ignite extension of the runtime status).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JailStatus {
+    /// The VMM's own uid (and gid).
+    pub uid: u32,
+    /// The VM's cgroup (`/sys/fs/cgroup/...`, one per controller on a cgroup v1 host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<String>,
+    /// Memory limit of the VMM process (guest memory plus the VMM's own), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// CPU limit as `quota period` in microseconds (`max` for none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu_max: String,
+    /// The seccomp policy in force.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seccomp: String,
 }
 
 /// How a VM's last run ended (ignite extension).
@@ -441,6 +471,46 @@ pub struct ConfigurationSpec {
     /// Registries reachable over plain HTTP besides loopback ones (ignite extension).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+    /// How VMMs are confined (ignite extension).
+    #[serde(default, skip_serializing_if = "JailConfig::is_default")]
+    pub jail: JailConfig,
+}
+
+/// The VMM jail's settings (ignite extension of the Configuration).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JailConfig {
+    /// Jail VMMs unless a VM says `jail: false` (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// First uid (and gid) of the range VMMs run as; none of them may be a user of this host.
+    #[serde(default = "default_uid_base")]
+    pub uid_base: u32,
+    /// How many uids the range holds (one per running VM).
+    #[serde(default = "default_uid_count")]
+    pub uid_count: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_uid_base() -> u32 {
+    1_600_000_000
+}
+fn default_uid_count() -> u32 {
+    65_536
+}
+
+impl Default for JailConfig {
+    fn default() -> Self {
+        JailConfig { enabled: true, uid_base: default_uid_base(), uid_count: default_uid_count() }
+    }
+}
+
+impl JailConfig {
+    pub fn is_default(&self) -> bool {
+        *self == JailConfig::default()
+    }
 }
 
 /// VM state as `ps` shows it.

@@ -186,6 +186,10 @@ pub struct CreateArgs {
     /// Install and start the guest agent (exec and cp without sshd); --agent=false opts out
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub agent: Option<bool>,
+    /// Confine the VMM (own uid, namespaces, cgroup, seccomp; the default); --jail=false runs
+    /// it unconfined, as root, to debug it
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub jail: Option<bool>,
     /// Ignite's sandbox image (accepted for compatibility; ignite runs no sandbox container)
     #[arg(long, hide = true)]
     pub sandbox_image: Option<String>,

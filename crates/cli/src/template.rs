@@ -299,6 +299,7 @@ static VM_SPEC: Ty = st!(
         // ignite extensions
         f("VMM", "vmm", &STRING),
         f("Agent", "agent", &Ty::Ptr(&BOOL)),
+        f("Jail", "jail", &Ty::Ptr(&BOOL)),
     ],
 );
 
@@ -317,6 +318,20 @@ static VM_STATUS: Ty = st!(
                     // ignite extensions
                     f("PID", "pid", &Ty::Ptr(&Ty::Uint("uint32"))),
                     f("Accel", "accel", &STRING),
+                    f(
+                        "Jail",
+                        "jail",
+                        &Ty::Ptr(&st!(
+                            "v1alpha4.JailStatus",
+                            &[
+                                f("UID", "uid", &Ty::Uint("uint32")),
+                                f("Cgroups", "cgroups", &Ty::List(&STRING, Sep::Go, "[]string")),
+                                f("MemoryMax", "memoryMax", &Ty::Ptr(&Ty::Uint("uint64"))),
+                                f("CPUMax", "cpuMax", &STRING),
+                                f("Seccomp", "seccomp", &STRING),
+                            ],
+                        )),
+                    ),
                 ],
             ),
         ),
@@ -3054,6 +3069,7 @@ mod tests {
                 ssh: Some(Ssh::Generate),
                 vmm: Some("qemu".into()),
                 agent: Some(true),
+                jail: Some(true),
             },
         );
         vm.status = VmStatus {
@@ -3063,6 +3079,13 @@ mod tests {
                 name: "qemu".into(),
                 pid: Some(1),
                 accel: Some("kvm".into()),
+                jail: Some(ignite_api::JailStatus {
+                    uid: 1_600_000_001,
+                    cgroups: vec!["/sys/fs/cgroup/ignite.slice/x".into()],
+                    memory_max: Some(1 << 30),
+                    cpu_max: "100000 100000".into(),
+                    seccomp: "QEMU -sandbox on".into(),
+                }),
             }),
             start_time: Some(t),
             network: Some(NetworkStatus { plugin: "cni".into(), ip_addresses: vec!["10.0.0.1".parse().unwrap()] }),

@@ -31,6 +31,9 @@ pub struct AttachOptions {
     pub ip: Option<Ipv4Addr>,
     /// The namespace's name (default [`netns_name`] of the VM's id).
     pub netns: Option<String>,
+    /// The uid (and gid) that owns the VM's taps, so that a VMM running as it opens them
+    /// without privileges (a jailed VMM); `None`: root's.
+    pub tap_owner: Option<u32>,
 }
 
 /// A VM's network attachment; saved so that it can be torn down after a crash.
@@ -171,7 +174,8 @@ pub fn attach_planned(mut att: Attachment, opts: &AttachOptions) -> Result<Attac
     crate::netns::create(&ns)?;
     let path = netns_path(&ns);
     // The tap needs nothing from CNI: made in the namespace while the plugins run.
-    let tapcmds = format!("link set lo up\ntuntap add dev {TAP} mode tap\nlink set {TAP} up\n");
+    let owner = opts.tap_owner.map(|u| format!(" user {u} group {u}")).unwrap_or_default();
+    let tapcmds = format!("link set lo up\ntuntap add dev {TAP} mode tap{owner}\nlink set {TAP} up\n");
     let (added, tap) = std::thread::scope(|s| {
         let tap = s.spawn(|| run("ip", &["-n", &ns, "-batch", "-"], Some(&tapcmds)));
         let added = list.add(&opts.cni, &att.invocation(&path));
@@ -249,11 +253,12 @@ pub fn wait_for_interface(netns: &str, ifname: &str, timeout: std::time::Duratio
 /// Connects interface `ifname` of namespace `netns` to a new tap `tap` there, frames redirected
 /// both ways by tc (Weave Ignite's `tc-redirect` mode); returns the interface's MAC, which the
 /// guest's NIC takes.
-pub fn redirect_extra(netns: &str, ifname: &str, tap: &str) -> Result<String, NetError> {
+pub fn redirect_extra(netns: &str, ifname: &str, tap: &str, owner: Option<u32>) -> Result<String, NetError> {
     let out = run("ip", &["-n", netns, "-j", "link", "show", ifname], None)?;
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
     let mac = v[0]["address"].as_str().map(String::from).ok_or(NetError::NoAddress)?;
-    let ipcmds = format!("link set {ifname} up\ntuntap add dev {tap} mode tap\nlink set {tap} up\n");
+    let owner = owner.map(|u| format!(" user {u} group {u}")).unwrap_or_default();
+    let ipcmds = format!("link set {ifname} up\ntuntap add dev {tap} mode tap{owner}\nlink set {tap} up\n");
     run("ip", &["-n", netns, "-batch", "-"], Some(&ipcmds))?;
     let tccmds = format!(
         "qdisc add dev {ifname} ingress\n\

@@ -88,6 +88,32 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
             detail: format!("openat2(RESOLVE_IN_ROOT) unavailable ({e}): image import needs Linux 5.6 or newer"),
         },
     });
+    // The VMM jail: root, cgroups, a free uid range, QEMU's seccomp sandbox.
+    out.push(match crate::jail::host_support() {
+        Ok(d) => Check { name: "jail", level: Level::Ok, detail: d },
+        Err(e) => Check { name: "jail", level: Level::Warn, detail: format!("{e}: VMMs need --jail=false here") },
+    });
+    let j = &config.spec.jail;
+    out.push(match crate::lease::vm_uid("doctor-probe", (j.uid_base, j.uid_count)) {
+        Ok((_, uid)) => Check {
+            name: "jail-uids",
+            level: Level::Ok,
+            detail: format!("{}+{} (no user or group of this host in it; e.g. {uid} is free)", j.uid_base, j.uid_count),
+        },
+        Err(e) => Check { name: "jail-uids", level: Level::Warn, detail: e },
+    });
+    let qemu_bin = find_in_path("qemu-system-x86_64");
+    out.push(match qemu_bin.as_ref().map(|q| std::process::Command::new(q).args(["-sandbox", "help"]).output()) {
+        Some(Ok(o)) if !String::from_utf8_lossy(&o.stderr).contains("seccomp support is disabled") => {
+            Check { name: "seccomp", level: Level::Ok, detail: "QEMU's -sandbox (seccomp) is available".into() }
+        }
+        Some(_) => Check {
+            name: "seccomp",
+            level: Level::Warn,
+            detail: "this QEMU has no seccomp sandbox (built without libseccomp)".into(),
+        },
+        None => Check { name: "seccomp", level: Level::Warn, detail: "no QEMU to check".into() },
+    });
     // State root free space.
     out.push(match rustix::fs::statvfs(store.root()) {
         Ok(s) => {
@@ -151,7 +177,7 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
 /// and the guest shim's busybox on this host, the CNI plugins and `ip`/`iptables` when the VM
 /// uses CNI. Each check has its own name and the name of Ignite's check it stands for
 /// (`BinaryInPath`), so that `--ignore-preflight-checks` takes either.
-pub fn preflight(plugin: &str) -> Vec<(Check, &'static str)> {
+pub fn preflight(plugin: &str, jailed: bool) -> Vec<(Check, &'static str)> {
     let mut out = vec![
         (tool("qemu", "qemu-system-x86_64", "qemu-system-x86", Level::Error), "BinaryInPath"),
         (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath"),
@@ -168,6 +194,19 @@ pub fn preflight(plugin: &str) -> Vec<(Check, &'static str)> {
         },
     };
     out.push((busybox, "ExistingFile"));
+    if jailed {
+        out.push((
+            match crate::jail::host_support() {
+                Ok(d) => Check { name: "jail", level: Level::Ok, detail: d },
+                Err(e) => Check {
+                    name: "jail",
+                    level: Level::Error,
+                    detail: format!("{e} (or run the VM with --jail=false)"),
+                },
+            },
+            "SystemVerification",
+        ));
+    }
     if plugin == "cni" {
         out.push((tool("iptables", "iptables", "iptables", Level::Error), "BinaryInPath"));
         let dirs = ignite_net::CniConfig::default().bin_dirs;

@@ -70,6 +70,50 @@ pub fn supervisor_held(dir: &Path) -> bool {
     matches!(supervisor(dir), Ok(None))
 }
 
+/// Where the leases of jailed VMMs' uids live (host-wide: one uid, one running VMM).
+pub const UIDS_DIR: &str = "/run/ignite/uids";
+
+/// The uids of the host's users and groups (never given to a VMM).
+fn host_ids() -> std::collections::HashSet<u32> {
+    let mut ids = std::collections::HashSet::new();
+    for f in ["/etc/passwd", "/etc/group"] {
+        for l in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            if let Some(id) = l.split(':').nth(2).and_then(|x| x.parse().ok()) {
+                ids.insert(id);
+            }
+        }
+    }
+    ids
+}
+
+/// A uid (used as the gid too) for the jailed VMM of VM `vm`, from `range` (first, count):
+/// held host-wide for the VMM's life; none of the host's users or groups has it. The first
+/// one tried depends on the VM, so a VM usually keeps its uid across restarts.
+pub fn vm_uid(vm: &str, (first, count): (u32, u32)) -> Result<(Lease, u32), String> {
+    if first == 0 || count == 0 || first.checked_add(count).is_none() {
+        return Err(format!("invalid jail uid range {first}+{count}"));
+    }
+    let dir = std::env::var_os("IGNITE_UIDS_DIR").map(PathBuf::from).unwrap_or_else(|| UIDS_DIR.into());
+    let taken = host_ids();
+    let mut h: u32 = 0x811c_9dc5;
+    for b in vm.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    for i in 0..count.min(1 << 20) {
+        let uid = first + (h.wrapping_add(i) % count);
+        if taken.contains(&uid) {
+            continue;
+        }
+        let what = format!("jail uid {uid}");
+        match try_take(&dir.join(format!("{uid}.lock")), &what) {
+            Ok(Some(lease)) => return Ok((lease, uid)),
+            Ok(None) => continue,
+            Err(e) => return Err(format!("cannot reserve {what} in {}: {e}", dir.display())),
+        }
+    }
+    Err(format!("every uid of the jail range {first}+{count} is in use: widen spec.jail.uidCount"))
+}
+
 /// The lease file of a host port.
 pub fn port_path(protocol: &str, port: u16) -> PathBuf {
     let dir = std::env::var_os("IGNITE_PORTS_DIR").map(PathBuf::from).unwrap_or_else(|| PORTS_DIR.into());

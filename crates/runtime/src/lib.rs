@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod agent;
 pub mod backend;
+pub mod cgroup;
 pub mod config;
 pub mod console;
 pub mod create;
@@ -12,6 +13,7 @@ pub mod doctor;
 pub mod gc;
 pub mod gitops;
 pub mod import;
+pub mod jail;
 pub mod lease;
 pub mod network;
 pub mod provision;

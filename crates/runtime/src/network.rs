@@ -84,7 +84,7 @@ pub fn options_for(vm: &Vm) -> Result<AttachOptions, String> {
     };
     let prefix = if vm.status.id_prefix.is_empty() { "ignite" } else { vm.status.id_prefix.as_str() };
     let netns = Some(format!("{prefix}-{}", vm.uid()));
-    Ok(AttachOptions { cni: CniConfig::default(), network: None, ports, ip, netns })
+    Ok(AttachOptions { cni: CniConfig::default(), network: None, ports, ip, netns, tap_owner: None })
 }
 
 pub fn save(dir: &Path, att: &Attachment) -> Result<(), ignite_store::StoreError> {

@@ -80,6 +80,8 @@ pub enum StartError {
     Network { name: String, message: String },
     #[error("preflight check{} failed: {}; skip with --ignore-preflight-checks {}", if .0.len() > 1 { "s" } else { "" }, .0.iter().map(|(n, d)| format!("{n}: {d}")).collect::<Vec<_>>().join("; "), .0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","))]
     Preflight(Vec<(String, String)>),
+    #[error("cannot jail the VMM of VM {name:?}: {message} (--jail=false runs it unconfined)")]
+    Jail { name: String, message: String },
     #[error("cannot choose an accelerator: {0}")]
     Accel(String),
     #[error(transparent)]
@@ -144,7 +146,8 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     crate::network::release(&dir);
     let plugin = crate::network::plugin_for(&vm, config);
     let mut failed = Vec::new();
-    for (c, ignite_name) in crate::doctor::preflight(&plugin) {
+    let jailed = vm.spec.jail.unwrap_or(config.spec.jail.enabled);
+    for (c, ignite_name) in crate::doctor::preflight(&plugin, jailed) {
         if c.level != crate::doctor::Level::Error {
             continue;
         }
@@ -191,6 +194,17 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
             message: "extra interfaces (ignite.weave.works/interface/...) need the cni network plugin".into(),
         });
     }
+    // The VMM's own uid, reserved host-wide for its life, before anything it will own exists.
+    let uid_lease = if jailed {
+        let j = &config.spec.jail;
+        Some(
+            crate::lease::vm_uid(&uid, (j.uid_base, j.uid_count))
+                .map_err(|m| StartError::Jail { name: name.clone(), message: m })?,
+        )
+    } else {
+        None
+    };
+    let jail_uid = uid_lease.as_ref().map(|(_, u)| *u);
     // Host ports are reserved host-wide (other state roots included) for the VM's life.
     let port_leases = crate::lease::host_ports(store.root(), &vm)
         .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
@@ -199,8 +213,9 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     let mut extra_nics: Vec<NicConfig> = Vec::new();
     let attachment = match plugin.as_str() {
         "cni" => {
-            let opts =
+            let mut opts =
                 crate::network::options_for(&vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+            opts.tap_owner = jail_uid;
             crate::network::check_ports(store, &vm)
                 .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
             let t = std::time::Instant::now();
@@ -232,7 +247,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
             // once it exists; each becomes the guest's eth1, eth2, ... (sorted by name).
             for (i, ifname) in extra_ifs.iter().enumerate() {
                 let connected = ignite_net::wait_for_interface(&att.netns, ifname, EXTRA_INTERFACE_WAIT)
-                    .and_then(|_| ignite_net::redirect_extra(&att.netns, ifname, &format!("tap{}", i + 1)));
+                    .and_then(|_| ignite_net::redirect_extra(&att.netns, ifname, &format!("tap{}", i + 1), jail_uid));
                 match connected {
                     Ok(mac) => extra_nics.push(NicConfig { tap: format!("tap{}", i + 1), mac }),
                     Err(e) => {
@@ -253,9 +268,11 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     };
     let mut leases = vec![supervisor_lease];
     leases.extend(port_leases);
+    leases.extend(uid_lease.map(|(l, _)| l));
     // From here on, a failure releases the network again.
     let nets = (attachment.as_ref(), extra_nics);
-    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, nets, opts, &leases);
+    let jail = jail_uid.map(|u| crate::backend::BootJail { uid: u, gid: u });
+    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, nets, opts, &leases, jail);
     if res.is_err() {
         crate::network::release(&dir);
         let _ = store.modify::<Vm, _>(&uid, |v| {
@@ -282,6 +299,7 @@ fn boot_and_spawn(
     (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<NicConfig>),
     opts: &StartOptions,
     leases: &[crate::lease::Lease],
+    jail: Option<crate::backend::BootJail>,
 ) -> Result<u32, StartError> {
     let uid = vm.uid();
     let name = vm.metadata.name.clone();
@@ -362,6 +380,8 @@ fn boot_and_spawn(
         agent: with_agent,
         id_prefix: if vm.status.id_prefix.is_empty() { "ignite".into() } else { vm.status.id_prefix.clone() },
         debug: opts.debug,
+        jail,
+        fds: Default::default(),
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;

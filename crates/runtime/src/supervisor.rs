@@ -9,6 +9,7 @@
 //! (`vm/<uid>/spawn.log`).
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
@@ -63,7 +64,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     sys::detach_session().map_err(|e| format!("setsid: {e}"))?;
     let store = Store::open(root).map_err(|e| e.to_string())?;
     let dir = store.dir::<Vm>(uid);
-    let boot: BootConfig = serde_json::from_slice(
+    let mut boot: BootConfig = serde_json::from_slice(
         &std::fs::read(dir.join(BOOT_FILE))
             .map_err(|e| format!("cannot read {}: {e}", dir.join(BOOT_FILE).display()))?,
     )
@@ -88,14 +89,59 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let listener =
         UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
 
+    // The VMM's control sockets, bound here and handed over: it needs no path to make them.
+    let qmp_listener = UnixListener::bind(dir.join("qmp.sock")).map_err(|e| format!("QMP socket: {e}"))?;
+    let agent_listener = if boot.agent {
+        Some(
+            UnixListener::bind(dir.join(crate::agent::AGENT_VMM_SOCKET))
+                .map_err(|e| format!("the agent's socket: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let mut pass: Vec<i32> = vec![qmp_listener.as_raw_fd()];
+    boot.fds.qmp = Some(qmp_listener.as_raw_fd());
+    if let Some(l) = &agent_listener {
+        boot.fds.agent = Some(l.as_raw_fd());
+        pass.push(l.as_raw_fd());
+    }
     let mut cmd = backend.command(&boot).map_err(|e| e.to_string())?;
-    if let Some(ns) = &boot.netns {
+    // The jail (see `jail`): its cgroup here, everything else in the jailer.
+    let mut jail_status = None;
+    let mut cgroup = None;
+    let mut alive_writer = None;
+    if let Some(j) = boot.jail {
+        let limits = crate::cgroup::Limits {
+            memory_max: (boot.memory_mib + crate::backend::qemu::Qemu::overhead_mib(boot.accel)) << 20,
+            cpus: boot.vcpus,
+        };
+        let cg = crate::cgroup::create(uid, limits, &dir.join(crate::cgroup::RECORD))?;
+        let (alive_r, alive_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
+        pass.push(std::os::fd::AsRawFd::as_raw_fd(&alive_r));
+        let spec = jail_spec(&boot, &cmd, uid, j, &cg, std::os::fd::AsRawFd::as_raw_fd(&alive_r))?;
+        let spec_path = dir.join("jail.json");
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
+        ignite_store::write_atomic(&spec_path, &json).map_err(|e| e.to_string())?;
+        jail_status = Some(ignite_api::JailStatus {
+            uid: j.uid,
+            cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
+            memory_max: Some(limits.memory_max),
+            cpu_max: limits.cpu_max(),
+            seccomp: "QEMU -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+        });
+        let me = std::env::current_exe().map_err(|e| format!("cannot find ignite-spawn: {e}"))?;
+        cmd = std::process::Command::new(me);
+        cmd.arg("--jailer").arg(&spec_path);
+        cgroup = Some(cg);
+        alive_writer = Some((alive_r, alive_w));
+    } else if let Some(ns) = &boot.netns {
         // The VMM opens its taps inside the VM's network namespace.
         let mut wrapped = std::process::Command::new("ip");
         wrapped.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args());
         cmd = wrapped;
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(vmm_log));
+    sys::inherit_fds(&mut cmd, pass);
     sys::die_with_parent(&mut cmd);
     // For benchmarks and debugging: the exact VMM command line and when it was spawned.
     let argv: Vec<String> =
@@ -106,6 +152,13 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let mut child: Child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", backend.name()))?;
     eprintln!("ignite-spawn: timing vmm_spawn_unix_ns={spawn_ns}");
     let vmm_pid = child.id();
+    // The listening sockets live on in the VMM; the jailer's end of the liveness pipe too.
+    drop(qmp_listener);
+    drop(agent_listener);
+    let _alive = alive_writer.map(|(r, w)| {
+        drop(r);
+        w
+    });
     ignite_proc::fault::point("spawn.vmm-started");
     if boot.agent {
         if let Err(e) = crate::agent::start_mux(&dir, crate::agent::DEAD_AFTER) {
@@ -130,8 +183,13 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
             vm.status.running = true;
             vm.status.start_time = Some(started);
             vm.status.exit = None;
-            vm.status.runtime =
-                Some(RuntimeStatus { id: uid.to_string(), name: bname, pid: Some(my_pid), accel: Some(accel) });
+            vm.status.runtime = Some(RuntimeStatus {
+                id: uid.to_string(),
+                name: bname,
+                pid: Some(my_pid),
+                accel: Some(accel),
+                jail: jail_status,
+            });
         })
         .map_err(|e| e.to_string())?;
     let _ = writeln!(ready_out, "ready {vmm_pid}");
@@ -223,6 +281,10 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         },
     };
     eprintln!("ignite-spawn: VM {vm_name} ({uid}) ended: {reason}");
+    if cgroup.is_some() {
+        crate::cgroup::release(&dir.join(crate::cgroup::RECORD));
+    }
+    let _ = std::fs::remove_dir(crate::jail::root_for(uid));
     ignite_proc::fault::point("spawn.vmm-ended");
     finish(&store, uid, my_pid, code, &reason, &dir);
     Ok(0)
@@ -248,9 +310,73 @@ pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, reason: &st
     });
 }
 
+/// The jailer's instructions for this VM's VMM (see `jail`).
+fn jail_spec(
+    boot: &BootConfig,
+    cmd: &std::process::Command,
+    uid: &str,
+    j: crate::backend::BootJail,
+    cg: &crate::cgroup::VmCgroup,
+    alive_fd: i32,
+) -> Result<crate::jail::JailSpec, String> {
+    // The VMM binary by its absolute path: /usr is in every jail; a binary elsewhere is
+    // bind-mounted at its own path.
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let program = if program.starts_with('/') {
+        std::path::PathBuf::from(&program)
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(&program))
+            .find(|p| p.is_file())
+            .ok_or_else(|| format!("{program} not found on PATH"))?
+    };
+    let program = std::fs::canonicalize(&program).map_err(|e| format!("{}: {e}", program.display()))?;
+    let mut files = vec![(boot.kernel.clone(), crate::backend::JAIL_KERNEL.to_string())];
+    if let Some(i) = &boot.initrd {
+        files.push((i.clone(), crate::backend::JAIL_INITRD.to_string()));
+    }
+    if !program.starts_with("/usr/") {
+        files.push((program.clone(), program.display().to_string()));
+    }
+    let mut devices = crate::jail::base_devices();
+    if boot.accel == crate::backend::Accel::Kvm {
+        devices.push(crate::jail::kvm_device());
+    }
+    let disks = boot
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| crate::jail::JailDisk {
+            key: format!("disk{i}"),
+            path: d.path.clone(),
+            read_only: d.read_only,
+            backing: if d.format == "qcow2" { ignite_disk::backing_file(&d.path).ok().flatten() } else { None },
+        })
+        .collect();
+    let mut argv = vec![program.display().to_string()];
+    argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    Ok(crate::jail::JailSpec {
+        uid: j.uid,
+        gid: j.gid,
+        root: crate::jail::root_for(uid),
+        netns: boot.netns.as_ref().map(|n| std::path::PathBuf::from(format!("/run/netns/{n}"))),
+        cgroups: cg.dirs.clone(),
+        files,
+        devices,
+        disks,
+        argv,
+        alive_fd: Some(alive_fd),
+    })
+}
+
 /// What a VM holds only while it runs: its network and its sockets.
 pub fn release_resources(dir: &Path) {
     crate::network::release(dir);
+    // The jail's cgroup and root (a supervisor killed before it removed them).
+    crate::cgroup::release(&dir.join(crate::cgroup::RECORD));
+    if let Some(uid) = dir.file_name() {
+        let _ = std::fs::remove_dir(crate::jail::root_for(&uid.to_string_lossy()));
+    }
     for f in [ATTACH_SOCKET, "qmp.sock", crate::agent::AGENT_SOCKET, crate::agent::AGENT_VMM_SOCKET] {
         let _ = std::fs::remove_file(dir.join(f));
     }

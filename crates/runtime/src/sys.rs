@@ -55,6 +55,53 @@ pub fn keep_fds_to_self(fds: &[i32]) -> Vec<i32> {
         .collect()
 }
 
+/// Gives the calling thread a mount namespace of its own (the jailer, single-threaded).
+pub fn unshare_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: only CLONE_NEWNS: the file descriptor table stays shared, so no thread can
+    // observe descriptors from an unshared table (the hazard `unshare_unsafe` warns about).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.map_err(std::io::Error::from)
+}
+
+/// Puts the calling process's future children in a new PID namespace (the supervisor, before
+/// it starts its VMM: the VMM is that namespace's PID 1).
+pub fn unshare_pid_namespace() -> std::io::Result<()> {
+    // SAFETY: only CLONE_NEWPID, which affects children created afterwards; no descriptor
+    // table is unshared.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }.map_err(std::io::Error::from)
+}
+
+/// Ends the process as if `sig` had killed it (the jailer, passing on how its VMM ended).
+pub fn die_of_signal(sig: i32) -> ! {
+    // The jailer installs no handler: the signal's default action ends it the same way.
+    if let Some(s) = Signal::from_named_raw(sig) {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), s);
+    }
+    std::process::exit(128 + sig);
+}
+
+/// Leaves `f` open across exec (its descriptor is returned and never closed here).
+pub fn keep_open(f: std::fs::File) -> std::io::Result<i32> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` was just released from an owned File: it is open and nothing else owns it.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_setfd(b, rustix::io::FdFlags::empty())?;
+    Ok(fd)
+}
+
+/// Whether the pipe read end `fd` has hung up (its writer closed), without blocking; the
+/// descriptor is marked close-on-exec as well.
+pub fn hung_up(fd: i32) -> bool {
+    // SAFETY: `fd` was inherited for this check and is owned by this process until exec.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = rustix::io::fcntl_setfd(b, rustix::io::FdFlags::CLOEXEC);
+    let mut fds = [rustix::event::PollFd::new(&b, rustix::event::PollFlags::IN)];
+    match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(n) if n > 0 => fds[0].revents().contains(rustix::event::PollFlags::HUP),
+        _ => false,
+    }
+}
+
 /// Starts a new session so the process survives its terminal closing.
 pub fn detach_session() -> std::io::Result<()> {
     rustix::process::setsid().map(|_| ()).map_err(std::io::Error::from)

@@ -1,5 +1,6 @@
 //! `ignite-spawn --root ROOT [--hold-fd N]... UID`: the per-VM supervisor (see
-//! `ignite_runtime::supervisor`). Started by `ignite start`, which hands it the VM's leases
+//! `ignite_runtime::supervisor`). `ignite-spawn --jailer SPEC` is the jailer its VMM starts
+//! as (see `ignite_runtime::jail`). Started by `ignite start`, which hands it the VM's leases
 //! as inherited descriptors (`--hold-fd`, see `ignite_runtime::lease`); not meant to be run
 //! by hand.
 #![forbid(unsafe_code)]
@@ -10,6 +11,16 @@ fn usage() -> ! {
 }
 
 fn main() {
+    // Jailer mode: the supervisor starts its VMM through this (see ignite_runtime::jail).
+    let all: Vec<String> = std::env::args().collect();
+    if let [_, flag, spec] = all.as_slice() {
+        if flag == "--jailer" {
+            ignite_runtime::jail::jailer_main(std::path::Path::new(spec));
+        }
+        if flag == "--jailer-pid1" {
+            ignite_runtime::jail::jailer_pid1(std::path::Path::new(spec));
+        }
+    }
     let mut args = std::env::args().skip(1);
     let mut root = None;
     let mut fds = Vec::new();

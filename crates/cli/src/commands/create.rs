@@ -150,6 +150,7 @@ pub fn flags_to_spec(g: &crate::cli::Global, a: &CreateArgs) -> anyhow::Result<(
         spec.vmm = Some(v.clone());
     }
     spec.agent = a.agent;
+    spec.jail = a.jail;
     if let Some(s) = &a.sandbox_image {
         spec.sandbox = OciSpec { oci: Some(usage("--sandbox-image", s.parse())?) };
     }

@@ -80,7 +80,31 @@ pub struct BootConfig {
     /// Debug mode (`ignite run/start -d`): the VMM logs the guest's errors into `vmm.log`.
     #[serde(default)]
     pub debug: bool,
+    /// The VMM runs jailed, as this uid and gid (see `jail`); `None`: as root, unconfined.
+    #[serde(default)]
+    pub jail: Option<BootJail>,
+    /// Control sockets the supervisor bound and hands to the VMM (set by the supervisor).
+    #[serde(skip)]
+    pub fds: VmmFds,
 }
+
+/// A jailed VMM's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootJail {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Listening sockets passed to the VMM as descriptors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmmFds {
+    pub qmp: Option<i32>,
+    pub agent: Option<i32>,
+}
+
+/// Where a jailed VMM finds its kernel and initramfs (bind-mounted read-only).
+pub const JAIL_KERNEL: &str = "/boot/vmlinux";
+pub const JAIL_INITRD: &str = "/boot/initrd";
 
 fn default_id_prefix() -> String {
     "ignite".into()
