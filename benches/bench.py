@@ -4,6 +4,8 @@
     benches/bench.py boot   [--runs 10]   ignite run -> guest init line, vs bare QEMU microvm with
                                           the same kernel, initramfs, disk and accelerator; and
                                           the host-side time from `ignite run` to the VMM's exec
+    benches/bench.py jail   [--runs 8]    what the VMM jail costs: ignite run -> VMM exec and -> guest
+                                          init, jailed and unjailed, alternating
     benches/bench.py disk   [--runs 10]   VM creation for a 64 MiB and a 1 GiB image (ratio ~1)
     benches/bench.py import [--runs 3]    image import vs skopeo copy + umoci unpack + mke2fs -d
     benches/bench.py net    [--runs 20]   network set-up per VM (netns + CNI ADD + tap), from
@@ -98,10 +100,8 @@ def bench_boot(e, runs):
         vmdir = os.path.join(e.root, "vm", uid)
         t1 = wait_marker(os.path.join(vmdir, "console.log"), time.time() + 120)
         ign.append(t1 - t0)
-        spawn_log = open(os.path.join(vmdir, "spawn.log")).read()
-        spawn_ns = int(spawn_log.split("vmm_spawn_unix_ns=")[1].split()[0])
-        host.append((spawn_ns - t0_wall) / 1e9)
-        argv = json.loads(spawn_log.split("ignite-spawn: argv ")[1].splitlines()[0])
+        host.append((vmm_exec_ns(vmdir) - t0_wall) / 1e9)
+        argv = unjailed_argv(vmdir)
         accel = e.ig("inspect", "vm", name, "-t", "{{.Status.Runtime.Accel}}").strip()
         subprocess.run([IGNITE, "kill", name], env=e.env, capture_output=True)
         # The same machine by hand: the same argv on a fresh overlay and initramfs copy.
@@ -113,7 +113,8 @@ def bench_boot(e, runs):
         initrd = os.path.join(work, "initrd.cpio")
         shutil.copy(os.path.join(vmdir, "initrd.cpio"), initrd)
         bargv = [a.replace(os.path.join(vmdir, "disk.qcow2"), disk).replace(os.path.join(vmdir, "initrd.cpio"), initrd)
-                 .replace(os.path.join(vmdir, "qmp.sock"), os.path.join(work, "qmp.sock")) for a in argv]
+                 .replace(os.path.join(vmdir, "qmp.sock"), os.path.join(work, "qmp.sock"))
+                 .replace(os.path.join(vmdir, "agent-vmm.sock"), os.path.join(work, "agent-vmm.sock")) for a in argv]
         log = os.path.join(work, "console.log")
         with open(log, "wb") as out:
             t0 = time.monotonic()
@@ -128,6 +129,68 @@ def bench_boot(e, runs):
     print(f"  bare qemu  -> init line      {fmt(bare)}")
     print(f"  ratio ignite / bare (p50)    {pct(ign, 50) / pct(bare, 50):.3f}   (target <= 1.10)")
     print(f"  ignite run -> VMM exec       {fmt(host)}   (target < 30 ms)")
+
+
+def vmm_exec_ns(vmdir):
+    """When the VMM was exec'd: the jailer says so in vmm.log; unjailed, the supervisor in spawn.log."""
+    vmm_log = open(os.path.join(vmdir, "vmm.log")).read()
+    if "vmm_exec_unix_ns=" in vmm_log:
+        return int(vmm_log.rsplit("vmm_exec_unix_ns=", 1)[1].split()[0])
+    spawn_log = open(os.path.join(vmdir, "spawn.log")).read()
+    return int(spawn_log.rsplit("vmm_spawn_unix_ns=", 1)[1].split()[0])
+
+
+def unjailed_argv(vmdir):
+    """The VMM's argv as a bare QEMU takes it: a jailed VM's (jail.json) with its descriptors and
+    jail paths turned back into the host's paths, or an unjailed VM's (spawn.log)."""
+    spec_path = os.path.join(vmdir, "jail.json")
+    sock = lambda a: re.sub(r"socket,id=(qmp|agent0),fd=\d+", lambda m: f"socket,id={m.group(1)},path=" +
+                            os.path.join(vmdir, "qmp.sock" if m.group(1) == "qmp" else "agent-vmm.sock"), a)
+    if not os.path.exists(spec_path):
+        spawn_log = open(os.path.join(vmdir, "spawn.log")).read()
+        return [sock(a) for a in json.loads(spawn_log.rsplit("ignite-spawn: argv ", 1)[1].splitlines()[0])]
+    spec = json.load(open(spec_path))
+    out, skip = [], False
+    for a in spec["argv"]:
+        if skip:
+            skip = False
+            continue
+        if a == "-add-fd":
+            skip = True
+            continue
+        for host, inside in spec["files"]:
+            if a == inside:
+                a = host
+        for i, d in enumerate(spec["disks"]):
+            a = a.replace(f"/dev/fdset/{2 * i + 2}", d.get("backing") or "")
+            a = a.replace(f"/dev/fdset/{2 * i + 1}", d["path"])
+        out.append(sock(a))
+    return out
+
+
+def bench_jail(e, runs):
+    """What the jail costs: `ignite run` -> VMM exec (host side) and -> guest init, jailed and not."""
+    res = {True: ([], []), False: ([], [])}
+    for i in range(runs):
+        for jailed in (True, False):
+            name = f"jail{i}{'j' if jailed else 'n'}"
+            t0, t0_wall = time.monotonic(), time.time_ns()
+            subprocess.run([IGNITE, "run", "busybox", "--name", name, "--memory", "256MB", "--network-plugin", "none",
+                            f"--jail={'true' if jailed else 'false'}"], env=e.env, check=True, capture_output=True)
+            uid = e.ig("inspect", "vm", name, "-t", "{{.UID}}").strip()
+            vmdir = os.path.join(e.root, "vm", uid)
+            t1 = wait_marker(os.path.join(vmdir, "console.log"), time.time() + 120)
+            res[jailed][0].append((vmm_exec_ns(vmdir) - t0_wall) / 1e9)
+            res[jailed][1].append(t1 - t0)
+            subprocess.run([IGNITE, "rm", "-f", name], env=e.env, capture_output=True)
+    (jx, jb), (nx, nb) = res[True], res[False]
+    print(f"jail (busybox, 256 MB, TCG), {runs} runs each, alternating")
+    print(f"  run -> VMM exec, jailed      {fmt(jx)}")
+    print(f"  run -> VMM exec, unjailed    {fmt(nx)}")
+    print(f"  the jail adds (p50)          {(pct(jx, 50) - pct(nx, 50)) * 1000:.1f} ms   (target <= 5 ms)")
+    print(f"  run -> init, jailed          {fmt(jb)}")
+    print(f"  run -> init, unjailed        {fmt(nb)}")
+    print(f"  boot ratio jailed / not      {pct(jb, 50) / pct(nb, 50):.3f}   (target <= 1.02)")
 
 
 def make_image(e, name, size_mb):
@@ -327,7 +390,7 @@ def bench_reconcile(e, runs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["boot", "disk", "import", "net", "exec", "reconcile", "all"])
+    ap.add_argument("what", choices=["boot", "jail", "disk", "import", "net", "exec", "reconcile", "all"])
     ap.add_argument("--runs", type=int)
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -336,6 +399,8 @@ def main():
     try:
         if a.what in ("boot", "all"):
             bench_boot(e, a.runs or 10)
+        if a.what in ("jail", "all"):
+            bench_jail(e, a.runs or 8)
         if a.what in ("disk", "all"):
             bench_disk(e, a.runs or 10)
         if a.what in ("import", "all"):

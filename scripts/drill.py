@@ -410,6 +410,12 @@ class Drill:
             for line in filt.splitlines():
                 if f" {ip}/32 " in line + " ":
                     problems.append(f"filter rule of released address {ip}: {line}")
+        # Jails: the root made for a VMM and its cgroup exist only while it runs.
+        for uid in known - running:
+            if os.path.exists(f"/run/ignite/jail/{uid}"):
+                problems.append(f"jail root /run/ignite/jail/{uid} of a VM that is not running")
+            for d in cgroup_dirs(uid):
+                problems.append(f"cgroup {d} of a VM that is not running")
         problems += self.temp_files()
         problems += self.stray_blobs()
         for v in vms:
@@ -513,6 +519,19 @@ def procs():
             continue
         if cmd:
             out.append((int(pid), cmd))
+    return out
+
+
+def cgroup_dirs(uid):
+    """The cgroup directories named after VM `uid` (ignite/<uid>, ignite.slice/<uid>)."""
+    out = []
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if top.count("/") > 9:
+            dirs[:] = []
+            continue
+        if os.path.basename(top) == uid and os.path.basename(os.path.dirname(top)) in ("ignite", "ignite.slice"):
+            out.append(top)
+            dirs[:] = []
     return out
 
 

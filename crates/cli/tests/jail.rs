@@ -99,10 +99,10 @@ fn a_jailed_vmm_has_no_privileges_its_own_limits_and_sees_almost_nothing() {
             saw_memory = true;
         }
         if let Some(c) = read(dir, "cpu.max") {
-            assert_eq!(c, "200000 100000");
+            assert_eq!(c, "300000 100000", "two vCPUs' worth and one for the VMM");
             saw_cpu = true;
         } else if let Some(q) = read(dir, "cpu.cfs_quota_us") {
-            assert_eq!(q, "200000", "two vCPUs' worth");
+            assert_eq!(q, "300000", "two vCPUs' worth and one for the VMM");
             saw_cpu = true;
         }
     }

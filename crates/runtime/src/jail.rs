@@ -4,7 +4,9 @@
 //! `ignite-spawn` starts the VMM through itself in *jailer* mode (`ignite-spawn --jailer
 //! SPEC`), a fresh single-threaded process that, before it execs the VMM:
 //! 1. enters the VM's network namespace (`setns`, no `ip netns exec`);
-//! 2. joins the VM's cgroup (see [`crate::cgroup`]): memory, CPU and process limits;
+//! 2. is put into the VM's cgroup (see [`crate::cgroup`]: memory, CPU and process limits) by
+//!    its parent while it goes on (a cgroup v1 migration costs an RCU grace period; early
+//!    memory charges move with it);
 //! 3. opens the VM's disks (as root) and leaves them open for the VMM: QEMU gets them as file
 //!    descriptors (`-add-fd`, `/dev/fdset/N`, the qcow2 backing file too), so the jail holds no
 //!    disk path and no disk changes owner;
@@ -78,6 +80,11 @@ pub struct JailSpec {
     /// The read end of a pipe whose write end only the supervisor holds: closed (hung up)
     /// once the supervisor is gone.
     pub alive_fd: Option<i32>,
+    /// The VM's UID (its cgroup's name).
+    pub vm: String,
+    /// The cgroup's limits (memory bytes, CPUs); the jailer creates it (its directories are
+    /// `cgroups`, recorded by the supervisor beforehand).
+    pub limits: Option<(u64, u64)>,
 }
 
 /// The devices every jail has.
@@ -104,36 +111,88 @@ pub fn jailer_main(spec_path: &Path) -> ! {
         eprintln!("ignite-jail: error: cannot make a PID namespace: {e}");
         std::process::exit(125);
     }
-    let me = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let mut cmd = std::process::Command::new(me);
-    cmd.arg("--jailer-pid1").arg(spec_path);
-    crate::sys::die_with_parent(&mut cmd);
-    let status = match cmd.spawn().and_then(|mut c| c.wait()) {
-        Ok(s) => s,
+    let spec = std::fs::read(spec_path).ok().and_then(|b| serde_json::from_slice::<JailSpec>(&b).ok());
+    // Closed (both ends close-on-exec) when the second stage has exec'd the VMM.
+    let (exec_r, exec_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ignite-jail: error: pipe: {e}");
+            std::process::exit(125);
+        }
+    };
+    // The second stage is a fork (no second exec): PID 1 of the new namespace.
+    let child = match crate::sys::fork_single_threaded() {
+        Ok(None) => {
+            drop(exec_r);
+            let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+            jailer_pid1(spec_path, spec.as_ref());
+        }
+        Ok(Some(pid)) => {
+            drop(exec_w);
+            pid
+        }
         Err(e) => {
             eprintln!("ignite-jail: error: cannot start the VMM's namespace: {e}");
             std::process::exit(125);
         }
     };
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(sig) = status.signal() {
+    let kill_child = || {
+        if let Some(p) = rustix::process::Pid::from_raw(child as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    };
+    // The VM's cgroup is made while the VMM's jail is set up, and the VMM put into it once it
+    // has started: a cgroup migration waits for an RCU grace period (~15 ms here) and blocks
+    // the migrated process's exec meanwhile, which would delay every start. (Memory the VMM
+    // charged before the move moves with it on cgroup v1.)
+    let cgroups = match spec.as_ref().and_then(|s| s.limits.map(|l| (s, l))) {
+        Some((s, (memory_max, cpus))) => match crate::cgroup::make(&s.vm, crate::cgroup::Limits { memory_max, cpus }) {
+            Ok(cg) => cg.dirs,
+            Err(e) => {
+                eprintln!("ignite-jail: error: {e}");
+                kill_child();
+                Vec::new()
+            }
+        },
+        None => spec.map(|s| s.cgroups).unwrap_or_default(),
+    };
+    let mut buf = [0u8; 1];
+    while let Err(rustix::io::Errno::INTR) = rustix::io::read(&exec_r, &mut buf) {}
+    for d in &cgroups {
+        if let Err(e) = std::fs::write(d.join("cgroup.procs"), child.to_string()) {
+            eprintln!("ignite-jail: error: cannot put the VMM into its cgroup {}: {e}", d.display());
+            kill_child();
+        }
+    }
+    let status = loop {
+        match rustix::process::waitpid(
+            rustix::process::Pid::from_raw(child as i32),
+            rustix::process::WaitOptions::empty(),
+        ) {
+            Ok(Some((_, st))) => break st,
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => std::process::exit(125),
+        }
+    };
+    if let Some(sig) = status.terminating_signal() {
         crate::sys::die_of_signal(sig);
     }
-    std::process::exit(status.code().unwrap_or(125));
+    std::process::exit(status.exit_status().unwrap_or(125));
 }
 
 /// The jailer's second stage, PID 1 of the VMM's namespace: never returns (the VMM replaces
 /// it, or it exits 125 with its reason on stderr, which is the VM's `vmm.log`).
-pub fn jailer_pid1(spec_path: &Path) -> ! {
-    let res = std::fs::read(spec_path)
-        .map_err(|e| format!("cannot read {}: {e}", spec_path.display()))
-        .and_then(|b| {
-            serde_json::from_slice::<JailSpec>(&b).map_err(|e| format!("invalid {}: {e}", spec_path.display()))
-        })
-        .and_then(|spec| enter(&spec).map(|argv| (spec, argv)));
+fn jailer_pid1(spec_path: &Path, spec: Option<&JailSpec>) -> ! {
+    let res = spec
+        .ok_or_else(|| format!("cannot read the jail's specification {}", spec_path.display()))
+        .and_then(|spec| enter(spec).map(|argv| (spec, argv)));
     match res {
         Ok((_, argv)) => {
             use std::os::unix::process::CommandExt;
+            // For benchmarks: when the jailed VMM starts (the jail's cost is the time up to here).
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            eprintln!("ignite-jail: timing vmm_exec_unix_ns={now}");
             let err = std::process::Command::new(&argv[0]).args(&argv[1..]).env_clear().exec();
             eprintln!("ignite-jail: error: cannot run {}: {err}", argv[0]);
         }
@@ -154,10 +213,6 @@ fn enter(spec: &JailSpec) -> Result<Vec<String>, String> {
             Some(rustix::thread::LinkNameSpaceType::Network),
         )
         .map_err(ctx(|| format!("cannot enter the network namespace {}", ns.display())))?;
-    }
-    for d in &spec.cgroups {
-        std::fs::write(d.join("cgroup.procs"), std::process::id().to_string())
-            .map_err(ctx(|| format!("cannot join the cgroup {}", d.display())))?;
     }
     let argv = open_disks(spec)?;
     crate::sys::unshare_mount_namespace().map_err(ctx(|| "cannot make a mount namespace".into()))?;

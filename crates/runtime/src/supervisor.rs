@@ -115,13 +115,14 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
             memory_max: (boot.memory_mib + crate::backend::qemu::Qemu::overhead_mib(boot.accel)) << 20,
             cpus: boot.vcpus,
         };
-        let cg = crate::cgroup::create(uid, limits, &dir.join(crate::cgroup::RECORD))?;
+        let cg = crate::cgroup::plan_and_record(uid, &dir.join(crate::cgroup::RECORD))?;
         let (alive_r, alive_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
         pass.push(std::os::fd::AsRawFd::as_raw_fd(&alive_r));
-        let spec = jail_spec(&boot, &cmd, uid, j, &cg, std::os::fd::AsRawFd::as_raw_fd(&alive_r))?;
+        let mut spec = jail_spec(&boot, &cmd, uid, j, &cg, std::os::fd::AsRawFd::as_raw_fd(&alive_r))?;
+        spec.limits = Some((limits.memory_max, limits.cpus));
         let spec_path = dir.join("jail.json");
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
-        ignite_store::write_atomic(&spec_path, &json).map_err(|e| e.to_string())?;
+        crate::cgroup::write_runtime_file(&spec_path, &json)?;
         jail_status = Some(ignite_api::JailStatus {
             uid: j.uid,
             cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
@@ -366,6 +367,8 @@ fn jail_spec(
         disks,
         argv,
         alive_fd: Some(alive_fd),
+        vm: uid.to_string(),
+        limits: None,
     })
 }
 

@@ -70,6 +70,22 @@ pub fn unshare_pid_namespace() -> std::io::Result<()> {
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID) }.map_err(std::io::Error::from)
 }
 
+/// Forks a single-threaded process (the jailer): `Ok(None)` in the child, `Ok(Some(pid))` in
+/// the parent.
+pub fn fork_single_threaded() -> std::io::Result<Option<u32>> {
+    // Only the jailer calls this, a fresh process that started no thread.
+    if std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1) != 1 {
+        return Err(std::io::Error::other("fork from a process with threads"));
+    }
+    // SAFETY: the process has exactly one thread (checked above), so the child inherits no
+    // lock held by another thread and may run any code, allocation included.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
 /// Ends the process as if `sig` had killed it (the jailer, passing on how its VMM ended).
 pub fn die_of_signal(sig: i32) -> ! {
     // The jailer installs no handler: the signal's default action ends it the same way.

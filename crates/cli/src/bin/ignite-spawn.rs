@@ -17,9 +17,6 @@ fn main() {
         if flag == "--jailer" {
             ignite_runtime::jail::jailer_main(std::path::Path::new(spec));
         }
-        if flag == "--jailer-pid1" {
-            ignite_runtime::jail::jailer_pid1(std::path::Path::new(spec));
-        }
     }
     let mut args = std::env::args().skip(1);
     let mut root = None;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::{Accel, Backend, BackendError, BootConfig};
 
 /// A jailed TCG VMM's translation cache, MiB (bounded: the VMM's memory is limited).
-const TCG_TB_MIB: u64 = 128;
+const TCG_TB_MIB: u64 = 256;
 
 /// The QEMU backend.
 #[derive(Debug, Clone)]
