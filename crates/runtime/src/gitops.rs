@@ -156,8 +156,40 @@ impl Source {
         all
     }
 
-    /// Clones on first use, then fetches and resets to the remote branch.
+    /// Clones on first use, then fetches and resets to the remote branch. A checkout that git
+    /// cannot use any more (a daemon killed in the middle of a git command leaves its lock
+    /// files, or worse) is cloned anew beside it and swapped in once the clone worked, so the
+    /// last good checkout stays until a better one exists.
     pub fn sync(&self) -> Result<String, GitError> {
+        match self.sync_once() {
+            Ok(head) => Ok(head),
+            Err(e) if self.checkout.join(".git").is_dir() => {
+                tracing::warn!("the gitops checkout failed ({e}); cloning it anew");
+                let fresh = self.checkout.with_extension("fresh");
+                let _ = std::fs::remove_dir_all(&fresh);
+                let dest = fresh.to_string_lossy().into_owned();
+                match &self.branch {
+                    Some(b) => self.git(None, &["clone", "--quiet", "--branch", b, &self.url, &dest])?,
+                    None => self.git(None, &["clone", "--quiet", &self.url, &dest])?,
+                };
+                let old = self.checkout.with_extension("old");
+                let _ = std::fs::remove_dir_all(&old);
+                std::fs::rename(&self.checkout, &old)
+                    .and_then(|_| std::fs::rename(&fresh, &self.checkout))
+                    .map_err(|err| GitError { args: "clone (swap)".into(), stderr: err.to_string() })?;
+                let _ = std::fs::remove_dir_all(&old);
+                Ok(self.git(Some(&self.checkout), &["rev-parse", "HEAD"])?.trim().to_string())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn sync_once(&self) -> Result<String, GitError> {
+        // Only this daemon uses the checkout (one per state root): a lock file in it is what a
+        // git command killed with a previous daemon left.
+        for lock in ["index.lock", "HEAD.lock", "ORIG_HEAD.lock", "config.lock", "shallow.lock"] {
+            let _ = std::fs::remove_file(self.checkout.join(".git").join(lock));
+        }
         if !self.checkout.join(".git").is_dir() {
             let _ = std::fs::remove_dir_all(&self.checkout);
             if let Some(p) = self.checkout.parent() {
@@ -281,5 +313,49 @@ impl Source {
             }
         }
         Err(last.unwrap_or(GitError { args: "push".into(), stderr: "rejected".into() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// A daemon killed in the middle of a git command leaves lock files (or a broken ref):
+    /// the next sync still works.
+    #[test]
+    fn a_checkout_left_broken_by_a_killed_daemon_is_recovered() {
+        let d = tempfile::tempdir().unwrap();
+        let bare = d.path().join("r.git");
+        let work = d.path().join("w");
+        run(d.path(), &["init", "-q", "--bare", "-b", "main", &bare.to_string_lossy()]);
+        run(d.path(), &["clone", "-q", &format!("file://{}", bare.display()), &work.to_string_lossy()]);
+        std::fs::write(work.join("a.yaml"), "x: 1\n").unwrap();
+        run(&work, &["add", "."]);
+        run(&work, &["commit", "-q", "-m", "one"]);
+        run(&work, &["push", "-q", "origin", "HEAD:main"]);
+        let src =
+            Source::new(d.path(), &format!("file://{}", bare.display()), Some("main"), &[], GitOptions::default());
+        let first = src.sync().unwrap();
+        // What a killed git leaves: the index lock, and a ref lock in the middle of a fetch.
+        std::fs::write(src.checkout.join(".git/index.lock"), "").unwrap();
+        std::fs::create_dir_all(src.checkout.join(".git/refs/remotes/origin")).unwrap();
+        std::fs::write(src.checkout.join(".git/refs/remotes/origin/main.lock"), "").unwrap();
+        std::fs::write(work.join("a.yaml"), "x: 2\n").unwrap();
+        run(&work, &["commit", "-q", "-am", "two"]);
+        run(&work, &["push", "-q", "origin", "HEAD:main"]);
+        let second = src.sync().unwrap();
+        assert_ne!(first, second, "the new commit was not followed");
+        assert_eq!(std::fs::read_to_string(src.checkout.join("a.yaml")).unwrap(), "x: 2\n");
     }
 }
