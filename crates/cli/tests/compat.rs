@@ -99,15 +99,30 @@ fn id_prefix_names_the_vmm_and_the_namespace() {
     assert!(spawn_log.contains("guest_errors,unimp"), "{spawn_log}");
     assert!(Path::new(&format!("/run/netns/e2e-test-{uid}")).exists());
     let pid = field(&root, "prefixed", "{{.Status.Runtime.Pid}}");
-    // The supervisor's child (through `ip netns exec`) is the VMM, named with the prefix.
+    // A descendant of the supervisor (its child, or the jail's PID 1 beneath it) is the VMM,
+    // named with the prefix.
+    let ppid_of = |p: &str| -> String {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).unwrap_or("").to_string()
+    };
     let mut found = false;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).unwrap_or("");
+        let me = e.file_name().to_string_lossy().to_string();
         let cmd =
             String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
-        if ppid == pid && cmd.contains(&format!("-name e2e-test-{uid}")) {
-            found = true;
+        if !cmd.contains(&format!("-name e2e-test-{uid}")) {
+            continue;
+        }
+        let mut p = ppid_of(&me);
+        for _ in 0..4 {
+            if p == pid {
+                found = true;
+                break;
+            }
+            if p.is_empty() || p == "0" || p == "1" {
+                break;
+            }
+            p = ppid_of(&p);
         }
     }
     assert!(found, "no VMM process named e2e-test-{uid}");

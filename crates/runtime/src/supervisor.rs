@@ -120,6 +120,8 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         pass.push(std::os::fd::AsRawFd::as_raw_fd(&alive_r));
         let mut spec = jail_spec(&boot, &cmd, uid, j, &cg, std::os::fd::AsRawFd::as_raw_fd(&alive_r))?;
         spec.limits = Some((limits.memory_max, limits.cpus));
+        // The VMM's own command line, as the jailer will exec it.
+        eprintln!("ignite-spawn: jailed vmm argv {}", serde_json::to_string(&spec.argv).unwrap_or_default());
         let spec_path = dir.join("jail.json");
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
         crate::cgroup::write_runtime_file(&spec_path, &json)?;
