@@ -70,6 +70,8 @@ pub struct Collected {
     pub size_classes: usize,
     pub blobs: usize,
     pub temp_files: usize,
+    /// Removed objects whose files a killed removal left behind.
+    pub objects: usize,
     pub bytes: u64,
     /// Why blobs were kept although none may be referenced (objects without a record).
     pub blobs_kept: Option<String>,
@@ -85,7 +87,11 @@ impl std::fmt::Display for Collected {
             self.blobs,
             self.temp_files,
             self.bytes as f64 / (1024.0 * 1024.0)
-        )
+        )?;
+        if self.objects > 0 {
+            write!(f, "; finished {} removal(s) left half-done", self.objects)?;
+        }
+        Ok(())
     }
 }
 
@@ -141,7 +147,9 @@ fn dead_temp(name: &str) -> bool {
 }
 
 fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, StoreError> {
-    let mut c = Collected::default();
+    // Objects whose removal was killed half-way: their files go first (a VM's disk holds
+    // its base).
+    let mut c = Collected { objects: store.finish_removals(), ..Default::default() };
     // What VMs use: the backing file of each VM's disk.
     let mut used: HashSet<PathBuf> = HashSet::new();
     let vm_root = store.root().join(Vm::DIR);

@@ -297,7 +297,28 @@ impl Store {
             Err(e) => return Err(io_err("cannot remove", &dir)(e)),
         }
         fsync_dir(&self.root.join(T::DIR))?;
-        fs::remove_dir_all(&gone).map_err(io_err("cannot remove", &gone))
+        match fs::remove_dir_all(&gone) {
+            // Finished by a collection running beside us (see `finish_removals`).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(io_err("cannot remove", &gone)),
+        }
+    }
+
+    /// Finishes removals that a killed process left half-done: a `.rm-<uid>` directory is an
+    /// object already removed (renamed away under the lock) whose files were not all deleted.
+    /// Safe without the lock: nothing reads or refers to such a directory any more. Returns
+    /// how many were finished.
+    pub fn finish_removals(&self) -> usize {
+        let mut n = 0;
+        for kind in [Vm::DIR, Image::DIR, Kernel::DIR] {
+            let Ok(rd) = fs::read_dir(self.root.join(kind)) else { continue };
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".rm-") && fs::remove_dir_all(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 }
 

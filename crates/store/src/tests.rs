@@ -70,6 +70,25 @@ fn crash_leftovers_are_swept_and_ignored() {
 }
 
 #[test]
+fn a_removal_killed_half_way_is_finished_without_the_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    let l = s.lock().unwrap();
+    let gone = s.create(&l, vm("gone")).unwrap().uid();
+    let kept = s.create(&l, vm("kept")).unwrap().uid();
+    // What a removal killed between its rename and its deletion leaves.
+    let half = d.path().join(format!("vm/.rm-{gone}"));
+    fs::rename(s.dir::<Vm>(&gone), &half).unwrap();
+    fs::write(half.join("disk.qcow2"), b"data").unwrap();
+    // Another process holds the lock: the collector still finishes the removal.
+    assert_eq!(s.finish_removals(), 1);
+    assert!(!half.exists());
+    assert_eq!(s.list::<Vm>().unwrap().len(), 1);
+    assert!(s.dir::<Vm>(&kept).is_dir());
+    drop(l);
+}
+
+#[test]
 fn corrupt_metadata_is_named() {
     let d = tempfile::tempdir().unwrap();
     let s = Store::open(d.path()).unwrap();
