@@ -8,6 +8,7 @@
 
 pub mod decode;
 pub mod duration;
+pub mod lifecycle;
 pub mod meta;
 pub mod names;
 pub mod ports;
@@ -17,6 +18,7 @@ pub mod types;
 pub mod validate;
 
 pub use decode::{decode_object, decode_objects, DecodeError, Object};
+pub use lifecycle::{Ending, VmState};
 pub use meta::{ObjectMeta, Uid, API_VERSION, GROUP};
 pub use ports::{PortMapping, Protocol};
 pub use reference::{ImageRef, RefError};

@@ -4,7 +4,6 @@
 //! how a VM last exited.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -513,24 +512,6 @@ impl JailConfig {
     }
 }
 
-/// VM state as `ps` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmState {
-    Created,
-    Running,
-    Stopped,
-}
-
-impl fmt::Display for VmState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            VmState::Created => "Created",
-            VmState::Running => "Running",
-            VmState::Stopped => "Stopped",
-        })
-    }
-}
-
 impl Vm {
     pub fn uid(&self) -> String {
         self.metadata.uid.map(|u| u.to_string()).unwrap_or_default()
@@ -538,14 +519,8 @@ impl Vm {
     pub fn name(&self) -> &str {
         &self.metadata.name
     }
-    pub fn state(&self) -> VmState {
-        if self.status.running {
-            VmState::Running
-        } else if self.status.start_time.is_some() || self.status.exit.is_some() {
-            VmState::Stopped
-        } else {
-            VmState::Created
-        }
+    pub fn state(&self) -> crate::VmState {
+        self.status.state()
     }
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.metadata.labels

@@ -13,9 +13,8 @@ pub const MAX_CPUS: u64 = 128;
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// Largest kernel command line (x86 COMMAND_LINE_SIZE).
 pub const MAX_CMDLINE: usize = 2048;
-/// Most extra block devices per VM.
-pub const MAX_VOLUMES: usize = 2;
-/// Known VMM backends.
+/// Known VMM backends (whether one is part of this build, and how many devices it attaches, is
+/// the runtime's to say).
 pub const VMM_BACKENDS: &[&str] = &["qemu", "firecracker", "builtin"];
 
 /// One invalid field.
@@ -140,14 +139,6 @@ fn check_spec(errs: &mut ValidationErrors, at: &str, spec: &VmSpec, complete: bo
                 format!("host port {}/{} is mapped twice", p.host_port, p.protocol),
             );
         }
-    }
-    if spec.storage.volumes.len() > MAX_VOLUMES {
-        errs.push(
-            format!("{at}.storage.volumes"),
-            format!(
-                "at most {MAX_VOLUMES} volumes (QEMU microvm gives virtio devices IRQs from 12 down: with the root disk and the NIC, a fifth device would take the RTC's IRQ 8)"
-            ),
-        );
     }
     let mut vols = HashSet::new();
     for (i, v) in spec.storage.volumes.iter().enumerate() {

@@ -277,9 +277,14 @@ fn doctor_reports_each_check_with_its_fix() {
     let d = tempfile::tempdir().unwrap();
     let root = store_root(d.path());
     let out = ok(&root, &["doctor"]);
-    for check in ["e2fsprogs", "qemu", "qemu-img", "busybox-static", "openat2", "disk-space", "kernel", "kvm"] {
+    for check in ["e2fsprogs", "vmm", "qemu-img", "busybox-static", "openat2", "disk-space", "kernel", "kvm"] {
         assert!(out.lines().any(|l| l.starts_with(check)), "no {check} line in\n{out}");
     }
+    // The VMM line is the backend's own check: its name, binary and version.
+    assert!(
+        out.lines().any(|l| l.starts_with("vmm") && l.contains("qemu: /") && l.contains("QEMU emulator version")),
+        "{out}"
+    );
     // A broken host is reported with the package that fixes it.
     let o = std::process::Command::new(bin())
         .arg("doctor")

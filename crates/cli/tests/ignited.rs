@@ -271,6 +271,13 @@ fn api_socket_lists_creates_stops_removes_and_reports_metrics() {
     assert_eq!(st, 200);
     let (st, body) = api(&sock, "POST", "/v1/vms", "apiVersion: nope\n");
     assert_eq!(st, 400, "{body}");
+    // A VM whose start fails is removed again, as `ignite run` does (more memory than this
+    // host has fails at start).
+    let failing = manifest("nostart", 1, true).replace("memory: 128MB", "memory: 4096GB");
+    let (st, body) = api(&sock, "POST", "/v1/vms", &failing);
+    assert!(st >= 400, "{st} {body}");
+    assert!(body.contains("MiB of memory but this host has"), "{body}");
+    assert!(vm_field(&root, "nostart", "{{.UID}}").is_none(), "a failed run through the API left its VM");
     let (st, _) = api(&sock, "GET", "/v1/vms/nosuch", "");
     assert_eq!(st, 404);
     let (st, body) = api(&sock, "POST", "/v1/vms/viaapi/stop", "");

@@ -12,6 +12,8 @@ use ignite_api::validate::validate_vm;
 use ignite_api::{Image, ImageRef, Kernel, ObjectMeta, ValidationErrors, Vm, VmSpec};
 use ignite_store::{Store, StoreError};
 
+use ignite_vmm::RootDisk;
+
 use crate::config::LoadedConfig;
 use crate::import::{
     import_image, import_kernel, ImportError, ImportMode, ImportOptions, BASE_DISK, HAS_INIT_ANNOTATION,
@@ -64,6 +66,8 @@ pub enum CreateError {
         source: ignite_disk::DiskError,
     },
     #[error(transparent)]
+    Vmm(#[from] ignite_vmm::VmmError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -102,8 +106,31 @@ pub fn build_vm(
     let mut vm = Vm::new(meta, spec);
     vm.status.id_prefix = config.id_prefix().to_string();
     let shown = if vm.metadata.name.is_empty() { "(unnamed)".to_string() } else { format!("{:?}", vm.metadata.name) };
-    validate_vm(&vm).map_err(|source| CreateError::Invalid { name: shown, source })?;
+    validate_vm(&vm).map_err(|source| CreateError::Invalid { name: shown.clone(), source })?;
+    check_devices(&vm, config).map_err(|source| CreateError::Invalid { name: shown, source })?;
     Ok(vm)
+}
+
+/// Whether the VM's backend can attach all its devices: the root disk, its volumes, its NIC
+/// and the agent's channel (extra interfaces are counted at start, when they exist).
+fn check_devices(vm: &Vm, config: &LoadedConfig) -> Result<(), ValidationErrors> {
+    let name = crate::boot::backend_name(vm, &config.spec);
+    let Ok(backend) = crate::boot::backend(&name) else {
+        // An unknown backend is named by validation; one not in this build, at start.
+        return Ok(());
+    };
+    let max = backend.capabilities().max_devices;
+    let devices = 1 + vm.spec.storage.volumes.len() + 1 + usize::from(vm.spec.agent != Some(false));
+    if devices <= max {
+        return Ok(());
+    }
+    Err(ValidationErrors(vec![ignite_api::validate::ValidationError {
+        field: "spec.storage.volumes".into(),
+        message: format!(
+            "{} volumes: with the root disk, the NIC and the agent that is {devices} devices; {name} attaches at most {max}",
+            vm.spec.storage.volumes.len()
+        ),
+    }]))
 }
 
 fn find_image(store: &Store, r: &ImageRef) -> Result<Option<Image>, StoreError> {
@@ -197,6 +224,10 @@ pub fn create_vm(
     vm.status.image = image.status.oci_source.clone();
     vm.status.kernel = kernel.status.oci_source.clone();
 
+    // The root disk's layout is the backend's to choose: the first it prefers.
+    let backend = crate::boot::backend(&crate::boot::backend_name(&vm, &config.spec))?;
+    let layout = backend.capabilities().root_disks[0];
+
     // The shared base of this size class (built once per image and size).
     let image_dir = crate::gc::base_dir(store, &image);
     let size = vm.spec.disk_size().bytes();
@@ -213,7 +244,11 @@ pub fn create_vm(
     }
     let disk_err: std::cell::RefCell<Option<ignite_disk::DiskError>> = Default::default();
     let created = store.create_with(&lock, vm, |dir, _| {
-        ignite_disk::create_overlay(&base, &dir.join(ROOT_DISK), size).map_err(|e| {
+        let made = match layout {
+            // A qcow2 overlay over the shared base: O(1), copy-on-write.
+            RootDisk::Qcow2Overlay => ignite_disk::create_overlay(&base, &dir.join(ROOT_DISK), size),
+        };
+        made.map_err(|e| {
             let msg = e.to_string();
             *disk_err.borrow_mut() = Some(e);
             std::io::Error::other(msg)

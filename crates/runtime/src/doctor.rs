@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use ignite_store::Store;
 
-use crate::accel::{self, AccelChoice};
 use crate::config::LoadedConfig;
+use ignite_vmm::accel::{self, Accel, AccelChoice};
+use ignite_vmm::Backend;
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,23 @@ fn find_in_path(bin: &str) -> Option<PathBuf> {
     std::env::split_paths(&paths).chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(bin)).find(|p| p.is_file())
 }
 
+/// Whether the backend's VMM can run here.
+fn vmm_check(backend: &dyn Backend) -> Check {
+    match backend.check_host() {
+        Ok(info) => Check {
+            name: "vmm",
+            level: Level::Ok,
+            detail: format!(
+                "{}: {}{}",
+                backend.name(),
+                info.binary.display(),
+                info.version.map(|v| format!(" ({v})")).unwrap_or_default()
+            ),
+        },
+        Err(e) => Check { name: "vmm", level: Level::Error, detail: format!("{}: {e}", backend.name()) },
+    }
+}
+
 fn tool(name: &'static str, bin: &str, package: &str, level_if_missing: Level) -> Check {
     match find_in_path(bin) {
         Some(p) => Check { name, level: Level::Ok, detail: p.display().to_string() },
@@ -42,7 +60,6 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
     let mut out = vec![
         tool("e2fsprogs", "mke2fs", "e2fsprogs", Level::Error),
         tool("resize2fs", "resize2fs", "e2fsprogs", Level::Error),
-        tool("qemu", "qemu-system-x86_64", "qemu-system-x86", Level::Error),
         tool("qemu-img", "qemu-img", "qemu-utils", Level::Error),
         tool("ssh-keygen", "ssh-keygen", "openssh-client", Level::Warn),
     ];
@@ -102,18 +119,20 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
         },
         Err(e) => Check { name: "jail-uids", level: Level::Warn, detail: e },
     });
-    let qemu_bin = find_in_path("qemu-system-x86_64");
-    out.push(match qemu_bin.as_ref().map(|q| std::process::Command::new(q).args(["-sandbox", "help"]).output()) {
-        Some(Ok(o)) if !String::from_utf8_lossy(&o.stderr).contains("seccomp support is disabled") => {
-            Check { name: "seccomp", level: Level::Ok, detail: "QEMU's -sandbox (seccomp) is available".into() }
+    // The VMM backend VMs use unless they name another: its binary, its version, its seccomp.
+    let backend_name = config.spec.vmm.clone().unwrap_or_else(|| ignite_vmm::DEFAULT_BACKEND.into());
+    match crate::boot::backend(&backend_name) {
+        Ok(b) => {
+            out.push(vmm_check(b.as_ref()));
+            if let Ok(info) = b.check_host() {
+                out.push(match info.seccomp {
+                    Ok(d) => Check { name: "seccomp", level: Level::Ok, detail: d },
+                    Err(d) => Check { name: "seccomp", level: Level::Warn, detail: d },
+                });
+            }
         }
-        Some(_) => Check {
-            name: "seccomp",
-            level: Level::Warn,
-            detail: "this QEMU has no seccomp sandbox (built without libseccomp)".into(),
-        },
-        None => Check { name: "seccomp", level: Level::Warn, detail: "no QEMU to check".into() },
-    });
+        Err(e) => out.push(Check { name: "vmm", level: Level::Error, detail: e.to_string() }),
+    }
     // State root free space.
     out.push(match rustix::fs::statvfs(store.root()) {
         Ok(s) => {
@@ -136,14 +155,13 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
     match crate::start::kernel_for(store, &vm) {
         Ok(k) => {
             out.push(Check { name: "kernel", level: Level::Ok, detail: format!("{shown}: {}", k.display()) });
-            let qemu = find_in_path("qemu-system-x86_64").unwrap_or_else(|| "qemu-system-x86_64".into());
-            let verdict = accel::choose(store.root(), AccelChoice::Auto, &qemu, &k, |p| {
-                crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
+            let verdict = crate::boot::backend(&backend_name).map_err(|e| e.to_string()).and_then(|b| {
+                b.choose_accel(store.root(), AccelChoice::Auto, &k, &|p| {
+                    crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
+                })
             });
             out.push(match verdict {
-                Ok(v) if v.accel == crate::backend::Accel::Kvm => {
-                    Check { name: "kvm", level: Level::Ok, detail: v.reason }
-                }
+                Ok(v) if v.accel == Accel::Kvm => Check { name: "kvm", level: Level::Ok, detail: v.reason },
                 Ok(v) => Check { name: "kvm", level: Level::Warn, detail: v.reason },
                 Err(e) => Check { name: "kvm", level: Level::Warn, detail: e },
             });
@@ -177,11 +195,9 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
 /// and the guest shim's busybox on this host, the CNI plugins and `ip`/`iptables` when the VM
 /// uses CNI. Each check has its own name and the name of Ignite's check it stands for
 /// (`BinaryInPath`), so that `--ignore-preflight-checks` takes either.
-pub fn preflight(plugin: &str, jailed: bool) -> Vec<(Check, &'static str)> {
-    let mut out = vec![
-        (tool("qemu", "qemu-system-x86_64", "qemu-system-x86", Level::Error), "BinaryInPath"),
-        (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath"),
-    ];
+pub fn preflight(plugin: &str, jailed: bool, backend: &dyn Backend) -> Vec<(Check, &'static str)> {
+    let mut out =
+        vec![(vmm_check(backend), "BinaryInPath"), (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath")];
     let bb = crate::provision::busybox();
     let busybox = match std::fs::read(&bb) {
         Ok(b) if is_static_elf(&b) => {

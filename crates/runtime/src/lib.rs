@@ -2,9 +2,8 @@
 //! disks and VMM backends together. One module per verb (`create`, `start`, `stop`,
 //! `remove`), plus the supervisor (`ignite-spawn`) and the pieces it needs.
 
-pub mod accel;
 pub mod agent;
-pub mod backend;
+pub mod boot;
 pub mod cgroup;
 pub mod config;
 pub mod console;
@@ -14,12 +13,14 @@ pub mod gc;
 pub mod gitops;
 pub mod import;
 pub mod jail;
+pub mod launch;
 pub mod lease;
 pub mod network;
 pub mod provision;
 pub mod reconcile;
 pub mod recover;
 pub mod remove;
+pub mod run;
 pub mod ssh;
 pub mod start;
 pub mod status;

@@ -9,7 +9,7 @@ use ignite_api::Vm;
 use ignite_disk::{build_vm_initramfs, DiskError, VmBoot};
 use ignite_store::Store;
 
-use crate::accel::PROBE_MARKER;
+use ignite_vmm::accel::PROBE_MARKER;
 
 /// Static busybox used by the guest init shim (Debian's busybox-static).
 pub fn busybox() -> PathBuf {

@@ -12,11 +12,12 @@ use std::time::Duration;
 use ignite_api::{Kernel, Ssh, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::accel::{self, AccelChoice, AccelVerdict};
-use crate::backend::{self, qemu, Accel, BootConfig, DiskConfig, NicConfig};
+use ignite_vmm::{Accel, AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, Machine, Nic};
+
+use crate::boot::{BootConfig, BootJail, BOOT_FILE};
 use crate::config::LoadedConfig;
 use crate::status::refresh;
-use crate::supervisor::{spawn_binary, BOOT_FILE};
+use crate::supervisor::spawn_binary;
 use crate::sys;
 
 /// Root disk of a VM (qcow2 overlay over its image's base).
@@ -84,8 +85,10 @@ pub enum StartError {
     Jail { name: String, message: String },
     #[error("cannot choose an accelerator: {0}")]
     Accel(String),
+    #[error("VM {name:?} cannot run on its VMM: {message}")]
+    Machine { name: String, message: String },
     #[error(transparent)]
-    Backend(#[from] backend::BackendError),
+    Backend(#[from] ignite_vmm::VmmError),
     #[error("cannot prepare VM {name:?}: {what}")]
     Prepare {
         name: String,
@@ -147,7 +150,9 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     let plugin = crate::network::plugin_for(&vm, config);
     let mut failed = Vec::new();
     let jailed = vm.spec.jail.unwrap_or(config.spec.jail.enabled);
-    for (c, ignite_name) in crate::doctor::preflight(&plugin, jailed) {
+    let backend_name = crate::boot::backend_name(&vm, &config.spec);
+    let backend = crate::boot::backend(&backend_name)?;
+    for (c, ignite_name) in crate::doctor::preflight(&plugin, jailed, backend.as_ref()) {
         if c.level != crate::doctor::Level::Error {
             continue;
         }
@@ -161,9 +166,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     if !failed.is_empty() {
         return Err(StartError::Preflight(failed));
     }
-    let backend_name = vm.spec.vmm.clone().or_else(|| config.spec.vmm.clone()).unwrap_or_else(|| "qemu".into());
-    backend::by_name(&backend_name)?;
-    let qemu_bin = qemu::check_installed(&qemu::Qemu::from_env())?;
+    backend.check_host()?;
     let kernel = kernel_for(store, &vm)?;
     let disk = dir.join(ROOT_DISK);
     if !disk.is_file() {
@@ -181,10 +184,11 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         }
     }
 
-    let verdict = accel::choose(store.root(), opts.accel, &qemu_bin, &kernel, |p| {
-        crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
-    })
-    .map_err(StartError::Accel)?;
+    let verdict = backend
+        .choose_accel(store.root(), opts.accel, &kernel, &|p| {
+            crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
+        })
+        .map_err(StartError::Accel)?;
 
     let extra_ifs =
         crate::network::extra_interfaces(&vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
@@ -210,7 +214,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
     // Network: attach before boot so the guest gets its address on the kernel command line.
     let mut vm = vm;
-    let mut extra_nics: Vec<NicConfig> = Vec::new();
+    let mut extra_nics: Vec<Nic> = Vec::new();
     let attachment = match plugin.as_str() {
         "cni" => {
             let mut opts =
@@ -249,7 +253,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
                 let connected = ignite_net::wait_for_interface(&att.netns, ifname, EXTRA_INTERFACE_WAIT)
                     .and_then(|_| ignite_net::redirect_extra(&att.netns, ifname, &format!("tap{}", i + 1), jail_uid));
                 match connected {
-                    Ok(mac) => extra_nics.push(NicConfig { tap: format!("tap{}", i + 1), mac }),
+                    Ok(mac) => extra_nics.push(Nic { tap: format!("tap{}", i + 1), mac }),
                     Err(e) => {
                         crate::network::release(&dir);
                         return Err(StartError::Network { name: name.clone(), message: e.to_string() });
@@ -271,8 +275,9 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     leases.extend(uid_lease.map(|(l, _)| l));
     // From here on, a failure releases the network again.
     let nets = (attachment.as_ref(), extra_nics);
-    let jail = jail_uid.map(|u| crate::backend::BootJail { uid: u, gid: u });
-    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, &verdict, nets, opts, &leases, jail);
+    let jail = jail_uid.map(|u| BootJail { uid: u, gid: u });
+    let target = (backend.as_ref(), backend_name.as_str(), &verdict);
+    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, target, nets, opts, &leases, jail);
     if res.is_err() {
         crate::network::release(&dir);
         let _ = store.modify::<Vm, _>(&uid, |v| {
@@ -295,11 +300,11 @@ fn boot_and_spawn(
     kernel: &Path,
     disk: PathBuf,
     want: u64,
-    verdict: &AccelVerdict,
-    (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<NicConfig>),
+    (backend, backend_name, verdict): (&dyn Backend, &str, &AccelVerdict),
+    (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<Nic>),
     opts: &StartOptions,
     leases: &[crate::lease::Lease],
-    jail: Option<crate::backend::BootJail>,
+    jail: Option<BootJail>,
 ) -> Result<u32, StartError> {
     let uid = vm.uid();
     let name = vm.metadata.name.clone();
@@ -342,46 +347,45 @@ fn boot_and_spawn(
         cmdline.push(' ');
         cmdline.push_str(&a.kernel_ip_arg(&name));
     }
-    let mut nics = att.map(|a| vec![NicConfig { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
+    let mut nics = att.map(|a| vec![Nic { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
     nics.extend(extra_nics);
-    let mut disks = vec![DiskConfig { path: disk, format: "qcow2".into(), read_only: false }];
+    let backing = ignite_disk::backing_file(&disk).map_err(prep(&name, "cannot read its root disk"))?;
+    let mut drives = vec![Drive { path: disk, format: DiskFormat::Qcow2, read_only: false, backing }];
     for v in &vm.spec.storage.volumes {
         let path = v.block_device.as_ref().map(|b| PathBuf::from(&b.path)).unwrap_or_default();
         if !path.exists() {
             return Err(StartError::VolumeMissing { name: name.clone(), volume: v.name.clone(), path });
         }
-        disks.push(DiskConfig { path, format: "raw".into(), read_only: false });
+        drives.push(Drive { path, format: DiskFormat::Raw, read_only: false, backing: None });
     }
-    let devices = disks.len() + nics.len() + usize::from(with_agent);
-    if devices > qemu::Qemu::MAX_DEVICES {
-        return Err(StartError::Network {
-            name: name.clone(),
-            message: format!(
-                "{devices} virtio devices (root disk, volumes, NICs, agent): the microvm machine takes at most {}; use fewer volumes or extra interfaces",
-                qemu::Qemu::MAX_DEVICES
-            ),
-        });
-    }
-    let boot = BootConfig {
+    let machine = Machine {
         uid: uid.clone(),
         name: name.clone(),
+        id_prefix: if vm.status.id_prefix.is_empty() { "ignite".into() } else { vm.status.id_prefix.clone() },
         vcpus: vm.spec.cpus,
         memory_mib: want,
         kernel: kernel.to_path_buf(),
         initrd: Some(initrd),
         cmdline,
-        disks,
+        drives,
         nics,
+        agent_port: with_agent.then(|| ignite_agent::proto::PORT_NAME.to_string()),
         accel: verdict.accel,
+        debug: opts.debug,
         run_dir: dir.to_path_buf(),
+    };
+    // Checked here too, so that a machine the backend cannot run fails the start with the
+    // backend's reason before the supervisor exists.
+    machine
+        .validate(&backend.capabilities())
+        .map_err(|e| StartError::Machine { name: name.clone(), message: e.to_string() })?;
+    let boot = BootConfig {
+        vmm: backend_name.to_string(),
+        machine,
         stop_grace_secs: opts.stop_grace.as_secs(),
         netns: att.map(|a| a.netns.clone()),
         dhcp: att.and_then(|a| lease_for(a, &name)),
-        agent: with_agent,
-        id_prefix: if vm.status.id_prefix.is_empty() { "ignite".into() } else { vm.status.id_prefix.clone() },
-        debug: opts.debug,
         jail,
-        fds: Default::default(),
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;

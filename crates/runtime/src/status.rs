@@ -1,7 +1,7 @@
 //! Live VM state: a VM whose supervisor is gone is not running, whatever its metadata says
 //! (Weave Ignite #351). `refresh` checks the supervisor and corrects the store.
 
-use ignite_api::{ExitStatus, Vm};
+use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
 use crate::supervisor::release_resources;
@@ -34,20 +34,9 @@ pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
     // The supervisor is dead, so nothing uses the VM's network or sockets, and no start can
     // begin while the store still says running: release first, then record the stop.
     release_resources(&store.dir::<Vm>(&uid));
-    let (vm, ()) = store.modify::<Vm, _>(&uid, |v| {
+    let (vm, _) = store.modify::<Vm, _>(&uid, |v| {
         // Re-check under the lock: a concurrent refresh may have recorded it already.
-        if v.status.running && supervisor_pid(v) == stale_pid && !is_live(v) {
-            v.status.running = false;
-            if let Some(rt) = v.status.runtime.as_mut() {
-                rt.pid = None;
-            }
-            v.status.network = None;
-            v.status.exit = Some(ExitStatus {
-                code: None,
-                reason: "supervisor died (the VM was killed with it)".into(),
-                time: Some(chrono::Utc::now()),
-            });
-        }
+        !is_live(v) && v.status.record_ended(stale_pid, None, &Ending::SupervisorDied, chrono::Utc::now())
     })?;
     Ok(vm)
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ignite_api::{ExitStatus, Vm};
+use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
 use crate::status::{refresh, supervisor_pid};
@@ -59,16 +59,8 @@ fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
     if !sys::pid_exists(pid) {
         crate::supervisor::release_resources(&store.dir::<Vm>(&uid));
     }
-    let (v, ()) = store.modify::<Vm, _>(&uid, |v| {
-        if supervisor_pid(v) == Some(pid) {
-            v.status.running = false;
-            if let Some(rt) = v.status.runtime.as_mut() {
-                rt.pid = None;
-            }
-            v.status.exit = Some(ExitStatus { code: None, reason: "killed".into(), time: Some(chrono::Utc::now()) });
-            v.status.network = None;
-        }
-    })?;
+    let (v, _) =
+        store.modify::<Vm, _>(&uid, |v| v.status.record_ended(Some(pid), None, &Ending::Killed, chrono::Utc::now()))?;
     Ok(v)
 }
 

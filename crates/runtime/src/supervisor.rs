@@ -9,39 +9,26 @@
 //! (`vm/<uid>/spawn.log`).
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::process::ChildStdin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ignite_api::{ExitStatus, RuntimeStatus, Vm};
+use ignite_api::{Ending, RuntimeStatus, Vm};
 use ignite_store::Store;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::backend::{self, BootConfig};
+use crate::boot::{BootConfig, BOOT_FILE};
 use crate::console::{GuestEvent, LineScanner, RotatingLog, CONSOLE_LOG, DEFAULT_MAX_LOG_BYTES};
 use crate::sys;
 
-/// Boot configuration file in a VM's directory.
-pub const BOOT_FILE: &str = "boot.json";
 /// Attach socket in a VM's directory.
 pub const ATTACH_SOCKET: &str = "attach.sock";
 
-// Why the VM is ending, most specific first.
-const END_NONE: u8 = 0;
-const END_STOP: u8 = 1;
-const END_KILL: u8 = 2;
-const END_POWEROFF: u8 = 3;
-const END_REBOOT: u8 = 4;
-const END_PANIC: u8 = 5;
-const END_INIT: u8 = 6;
-
 struct Shared {
-    end: AtomicU8,
-    detail: Mutex<String>,
+    /// How the run is ending, as far as known (see [`Ending::refined_by`]).
+    end: Mutex<Option<Ending>>,
     clients: Mutex<Vec<UnixStream>>,
     stdin: Mutex<Option<ChildStdin>>,
 }
@@ -64,14 +51,14 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     sys::detach_session().map_err(|e| format!("setsid: {e}"))?;
     let store = Store::open(root).map_err(|e| e.to_string())?;
     let dir = store.dir::<Vm>(uid);
-    let mut boot: BootConfig = serde_json::from_slice(
+    let boot: BootConfig = serde_json::from_slice(
         &std::fs::read(dir.join(BOOT_FILE))
             .map_err(|e| format!("cannot read {}: {e}", dir.join(BOOT_FILE).display()))?,
     )
     .map_err(|e| format!("invalid {}: {e}", BOOT_FILE))?;
-    let vm_name = boot.name.clone();
-    let backend_name = store.get::<Vm>(uid).map_err(|e| e.to_string())?.spec.vmm.unwrap_or_else(|| "qemu".to_string());
-    let backend = backend::by_name(&backend_name).map_err(|e| e.to_string())?;
+    let machine = &boot.machine;
+    let vm_name = machine.name.clone();
+    let backend = crate::boot::backend(&boot.vmm).map_err(|e| e.to_string())?;
 
     let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| e.to_string())?;
     let log =
@@ -81,118 +68,79 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         .append(true)
         .open(dir.join("vmm.log"))
         .map_err(|e| format!("vmm log: {e}"))?;
-    let _ = std::fs::remove_file(dir.join("qmp.sock"));
-    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_VMM_SOCKET));
     let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_SOCKET));
     let attach_path = dir.join(ATTACH_SOCKET);
     let _ = std::fs::remove_file(&attach_path);
     let listener =
         UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
 
-    // The VMM's control sockets, bound here and handed over: it needs no path to make them.
-    let qmp_listener = UnixListener::bind(dir.join("qmp.sock")).map_err(|e| format!("QMP socket: {e}"))?;
-    let agent_listener = if boot.agent {
-        Some(
-            UnixListener::bind(dir.join(crate::agent::AGENT_VMM_SOCKET))
-                .map_err(|e| format!("the agent's socket: {e}"))?,
-        )
-    } else {
-        None
-    };
-    let mut pass: Vec<i32> = vec![qmp_listener.as_raw_fd()];
-    boot.fds.qmp = Some(qmp_listener.as_raw_fd());
-    if let Some(l) = &agent_listener {
-        boot.fds.agent = Some(l.as_raw_fd());
-        pass.push(l.as_raw_fd());
-    }
-    let mut cmd = backend.command(&boot).map_err(|e| e.to_string())?;
-    // The jail (see `jail`): its cgroup here, everything else in the jailer.
+    // The VMM, through its backend: jailed (its cgroup recorded here, everything else in the
+    // jailer; see `jail`) or not.
     let mut jail_status = None;
-    let mut cgroup = None;
-    let mut alive_writer = None;
-    if let Some(j) = boot.jail {
-        let limits = crate::cgroup::Limits {
-            memory_max: (boot.memory_mib + crate::backend::qemu::Qemu::overhead_mib(boot.accel)) << 20,
-            cpus: boot.vcpus,
-        };
-        let cg = crate::cgroup::plan_and_record(uid, &dir.join(crate::cgroup::RECORD))?;
-        let (alive_r, alive_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
-        pass.push(std::os::fd::AsRawFd::as_raw_fd(&alive_r));
-        let mut spec = jail_spec(&boot, &cmd, uid, j, &cg, std::os::fd::AsRawFd::as_raw_fd(&alive_r))?;
-        spec.limits = Some((limits.memory_max, limits.cpus));
-        // The VMM's own command line, as the jailer will exec it.
-        eprintln!("ignite-spawn: jailed vmm argv {}", serde_json::to_string(&spec.argv).unwrap_or_default());
-        let spec_path = dir.join("jail.json");
-        let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
-        crate::cgroup::write_runtime_file(&spec_path, &json)?;
-        jail_status = Some(ignite_api::JailStatus {
-            uid: j.uid,
-            cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
-            memory_max: Some(limits.memory_max),
-            cpu_max: limits.cpu_max(),
-            seccomp: "QEMU -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-        });
-        let me = std::env::current_exe().map_err(|e| format!("cannot find ignite-spawn: {e}"))?;
-        cmd = std::process::Command::new(me);
-        cmd.arg("--jailer").arg(&spec_path);
-        cgroup = Some(cg);
-        alive_writer = Some((alive_r, alive_w));
-    } else if let Some(ns) = &boot.netns {
-        // The VMM opens its taps inside the VM's network namespace.
-        let mut wrapped = std::process::Command::new("ip");
-        wrapped.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args());
-        cmd = wrapped;
-    }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(vmm_log));
-    sys::inherit_fds(&mut cmd, pass);
-    sys::die_with_parent(&mut cmd);
-    // For benchmarks and debugging: the exact VMM command line and when it was spawned.
-    let argv: Vec<String> =
-        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect();
-    eprintln!("ignite-spawn: argv {}", serde_json::to_string(&argv).unwrap_or_default());
-    let spawn_ns =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut child: Child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", backend.name()))?;
-    eprintln!("ignite-spawn: timing vmm_spawn_unix_ns={spawn_ns}");
-    let vmm_pid = child.id();
-    // The listening sockets live on in the VMM; the jailer's end of the liveness pipe too.
-    drop(qmp_listener);
-    drop(agent_listener);
-    let _alive = alive_writer.map(|(r, w)| {
-        drop(r);
-        w
-    });
+    let mut cgroup = false;
+    let mut _alive = None;
+    let mut instance = match boot.jail {
+        Some(j) => {
+            let profile = backend.jail_profile(machine);
+            let limits = crate::cgroup::Limits {
+                memory_max: (machine.memory_mib + profile.overhead_mib) << 20,
+                cpus: machine.vcpus,
+            };
+            let cg = crate::cgroup::plan_and_record(uid, &dir.join(crate::cgroup::RECORD))?;
+            jail_status = Some(ignite_api::JailStatus {
+                uid: j.uid,
+                cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
+                memory_max: Some(limits.memory_max),
+                cpu_max: limits.cpu_max(),
+                seccomp: profile.seccomp,
+            });
+            cgroup = true;
+            let mut launcher = crate::launch::Jailed::new(
+                vmm_log,
+                uid,
+                j,
+                boot.netns.clone(),
+                cg,
+                (limits.memory_max, limits.cpus),
+                dir.join("jail.json"),
+            )?;
+            let instance = backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?;
+            // Held for the supervisor's life: the jailer sees a hang-up once it is gone.
+            _alive = launcher.alive_writer();
+            instance
+        }
+        None => {
+            let mut launcher = crate::launch::Direct::new(vmm_log, boot.netns.clone());
+            backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?
+        }
+    };
+    let vmm_pid = instance.pid();
+    let control = instance.control.clone();
     ignite_proc::fault::point("spawn.vmm-started");
-    if boot.agent {
+    if machine.agent_port.is_some() {
         if let Err(e) = crate::agent::start_mux(&dir, crate::agent::DEAD_AFTER) {
             eprintln!("ignite-spawn: the guest agent's socket: {e}");
         }
     }
-    let stdout = child.stdout.take().ok_or("no VMM stdout")?;
-    let shared = Arc::new(Shared {
-        end: AtomicU8::new(END_NONE),
-        detail: Mutex::new(String::new()),
-        clients: Mutex::new(Vec::new()),
-        stdin: Mutex::new(child.stdin.take()),
-    });
+    let (stdin, stdout) = instance.take_console().ok_or("no VMM console")?;
+    let shared =
+        Arc::new(Shared { end: Mutex::new(None), clients: Mutex::new(Vec::new()), stdin: Mutex::new(Some(stdin)) });
 
     // Record the running state before reporting ready: `start` returns a VM that is running.
     let my_pid = std::process::id();
     let started = chrono::Utc::now();
-    let accel = boot.accel.to_string();
+    let accel = machine.accel.to_string();
     let bname = backend.name().to_string();
     store
         .modify::<Vm, _>(uid, |vm| {
-            vm.status.running = true;
-            vm.status.start_time = Some(started);
-            vm.status.exit = None;
-            vm.status.runtime = Some(RuntimeStatus {
+            let runtime = RuntimeStatus {
                 id: uid.to_string(),
                 name: bname,
                 pid: Some(my_pid),
                 accel: Some(accel),
                 jail: jail_status,
-            });
+            };
+            vm.status.record_running(runtime, started);
         })
         .map_err(|e| e.to_string())?;
     let _ = writeln!(ready_out, "ready {vmm_pid}");
@@ -200,12 +148,10 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     eprintln!("ignite-spawn: VM {vm_name} ({uid}): {} pid {vmm_pid}", backend.name());
 
     // Console: VMM stdout -> log, attached clients, event scanner.
-    let boot_arc = Arc::new(boot);
     {
         let shared = shared.clone();
-        let boot = boot_arc.clone();
-        let backend_name = backend_name.clone();
-        std::thread::spawn(move || console_pump(stdout, log, &shared, &boot, &backend_name));
+        let control = control.clone();
+        std::thread::spawn(move || console_pump(stdout, log, &shared, control.as_ref()));
     }
     // Attach: each client sees console output and types into the console.
     {
@@ -221,7 +167,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         });
     }
     // DHCP for guests that run a client: the same lease as the kernel's ip= argument.
-    if let (Some(ns), Some((lease, server))) = (boot_arc.netns.clone(), boot_arc.dhcp.clone()) {
+    if let (Some(ns), Some((lease, server))) = (boot.netns.clone(), boot.dhcp.clone()) {
         std::thread::spawn(move || {
             if let Err(e) = ignite_net::dhcp::serve(&ns, lease, server) {
                 eprintln!("ignite-spawn: DHCP responder stopped: {e}");
@@ -231,25 +177,23 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     // Signals: TERM = graceful, INT = now.
     {
         let shared = shared.clone();
-        let boot = boot_arc.clone();
-        let backend_name = backend_name.clone();
+        let control = control.clone();
         let mut signals = signals;
         std::thread::spawn(move || {
             for sig in signals.forever() {
-                let Ok(backend) = backend::by_name(&backend_name) else { return };
                 match sig {
                     SIGTERM => {
-                        let _ = shared.end.compare_exchange(END_NONE, END_STOP, Ordering::SeqCst, Ordering::SeqCst);
-                        if let Err(e) = backend.request_shutdown(&boot) {
+                        shared.end_with(Ending::Stopped, |cur, _| cur.is_none());
+                        if let Err(e) = control.request_shutdown() {
                             eprintln!("ignite-spawn: graceful shutdown request failed: {e}; stopping the VMM");
-                            if backend.force_stop(&boot).is_err() {
+                            if control.force_stop().is_err() {
                                 let _ = sys::kill(vmm_pid);
                             }
                         }
                     }
                     SIGINT => {
-                        shared.end.store(END_KILL, Ordering::SeqCst);
-                        if backend.force_stop(&boot).is_err() {
+                        shared.end_with(Ending::Killed, |_, _| true);
+                        if control.force_stop().is_err() {
                             let _ = sys::kill(vmm_pid);
                         }
                         let pid = vmm_pid;
@@ -264,114 +208,35 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
         });
     }
 
-    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+    let status = instance.wait().map_err(|e| format!("wait: {e}"))?;
     let code = status.code();
-    let detail = shared.detail.lock().map(|d| d.clone()).unwrap_or_default();
-    let reason = match shared.end.load(Ordering::SeqCst) {
-        END_STOP => "stopped".to_string(),
-        END_KILL => "killed".to_string(),
-        END_POWEROFF => "guest powered off".to_string(),
-        END_REBOOT => "guest rebooted".to_string(),
-        END_PANIC => format!("guest kernel panic: {detail}"),
-        END_INIT => format!("guest init failed: {detail}"),
-        _ => match code {
-            Some(0) => "VMM exited".to_string(),
-            Some(c) => format!("VMM exited with code {c} (see vmm.log)"),
-            None => {
-                use std::os::unix::process::ExitStatusExt;
-                format!("VMM killed by signal {}", status.signal().unwrap_or(0))
-            }
-        },
-    };
+    let ending = shared.end.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        match code {
+            Some(c) => Ending::VmmExited(c),
+            None => Ending::VmmSignal(status.signal().unwrap_or(0)),
+        }
+    });
+    let reason = ending.to_string();
     eprintln!("ignite-spawn: VM {vm_name} ({uid}) ended: {reason}");
-    if cgroup.is_some() {
+    if cgroup {
         crate::cgroup::release(&dir.join(crate::cgroup::RECORD));
     }
     let _ = std::fs::remove_dir(crate::jail::root_for(uid));
     ignite_proc::fault::point("spawn.vmm-ended");
-    finish(&store, uid, my_pid, code, &reason, &dir);
+    finish(&store, uid, my_pid, code, &ending, &dir);
     Ok(0)
 }
 
 /// Records that the VM ended (only if the status still names this supervisor).
-pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, reason: &str, dir: &Path) {
+pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, ending: &Ending, dir: &Path) {
     // Release first, then say "stopped": while the store says running, no start can attach
     // the VM anew, so the release cannot hit a newer attachment.
-    let ours = |vm: &Vm| vm.status.running && vm.status.runtime.as_ref().and_then(|r| r.pid) == Some(pid);
+    let ours = |vm: &Vm| vm.status.is_run_of(Some(pid));
     if store.get::<Vm>(uid).map(|vm| ours(&vm)).unwrap_or(false) {
         release_resources(dir);
     }
-    let _ = store.modify::<Vm, _>(uid, |vm| {
-        if ours(vm) {
-            vm.status.running = false;
-            if let Some(rt) = vm.status.runtime.as_mut() {
-                rt.pid = None;
-            }
-            vm.status.exit = Some(ExitStatus { code, reason: reason.to_string(), time: Some(chrono::Utc::now()) });
-            vm.status.network = None;
-        }
-    });
-}
-
-/// The jailer's instructions for this VM's VMM (see `jail`).
-fn jail_spec(
-    boot: &BootConfig,
-    cmd: &std::process::Command,
-    uid: &str,
-    j: crate::backend::BootJail,
-    cg: &crate::cgroup::VmCgroup,
-    alive_fd: i32,
-) -> Result<crate::jail::JailSpec, String> {
-    // The VMM binary by its absolute path: /usr is in every jail; a binary elsewhere is
-    // bind-mounted at its own path.
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let program = if program.starts_with('/') {
-        std::path::PathBuf::from(&program)
-    } else {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join(&program))
-            .find(|p| p.is_file())
-            .ok_or_else(|| format!("{program} not found on PATH"))?
-    };
-    let program = std::fs::canonicalize(&program).map_err(|e| format!("{}: {e}", program.display()))?;
-    let mut files = vec![(boot.kernel.clone(), crate::backend::JAIL_KERNEL.to_string())];
-    if let Some(i) = &boot.initrd {
-        files.push((i.clone(), crate::backend::JAIL_INITRD.to_string()));
-    }
-    if !program.starts_with("/usr/") {
-        files.push((program.clone(), program.display().to_string()));
-    }
-    let mut devices = crate::jail::base_devices();
-    if boot.accel == crate::backend::Accel::Kvm {
-        devices.push(crate::jail::kvm_device());
-    }
-    let disks = boot
-        .disks
-        .iter()
-        .enumerate()
-        .map(|(i, d)| crate::jail::JailDisk {
-            key: format!("disk{i}"),
-            path: d.path.clone(),
-            read_only: d.read_only,
-            backing: if d.format == "qcow2" { ignite_disk::backing_file(&d.path).ok().flatten() } else { None },
-        })
-        .collect();
-    let mut argv = vec![program.display().to_string()];
-    argv.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    Ok(crate::jail::JailSpec {
-        uid: j.uid,
-        gid: j.gid,
-        root: crate::jail::root_for(uid),
-        netns: boot.netns.as_ref().map(|n| std::path::PathBuf::from(format!("/run/netns/{n}"))),
-        cgroups: cg.dirs.clone(),
-        files,
-        devices,
-        disks,
-        argv,
-        alive_fd: Some(alive_fd),
-        vm: uid.to_string(),
-        limits: None,
-    })
+    let _ = store.modify::<Vm, _>(uid, |vm| vm.status.record_ended(Some(pid), code, ending, chrono::Utc::now()));
 }
 
 /// What a VM holds only while it runs: its network and its sockets.
@@ -382,18 +247,15 @@ pub fn release_resources(dir: &Path) {
     if let Some(uid) = dir.file_name() {
         let _ = std::fs::remove_dir(crate::jail::root_for(&uid.to_string_lossy()));
     }
-    for f in [ATTACH_SOCKET, "qmp.sock", crate::agent::AGENT_SOCKET, crate::agent::AGENT_VMM_SOCKET] {
+    for f in [ATTACH_SOCKET, crate::agent::AGENT_SOCKET] {
         let _ = std::fs::remove_file(dir.join(f));
+    }
+    for f in ignite_vmm::all_runtime_files(dir) {
+        let _ = std::fs::remove_file(f);
     }
 }
 
-fn console_pump(
-    mut stdout: impl Read,
-    mut log: RotatingLog,
-    shared: &Arc<Shared>,
-    boot: &Arc<BootConfig>,
-    backend_name: &str,
-) {
+fn console_pump(mut stdout: impl Read, mut log: RotatingLog, shared: &Arc<Shared>, control: &dyn ignite_vmm::Control) {
     let mut scanner = LineScanner::default();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -413,29 +275,31 @@ fn console_pump(
             });
         }
         scanner.feed(data, |ev| {
-            let (code, detail) = match ev {
-                GuestEvent::PowerOff => (END_POWEROFF, String::new()),
-                GuestEvent::Reboot => (END_REBOOT, String::new()),
-                GuestEvent::Panic(d) => (END_PANIC, d),
-                GuestEvent::InitError(d) => (END_INIT, d),
+            let ending = match ev {
+                GuestEvent::PowerOff => Ending::PoweredOff,
+                GuestEvent::Reboot => Ending::Rebooted,
+                GuestEvent::Panic(d) => Ending::Panic(d),
+                GuestEvent::InitError(d) => Ending::InitFailed(d),
             };
-            // A stop or kill in progress keeps its reason; the guest's own words refine "none".
-            let cur = shared.end.load(Ordering::SeqCst);
-            if cur == END_NONE || (cur >= END_POWEROFF && code >= END_PANIC) {
-                shared.end.store(code, Ordering::SeqCst);
-                if !detail.is_empty() {
-                    if let Ok(mut d) = shared.detail.lock() {
-                        *d = detail;
-                    }
-                }
-            }
-            if code == END_POWEROFF {
+            let halted = ending == Ending::PoweredOff;
+            // A stop or kill in progress keeps its reason; the guest's own words refine the rest.
+            shared.end_with(ending, |cur, new| cur.is_none_or(|c| c.refined_by(new)));
+            if halted {
                 // The guest halted: nothing will make the VMM exit by itself.
-                if let Ok(b) = backend::by_name(backend_name) {
-                    let _ = b.force_stop(boot);
-                }
+                let _ = control.force_stop();
             }
         });
+    }
+}
+
+impl Shared {
+    /// Sets how the run ends to `ending` if `replace` says so of the current account.
+    fn end_with(&self, ending: Ending, replace: impl FnOnce(Option<&Ending>, &Ending) -> bool) {
+        if let Ok(mut cur) = self.end.lock() {
+            if replace(cur.as_ref(), &ending) {
+                *cur = Some(ending);
+            }
+        }
     }
 }
 

@@ -21,6 +21,24 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Makes `cmd`'s child enter the network namespace `ns` (an open `/run/netns/<name>`) before
+/// it execs: the VMM opens its taps there (no `ip netns exec` wrapper process).
+pub fn enter_netns(cmd: &mut Command, ns: std::fs::File) {
+    // SAFETY: the closure runs in the child between fork and exec; setns(2) through rustix is
+    // an async-signal-safe syscall wrapper; it borrows a descriptor the closure owns (moved in
+    // before the fork), allocates nothing and takes no locks. A single-threaded child may
+    // change its network namespace.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// Lets `cmd`'s child inherit the descriptors `fds` (leases: see `lease`). Only that child:
 /// the flag is cleared between fork and exec, so tools spawned meanwhile by other threads
 /// never inherit them.

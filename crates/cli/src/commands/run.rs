@@ -2,8 +2,8 @@
 //! a failed `run` leaves nothing behind.
 
 use ignite_api::Vm;
-use ignite_runtime::accel::AccelChoice;
-use ignite_runtime::start::{start, StartOptions, Started};
+use ignite_runtime::start::{StartOptions, Started};
+use ignite_vmm::AccelChoice;
 
 use super::UsageError;
 use crate::cli::RunArgs;
@@ -69,7 +69,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
     let vm: Vm = super::create::create(ctx, &a.create)?;
     let store = ctx.store()?;
     let config = ctx.config()?;
-    match start(&store, &config, vm.clone(), &opts) {
+    match ignite_runtime::run::start_new(&store, &config, vm.clone(), &opts) {
         Ok(started) => {
             // Said once the VM runs: a run that fails leaves no VM, and says nothing was made.
             // (With -q, the ID is printed once, by report_started.)
@@ -82,16 +82,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Err(e) => {
-            // Nothing booted: undo the create.
-            if let Ok(cur) = store.get::<Vm>(&vm.uid()) {
-                if !cur.status.running && cur.status.start_time.is_none() {
-                    if let Ok(lock) = store.lock() {
-                        let _ = store.remove::<Vm>(&lock, &vm.uid());
-                    }
-                }
-            }
-            Err(e.into())
-        }
+        // Nothing booted: the create was undone.
+        Err(e) => Err(e.into()),
     }
 }

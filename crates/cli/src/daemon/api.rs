@@ -185,7 +185,8 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
                 if param("start") == Some("false") {
                     return Ok((201, "application/json".into(), serde_json::to_vec(&vm)?));
                 }
-                let started = ignite_runtime::start::start(store, config, vm, &Default::default())?;
+                // As `ignite run`: a VM that never started is removed again.
+                let started = ignite_runtime::run::start_new(store, config, vm, &Default::default())?;
                 Ok((201, "application/json".into(), serde_json::to_vec(&started.vm)?))
             }
             ("POST", ["v1", "vms", q, "start"]) => {

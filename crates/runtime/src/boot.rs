@@ -1,0 +1,49 @@
+//! What `start` hands the supervisor (`vm/<uid>/boot.json`): the backend's name, the machine
+//! it is to run (see [`ignite_vmm::Machine`]) and the supervisor's own settings apart from it
+//! (network namespace, DHCP lease, stop grace, jail identity). Also the one place that turns a
+//! backend's name into a backend.
+
+use std::sync::Arc;
+
+use ignite_api::{ConfigurationSpec, Vm};
+use ignite_vmm::{Backend, Machine, VmmError};
+use serde::{Deserialize, Serialize};
+
+/// Boot configuration file in a VM's directory.
+pub const BOOT_FILE: &str = "boot.json";
+
+/// A jailed VMM's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootJail {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Everything the supervisor needs to run a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootConfig {
+    /// The backend, resolved by `start` (see [`backend_name`]).
+    pub vmm: String,
+    pub machine: Machine,
+    /// Seconds a graceful stop may take before the VMM is killed.
+    pub stop_grace_secs: u64,
+    /// Network namespace the VMM runs in (its taps live there).
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// The lease the supervisor's DHCP responder hands out, and the server address.
+    #[serde(default)]
+    pub dhcp: Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)>,
+    /// The VMM runs jailed, as this uid and gid (see `jail`); `None`: as root, unconfined.
+    #[serde(default)]
+    pub jail: Option<BootJail>,
+}
+
+/// The backend a VM runs on: its own choice, else the Configuration's, else the default.
+pub fn backend_name(vm: &Vm, config: &ConfigurationSpec) -> String {
+    vm.spec.vmm.clone().or_else(|| config.vmm.clone()).unwrap_or_else(|| ignite_vmm::DEFAULT_BACKEND.into())
+}
+
+/// The backend called `name`, with this process's settings.
+pub fn backend(name: &str) -> Result<Arc<dyn Backend>, VmmError> {
+    ignite_vmm::backend(name, &ignite_vmm::Settings::from_env())
+}

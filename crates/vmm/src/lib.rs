@@ -1,0 +1,252 @@
+//! The VMM seam: the one interface between ignite and the program that runs a guest.
+//!
+//! A [`Backend`] says what it can do ([`Capabilities`]: root-disk layouts, drive formats, the
+//! agent channel, accelerators, device limits), checks the host for itself
+//! ([`Backend::check_host`]), chooses an accelerator ([`Backend::choose_accel`]) and turns a
+//! validated [`Machine`] into a running [`Instance`] ([`Backend::launch`]): the VMM process
+//! with its serial console, a [`Control`] for graceful shutdown and force stop, the runtime
+//! files it made and where its agent channel is. A backend configured over an API socket after
+//! its process starts (Firecracker) does so inside `launch`, before it returns.
+//!
+//! How the process is started — directly in the VM's network namespace, or through the jail —
+//! is not the backend's business: the supervisor passes a [`Launcher`]. The backend describes
+//! what the VMM needs ([`VmmCommand`]: its argv, the host files it reads and the paths it
+//! expects them at, the disks it opens, whether it needs `/dev/kvm`) and which control sockets
+//! it listens on ([`Launcher::listen`]); the launcher makes that happen.
+//!
+//! Everything QEMU-specific (argv, QMP, the KVM probe) lives in [`qemu`]. Backends are
+//! registered in [`backend`], the only place that knows their names.
+
+pub mod accel;
+pub mod machine;
+pub mod qemu;
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use accel::{Accel, AccelChoice, AccelVerdict};
+pub use machine::{DiskFormat, Drive, Machine, Nic};
+
+/// The backend used when neither the VM nor the Configuration names one.
+pub const DEFAULT_BACKEND: &str = "qemu";
+
+/// Where a jailed VMM finds its kernel and initramfs (bind-mounted read-only).
+pub const JAIL_KERNEL: &str = "/boot/vmlinux";
+pub const JAIL_INITRD: &str = "/boot/initrd";
+
+/// The host end of the guest agent's channel in a VM's run directory (the supervisor's mux
+/// connects to it).
+pub const AGENT_VMM_SOCKET: &str = "agent-vmm.sock";
+
+/// How a VM's root disk is laid out on the host. Create asks the backend which one to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RootDisk {
+    /// A qcow2 overlay whose backing file is the image's shared raw base: O(1) to create,
+    /// copy-on-write per VM.
+    Qcow2Overlay,
+}
+
+/// The guest agent's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentChannel {
+    /// A virtio-serial port; host side a Unix stream socket the VMM listens on.
+    VirtioSerial,
+}
+
+/// What a backend can do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Root-disk layouts it boots, preferred first.
+    pub root_disks: &'static [RootDisk],
+    /// Formats of the drives it reads.
+    pub drive_formats: &'static [DiskFormat],
+    pub agent: AgentChannel,
+    pub accels: &'static [Accel],
+    /// Most virtio devices (drives, NICs, the agent's) one VM can have.
+    pub max_devices: usize,
+    /// Most vCPUs one VM can have.
+    pub max_vcpus: u64,
+}
+
+/// What `check_host` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The VMM binary.
+    pub binary: PathBuf,
+    /// Its version line, when it tells one.
+    pub version: Option<String>,
+    /// Whether it can confine itself with seccomp, and how (for `ignite doctor`).
+    pub seccomp: Result<String, String>,
+}
+
+/// How a backend is confined when jailed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JailProfile {
+    /// What the VMM takes besides guest memory (MiB): the jail's memory limit is guest memory
+    /// plus this.
+    pub overhead_mib: u64,
+    /// Its seccomp filter, for the user (`ignite inspect`).
+    pub seccomp: String,
+}
+
+/// Backend failures.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{what} not found: {hint}")]
+    Missing { what: String, hint: &'static str },
+    #[error("invalid machine: {0}")]
+    Invalid(String),
+    #[error("cannot talk to the VMM control socket {path}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("VMM refused {command}: {message}")]
+    Refused { command: String, message: String },
+    #[error("cannot start the VMM: {0}")]
+    Launch(String),
+}
+
+/// A disk the VMM opens. A launcher that opens disks for the VMM (the jail) fills
+/// `{fd:<key>.rw}`, `{fd:<key>.ro}` and `{fd:<key>.backing}` in the argv with descriptors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmmDisk {
+    pub key: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub backing: Option<PathBuf>,
+}
+
+/// What the VMM process needs, as the backend describes it to a [`Launcher`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmmCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Host files the VMM reads, and the path it names them by in `args` when jailed.
+    pub files: Vec<(PathBuf, String)>,
+    pub disks: Vec<VmmDisk>,
+    /// Whether it needs `/dev/kvm`.
+    pub kvm: bool,
+}
+
+/// Starts a VMM process the way the supervisor wants it (directly in the VM's network
+/// namespace, or jailed).
+pub trait Launcher {
+    /// Whether the VMM will run jailed: it then names its kernel [`JAIL_KERNEL`] and
+    /// [`JAIL_INITRD`] and its disks by descriptor placeholders, and bounds its own caches.
+    fn jailed(&self) -> bool;
+    /// Binds a listening Unix socket at `path` that the VMM inherits; returns the descriptor
+    /// number the VMM gets it as.
+    fn listen(&mut self, path: &Path) -> Result<i32, VmmError>;
+    /// Starts the VMM with stdin/stdout piped (its serial console).
+    fn spawn(&mut self, cmd: VmmCommand) -> Result<Child, VmmError>;
+}
+
+/// Asks a running VMM to act.
+pub trait Control: Send + Sync + Debug {
+    /// Asks the guest to shut down (what its init reacts to: Ctrl-Alt-Del).
+    fn request_shutdown(&self) -> Result<(), VmmError>;
+    /// Stops the VMM now (the supervisor falls back to SIGKILL).
+    fn force_stop(&self) -> Result<(), VmmError>;
+}
+
+/// A running VMM.
+#[derive(Debug)]
+pub struct Instance {
+    pub child: Child,
+    pub control: Arc<dyn Control>,
+    /// Files the VMM made or listens on in the run directory, removed once it is gone.
+    pub runtime_files: Vec<PathBuf>,
+    /// The host end of the agent channel, when the machine has an agent.
+    pub agent: Option<PathBuf>,
+}
+
+impl Instance {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// The serial console: what the guest reads, what it writes.
+    pub fn take_console(&mut self) -> Option<(ChildStdin, ChildStdout)> {
+        Some((self.child.stdin.take()?, self.child.stdout.take()?))
+    }
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
+}
+
+/// A VMM backend.
+pub trait Backend: Send + Sync + Debug {
+    /// Short name, recorded in `status.runtime.name`.
+    fn name(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    /// Whether this host can run the VMM (its binary, its version, its seccomp support).
+    fn check_host(&self) -> Result<HostInfo, VmmError>;
+    /// Chooses the accelerator for booting `kernel`; `auto` probes once per host and kernel,
+    /// cached under `state_dir`. `probe_initrd` writes an initramfs whose init prints
+    /// [`accel::PROBE_MARKER`] and powers off.
+    fn choose_accel(
+        &self,
+        state_dir: &Path,
+        choice: AccelChoice,
+        kernel: &Path,
+        probe_initrd: &dyn Fn(&Path) -> Result<(), String>,
+    ) -> Result<AccelVerdict, String>;
+    /// How it is confined in a jail.
+    fn jail_profile(&self, machine: &Machine) -> JailProfile;
+    /// Files it may leave in a run directory (stale ones are removed before a launch and after
+    /// the VM ends).
+    fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf>;
+    /// Starts `machine` (validated against [`Backend::capabilities`] first) through `launcher`.
+    fn launch(&self, machine: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError>;
+}
+
+/// Where backends find their binaries: the Configuration, else the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The QEMU binary (`$IGNITE_QEMU`, else `qemu-system-x86_64` from PATH).
+    pub qemu: Option<PathBuf>,
+}
+
+impl Settings {
+    /// From the environment (`IGNITE_QEMU`).
+    pub fn from_env() -> Settings {
+        Settings { qemu: std::env::var_os("IGNITE_QEMU").map(PathBuf::from) }
+    }
+}
+
+/// Names of the backends of this build.
+pub const BACKENDS: &[&str] = &["qemu"];
+
+/// The backend called `name`: the one place that knows backends by name.
+pub fn backend(name: &str, settings: &Settings) -> Result<Arc<dyn Backend>, VmmError> {
+    match name {
+        "qemu" => Ok(Arc::new(qemu::Qemu::new(settings.qemu.clone()))),
+        "firecracker" => Err(VmmError::Missing {
+            what: "the firecracker backend".into(),
+            hint: "it is not part of this build yet; use --vmm qemu",
+        }),
+        other => Err(VmmError::Missing { what: format!("VMM backend {other:?}"), hint: "use qemu" }),
+    }
+}
+
+/// Every runtime file any backend of this build may leave in `run_dir`.
+pub fn all_runtime_files(run_dir: &Path) -> Vec<PathBuf> {
+    let s = Settings::default();
+    BACKENDS.iter().filter_map(|n| backend(n, &s).ok()).flat_map(|b| b.runtime_files(run_dir)).collect()
+}
+
+/// Finds `program` (absolute, or on PATH).
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.is_absolute() || program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+}

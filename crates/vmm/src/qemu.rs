@@ -1,0 +1,537 @@
+//! The QEMU `microvm` backend (Debian's `qemu-system-x86`): everything ignite knows about
+//! QEMU is here — its argv, its QMP control socket, its KVM probe.
+//!
+//! Machine: [`MACHINE`] — no firmware option ROMs, the legacy serial port for the console,
+//! the RTC (under TCG the guest has no other clock source and hangs without it, FACTS.md),
+//! and ACPI off so that QEMU appends the `virtio_mmio.device=` arguments a kernel without
+//! ACPI needs. An `i8042` keyboard controller is added so that a Ctrl-Alt-Del (QMP
+//! `send-key`) reaches the guest's init, the graceful stop every init understands, and so that
+//! `reboot=k` resets the machine; `-no-reboot` turns a guest reboot into a VMM exit. Drives
+//! are virtio-blk (the root disk a qcow2 overlay on the image's raw base), NICs virtio-net on
+//! taps, the agent a virtio-serial port. Control through a QMP socket in the VM's run
+//! directory, bound by the launcher and inherited (`-chardev socket,fd=N`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::accel::{self, Accel, AccelChoice, AccelVerdict, PROBE_BUDGET, PROBE_MARKER};
+use crate::{
+    AgentChannel, Backend, Capabilities, Control, DiskFormat, HostInfo, Instance, JailProfile, Launcher, Machine,
+    RootDisk, VmmCommand, VmmDisk, VmmError, AGENT_VMM_SOCKET, JAIL_INITRD, JAIL_KERNEL,
+};
+
+/// The machine type and its options (shared by VMs and the KVM probe).
+pub const MACHINE: &str = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off";
+/// QEMU's QMP socket in a VM's run directory.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// A jailed TCG VMM's translation cache, MiB (bounded: the VMM's memory is limited).
+pub const TB_MIB: u64 = 256;
+/// Most virtio-mmio devices a VM can have: microvm's 8 transports, one of them the IRQ
+/// filler once there are more than four (see [`with_irq_filler`]).
+pub const MAX_DEVICES: usize = 7;
+/// QEMU's seccomp filter in a jail: no obsolete calls, no privilege changes, no processes,
+/// no scheduler or affinity changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pub binary: PathBuf,
+}
+
+impl Qemu {
+    /// `binary`, else `qemu-system-x86_64` from PATH.
+    pub fn new(binary: Option<PathBuf>) -> Qemu {
+        Qemu { binary: binary.unwrap_or_else(|| "qemu-system-x86_64".into()) }
+    }
+
+    pub(crate) fn capabilities_const(&self) -> Capabilities {
+        Capabilities {
+            root_disks: &[RootDisk::Qcow2Overlay],
+            drive_formats: &[DiskFormat::Qcow2, DiskFormat::Raw],
+            agent: AgentChannel::VirtioSerial,
+            accels: &[Accel::Kvm, Accel::Tcg],
+            max_devices: MAX_DEVICES,
+            max_vcpus: 255,
+        }
+    }
+
+    /// The full argument list (without the binary). `fds`: the QMP and agent sockets'
+    /// inherited descriptors (else QEMU binds paths in the run directory itself).
+    pub fn args(m: &Machine, jailed: bool, fds: Fds) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&["-name", &format!("{}-{}", m.id_prefix, m.uid)]);
+        push(&["-M", MACHINE]);
+        match (m.accel, jailed) {
+            (Accel::Kvm, _) => push(&["-accel", "kvm", "-cpu", "host"]),
+            // In a jail the VMM's memory is limited: its translation cache too (QEMU's default
+            // reserves up to 1 GiB; it is flushed and refilled when full).
+            (Accel::Tcg, true) => push(&["-accel", &format!("tcg,tb-size={TB_MIB}"), "-cpu", "max"]),
+            (Accel::Tcg, false) => push(&["-accel", "tcg", "-cpu", "max"]),
+        }
+        push(&["-smp", &m.vcpus.to_string(), "-m", &format!("{}M", m.memory_mib)]);
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        if m.debug {
+            // Guest accesses to devices that are not there or not implemented, into vmm.log.
+            push(&["-d", "guest_errors,unimp"]);
+        }
+        push(&["-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0"]);
+        push(&["-device", "i8042"]);
+        if jailed {
+            push(&["-sandbox", SANDBOX]);
+            push(&["-kernel", JAIL_KERNEL]);
+            if m.initrd.is_some() {
+                push(&["-initrd", JAIL_INITRD]);
+            }
+        } else {
+            push(&["-kernel", &m.kernel.to_string_lossy()]);
+            if let Some(i) = &m.initrd {
+                push(&["-initrd", &i.to_string_lossy()]);
+            }
+        }
+        push(&["-append", &m.cmdline]);
+        // Every virtio-mmio device, in order (see `with_irq_filler`).
+        let mut devices: Vec<Vec<String>> = Vec::new();
+        for (i, d) in m.drives.iter().enumerate() {
+            let ro = if d.read_only { ",readonly=on" } else { "" };
+            let mut dev: Vec<String> = Vec::new();
+            let file = if jailed {
+                // The launcher opened the disk (and its backing file): descriptors, no paths.
+                let set = 2 * i + 1;
+                if !d.read_only {
+                    dev.extend(["-add-fd".into(), format!("fd={{fd:disk{i}.rw}},set={set}")]);
+                }
+                dev.extend(["-add-fd".into(), format!("fd={{fd:disk{i}.ro}},set={set}")]);
+                let mut file = format!("/dev/fdset/{set}");
+                if d.backing.is_some() {
+                    dev.extend(["-add-fd".into(), format!("fd={{fd:disk{i}.backing}},set={}", set + 1)]);
+                    file.push_str(&format!(
+                        ",backing.driver=raw,backing.file.driver=file,backing.file.filename=/dev/fdset/{}",
+                        set + 1
+                    ));
+                }
+                file
+            } else {
+                qemu_path(&d.path)
+            };
+            dev.extend([
+                "-drive".into(),
+                format!("id=disk{i},file={file},format={},if=none,cache=unsafe,discard=unmap{ro}", d.format),
+                "-device".into(),
+                format!("virtio-blk-device,drive=disk{i}"),
+            ]);
+            devices.push(dev);
+        }
+        for (i, n) in m.nics.iter().enumerate() {
+            devices.push(vec![
+                "-netdev".into(),
+                format!("tap,id=net{i},ifname={},script=no,downscript=no", n.tap),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net{i},mac={}", n.mac),
+            ]);
+        }
+        if let Some(port) = &m.agent_port {
+            let chardev = match fds.agent {
+                Some(fd) => format!("socket,id=agent0,fd={fd},server=on,wait=off"),
+                None => {
+                    format!("socket,id=agent0,path={},server=on,wait=off", qemu_path(&m.run_dir.join(AGENT_VMM_SOCKET)))
+                }
+            };
+            devices.push(vec![
+                "-device".into(),
+                "virtio-serial-device,max_ports=2".into(),
+                "-chardev".into(),
+                chardev,
+                "-device".into(),
+                format!("virtserialport,chardev=agent0,name={port}"),
+            ]);
+        }
+        for d in with_irq_filler(devices) {
+            push(&d.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        match fds.qmp {
+            Some(fd) => push(&[
+                "-chardev",
+                &format!("socket,id=qmp,fd={fd},server=on,wait=off"),
+                "-mon",
+                "chardev=qmp,mode=control",
+            ]),
+            None => push(&["-qmp", &format!("unix:{},server=on,wait=off", qemu_path(&m.run_dir.join(QMP_SOCKET)))]),
+        }
+        a
+    }
+
+    /// What a jailed QEMU takes besides guest memory (measured: ~70 MiB of its own, plus the
+    /// translation cache under TCG), with room to spare.
+    pub fn overhead_mib(accel: Accel) -> u64 {
+        match accel {
+            Accel::Kvm => 192,
+            Accel::Tcg => 192 + TB_MIB,
+        }
+    }
+
+    fn found(&self) -> Result<PathBuf, VmmError> {
+        crate::find_program(&self.binary).ok_or_else(|| VmmError::Missing {
+            what: format!("{}", self.binary.display()),
+            hint: "install the qemu-system-x86 package (apt-get install qemu-system-x86)",
+        })
+    }
+
+    /// Boots `kernel` under KVM with the probe initramfs: KVM if the guest reaches init.
+    fn probe(qemu: &Path, kernel: &Path, initrd: &Path) -> AccelVerdict {
+        let start = Instant::now();
+        let mut child = match Command::new(qemu)
+            .args(["-M", MACHINE, "-accel", "kvm", "-cpu", "host"])
+            .args(["-m", "128M", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args(["-serial", "stdio", "-device", "i8042", "-kernel"])
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", "console=ttyS0 reboot=k panic=-1 pci=off rdinit=/init quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return AccelVerdict { accel: Accel::Tcg, reason: format!("KVM probe could not start QEMU: {e}") }
+            }
+        };
+        let mut out = child.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(o) = out.as_mut() {
+                let _ = o.take(1 << 20).read_to_end(&mut s);
+            }
+            s
+        });
+        let mut status = None;
+        while start.elapsed() < PROBE_BUDGET {
+            if let Ok(Some(s)) = child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).to_string();
+        if out.contains(PROBE_MARKER) {
+            return AccelVerdict {
+                accel: Accel::Kvm,
+                reason: format!(
+                    "KVM boots Linux guests here (probe reached init in {} ms)",
+                    start.elapsed().as_millis()
+                ),
+            };
+        }
+        let why = if err.contains("KVM internal error") || err.contains("KVM_EXIT_INTERNAL_ERROR") {
+            "the guest died with a KVM internal error (nested/limited KVM)".to_string()
+        } else if status.is_none() {
+            format!("the guest did not reach init within {} s", PROBE_BUDGET.as_secs())
+        } else {
+            let first = err.lines().next().unwrap_or("QEMU exited early").to_string();
+            format!("the guest did not reach init ({first})")
+        };
+        AccelVerdict {
+            accel: Accel::Tcg,
+            reason: format!("/dev/kvm cannot boot a Linux guest on this host: {why}; using TCG"),
+        }
+    }
+}
+
+/// Inherited control-socket descriptors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fds {
+    pub qmp: Option<i32>,
+    pub agent: Option<i32>,
+}
+
+/// QEMU microvm (without ACPI) gives virtio-mmio devices IRQs 12, 11, 10, 9, 8, ... in the
+/// order they are created; IRQ 8 is the RTC's, and a guest driver that claims it takes the
+/// guest's clock away. When there is a fifth device, a balloon device (no driver in ignite's
+/// kernel, so its IRQ is never requested) takes that slot instead.
+fn with_irq_filler(mut devices: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    if devices.len() > 4 {
+        devices.insert(4, vec!["-device".into(), "virtio-balloon-device".into()]);
+    }
+    devices
+}
+
+/// QEMU option values use `,` as separator; a literal comma is doubled.
+fn qemu_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// A running QEMU's QMP socket.
+#[derive(Debug, Clone)]
+pub struct Qmp {
+    pub path: PathBuf,
+}
+
+impl Qmp {
+    /// Runs one QMP command.
+    pub fn execute(&self, command: &str, arguments: Option<serde_json::Value>) -> Result<(), VmmError> {
+        let ctl = |source| VmmError::Control { path: self.path.clone(), source };
+        let s = UnixStream::connect(&self.path).map_err(ctl)?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(ctl)?;
+        let mut w = s.try_clone().map_err(ctl)?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(ctl)?; // greeting
+        let mut send = |v: serde_json::Value| -> Result<serde_json::Value, VmmError> {
+            w.write_all(format!("{v}\n").as_bytes()).map_err(ctl)?;
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).map_err(ctl)? == 0 {
+                    return Err(ctl(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QMP closed")));
+                }
+                let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
+                if v.get("return").is_some() || v.get("error").is_some() {
+                    return Ok(v);
+                }
+            }
+        };
+        send(serde_json::json!({"execute": "qmp_capabilities"}))?;
+        let mut req = serde_json::json!({ "execute": command });
+        if let Some(a) = arguments {
+            req["arguments"] = a;
+        }
+        let resp = send(req)?;
+        if let Some(e) = resp.get("error") {
+            return Err(VmmError::Refused { command: command.into(), message: e.to_string() });
+        }
+        Ok(())
+    }
+}
+
+impl Control for Qmp {
+    fn request_shutdown(&self) -> Result<(), VmmError> {
+        let keys = serde_json::json!({"keys": [
+            {"type": "qcode", "data": "ctrl"},
+            {"type": "qcode", "data": "alt"},
+            {"type": "qcode", "data": "delete"}
+        ]});
+        self.execute("send-key", Some(keys))
+    }
+
+    fn force_stop(&self) -> Result<(), VmmError> {
+        self.execute("quit", None)
+    }
+}
+
+impl Backend for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities_const()
+    }
+
+    fn check_host(&self) -> Result<HostInfo, VmmError> {
+        let binary = self.found()?;
+        let version = Command::new(&binary)
+            .arg("-version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string));
+        let seccomp = match Command::new(&binary).args(["-sandbox", "help"]).stdin(Stdio::null()).output() {
+            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("seccomp support is disabled") => {
+                Err("this QEMU has no seccomp sandbox (built without libseccomp)".to_string())
+            }
+            Ok(_) => Ok("QEMU's -sandbox (seccomp) is available".to_string()),
+            Err(e) => Err(format!("cannot run {}: {e}", binary.display())),
+        };
+        Ok(HostInfo { binary, version, seccomp })
+    }
+
+    fn choose_accel(
+        &self,
+        state_dir: &Path,
+        choice: AccelChoice,
+        kernel: &Path,
+        probe_initrd: &dyn Fn(&Path) -> Result<(), String>,
+    ) -> Result<AccelVerdict, String> {
+        let key = accel::cache_key(&self.binary, kernel);
+        accel::choose_cached(state_dir, choice, &key, probe_initrd, |initrd| {
+            Qemu::probe(&self.found().unwrap_or_else(|_| self.binary.clone()), kernel, initrd)
+        })
+    }
+
+    fn jail_profile(&self, m: &Machine) -> JailProfile {
+        JailProfile { overhead_mib: Qemu::overhead_mib(m.accel), seccomp: format!("QEMU -sandbox {SANDBOX}") }
+    }
+
+    fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf> {
+        vec![run_dir.join(QMP_SOCKET), run_dir.join(AGENT_VMM_SOCKET)]
+    }
+
+    fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
+        m.validate(&self.capabilities())?;
+        let program = self.found()?;
+        let runtime_files = self.runtime_files(&m.run_dir);
+        for f in &runtime_files {
+            let _ = std::fs::remove_file(f);
+        }
+        // The control sockets are bound before QEMU starts: nothing can connect to a socket
+        // that is not there yet, and a jailed QEMU needs no path to make them.
+        let qmp_path = m.run_dir.join(QMP_SOCKET);
+        let fds = Fds {
+            qmp: Some(launcher.listen(&qmp_path)?),
+            agent: match m.agent_port {
+                Some(_) => Some(launcher.listen(&m.run_dir.join(AGENT_VMM_SOCKET))?),
+                None => None,
+            },
+        };
+        let jailed = launcher.jailed();
+        let mut files = vec![(m.kernel.clone(), JAIL_KERNEL.to_string())];
+        if let Some(i) = &m.initrd {
+            files.push((i.clone(), JAIL_INITRD.to_string()));
+        }
+        let disks = m
+            .drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| VmmDisk {
+                key: format!("disk{i}"),
+                path: d.path.clone(),
+                read_only: d.read_only,
+                backing: d.backing.clone(),
+            })
+            .collect();
+        let cmd = VmmCommand { program, args: Qemu::args(m, jailed, fds), files, disks, kvm: m.accel == Accel::Kvm };
+        let child = launcher.spawn(cmd)?;
+        Ok(Instance {
+            child,
+            control: Arc::new(Qmp { path: qmp_path }),
+            runtime_files,
+            agent: m.agent_port.as_ref().map(|_| m.run_dir.join(AGENT_VMM_SOCKET)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::tests::machine;
+    use crate::{Drive, Nic};
+
+    #[test]
+    fn command_line() {
+        let mut m = machine();
+        m.id_prefix = "acme".into();
+        m.drives[0].path = "/v/a,b.qcow2".into();
+        let a = Qemu::args(&m, false, Fds::default()).join(" ");
+        assert!(a.contains("-name acme-0123456789abcdef"), "{a}");
+        assert!(a.contains("-accel tcg -cpu max"), "{a}");
+        assert!(a.contains("-smp 2 -m 256M"));
+        assert!(a.contains("file=/v/a,,b.qcow2,format=qcow2"), "{a}");
+        assert!(a.contains("virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"));
+        assert!(a.contains("-qmp unix:/v/qmp.sock,server=on,wait=off"));
+        assert!(a.contains("acpi=off"));
+        assert!(a.contains("virtserialport,chardev=agent0,name=org.ignite.agent.0"), "{a}");
+        assert!(!a.contains("balloon"), "{a}");
+        assert!(!a.contains("-sandbox"), "{a}");
+        // Three NICs: the fifth device (the third NIC) would take IRQ 8; the filler takes it.
+        let mut three = m.clone();
+        three.nics = (0..3).map(|i| Nic { tap: format!("tap{i}"), mac: format!("02:00:00:00:00:0{i}") }).collect();
+        three.drives.push(Drive { path: "/v/vol".into(), format: DiskFormat::Raw, read_only: false, backing: None });
+        let a = Qemu::args(&three, false, Fds::default());
+        let devices: Vec<&String> = a.iter().filter(|x| x.starts_with("virtio-")).collect();
+        assert_eq!(devices[4], "virtio-balloon-device", "{devices:?}");
+        assert!(devices[5].starts_with("virtio-net-device,netdev=net2"), "{devices:?}");
+    }
+
+    #[test]
+    fn jailed_command_line_names_no_host_path() {
+        let mut m = machine();
+        m.drives[0].backing = Some("/base/raw".into());
+        let a = Qemu::args(&m, true, Fds { qmp: Some(7), agent: Some(8) }).join(" ");
+        assert!(a.contains(&format!("-sandbox {SANDBOX}")), "{a}");
+        assert!(a.contains("-kernel /boot/vmlinux -initrd /boot/initrd"), "{a}");
+        assert!(a.contains("tcg,tb-size=256"), "{a}");
+        assert!(a.contains("fd={fd:disk0.rw},set=1") && a.contains("fd={fd:disk0.backing},set=2"), "{a}");
+        assert!(a.contains("socket,id=qmp,fd=7") && a.contains("socket,id=agent0,fd=8"), "{a}");
+        for host in ["/k/vmlinux", "/v/", "/base/raw"] {
+            assert!(!a.contains(host), "{host} in {a}");
+        }
+    }
+
+    /// A launcher that records what it was asked and starts `true` in place of QEMU.
+    #[derive(Default)]
+    struct Recorder {
+        listened: Vec<PathBuf>,
+        spawned: Option<VmmCommand>,
+        listeners: Vec<std::os::unix::net::UnixListener>,
+    }
+
+    impl Launcher for Recorder {
+        fn jailed(&self) -> bool {
+            true
+        }
+        fn listen(&mut self, path: &Path) -> Result<i32, VmmError> {
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| VmmError::Launch(e.to_string()))?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+            self.listeners.push(l);
+            self.listened.push(path.to_path_buf());
+            Ok(fd)
+        }
+        fn spawn(&mut self, cmd: VmmCommand) -> Result<std::process::Child, VmmError> {
+            self.spawned = Some(cmd);
+            Command::new("true")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| VmmError::Launch(e.to_string()))
+        }
+    }
+
+    #[test]
+    fn launch_binds_the_control_sockets_and_describes_what_the_vmm_needs() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = machine();
+        m.run_dir = d.path().to_path_buf();
+        m.accel = Accel::Kvm;
+        // A stale socket from a previous run does not stop the launch.
+        std::fs::write(d.path().join(QMP_SOCKET), b"").unwrap();
+        let q = Qemu::new(Some("/bin/sh".into()));
+        let mut r = Recorder::default();
+        let mut inst = q.launch(&m, &mut r).unwrap();
+        assert_eq!(r.listened, vec![d.path().join(QMP_SOCKET), d.path().join(AGENT_VMM_SOCKET)]);
+        let cmd = r.spawned.unwrap();
+        assert_eq!(cmd.program, PathBuf::from("/bin/sh"));
+        assert!(cmd.kvm);
+        assert_eq!(cmd.files[0], ("/k/vmlinux".into(), JAIL_KERNEL.to_string()));
+        assert_eq!(cmd.disks[0].key, "disk0");
+        assert_eq!(inst.agent, Some(d.path().join(AGENT_VMM_SOCKET)));
+        assert!(inst.take_console().is_some());
+        assert!(inst.wait().unwrap().success());
+        // An invalid machine is refused before anything is bound or started.
+        let mut bad = m.clone();
+        bad.vcpus = 0;
+        let mut r = Recorder::default();
+        assert!(matches!(q.launch(&bad, &mut r), Err(VmmError::Invalid(_))));
+        assert!(r.listened.is_empty() && r.spawned.is_none());
+    }
+
+    #[test]
+    fn a_missing_binary_says_which_package() {
+        let q = Qemu::new(Some("/nonexistent/qemu".into()));
+        let e = q.check_host().unwrap_err().to_string();
+        assert!(e.contains("qemu-system-x86"), "{e}");
+    }
+}
