@@ -23,7 +23,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 use sha2::{Digest, Sha256};
 
 use crate::blobs::BlobStore;
-use crate::fetch::FetchedImage;
+use crate::manifest::FetchedImage;
 use crate::OciError;
 
 /// Limits for applying layers.

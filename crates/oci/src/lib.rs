@@ -13,6 +13,7 @@ pub mod apply;
 pub mod blobs;
 pub mod credentials;
 pub mod fetch;
+pub mod manifest;
 pub mod registry;
 pub mod tls;
 
@@ -20,7 +21,8 @@ use std::path::PathBuf;
 
 pub use apply::{apply_layer_reader, apply_layers, ApplyOptions, ApplyStats};
 pub use blobs::BlobStore;
-pub use fetch::{fetch, FetchOptions, FetchedImage, ImageConfig, Layer};
+pub use fetch::fetch;
+pub use manifest::{FetchOptions, FetchedImage, ImageConfig, Layer};
 
 /// Import failures.
 #[derive(Debug, thiserror::Error)]

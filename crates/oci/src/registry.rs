@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::blobs::BlobStore;
 use crate::credentials::{self, ConfigDir, Credentials, Lookup};
-use crate::fetch::{
+use crate::manifest::{
     from_manifest, parse_json, pick_platform, FetchOptions, FetchedImage, MAX_JSON_BYTES, MAX_LAYER_BYTES,
     MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
 };
