@@ -32,10 +32,13 @@ targets() {
 }
 
 cargo fmt --all -- --check
+scripts/module-cycles.py
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Tier 1: no guest kernel, no VM.
 status=0
 cargo test --workspace --locked --no-fail-fast --lib --bins || status=1
+# The binaries the CLI tests run beside `ignite` (ignited lives in its own crate).
+cargo build --locked -p ignite-cli -p ignite-daemon
 for t in "${TIER1[@]}"; do
   # shellcheck disable=SC2046
   cargo test --locked --no-fail-fast $(targets "$t") || status=1
@@ -55,7 +58,7 @@ for t in "${TIER2[@]}"; do
 done
 # The fault-injection drill, short: 50 kill points. The seed is fixed so that CI replays one
 # schedule; IGNITE_DRILL_SEED=random (or a number) explores others.
-cargo build --locked -p ignite-cli
+cargo build --locked -p ignite-cli -p ignite-daemon
 seed=${IGNITE_DRILL_SEED:-2026}
 [ "$seed" = random ] && seed=$((RANDOM * 32768 + RANDOM))
 scripts/drill.py --points "${IGNITE_DRILL_POINTS:-50}" --seed "$seed" || status=1

@@ -39,7 +39,7 @@ impl Ctx {
                 || p.len() > 32
                 || !p.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
             {
-                return Err(crate::commands::UsageError(format!(
+                return Err(crate::usage::UsageError(format!(
                     "invalid --id-prefix {p:?}: use 1 to 32 lowercase letters, digits and '-'"
                 ))
                 .into());

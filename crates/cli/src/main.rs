@@ -5,10 +5,10 @@
 mod cli;
 mod commands;
 mod context;
-mod errors;
 mod output;
 mod remote;
 mod template;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -70,11 +70,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             });
         }
-        if cause.downcast_ref::<commands::UsageError>().is_some() {
+        if cause.downcast_ref::<usage::UsageError>().is_some() {
             return 2;
         }
     }
-    errors::classify(e).exit_code()
+    ignite_runtime::errors::classify(e.as_ref()).exit_code()
 }
 
 fn init_logging(g: &cli::Global) {

@@ -146,6 +146,22 @@ fn dead_temp(name: &str) -> bool {
     pid.is_some_and(|p| !crate::sys::pid_exists(p))
 }
 
+/// Removes scratch directories whose owning process is gone; returns how many.
+pub fn sweep_scratch(base: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(base) else { return 0 };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !crate::sys::pid_exists(pid) && std::fs::remove_dir_all(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, StoreError> {
     // Objects whose removal was killed half-way: their files go first (a VM's disk holds
     // its base).
@@ -241,7 +257,7 @@ fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, St
         ));
     }
     // Scratch directories of imports whose process died.
-    c.temp_files += crate::import::sweep_scratch(&store.root().join("tmp"));
+    c.temp_files += sweep_scratch(&store.root().join("tmp"));
     // Atomic-write leftovers in object directories.
     for dir in [Vm::DIR, Image::DIR, Kernel::DIR] {
         let Ok(rd) = std::fs::read_dir(store.root().join(dir)) else { continue };

@@ -114,7 +114,7 @@ impl Scratch {
     fn new(store: &Store, what: &str) -> Result<Scratch, ImportError> {
         let base = store.root().join("tmp");
         std::fs::create_dir_all(&base).map_err(io("cannot create", &base))?;
-        sweep_scratch(&base);
+        crate::gc::sweep_scratch(&base);
         let p = base.join(format!("{what}-{}-{:08x}", std::process::id(), rand_u32()));
         std::fs::create_dir(&p).map_err(io("cannot create", &p))?;
         Ok(Scratch(p))
@@ -130,22 +130,6 @@ impl Drop for Scratch {
 fn rand_u32() -> u32 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     t ^ std::process::id().rotate_left(16)
-}
-
-/// Removes scratch directories whose owning process is gone; returns how many.
-pub fn sweep_scratch(base: &Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(base) else { return 0 };
-    let mut n = 0;
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !crate::sys::pid_exists(pid) && std::fs::remove_dir_all(e.path()).is_ok() {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 /// Serializes imports of one name across processes.

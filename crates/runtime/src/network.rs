@@ -117,9 +117,11 @@ pub fn recover(store: &Store, vm: &Vm) {
 
 /// Refuses host ports that another running VM publishes or that a host process listens on.
 pub fn check_ports(store: &Store, vm: &Vm) -> Result<(), String> {
-    let others = crate::status::list(store).map_err(|e| e.to_string())?;
+    // Running means a live supervisor (a record whose supervisor died holds no port).
+    let others = store.list::<Vm>().map_err(|e| e.to_string())?;
+    let live = |o: &Vm| o.status.supervisor().is_some_and(|p| crate::sys::is_supervisor_alive(p, &o.uid()));
     for p in &vm.spec.network.ports {
-        for o in others.iter().filter(|o| o.status.running && o.uid() != vm.uid()) {
+        for o in others.iter().filter(|o| o.status.running && o.uid() != vm.uid() && live(o)) {
             if o.spec.network.ports.iter().any(|q| q.host_port == p.host_port && q.protocol == p.protocol) {
                 return Err(format!(
                     "host port {}/{} is already published by VM {:?}",

@@ -4,8 +4,9 @@
 //! `/sbin/init` (see `ignite_disk` for the archive and the shim).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use ignite_api::Vm;
+use ignite_api::{Ssh, Vm};
 use ignite_disk::{build_vm_initramfs, DiskError, VmBoot};
 use ignite_store::Store;
 
@@ -44,8 +45,8 @@ pub fn host_resolv_conf() -> Option<String> {
 /// Builds `vm`'s initramfs at `out`, with `agent` (the static guest agent) when given.
 pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path, agent: Option<PathBuf>) -> Result<(), DiskError> {
     let name = vm.metadata.name.clone();
-    let authorized_keys = crate::start::ensure_ssh_key(store, vm)
-        .map_err(|e| DiskError::Io { path: store.dir::<Vm>(&vm.uid()), source: e })?;
+    let authorized_keys =
+        ensure_ssh_key(store, vm).map_err(|e| DiskError::Io { path: store.dir::<Vm>(&vm.uid()), source: e })?;
     let ips: Vec<std::net::IpAddr> = vm.status.network.as_ref().map(|n| n.ip_addresses.clone()).unwrap_or_default();
     let first_boot = vm.status.start_time.is_none();
     let copy_files = if first_boot {
@@ -92,4 +93,35 @@ pub fn volume_mounts(vm: &Vm) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Generates the VM's SSH key pair (`vm/<uid>/id_<uid>`, 0600) when `ssh: true` and none exists.
+pub fn ensure_ssh_key(store: &Store, vm: &Vm) -> Result<Option<String>, std::io::Error> {
+    let dir = store.dir::<Vm>(&vm.uid());
+    match &vm.spec.ssh {
+        None => Ok(None),
+        Some(Ssh::PublicKeyPath(p)) => std::fs::read_to_string(p).map(Some),
+        Some(Ssh::Generate) => {
+            let key = dir.join(format!("id_{}", vm.uid()));
+            let pubkey = key.with_extension("pub");
+            if !pubkey.is_file() {
+                let mut cmd = Command::new("ssh-keygen");
+                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C"])
+                    .arg(format!("ignite-{}", vm.uid()))
+                    .arg("-f")
+                    .arg(&key);
+                let out = ignite_proc::output(&mut cmd, None, ignite_proc::QUICK).map_err(|e| {
+                    let hint = if e.is_not_found() { " (install openssh-client)" } else { "" };
+                    std::io::Error::other(format!("ssh-keygen: {e}{hint}"))
+                })?;
+                if !out.status.success() {
+                    return Err(std::io::Error::other(format!(
+                        "ssh-keygen failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+            std::fs::read_to_string(&pubkey).map(Some)
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ignite_api::{Kernel, Ssh, Vm};
+use ignite_api::{Kernel, Vm};
 use ignite_store::{Store, StoreError};
 
 use ignite_vmm::{Accel, AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, Machine, Nic};
@@ -152,8 +152,8 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     let jailed = vm.spec.jail.unwrap_or(config.spec.jail.enabled);
     let backend_name = crate::boot::backend_name(&vm, &config.spec);
     let backend = crate::boot::backend(&backend_name)?;
-    for (c, ignite_name) in crate::doctor::preflight(&plugin, jailed, backend.as_ref()) {
-        if c.level != crate::doctor::Level::Error {
+    for (c, ignite_name) in crate::preflight::preflight(&plugin, jailed, backend.as_ref()) {
+        if c.level != crate::preflight::Level::Error {
             continue;
         }
         let ignored = opts.ignore_preflight.iter().any(|i| i == "all" || i == c.name || i == ignite_name);
@@ -445,37 +445,6 @@ fn spawn_supervisor(
         None => format!("it exited without reporting (see {})", log_path.display()),
     };
     Err(StartError::Supervisor { name: name.into(), message })
-}
-
-/// Generates the VM's SSH key pair (`vm/<uid>/id_<uid>`, 0600) when `ssh: true` and none exists.
-pub fn ensure_ssh_key(store: &Store, vm: &Vm) -> Result<Option<String>, std::io::Error> {
-    let dir = store.dir::<Vm>(&vm.uid());
-    match &vm.spec.ssh {
-        None => Ok(None),
-        Some(Ssh::PublicKeyPath(p)) => std::fs::read_to_string(p).map(Some),
-        Some(Ssh::Generate) => {
-            let key = dir.join(format!("id_{}", vm.uid()));
-            let pubkey = key.with_extension("pub");
-            if !pubkey.is_file() {
-                let mut cmd = Command::new("ssh-keygen");
-                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C"])
-                    .arg(format!("ignite-{}", vm.uid()))
-                    .arg("-f")
-                    .arg(&key);
-                let out = ignite_proc::output(&mut cmd, None, ignite_proc::QUICK).map_err(|e| {
-                    let hint = if e.is_not_found() { " (install openssh-client)" } else { "" };
-                    std::io::Error::other(format!("ssh-keygen: {e}{hint}"))
-                })?;
-                if !out.status.success() {
-                    return Err(std::io::Error::other(format!(
-                        "ssh-keygen failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-            }
-            std::fs::read_to_string(&pubkey).map(Some)
-        }
-    }
 }
 
 /// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).

@@ -1,6 +1,7 @@
 //! `ignite doctor`: preflight checks with fixes.
 
-use ignite_runtime::doctor::{run_checks, Level};
+use ignite_runtime::doctor::run_checks;
+use ignite_runtime::preflight::Level;
 
 use crate::context::Ctx;
 use crate::output::table;

@@ -27,10 +27,7 @@ use ignite_store::Store;
 use crate::cli::{Cli, Command, VmSub};
 use crate::context::Ctx;
 
-/// Bad command-line input that clap could not catch (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::usage::UsageError;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx { global: cli.global };

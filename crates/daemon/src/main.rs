@@ -1,5 +1,5 @@
-//! `ignited`: reconciles VMs from a manifest directory or a Git repository (see
-//! `ignite_runtime::reconcile` and `ignite_runtime::gitops`).
+//! `ignited`: reconciles VMs from a manifest directory (`reconcile`) or a Git repository
+//! (`gitops`), and serves the HTTP/JSON API and metrics (`api`).
 //! Thin: parse arguments, take the daemon lock, loop over reconcile passes.
 #![forbid(unsafe_code)]
 
@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-#[path = "../daemon/api.rs"]
 mod api;
-#[path = "../errors.rs"]
-mod errors;
-use ignite_runtime::reconcile::{read_manifest_dir, reconcile};
+mod gitops;
+mod reconcile;
+
 use ignite_runtime::{load_configuration, CreateOptions};
 use ignite_store::Store;
+use reconcile::{read_manifest_dir, reconcile};
 
 /// ignited: run VMs declaratively, from a manifest directory or a Git repository.
 #[derive(Debug, Parser)]
@@ -294,8 +294,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => None,
                 _ => anyhow::bail!("--https-username and --https-password go together"),
             };
-            let options = ignite_runtime::gitops::GitOptions { timeout, identity_file, hosts_file, https };
-            let source = ignite_runtime::gitops::Source::new(&cli.root, &repo, branch.as_deref(), &paths, options);
+            let options = gitops::GitOptions { timeout, identity_file, hosts_file, https };
+            let source = gitops::Source::new(&cli.root, &repo, branch.as_deref(), &paths, options);
             let shown: Vec<String> = source.paths.iter().map(|p| p.display().to_string()).collect();
             tracing::info!(
                 "following {repo} ({}, {}) every {interval:?}",
@@ -321,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 if last_good {
-                    let manifests = ignite_runtime::reconcile::for_host(source.read_manifests(), host.as_deref());
+                    let manifests = reconcile::for_host(source.read_manifests(), host.as_deref());
                     pass(&store, &config, manifests, &metrics);
                     if !read_only {
                         match source.write_back(&store, host.as_deref()) {
@@ -354,12 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// One reconcile pass over what the manifests ask for, logged.
-fn pass(
-    store: &Store,
-    config: &ignite_runtime::LoadedConfig,
-    manifests: ignite_runtime::reconcile::Manifests,
-    metrics: &api::Metrics,
-) {
+fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, manifests: reconcile::Manifests, metrics: &api::Metrics) {
     let started = Instant::now();
     // What killed processes (a previous daemon included) left behind, first.
     match ignite_runtime::recover::recover_all(store) {

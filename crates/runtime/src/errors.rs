@@ -30,7 +30,6 @@ impl Class {
         }
     }
 
-    #[allow(dead_code)] // ignited's API only; this file is in both binaries
     pub fn http_status(self) -> u16 {
         match self {
             Class::BadInput => 400,
@@ -41,9 +40,10 @@ impl Class {
     }
 }
 
-/// Classifies an error by the first cause that says what it is.
-pub fn classify(e: &anyhow::Error) -> Class {
-    for cause in e.chain() {
+/// Classifies an error by the first cause in its chain that says what it is.
+pub fn classify(e: &(dyn std::error::Error + 'static)) -> Class {
+    let chain = std::iter::successors(Some(e), |c| c.source());
+    for cause in chain {
         if let Some(se) = cause.downcast_ref::<StoreError>() {
             return match se {
                 StoreError::NotFound { .. } => Class::NotFound,
@@ -54,12 +54,12 @@ pub fn classify(e: &anyhow::Error) -> Class {
         }
         if cause.downcast_ref::<ignite_api::DecodeError>().is_some()
             || cause.downcast_ref::<ignite_api::ValidationErrors>().is_some()
-            || cause.downcast_ref::<ignite_runtime::ConfigError>().is_some()
+            || cause.downcast_ref::<crate::ConfigError>().is_some()
         {
             return Class::BadInput;
         }
-        if let Some(ce) = cause.downcast_ref::<ignite_runtime::CreateError>() {
-            use ignite_runtime::CreateError as C;
+        if let Some(ce) = cause.downcast_ref::<crate::CreateError>() {
+            use crate::CreateError as C;
             return match ce {
                 C::Store(StoreError::NameTaken { .. } | StoreError::UidTaken { .. }) => Class::Taken,
                 C::Store(StoreError::NotFound { .. }) => Class::NotFound,
@@ -69,17 +69,14 @@ pub fn classify(e: &anyhow::Error) -> Class {
                 _ => Class::BadInput,
             };
         }
-        if let Some(ignite_runtime::RemoveError::Running { .. }) = cause.downcast_ref::<ignite_runtime::RemoveError>() {
+        if let Some(crate::RemoveError::Running { .. }) = cause.downcast_ref::<crate::RemoveError>() {
             return Class::State;
         }
-        if let Some(ignite_runtime::start::StartError::AlreadyRunning { .. }) =
-            cause.downcast_ref::<ignite_runtime::start::StartError>()
+        if let Some(crate::start::StartError::AlreadyRunning { .. }) = cause.downcast_ref::<crate::start::StartError>()
         {
             return Class::State;
         }
-        if let Some(ignite_runtime::stop::StopError::NotRunning { .. }) =
-            cause.downcast_ref::<ignite_runtime::stop::StopError>()
-        {
+        if let Some(crate::stop::StopError::NotRunning { .. }) = cause.downcast_ref::<crate::stop::StopError>() {
             return Class::State;
         }
     }

@@ -22,7 +22,7 @@
 //!   runs only on the host whose daemon has `--host NAME` ([`for_host`]); moving the annotation
 //!   moves the VM (the old host removes it, the new one creates it).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,9 +30,9 @@ use ignite_api::{decode_objects, Object, ObjectMeta, Uid, Vm, VmSpec};
 use ignite_store::Store;
 use serde::Deserialize;
 
-use crate::config::LoadedConfig;
-use crate::create::{build_vm, create_vm, CreateOptions};
-use crate::start::{start, StartOptions};
+use ignite_runtime::config::LoadedConfig;
+use ignite_runtime::create::{build_vm, create_vm, CreateOptions};
+use ignite_runtime::start::{start, StartOptions};
 
 pub const MANAGED_LABEL: &str = "ignite.weave.works/managed-by";
 pub const MANAGED_VALUE: &str = "ignited";
@@ -70,18 +70,6 @@ pub struct Report {
     pub errors: Vec<String>,
     /// VMs left exactly as they are because their manifest is unusable.
     pub held: Vec<String>,
-}
-
-impl Report {
-    pub fn is_quiet(&self) -> bool {
-        self.created.is_empty()
-            && self.started.is_empty()
-            && self.stopped.is_empty()
-            && self.restarted.is_empty()
-            && self.removed.is_empty()
-            && self.pending.is_empty()
-            && self.errors.is_empty()
-    }
 }
 
 fn fnv64(data: &[u8]) -> u64 {
@@ -177,7 +165,7 @@ pub fn read_manifest_dir(dir: &Path) -> Manifests {
             m.errors.push(format!("{}: {why}: its VMs are kept as they are", f.display()));
             m.held_files.insert(f.clone());
         };
-        let bytes = match crate::config::read_bounded(&f) {
+        let bytes = match ignite_runtime::config::read_bounded(&f) {
             Ok(b) => b,
             Err(e) => {
                 hold(&mut m, e.to_string());
@@ -271,7 +259,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
             }
         };
         let existing = match store.get::<Vm>(&uid) {
-            Ok(v) => Some(crate::status::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
+            Ok(v) => Some(ignite_runtime::status::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
             Err(ignite_store::StoreError::NotFound { .. }) => None,
             Err(e) => {
                 r.errors.push(format!("{name}: {}", chain(&e)));
@@ -321,7 +309,7 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
             } else {
                 let was_running = vm.status.running;
                 if was_running {
-                    if let Err(e) = crate::stop::stop(store, vm.clone(), grace) {
+                    if let Err(e) = ignite_runtime::stop::stop(store, vm.clone(), grace) {
                         r.errors.push(format!("{name}: {}", chain(&e)));
                         continue;
                     }
@@ -352,11 +340,11 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
         if d.running && !vm.status.running {
             match start(store, config, vm, &StartOptions::default()) {
                 Ok(_) => r.started.push(name),
-                Err(crate::start::StartError::AlreadyRunning { .. }) => {}
+                Err(ignite_runtime::start::StartError::AlreadyRunning { .. }) => {}
                 Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
             }
         } else if !d.running && vm.status.running {
-            match crate::stop::stop(store, vm, grace) {
+            match ignite_runtime::stop::stop(store, vm, grace) {
                 Ok(_) => r.stopped.push(name),
                 Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
             }
@@ -370,10 +358,9 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
                 r.held.push(name);
                 continue;
             }
-            let res = crate::remove::remove_vm(store, &vm.uid(), true, |v| {
-                crate::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| crate::remove::RemoveError::Stop {
-                    name: v.metadata.name.clone(),
-                    source: Box::new(e),
+            let res = ignite_runtime::remove::remove_vm(store, &vm.uid(), true, |v| {
+                ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
+                    ignite_runtime::remove::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
                 })
             });
             match res {
@@ -385,11 +372,6 @@ pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, cr
     r.held.sort();
     r.held.dedup();
     r
-}
-
-/// Labels of the desired VMs, by name (for status listings).
-pub fn names(desired: &[Desired]) -> BTreeMap<String, String> {
-    desired.iter().map(|d| (d.vm.metadata.name.clone(), d.vm.uid())).collect()
 }
 
 #[cfg(test)]

@@ -37,14 +37,14 @@ pub struct Metrics {
     /// Pushes rejected and retried after a rebase.
     pub push_retries: AtomicU64,
     /// The last pass's report (`GET /v1/reconcile`).
-    pub last: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, ignite_runtime::reconcile::Report)>>,
+    pub last: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, crate::reconcile::Report)>>,
 }
 
 impl Metrics {
     /// Counts a finished pass and keeps its report.
     /// Counts a finished pass and keeps its report. The pass counter moves last, so a reader
     /// that sees it move sees everything the pass recorded.
-    pub fn record(&self, r: &ignite_runtime::reconcile::Report) {
+    pub fn record(&self, r: &crate::reconcile::Report) {
         self.errors.fetch_add(r.errors.len() as u64, Ordering::Relaxed);
         self.created.fetch_add(r.created.len() as u64, Ordering::Relaxed);
         self.removed.fetch_add(r.removed.len() as u64, Ordering::Relaxed);
@@ -224,7 +224,7 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
         Ok((s, ct, body)) => respond(&conn, s, &ct, &body),
         Err(e) => {
             let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
-            let class = crate::errors::classify(&e);
+            let class = ignite_runtime::errors::classify(e.as_ref());
             let body = serde_json::json!({ "error": msg, "exitCode": class.exit_code() });
             respond(&conn, class.http_status(), "application/json", body.to_string().as_bytes())
         }

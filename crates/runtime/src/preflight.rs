@@ -1,0 +1,120 @@
+//! Preflight checks (Weave Ignite's, at `start`; `ignite doctor` shows them too): each says
+//! what is missing and how to fix it.
+
+use std::path::{Path, PathBuf};
+
+use ignite_vmm::Backend;
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+}
+
+pub fn find_in_path(bin: &str) -> Option<PathBuf> {
+    if bin.starts_with('/') {
+        return Path::new(bin).is_file().then(|| bin.into());
+    }
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths).chain(["/usr/sbin".into(), "/sbin".into()]).map(|d| d.join(bin)).find(|p| p.is_file())
+}
+
+/// Whether the backend's VMM can run here.
+pub fn vmm_check(backend: &dyn Backend) -> Check {
+    match backend.check_host() {
+        Ok(info) => Check {
+            name: "vmm",
+            level: Level::Ok,
+            detail: format!(
+                "{}: {}{}",
+                backend.name(),
+                info.binary.display(),
+                info.version.map(|v| format!(" ({v})")).unwrap_or_default()
+            ),
+        },
+        Err(e) => Check { name: "vmm", level: Level::Error, detail: format!("{}: {e}", backend.name()) },
+    }
+}
+
+pub fn tool(name: &'static str, bin: &str, package: &str, level_if_missing: Level) -> Check {
+    match find_in_path(bin) {
+        Some(p) => Check { name, level: Level::Ok, detail: p.display().to_string() },
+        None => Check { name, level: level_if_missing, detail: format!("{bin} not found: apt-get install {package}") },
+    }
+}
+
+/// The checks that matter for starting `vm` (as Weave Ignite's preflight at start): the VMM
+/// and the guest shim's busybox on this host, the CNI plugins and `ip`/`iptables` when the VM
+/// uses CNI. Each check has its own name and the name of Ignite's check it stands for
+/// (`BinaryInPath`), so that `--ignore-preflight-checks` takes either.
+pub fn preflight(plugin: &str, jailed: bool, backend: &dyn Backend) -> Vec<(Check, &'static str)> {
+    let mut out =
+        vec![(vmm_check(backend), "BinaryInPath"), (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath")];
+    let bb = crate::provision::busybox();
+    let busybox = match std::fs::read(&bb) {
+        Ok(b) if is_static_elf(&b) => {
+            Check { name: "busybox-static", level: Level::Ok, detail: bb.display().to_string() }
+        }
+        _ => Check {
+            name: "busybox-static",
+            level: Level::Error,
+            detail: format!("{} is missing or dynamically linked: apt-get install busybox-static", bb.display()),
+        },
+    };
+    out.push((busybox, "ExistingFile"));
+    if jailed {
+        out.push((
+            match crate::jail::host_support() {
+                Ok(d) => Check { name: "jail", level: Level::Ok, detail: d },
+                Err(e) => Check {
+                    name: "jail",
+                    level: Level::Error,
+                    detail: format!("{e} (or run the VM with --jail=false)"),
+                },
+            },
+            "SystemVerification",
+        ));
+    }
+    if plugin == "cni" {
+        out.push((tool("iptables", "iptables", "iptables", Level::Error), "BinaryInPath"));
+        let dirs = ignite_net::CniConfig::default().bin_dirs;
+        let found = dirs.iter().map(|d| d.join("bridge")).find(|p| p.is_file());
+        out.push((
+            match found {
+                Some(p) => Check { name: "cni-plugins", level: Level::Ok, detail: p.display().to_string() },
+                None => Check {
+                    name: "cni-plugins",
+                    level: Level::Error,
+                    detail:
+                        "no CNI bridge plugin (apt-get install containernetworking-plugins, or set IGNITE_CNI_BIN_DIR)"
+                            .into(),
+                },
+            },
+            "BinaryInPath",
+        ));
+    }
+    out
+}
+
+/// An ELF64 file without a PT_INTERP program header (statically linked).
+pub fn is_static_elf(b: &[u8]) -> bool {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]) as usize);
+    let u64_at = |o: usize| b.get(o..o + 8).map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])) as usize);
+    if !b.starts_with(b"\x7fELF") || b.get(4) != Some(&2) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else { return false };
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        b.get(o..o + 4).map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3).unwrap_or(false)
+    })
+}
