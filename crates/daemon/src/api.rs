@@ -167,7 +167,7 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
             }
             ("GET", ["v1", "vms", q, "logs"]) => {
                 let vm = store.resolve::<Vm>(q)?;
-                let p = store.dir::<Vm>(&vm.uid()).join(ignite_runtime::console::CONSOLE_LOG);
+                let p = ignite_runtime::vmdir::VmDir::of(store, &vm.uid()).console_log();
                 Ok((200, "text/plain".into(), std::fs::read(p).unwrap_or_default()))
             }
             ("POST", ["v1", "vms"]) => {

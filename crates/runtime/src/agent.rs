@@ -28,8 +28,6 @@ use ignite_agent::proto::{
     Decoder, ExecRequest, Exit, Frame, FrameReader, Kind, ReadError, Request, MAX_PAYLOAD, WINDOW,
 };
 
-/// Clients connect here (in the VM's directory).
-pub const AGENT_SOCKET: &str = "agent.sock";
 /// The VMM's end of the virtio-serial port (a QEMU chardev server).
 pub const AGENT_VMM_SOCKET: &str = "agent-vmm.sock";
 /// Where the init shim installs the agent in the VM's own disk layer.
@@ -54,9 +52,6 @@ pub enum AgentError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
-
-/// Why a VM's current boot runs without the agent (a file in its directory, written by start).
-pub const NO_AGENT_FILE: &str = "no-agent.reason";
 
 /// The static guest agent built with this ignite (by `build.rs`; empty when the build was told
 /// to leave it out).
@@ -227,7 +222,7 @@ impl Mux {
 /// life of the process. An agent silent for `dead_after` with channels open fails them.
 pub fn start_mux(dir: &Path, dead_after: Duration) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(AGENT_SOCKET);
+    let path = crate::vmdir::VmDir::new(dir).agent_socket();
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -450,7 +445,7 @@ impl Session {
     /// Connects to the agent of the VM whose directory is `dir`, waiting up to `timeout` for
     /// it to answer.
     pub fn connect(vm: &str, dir: &Path, timeout: Duration) -> Result<Session, AgentError> {
-        let path = dir.join(AGENT_SOCKET);
+        let path = crate::vmdir::VmDir::new(dir).agent_socket();
         let s = UnixStream::connect(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 AgentError::NotEnabled { vm: vm.to_string() }

@@ -1,4 +1,4 @@
-//! What `start` hands the supervisor (`vm/<uid>/boot.json`): the backend's name, the machine
+//! What `start` hands the supervisor (`vm/<uid>/boot.json`, see [`crate::vmdir`]): the backend's name, the machine
 //! it is to run (see [`ignite_vmm::Machine`]) and the supervisor's own settings apart from it
 //! (network namespace, DHCP lease, stop grace, jail identity). Also the one place that turns a
 //! backend's name into a backend.
@@ -8,9 +8,6 @@ use std::sync::Arc;
 use ignite_api::{ConfigurationSpec, Vm};
 use ignite_vmm::{Backend, Machine, VmmError};
 use serde::{Deserialize, Serialize};
-
-/// Boot configuration file in a VM's directory.
-pub const BOOT_FILE: &str = "boot.json";
 
 /// A jailed VMM's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -109,10 +109,6 @@ pub fn describe() -> Result<String, String> {
     }
 }
 
-/// The record of a VM's cgroup directories, in its directory: written before they exist, so
-/// that whoever finds the VM dead (its supervisor killed at any point) removes them.
-pub const RECORD: &str = "cgroup.json";
-
 /// Records where VM `uid`'s cgroup will be (in `record`, before it exists) and returns it;
 /// [`make`] creates it.
 pub fn plan_and_record(uid: &str, record: &Path) -> Result<VmCgroup, String> {

@@ -6,8 +6,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Console log file name in a VM's directory.
-pub const CONSOLE_LOG: &str = "console.log";
 /// Size at which the console log is rotated.
 pub const DEFAULT_MAX_LOG_BYTES: u64 = 4 << 20;
 
@@ -109,7 +107,7 @@ mod tests {
     #[test]
     fn rotation_bounds_disk_use() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(CONSOLE_LOG);
+        let p = d.path().join("console.log");
         let mut log = RotatingLog::open(&p, 1000).unwrap();
         for _ in 0..50 {
             log.write(&[b'x'; 333]).unwrap();

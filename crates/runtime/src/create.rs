@@ -18,7 +18,6 @@ use crate::config::LoadedConfig;
 use crate::import::{
     import_image, import_kernel, ImportError, ImportMode, ImportOptions, BASE_DISK, HAS_INIT_ANNOTATION,
 };
-use crate::start::ROOT_DISK;
 
 /// When to fetch an image or kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,7 +245,9 @@ pub fn create_vm(
     let created = store.create_with(&lock, vm, |dir, _| {
         let made = match layout {
             // A qcow2 overlay over the shared base: O(1), copy-on-write.
-            RootDisk::Qcow2Overlay => ignite_disk::create_overlay(&base, &dir.join(ROOT_DISK), size),
+            RootDisk::Qcow2Overlay => {
+                ignite_disk::create_overlay(&base, &crate::vmdir::VmDir::new(dir).root_disk(), size)
+            }
         };
         made.map_err(|e| {
             let msg = e.to_string();

@@ -170,7 +170,7 @@ fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, St
     let mut used: HashSet<PathBuf> = HashSet::new();
     let vm_root = store.root().join(Vm::DIR);
     for e in std::fs::read_dir(&vm_root).map_err(io_err("cannot read", &vm_root))?.flatten() {
-        let disk = e.path().join(crate::start::ROOT_DISK);
+        let disk = crate::vmdir::VmDir::new(e.path()).root_disk();
         match ignite_disk::backing_file(&disk) {
             Ok(Some(b)) => {
                 used.insert(b);

@@ -22,8 +22,6 @@ use std::path::{Path, PathBuf};
 
 use ignite_api::Vm;
 
-/// The supervisor lease's file in a VM's directory.
-pub const SUPERVISOR_LOCK: &str = "supervisor.lock";
 /// Where host-port leases live (host-wide, not per state root).
 pub const PORTS_DIR: &str = "/run/ignite/ports";
 
@@ -60,7 +58,7 @@ pub fn try_take(path: &Path, what: &str) -> std::io::Result<Option<Lease>> {
 
 /// The supervisor lease of the VM in `dir`; `Ok(None)` while a supervisor (or a start) holds it.
 pub fn supervisor(dir: &Path) -> std::io::Result<Option<Lease>> {
-    try_take(&dir.join(SUPERVISOR_LOCK), "supervisor")
+    try_take(&crate::vmdir::VmDir::new(dir).supervisor_lock(), "supervisor")
 }
 
 /// Whether a supervisor (or a start) holds the lease of the VM in `dir`. Takes the lease for

@@ -27,6 +27,7 @@ pub mod status;
 pub mod stop;
 pub mod supervisor;
 pub mod sys;
+pub mod vmdir;
 
 pub use config::{load_configuration, ConfigError, ConfigSource, LoadedConfig, DEFAULT_CONFIG_PATH};
 pub use create::{create_vm, CreateError, CreateOptions, PullPolicy};

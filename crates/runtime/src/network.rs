@@ -9,8 +9,6 @@ use ignite_store::Store;
 
 use crate::config::LoadedConfig;
 
-/// Saved attachment file in a VM's directory.
-pub const NETWORK_FILE: &str = "network.json";
 /// Annotation selecting the network plugin of a VM (`cni` or `none`).
 pub const PLUGIN_ANNOTATION: &str = "ignite.weave.works/network-plugin";
 /// Annotation requesting a fixed IPv4 address.
@@ -88,12 +86,12 @@ pub fn options_for(vm: &Vm) -> Result<AttachOptions, String> {
 }
 
 pub fn save(dir: &Path, att: &Attachment) -> Result<(), ignite_store::StoreError> {
-    ignite_store::write_json_atomic(&dir.join(NETWORK_FILE), att)
+    ignite_store::write_json_atomic(&crate::vmdir::VmDir::new(dir).network_record(), att)
 }
 
 /// Releases the VM's network if an attachment was saved; removes the record once released.
 pub fn release(dir: &Path) {
-    let path = dir.join(NETWORK_FILE);
+    let path = crate::vmdir::VmDir::new(dir).network_record();
     let Ok(bytes) = std::fs::read(&path) else { return };
     let Ok(att) = serde_json::from_slice::<Attachment>(&bytes) else {
         let _ = std::fs::remove_file(&path);

@@ -97,12 +97,12 @@ pub fn volume_mounts(vm: &Vm) -> Vec<(String, String)> {
 
 /// Generates the VM's SSH key pair (`vm/<uid>/id_<uid>`, 0600) when `ssh: true` and none exists.
 pub fn ensure_ssh_key(store: &Store, vm: &Vm) -> Result<Option<String>, std::io::Error> {
-    let dir = store.dir::<Vm>(&vm.uid());
+    let dir = crate::vmdir::VmDir::of(store, &vm.uid());
     match &vm.spec.ssh {
         None => Ok(None),
         Some(Ssh::PublicKeyPath(p)) => std::fs::read_to_string(p).map(Some),
         Some(Ssh::Generate) => {
-            let key = dir.join(format!("id_{}", vm.uid()));
+            let key = dir.ssh_key();
             let pubkey = key.with_extension("pub");
             if !pubkey.is_file() {
                 let mut cmd = Command::new("ssh-keygen");

@@ -7,6 +7,8 @@
 use ignite_api::Vm;
 use ignite_store::{Store, StoreError};
 
+use crate::vmdir::VmDir;
+
 /// What a recovery released.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -18,12 +20,10 @@ pub struct Recovered {
 /// Releases what VM `uid` holds while it runs (network, sockets) when no process acts on it: no
 /// start holds its start lock, no supervisor its lease. Returns whether a network was released.
 pub fn release_if_idle(store: &Store, uid: &str) -> bool {
-    let dir = store.dir::<Vm>(uid);
-    let had_network = dir.join(crate::network::NETWORK_FILE).exists();
+    let dir = VmDir::of(store, uid);
+    let had_network = dir.network_record().exists();
     // A start in progress holds the VM's start lock: leave its VM alone.
-    let Ok(lock) =
-        std::fs::File::options().create(true).truncate(false).write(true).open(dir.join(crate::start::START_LOCK))
-    else {
+    let Ok(lock) = std::fs::File::options().create(true).truncate(false).write(true).open(dir.start_lock()) else {
         return false;
     };
     if lock.try_lock().is_err() || crate::lease::supervisor_held(&dir) {
@@ -42,7 +42,7 @@ pub fn recover_all(store: &Store) -> Result<Recovered, StoreError> {
         if vm.status.running {
             continue;
         }
-        if !store.dir::<Vm>(&vm.uid()).join(crate::network::NETWORK_FILE).exists() {
+        if !VmDir::of(store, &vm.uid()).network_record().exists() {
             continue;
         }
         if release_if_idle(store, &vm.uid()) {

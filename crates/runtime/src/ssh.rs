@@ -51,7 +51,7 @@ pub fn target(store: &Store, vm: &Vm, identity: Option<&Path>, timeout: Duration
     let key = match identity {
         Some(k) => k.to_path_buf(),
         None => {
-            let k = store.dir::<Vm>(&vm.uid()).join(format!("id_{}", vm.uid()));
+            let k = crate::vmdir::VmDir::of(store, &vm.uid()).ssh_key();
             if !k.is_file() {
                 return Err(SshError::NoKey { name });
             }

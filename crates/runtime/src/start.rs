@@ -14,20 +14,15 @@ use ignite_store::{Store, StoreError};
 
 use ignite_vmm::{Accel, AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, Machine, Nic};
 
-use crate::boot::{BootConfig, BootJail, BOOT_FILE};
+use crate::boot::{BootConfig, BootJail};
 use crate::config::LoadedConfig;
 use crate::status::refresh;
 use crate::supervisor::spawn_binary;
 use crate::sys;
+use crate::vmdir::VmDir;
 
-/// Root disk of a VM (qcow2 overlay over its image's base).
-pub const ROOT_DISK: &str = "disk.qcow2";
-/// Held by a start of the VM, from its first check until the supervisor runs.
-pub const START_LOCK: &str = "start.lock";
 /// How long a start waits for a VM's extra interfaces to appear in its network namespace.
 const EXTRA_INTERFACE_WAIT: Duration = Duration::from_secs(120);
-/// Per-VM initramfs.
-pub const INITRD: &str = "initrd.cpio";
 /// The kernel file inside a kernel object's directory.
 pub const VMLINUX: &str = "vmlinux";
 
@@ -125,9 +120,9 @@ pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
 pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) -> Result<Started, StartError> {
     let uid = vm.uid();
     let name = vm.metadata.name.clone();
-    let dir = store.dir::<Vm>(&uid);
+    let dir = VmDir::of(store, &uid);
     // One start at a time per VM; the second finds it running.
-    let lock_path = dir.join(START_LOCK);
+    let lock_path = dir.start_lock();
     let lock = File::options()
         .create(true)
         .truncate(false)
@@ -168,7 +163,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     }
     backend.check_host()?;
     let kernel = kernel_for(store, &vm)?;
-    let disk = dir.join(ROOT_DISK);
+    let disk = dir.root_disk();
     if !disk.is_file() {
         return Err(StartError::DiskMissing { name, path: disk });
     }
@@ -296,7 +291,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
 fn boot_and_spawn(
     store: &Store,
     vm: &mut Vm,
-    dir: &Path,
+    dir: &VmDir,
     kernel: &Path,
     disk: PathBuf,
     want: u64,
@@ -313,7 +308,7 @@ fn boot_and_spawn(
         vm.status.network = Some(status.clone());
         store.modify::<Vm, _>(&uid, |v| v.status.network = Some(status))?;
     }
-    let initrd = dir.join(INITRD);
+    let initrd = dir.initrd();
     let (agent, why_not) = if vm.spec.agent == Some(false) {
         (None, "it was created with --agent=false".to_string())
     } else {
@@ -326,7 +321,7 @@ fn boot_and_spawn(
         }
     };
     // Why this boot has no agent, for `ignite exec` to say.
-    let why_file = dir.join(crate::agent::NO_AGENT_FILE);
+    let why_file = dir.no_agent_reason();
     if agent.is_some() {
         let _ = std::fs::remove_file(&why_file);
     } else {
@@ -388,19 +383,19 @@ fn boot_and_spawn(
         jail,
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
-    ignite_store::write_atomic(&dir.join(BOOT_FILE), &boot_json)?;
+    ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;
     ignite_proc::fault::point("start.before-spawn");
     spawn_supervisor(store.root(), dir, &uid, &name, leases)
 }
 
 fn spawn_supervisor(
     root: &Path,
-    dir: &Path,
+    dir: &VmDir,
     uid: &str,
     name: &str,
     leases: &[crate::lease::Lease],
 ) -> Result<u32, StartError> {
-    let log_path = dir.join("spawn.log");
+    let log_path = dir.spawn_log();
     let log = File::options()
         .create(true)
         .append(true)

@@ -19,12 +19,10 @@ use ignite_api::{Ending, RuntimeStatus, Vm};
 use ignite_store::Store;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::boot::{BootConfig, BOOT_FILE};
-use crate::console::{GuestEvent, LineScanner, RotatingLog, CONSOLE_LOG, DEFAULT_MAX_LOG_BYTES};
+use crate::boot::BootConfig;
+use crate::console::{GuestEvent, LineScanner, RotatingLog, DEFAULT_MAX_LOG_BYTES};
 use crate::sys;
-
-/// Attach socket in a VM's directory.
-pub const ATTACH_SOCKET: &str = "attach.sock";
+use crate::vmdir::VmDir;
 
 struct Shared {
     /// How the run is ending, as far as known (see [`Ending::refined_by`]).
@@ -50,26 +48,24 @@ pub fn run(root: &Path, uid: &str) -> i32 {
 fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, String> {
     sys::detach_session().map_err(|e| format!("setsid: {e}"))?;
     let store = Store::open(root).map_err(|e| e.to_string())?;
-    let dir = store.dir::<Vm>(uid);
+    let dir = VmDir::of(&store, uid);
     let boot: BootConfig = serde_json::from_slice(
-        &std::fs::read(dir.join(BOOT_FILE))
-            .map_err(|e| format!("cannot read {}: {e}", dir.join(BOOT_FILE).display()))?,
+        &std::fs::read(dir.boot_config()).map_err(|e| format!("cannot read {}: {e}", dir.boot_config().display()))?,
     )
-    .map_err(|e| format!("invalid {}: {e}", BOOT_FILE))?;
+    .map_err(|e| format!("invalid {}: {e}", dir.boot_config().display()))?;
     let machine = &boot.machine;
     let vm_name = machine.name.clone();
     let backend = crate::boot::backend(&boot.vmm).map_err(|e| e.to_string())?;
 
     let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| e.to_string())?;
-    let log =
-        RotatingLog::open(&dir.join(CONSOLE_LOG), DEFAULT_MAX_LOG_BYTES).map_err(|e| format!("console log: {e}"))?;
+    let log = RotatingLog::open(&dir.console_log(), DEFAULT_MAX_LOG_BYTES).map_err(|e| format!("console log: {e}"))?;
     let vmm_log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("vmm.log"))
+        .open(dir.vmm_log())
         .map_err(|e| format!("vmm log: {e}"))?;
-    let _ = std::fs::remove_file(dir.join(crate::agent::AGENT_SOCKET));
-    let attach_path = dir.join(ATTACH_SOCKET);
+    let _ = std::fs::remove_file(dir.agent_socket());
+    let attach_path = dir.attach_socket();
     let _ = std::fs::remove_file(&attach_path);
     let listener =
         UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
@@ -86,7 +82,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
                 memory_max: (machine.memory_mib + profile.overhead_mib) << 20,
                 cpus: machine.vcpus,
             };
-            let cg = crate::cgroup::plan_and_record(uid, &dir.join(crate::cgroup::RECORD))?;
+            let cg = crate::cgroup::plan_and_record(uid, &dir.cgroup_record())?;
             jail_status = Some(ignite_api::JailStatus {
                 uid: j.uid,
                 cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
@@ -102,7 +98,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
                 boot.netns.clone(),
                 cg,
                 (limits.memory_max, limits.cpus),
-                dir.join("jail.json"),
+                dir.jail_spec(),
             )?;
             let instance = backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?;
             // Held for the supervisor's life: the jailer sees a hang-up once it is gone.
@@ -220,7 +216,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let reason = ending.to_string();
     eprintln!("ignite-spawn: VM {vm_name} ({uid}) ended: {reason}");
     if cgroup {
-        crate::cgroup::release(&dir.join(crate::cgroup::RECORD));
+        crate::cgroup::release(&dir.cgroup_record());
     }
     let _ = std::fs::remove_dir(crate::jail::root_for(uid));
     ignite_proc::fault::point("spawn.vmm-ended");
@@ -241,16 +237,15 @@ pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, ending: &En
 
 /// What a VM holds only while it runs: its network and its sockets.
 pub fn release_resources(dir: &Path) {
-    crate::network::release(dir);
+    let dir = VmDir::new(dir);
+    crate::network::release(&dir);
     // The jail's cgroup and root (a supervisor killed before it removed them).
-    crate::cgroup::release(&dir.join(crate::cgroup::RECORD));
-    if let Some(uid) = dir.file_name() {
-        let _ = std::fs::remove_dir(crate::jail::root_for(&uid.to_string_lossy()));
+    crate::cgroup::release(&dir.cgroup_record());
+    let _ = std::fs::remove_dir(crate::jail::root_for(&dir.uid()));
+    for f in [dir.attach_socket(), dir.agent_socket()] {
+        let _ = std::fs::remove_file(f);
     }
-    for f in [ATTACH_SOCKET, crate::agent::AGENT_SOCKET] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
-    for f in ignite_vmm::all_runtime_files(dir) {
+    for f in ignite_vmm::all_runtime_files(&dir) {
         let _ = std::fs::remove_file(f);
     }
 }

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use ignite_api::Vm;
+use ignite_runtime::vmdir::VmDir;
 use ignite_store::Store;
 
 use super::running_vm;
@@ -43,7 +44,7 @@ impl Drop for RawMode {
 }
 
 pub fn attach(store: &Store, vm: &Vm) -> anyhow::Result<()> {
-    let sock = store.dir::<Vm>(&vm.uid()).join(ignite_runtime::supervisor::ATTACH_SOCKET);
+    let sock = VmDir::of(store, &vm.uid()).attach_socket();
     let conn = UnixStream::connect(&sock)
         .map_err(|e| anyhow::anyhow!("cannot attach to VM {:?} ({}): {e}", vm.metadata.name, sock.display()))?;
     eprintln!("Attached to VM {:?}: detach with ^P^Q", vm.metadata.name);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ignite_agent::proto::ExecRequest;
 use ignite_api::Vm;
 use ignite_runtime::agent::{AgentError, Session};
+use ignite_runtime::vmdir::VmDir;
 
 use crate::cli::ExecArgs;
 use crate::context::Ctx;
@@ -68,8 +69,7 @@ fn argv(command: &[String]) -> Vec<String> {
 
 /// The error for a VM that has neither an agent nor an SSH key, saying why it has no agent.
 pub fn no_way_in(store: &ignite_store::Store, vm: &Vm) -> anyhow::Error {
-    let why = std::fs::read_to_string(store.dir::<Vm>(&vm.uid()).join(ignite_runtime::agent::NO_AGENT_FILE))
-        .unwrap_or_default();
+    let why = std::fs::read_to_string(VmDir::of(store, &vm.uid()).no_agent_reason()).unwrap_or_default();
     let why = if why.trim().is_empty() { "it started without one".to_string() } else { why.trim().to_string() };
     anyhow::anyhow!(
         "VM {:?} has no guest agent ({why}) and no SSH key: restart it with an agent (a static ignite-agent: \

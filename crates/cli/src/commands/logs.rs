@@ -7,7 +7,7 @@ use ignite_api::Vm;
 use crate::cli::LogsArgs;
 use crate::context::Ctx;
 
-use ignite_runtime::console::CONSOLE_LOG;
+use ignite_runtime::vmdir::VmDir;
 
 pub fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
     if !a.follow {
@@ -18,8 +18,8 @@ pub fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
     }
     let store = ctx.store()?;
     let vm = store.resolve::<Vm>(&a.vm)?;
-    let path = store.dir::<Vm>(&vm.uid()).join(CONSOLE_LOG);
-    let rotated = store.dir::<Vm>(&vm.uid()).join(format!("{CONSOLE_LOG}.1"));
+    let dir = VmDir::of(&store, &vm.uid());
+    let (path, rotated) = (dir.console_log(), dir.console_log_rotated());
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
