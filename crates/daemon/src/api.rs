@@ -8,7 +8,8 @@
 //! - `GET /v1/vms/{name}/logs`: the serial console log
 //! - `GET /v1/reconcile`: the last pass's report (created, started, stopped, restarted,
 //!   removed, pending, errors — unusable manifests included —, and the VMs held as they are)
-//! - `GET /metrics`: VMs by state, reconcile passes, errors, held VMs and the last pass's duration
+//! - `GET /metrics`: VMs by state, reconcile passes, errors, held and deferred VMs and the last
+//!   pass's duration
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +22,8 @@ use std::time::Duration;
 use ignite_api::{decode_object, Object, ObjectMeta, Vm, VmSpec};
 use ignite_runtime::{CreateOptions, LoadedConfig};
 use ignite_store::Store;
+
+use crate::controller::Controller;
 
 /// Counters the reconcile loop updates and `/metrics` reports.
 #[derive(Debug, Default)]
@@ -57,7 +60,13 @@ impl Metrics {
 
 const MAX_BODY: usize = 1 << 20;
 
-pub fn serve(path: PathBuf, store: Store, config: LoadedConfig, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub fn serve(
+    path: PathBuf,
+    store: Store,
+    config: LoadedConfig,
+    metrics: Arc<Metrics>,
+    controller: Arc<Controller>,
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -66,9 +75,10 @@ pub fn serve(path: PathBuf, store: Store, config: LoadedConfig, metrics: Arc<Met
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            let (store, config, metrics) = (store.clone(), config.clone(), metrics.clone());
+            let (store, config, metrics, controller) =
+                (store.clone(), config.clone(), metrics.clone(), controller.clone());
             std::thread::spawn(move || {
-                let _ = handle(conn, &store, &config, &metrics);
+                let _ = handle(conn, &store, &config, &metrics, &controller);
             });
         }
     });
@@ -133,7 +143,13 @@ fn json_error(conn: &UnixStream, status: u16, e: impl std::fmt::Display) -> std:
     respond(conn, status, "application/json", serde_json::json!({ "error": e.to_string() }).to_string().as_bytes())
 }
 
-fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metrics) -> std::io::Result<()> {
+fn handle(
+    conn: UnixStream,
+    store: &Store,
+    config: &LoadedConfig,
+    metrics: &Metrics,
+    controller: &Controller,
+) -> std::io::Result<()> {
     let Some(req) = read_request(&conn)? else { return Ok(()) };
     if req.method == "TOO_LARGE" {
         return json_error(&conn, 413, "request body larger than 1 MiB");
@@ -191,10 +207,15 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
             }
             ("POST", ["v1", "vms", q, "start"]) => {
                 let vm = store.resolve::<Vm>(q)?;
+                // One action on a VM at a time: the reconciler's and the API's.
+                let lock = controller.lock(&vm.uid());
+                let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
                 json(serde_json::to_value(ignite_runtime::start::start(store, config, vm, &Default::default())?.vm)?)
             }
             ("POST", ["v1", "vms", q, "stop"]) => {
                 let vm = store.resolve::<Vm>(q)?;
+                let lock = controller.lock(&vm.uid());
+                let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
                 let secs = param("time").and_then(|t| t.parse().ok()).unwrap_or(10);
                 let done = if flag("kill") {
                     ignite_runtime::stop::kill(store, vm)?
@@ -205,6 +226,8 @@ fn handle(conn: UnixStream, store: &Store, config: &LoadedConfig, metrics: &Metr
             }
             ("DELETE", ["v1", "vms", q]) => {
                 let vm = store.resolve::<Vm>(q)?;
+                let lock = controller.lock(&vm.uid());
+                let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
                 // Without ?force=true a running VM is refused, as `ignite rm` without -f.
                 let force = flag("force");
                 let removed = ignite_runtime::remove_vm(store, &vm.uid(), force, |v| {
@@ -283,13 +306,20 @@ fn metrics_text(store: &Store, m: &Metrics) -> String {
         "Status write-backs that could not be pushed.",
         m.push_errors.load(Ordering::Relaxed),
     ));
-    let (errs, held) =
-        m.last.lock().ok().and_then(|l| l.as_ref().map(|(_, r)| (r.errors.len(), r.held.len()))).unwrap_or((0, 0));
+    let (errs, held, deferred) = m
+        .last
+        .lock()
+        .ok()
+        .and_then(|l| l.as_ref().map(|(_, r)| (r.errors.len(), r.held.len(), r.deferred.len())))
+        .unwrap_or((0, 0, 0));
     s.push_str(&format!(
         "# HELP ignited_reconcile_last_errors Problems the last pass reported (unusable manifests included).\n# TYPE ignited_reconcile_last_errors gauge\nignited_reconcile_last_errors {errs}\n"
     ));
     s.push_str(&format!(
         "# HELP ignited_vms_held VMs kept as they are because their manifest is unusable.\n# TYPE ignited_vms_held gauge\nignited_vms_held {held}\n"
+    ));
+    s.push_str(&format!(
+        "# HELP ignited_vms_deferred VMs whose last attempts failed, waiting for their backoff.\n# TYPE ignited_vms_deferred gauge\nignited_vms_deferred {deferred}\n"
     ));
     s.push_str(&format!(
         "# HELP ignited_reconcile_last_duration_seconds Duration of the last pass.\n# TYPE ignited_reconcile_last_duration_seconds gauge\nignited_reconcile_last_duration_seconds {:.6}\n",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 mod api;
+mod controller;
 mod gitops;
 mod reconcile;
 
@@ -242,8 +243,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(np) => anyhow::bail!("invalid --network-plugin {np:?}: use cni, docker-bridge or none"),
     }
     let metrics = Arc::new(api::Metrics::default());
+    let controller = Arc::new(controller::Controller::new(controller::WORKERS));
     if cli.socket.as_os_str() != "none" {
-        api::serve(cli.socket.clone(), store.clone(), config.clone(), metrics.clone())
+        api::serve(cli.socket.clone(), store.clone(), config.clone(), metrics.clone(), controller.clone())
             .map_err(|e| anyhow::anyhow!("cannot serve the API on {}: {e}", cli.socket.display()))?;
         tracing::info!("API and metrics on {}", cli.socket.display());
     }
@@ -264,8 +266,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     watch = watch_dir(&manifest_dir);
                 }
                 let fp = fingerprint(&manifest_dir);
-                if Some(&fp) != last_fp.as_ref() || last_pass.is_none_or(|t| t.elapsed() >= interval) {
-                    pass(&store, &config, read_manifest_dir(&manifest_dir), &metrics);
+                // A pass when the manifests change, every interval, and when a failed VM is due.
+                let due = controller.next_retry().is_some_and(|t| t <= Instant::now());
+                if Some(&fp) != last_fp.as_ref() || last_pass.is_none_or(|t| t.elapsed() >= interval) || due {
+                    pass(&store, &config, read_manifest_dir(&manifest_dir), &metrics, &controller);
                     last_fp = Some(fp);
                     last_pass = Some(Instant::now());
                     if once {
@@ -322,7 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if last_good {
                     let manifests = reconcile::for_host(source.read_manifests(), host.as_deref());
-                    pass(&store, &config, manifests, &metrics);
+                    pass(&store, &config, manifests, &metrics, &controller);
                     if !read_only {
                         match source.write_back(&store, host.as_deref()) {
                             Ok((pushed, retries)) => {
@@ -342,7 +346,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     break;
                 }
                 let until = Instant::now() + wait;
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                // Woken early when a failed VM is due again.
+                let due = || controller.next_retry().is_some_and(|t| t <= Instant::now());
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) && !due() {
                     std::thread::sleep(Duration::from_millis(200).min(wait));
                 }
             }
@@ -354,7 +360,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// One reconcile pass over what the manifests ask for, logged.
-fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, manifests: reconcile::Manifests, metrics: &api::Metrics) {
+fn pass(
+    store: &Store,
+    config: &ignite_runtime::LoadedConfig,
+    manifests: reconcile::Manifests,
+    metrics: &api::Metrics,
+    controller: &controller::Controller,
+) {
     let started = Instant::now();
     // What killed processes (a previous daemon included) left behind, first.
     match ignite_runtime::recover::recover_all(store) {
@@ -365,7 +377,7 @@ fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, manifests: reconci
         }
         Err(e) => tracing::warn!("recovery: {e}"),
     }
-    let mut report = reconcile(store, config, &manifests, &CreateOptions::default());
+    let mut report = reconcile(store, config, &manifests, &CreateOptions::default(), controller);
     // Problems with the manifests themselves first, then those of applying them.
     let mut errors = manifests.errors.clone();
     errors.append(&mut report.errors);
@@ -384,6 +396,9 @@ fn pass(store: &Store, config: &ignite_runtime::LoadedConfig, manifests: reconci
     }
     for p in &report.pending {
         tracing::warn!("pending: {p}");
+    }
+    for d in &report.deferred {
+        tracing::info!("deferred: {d}");
     }
     for e in errors {
         tracing::error!("{e}");

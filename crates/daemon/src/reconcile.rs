@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ignite_api::{decode_objects, Object, ObjectMeta, Uid, Vm, VmSpec};
 use ignite_store::Store;
@@ -33,6 +33,8 @@ use serde::Deserialize;
 use ignite_runtime::config::LoadedConfig;
 use ignite_runtime::create::{build_vm, create_vm, CreateOptions};
 use ignite_runtime::start::{start, StartOptions};
+
+use crate::controller::{Controller, Ran};
 
 pub const MANAGED_LABEL: &str = "ignite.weave.works/managed-by";
 pub const MANAGED_VALUE: &str = "ignited";
@@ -70,6 +72,24 @@ pub struct Report {
     pub errors: Vec<String>,
     /// VMs left exactly as they are because their manifest is unusable.
     pub held: Vec<String>,
+    /// VMs not acted on this pass: their last attempts failed and their backoff runs.
+    pub deferred: Vec<String>,
+}
+
+impl Report {
+    /// Adds what `other` (one VM's work) did.
+    pub fn merge(&mut self, other: Report) {
+        let Report { created, started, stopped, restarted, removed, pending, errors, held, deferred } = other;
+        self.created.extend(created);
+        self.started.extend(started);
+        self.stopped.extend(stopped);
+        self.restarted.extend(restarted);
+        self.removed.extend(removed);
+        self.pending.extend(pending);
+        self.errors.extend(errors);
+        self.held.extend(held);
+        self.deferred.extend(deferred);
+    }
 }
 
 fn fnv64(data: &[u8]) -> u64 {
@@ -238,140 +258,178 @@ fn is_managed(vm: &Vm) -> bool {
     vm.metadata.labels.get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE)
 }
 
+/// How long a stop for an update or a removal may take before the VM is killed.
+const GRACE: Duration = Duration::from_secs(30);
+
 /// One reconcile pass over what `manifests` asks for (see [`read_manifest_dir`], and
-/// [`for_host`] for the manifests of this host).
-pub fn reconcile(store: &Store, config: &LoadedConfig, manifests: &Manifests, create: &CreateOptions) -> Report {
+/// [`for_host`] for the manifests of this host), through `controller`: each VM on its own,
+/// several at once, a failed one retried after its backoff (reported in `deferred`).
+pub fn reconcile(
+    store: &Store,
+    config: &LoadedConfig,
+    manifests: &Manifests,
+    create: &CreateOptions,
+    controller: &Controller,
+) -> Report {
+    let now = Instant::now();
     let mut r = Report::default();
-    let grace = Duration::from_secs(30);
     let desired = &manifests.desired;
     let wanted: HashSet<String> = desired.iter().filter_map(|d| d.vm.metadata.uid.map(|u| u.to_string())).collect();
-    for d in desired {
-        let uid = d.vm.uid();
-        let name = d.vm.metadata.name.clone();
-        // The same validation as `ignite create`, before anything is applied; an invalid spec
-        // leaves the VM as it is.
-        let valid = match build_vm(config, Some(d.vm.clone()), ObjectMeta::default(), &VmSpec::default()) {
-            Ok(v) => v,
-            Err(e) => {
-                r.errors.push(format!("{}: {}: the VM is kept as it is", d.file.display(), chain(&e)));
-                r.held.push(name);
-                continue;
-            }
-        };
-        let existing = match store.get::<Vm>(&uid) {
-            Ok(v) => Some(ignite_runtime::status::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
-            Err(ignite_store::StoreError::NotFound { .. }) => None,
-            Err(e) => {
-                r.errors.push(format!("{name}: {}", chain(&e)));
-                continue;
-            }
-        };
-        let mut vm = match existing {
-            None => {
-                if let Ok(Some(other)) = store.by_name::<Vm>(&name) {
-                    if !is_managed(&other) {
-                        r.errors.push(format!("{name}: a VM of that name exists and is not managed by ignited"));
-                        continue;
-                    }
-                }
-                let mut m = d.vm.clone();
-                m.metadata.labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
-                m.metadata.annotations.insert(SOURCE_ANNOTATION.into(), d.file.display().to_string());
-                m.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), d.spec_hash.clone());
-                match create_vm(store, config, Some(m), ObjectMeta::default(), &VmSpec::default(), create) {
-                    Ok(v) => {
-                        ignite_proc::fault::point("reconcile.created");
-                        r.created.push(name.clone());
-                        v
-                    }
-                    Err(e) => {
-                        r.errors.push(format!("{name}: {}", chain(&e)));
-                        continue;
-                    }
-                }
-            }
-            Some(v) if !is_managed(&v) => {
-                r.errors.push(format!("{name}: VM {uid} exists and is not managed by ignited"));
-                continue;
-            }
-            Some(v) => v,
-        };
-        // Spec changes.
-        if vm.metadata.annotations.get(SPEC_HASH_ANNOTATION) != Some(&d.spec_hash) {
-            let new_spec = valid.spec;
-            let needs_disk = new_spec.image != vm.spec.image
-                || new_spec.kernel.oci != vm.spec.kernel.oci
-                || new_spec.disk_size() != vm.spec.disk_size();
-            if needs_disk {
-                r.pending.push(format!(
-                    "{name}: image, kernel image or disk size changed: remove and re-create the VM to apply"
-                ));
-            } else {
-                let was_running = vm.status.running;
-                if was_running {
-                    if let Err(e) = ignite_runtime::stop::stop(store, vm.clone(), grace) {
-                        r.errors.push(format!("{name}: {}", chain(&e)));
-                        continue;
-                    }
-                    ignite_proc::fault::point("reconcile.stopped-for-update");
-                }
-                let labels = d.vm.metadata.labels.clone();
-                let hash = d.spec_hash.clone();
-                let file = d.file.display().to_string();
-                match store.modify::<Vm, _>(&uid, |v| {
-                    v.spec = new_spec;
-                    v.metadata.labels = labels;
-                    v.metadata.labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
-                    v.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), hash);
-                    v.metadata.annotations.insert(SOURCE_ANNOTATION.into(), file);
-                }) {
-                    Ok((v, ())) => {
-                        vm = v;
-                        r.restarted.push(name.clone());
-                    }
-                    Err(e) => {
-                        r.errors.push(format!("{name}: {}", chain(&e)));
-                        continue;
-                    }
-                }
-            }
-        }
-        // Running state.
-        if d.running && !vm.status.running {
-            match start(store, config, vm, &StartOptions::default()) {
-                Ok(_) => r.started.push(name),
-                Err(ignite_runtime::start::StartError::AlreadyRunning { .. }) => {}
-                Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
-            }
-        } else if !d.running && vm.status.running {
-            match ignite_runtime::stop::stop(store, vm, grace) {
-                Ok(_) => r.stopped.push(name),
-                Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
-            }
-        }
-    }
+    let items = desired.iter().map(|d| (d.vm.uid(), d)).collect();
+    let runs = controller.run(now, items, |_, d| reconcile_one(store, config, d, create));
     // Managed VMs whose manifest is gone from a directory read completely.
+    let mut orphans = Vec::new();
     if let Ok(all) = store.list::<Vm>() {
         for vm in all.into_iter().filter(|v| is_managed(v) && !wanted.contains(&v.uid())) {
-            let name = vm.metadata.name.clone();
             if manifests.holds(&vm) {
-                r.held.push(name);
-                continue;
-            }
-            let res = ignite_runtime::remove::remove_vm(store, &vm.uid(), true, |v| {
-                ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
-                    ignite_runtime::remove::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
-                })
-            });
-            match res {
-                Ok(_) => r.removed.push(name),
-                Err(e) => r.errors.push(format!("{name}: {}", chain(&e))),
+                r.held.push(vm.metadata.name.clone());
+            } else {
+                orphans.push((vm.uid(), vm));
             }
         }
     }
+    let removals = controller.run(now, orphans, |_, vm| remove_orphan(store, vm));
+    let names: HashMap<String, String> = desired.iter().map(|d| (d.vm.uid(), d.vm.metadata.name.clone())).collect();
+    for (uid, ran) in runs.into_iter().chain(removals) {
+        match ran {
+            Ran::Done(part) => r.merge(part),
+            Ran::Deferred { failures, retry_in } => r.deferred.push(format!(
+                "{}: failed {failures} time(s) in a row; tried again in {} s",
+                names.get(&uid).unwrap_or(&uid),
+                retry_in.as_secs().max(1)
+            )),
+        }
+    }
+    let mut keys = wanted;
+    keys.extend(store.list::<Vm>().unwrap_or_default().into_iter().map(|v| v.uid()));
+    controller.retain(&keys);
     r.held.sort();
     r.held.dedup();
     r
+}
+
+/// Brings one VM to what its manifest says. Fails (for the backoff) when an action failed;
+/// an unusable spec is held, not retried.
+fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, create: &CreateOptions) -> (Report, bool) {
+    let mut r = Report::default();
+    let uid = d.vm.uid();
+    let name = d.vm.metadata.name.clone();
+    // The same validation as `ignite create`, before anything is applied; an invalid spec
+    // leaves the VM as it is.
+    let valid = match build_vm(config, Some(d.vm.clone()), ObjectMeta::default(), &VmSpec::default()) {
+        Ok(v) => v,
+        Err(e) => {
+            r.errors.push(format!("{}: {}: the VM is kept as it is", d.file.display(), chain(&e)));
+            r.held.push(name);
+            return (r, false);
+        }
+    };
+    let failed = |mut r: Report, msg: String| {
+        r.errors.push(msg);
+        (r, true)
+    };
+    let existing = match store.get::<Vm>(&uid) {
+        Ok(v) => Some(ignite_runtime::status::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
+        Err(ignite_store::StoreError::NotFound { .. }) => None,
+        Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+    };
+    let mut vm = match existing {
+        None => {
+            if let Ok(Some(other)) = store.by_name::<Vm>(&name) {
+                if !is_managed(&other) {
+                    r.errors.push(format!("{name}: a VM of that name exists and is not managed by ignited"));
+                    return (r, false);
+                }
+            }
+            let mut m = d.vm.clone();
+            m.metadata.labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
+            m.metadata.annotations.insert(SOURCE_ANNOTATION.into(), d.file.display().to_string());
+            m.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), d.spec_hash.clone());
+            match create_vm(store, config, Some(m), ObjectMeta::default(), &VmSpec::default(), create) {
+                Ok(v) => {
+                    ignite_proc::fault::point("reconcile.created");
+                    r.created.push(name.clone());
+                    v
+                }
+                Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+            }
+        }
+        Some(v) if !is_managed(&v) => {
+            r.errors.push(format!("{name}: VM {uid} exists and is not managed by ignited"));
+            return (r, false);
+        }
+        Some(v) => v,
+    };
+    // Spec changes.
+    if vm.metadata.annotations.get(SPEC_HASH_ANNOTATION) != Some(&d.spec_hash) {
+        let new_spec = valid.spec;
+        let needs_disk = new_spec.image != vm.spec.image
+            || new_spec.kernel.oci != vm.spec.kernel.oci
+            || new_spec.disk_size() != vm.spec.disk_size();
+        if needs_disk {
+            r.pending.push(format!(
+                "{name}: image, kernel image or disk size changed: remove and re-create the VM to apply"
+            ));
+        } else {
+            if vm.status.running {
+                if let Err(e) = ignite_runtime::stop::stop(store, vm.clone(), GRACE) {
+                    return failed(r, format!("{name}: {}", chain(&e)));
+                }
+                ignite_proc::fault::point("reconcile.stopped-for-update");
+            }
+            let labels = d.vm.metadata.labels.clone();
+            let hash = d.spec_hash.clone();
+            let file = d.file.display().to_string();
+            match store.modify::<Vm, _>(&uid, |v| {
+                v.spec = new_spec;
+                v.metadata.labels = labels;
+                v.metadata.labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
+                v.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), hash);
+                v.metadata.annotations.insert(SOURCE_ANNOTATION.into(), file);
+            }) {
+                Ok((v, ())) => {
+                    vm = v;
+                    r.restarted.push(name.clone());
+                }
+                Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+            }
+        }
+    }
+    // Running state.
+    if d.running && !vm.status.running {
+        match start(store, config, vm, &StartOptions::default()) {
+            Ok(_) => r.started.push(name),
+            Err(ignite_runtime::start::StartError::AlreadyRunning { .. }) => {}
+            Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+        }
+    } else if !d.running && vm.status.running {
+        match ignite_runtime::stop::stop(store, vm, GRACE) {
+            Ok(_) => r.stopped.push(name),
+            Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+        }
+    }
+    (r, false)
+}
+
+/// Removes a managed VM whose manifest is gone.
+fn remove_orphan(store: &Store, vm: Vm) -> (Report, bool) {
+    let mut r = Report::default();
+    let name = vm.metadata.name.clone();
+    let res = ignite_runtime::remove::remove_vm(store, &vm.uid(), true, |v| {
+        ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
+            ignite_runtime::remove::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
+        })
+    });
+    match res {
+        Ok(_) => {
+            r.removed.push(name);
+            (r, false)
+        }
+        Err(e) => {
+            r.errors.push(format!("{name}: {}", chain(&e)));
+            (r, true)
+        }
+    }
 }
 
 #[cfg(test)]
