@@ -55,7 +55,7 @@ def fmt(xs):
 class Env:
     def __init__(self):
         if not os.path.exists(IGNITE) or not os.path.exists(os.path.join(BIN, "ignite-spawn")):
-            subprocess.run(["cargo", "build", "--release", "-p", "ignite-cli", "-p", "ignite-daemon"], cwd=REPO, check=True)
+            subprocess.run(["cargo", "build", "--release", "-p", "ignite-cli", "-p", "ignite-daemon", "-p", "ignite-supervisor"], cwd=REPO, check=True)
         # The static guest agent, next to ignite (where it looks for it).
         sh(os.path.join(REPO, "scripts/build-agent.sh"), "--install", BIN)
         self.tmp = tempfile.mkdtemp(prefix="ignite-bench.")

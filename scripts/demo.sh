@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --locked -p ignite-cli -p ignite-daemon
+cargo build --release --locked -p ignite-cli -p ignite-daemon -p ignite-supervisor
 bin="$PWD/target/release"
 # The static guest agent, next to ignite (where it looks for it).
 scripts/build-agent.sh --install "$bin" >/dev/null

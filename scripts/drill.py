@@ -563,7 +563,7 @@ def main():
         args.seed = random.SystemRandom().randrange(1 << 31)
     for b in ("ignite", "ignited", "ignite-spawn"):
         if not os.path.exists(os.path.join(args.bin, b)):
-            subprocess.run(["cargo", "build", "-p", "ignite-cli", "-p", "ignite-daemon"], cwd=REPO, check=True)
+            subprocess.run(["cargo", "build", "-p", "ignite-cli", "-p", "ignite-daemon", "-p", "ignite-supervisor"], cwd=REPO, check=True)
             break
     log(f"drill: seed {args.seed} (replay: scripts/drill.py --points {args.points} --seed {args.seed})")
     d = Drill(args)

@@ -16,7 +16,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # Every integration test target belongs to exactly one tier: a new file that is in neither
 # list fails here instead of silently never running.
-TIER1=(cli:cli cli:templates cli:registry_auth disk:ext4 disk:initramfs disk:overlay net:concurrent runtime:agent_mux)
+TIER1=(cli:cli cli:templates cli:registry_auth disk:ext4 disk:initramfs disk:overlay net:concurrent supervisor:agent_mux)
 TIER2=(disk:boot cli:e2e cli:agent cli:net cli:ignited cli:faults cli:compat cli:jail)
 listed=" ${TIER1[*]} ${TIER2[*]} "
 for f in crates/*/tests/*.rs; do
@@ -38,7 +38,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 status=0
 cargo test --workspace --locked --no-fail-fast --lib --bins || status=1
 # The binaries the CLI tests run beside `ignite` (ignited lives in its own crate).
-cargo build --locked -p ignite-cli -p ignite-daemon
+cargo build --locked -p ignite-cli -p ignite-daemon -p ignite-supervisor
 for t in "${TIER1[@]}"; do
   # shellcheck disable=SC2046
   cargo test --locked --no-fail-fast $(targets "$t") || status=1
@@ -58,7 +58,7 @@ for t in "${TIER2[@]}"; do
 done
 # The fault-injection drill, short: 50 kill points. The seed is fixed so that CI replays one
 # schedule; IGNITE_DRILL_SEED=random (or a number) explores others.
-cargo build --locked -p ignite-cli -p ignite-daemon
+cargo build --locked -p ignite-cli -p ignite-daemon -p ignite-supervisor
 seed=${IGNITE_DRILL_SEED:-2026}
 [ "$seed" = random ] && seed=$((RANDOM * 32768 + RANDOM))
 scripts/drill.py --points "${IGNITE_DRILL_POINTS:-50}" --seed "$seed" || status=1

@@ -1,19 +1,19 @@
-//! VM lifecycle orchestration: the only crate that ties the object model, the store, images,
-//! disks and VMM backends together. One module per verb (`create`, `start`, `stop`,
-//! `remove`), plus the supervisor (`ignite-spawn`) and the pieces it needs.
+//! VM lifecycle orchestration: the library every ignite binary links, tying the object model,
+//! the store, images, disks, networks and VMM backends together. One module per verb
+//! (`create`, `start`, `stop`, `remove`, `run`), and what they share with the supervisor
+//! (`ignite-supervisor`) and the daemon (`ignite-daemon`), which live in crates of their own.
 
 pub mod agent;
 pub mod boot;
 pub mod cgroup;
 pub mod config;
-pub mod console;
 pub mod create;
 pub mod doctor;
 pub mod errors;
 pub mod gc;
+pub mod held;
 pub mod import;
 pub mod jail;
-pub mod launch;
 pub mod lease;
 pub mod network;
 pub mod preflight;
@@ -25,7 +25,6 @@ pub mod ssh;
 pub mod start;
 pub mod status;
 pub mod stop;
-pub mod supervisor;
 pub mod sys;
 pub mod vmdir;
 

@@ -29,7 +29,7 @@ pub fn release_if_idle(store: &Store, uid: &str) -> bool {
     if lock.try_lock().is_err() || crate::lease::supervisor_held(&dir) {
         return false;
     }
-    crate::supervisor::release_resources(&dir);
+    crate::held::release_resources(&dir);
     had_network
 }
 

@@ -17,7 +17,6 @@ use ignite_vmm::{Accel, AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, M
 use crate::boot::{BootConfig, BootJail};
 use crate::config::LoadedConfig;
 use crate::status::refresh;
-use crate::supervisor::spawn_binary;
 use crate::sys;
 use crate::vmdir::VmDir;
 
@@ -470,4 +469,19 @@ fn lease_for(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::
         hostname: hostname.to_string(),
     };
     Some((lease, server))
+}
+
+/// Path of the supervisor binary: `$IGNITE_SPAWN`, else `ignite-spawn` beside the running
+/// executable, else from PATH.
+pub fn spawn_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("IGNITE_SPAWN") {
+        return p.into();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let beside = exe.with_file_name("ignite-spawn");
+        if beside.is_file() {
+            return beside;
+        }
+    }
+    "ignite-spawn".into()
 }

@@ -4,7 +4,7 @@
 use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::supervisor::release_resources;
+use crate::held::release_resources;
 use crate::sys::is_supervisor_alive;
 
 /// The supervisor pid of a VM the store says is running.

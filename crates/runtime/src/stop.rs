@@ -57,7 +57,7 @@ fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
     }
     let uid = vm.uid();
     if !sys::pid_exists(pid) {
-        crate::supervisor::release_resources(&store.dir::<Vm>(&uid));
+        crate::held::release_resources(&store.dir::<Vm>(&uid));
     }
     let (v, _) =
         store.modify::<Vm, _>(&uid, |v| v.status.record_ended(Some(pid), None, &Ending::Killed, chrono::Utc::now()))?;

@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ChildStdin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,10 +19,10 @@ use ignite_api::{Ending, RuntimeStatus, Vm};
 use ignite_store::Store;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::boot::BootConfig;
 use crate::console::{GuestEvent, LineScanner, RotatingLog, DEFAULT_MAX_LOG_BYTES};
-use crate::sys;
-use crate::vmdir::VmDir;
+use ignite_runtime::boot::BootConfig;
+use ignite_runtime::sys;
+use ignite_runtime::vmdir::VmDir;
 
 struct Shared {
     /// How the run is ending, as far as known (see [`Ending::refined_by`]).
@@ -55,7 +55,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     .map_err(|e| format!("invalid {}: {e}", dir.boot_config().display()))?;
     let machine = &boot.machine;
     let vm_name = machine.name.clone();
-    let backend = crate::boot::backend(&boot.vmm).map_err(|e| e.to_string())?;
+    let backend = ignite_runtime::boot::backend(&boot.vmm).map_err(|e| e.to_string())?;
 
     let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| e.to_string())?;
     let log = RotatingLog::open(&dir.console_log(), DEFAULT_MAX_LOG_BYTES).map_err(|e| format!("console log: {e}"))?;
@@ -78,11 +78,11 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let mut instance = match boot.jail {
         Some(j) => {
             let profile = backend.jail_profile(machine);
-            let limits = crate::cgroup::Limits {
+            let limits = ignite_runtime::cgroup::Limits {
                 memory_max: (machine.memory_mib + profile.overhead_mib) << 20,
                 cpus: machine.vcpus,
             };
-            let cg = crate::cgroup::plan_and_record(uid, &dir.cgroup_record())?;
+            let cg = ignite_runtime::cgroup::plan_and_record(uid, &dir.cgroup_record())?;
             jail_status = Some(ignite_api::JailStatus {
                 uid: j.uid,
                 cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
@@ -114,7 +114,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let control = instance.control.clone();
     ignite_proc::fault::point("spawn.vmm-started");
     if machine.agent_port.is_some() {
-        if let Err(e) = crate::agent::start_mux(&dir, crate::agent::DEAD_AFTER) {
+        if let Err(e) = crate::mux::start_mux(&dir, crate::mux::DEAD_AFTER) {
             eprintln!("ignite-spawn: the guest agent's socket: {e}");
         }
     }
@@ -216,9 +216,9 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let reason = ending.to_string();
     eprintln!("ignite-spawn: VM {vm_name} ({uid}) ended: {reason}");
     if cgroup {
-        crate::cgroup::release(&dir.cgroup_record());
+        ignite_runtime::cgroup::release(&dir.cgroup_record());
     }
-    let _ = std::fs::remove_dir(crate::jail::root_for(uid));
+    let _ = std::fs::remove_dir(ignite_runtime::jail::root_for(uid));
     ignite_proc::fault::point("spawn.vmm-ended");
     finish(&store, uid, my_pid, code, &ending, &dir);
     Ok(0)
@@ -230,24 +230,9 @@ pub fn finish(store: &Store, uid: &str, pid: u32, code: Option<i32>, ending: &En
     // the VM anew, so the release cannot hit a newer attachment.
     let ours = |vm: &Vm| vm.status.is_run_of(Some(pid));
     if store.get::<Vm>(uid).map(|vm| ours(&vm)).unwrap_or(false) {
-        release_resources(dir);
+        ignite_runtime::held::release_resources(dir);
     }
     let _ = store.modify::<Vm, _>(uid, |vm| vm.status.record_ended(Some(pid), code, ending, chrono::Utc::now()));
-}
-
-/// What a VM holds only while it runs: its network and its sockets.
-pub fn release_resources(dir: &Path) {
-    let dir = VmDir::new(dir);
-    crate::network::release(&dir);
-    // The jail's cgroup and root (a supervisor killed before it removed them).
-    crate::cgroup::release(&dir.cgroup_record());
-    let _ = std::fs::remove_dir(crate::jail::root_for(&dir.uid()));
-    for f in [dir.attach_socket(), dir.agent_socket()] {
-        let _ = std::fs::remove_file(f);
-    }
-    for f in ignite_vmm::all_runtime_files(&dir) {
-        let _ = std::fs::remove_file(f);
-    }
 }
 
 fn console_pump(mut stdout: impl Read, mut log: RotatingLog, shared: &Arc<Shared>, control: &dyn ignite_vmm::Control) {
@@ -313,19 +298,4 @@ fn attach_input(mut conn: UnixStream, shared: &Arc<Shared>) {
             }
         }
     }
-}
-
-/// Path of the supervisor binary: `$IGNITE_SPAWN`, else `ignite-spawn` beside the running
-/// executable, else from PATH.
-pub fn spawn_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("IGNITE_SPAWN") {
-        return p.into();
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let beside = exe.with_file_name("ignite-spawn");
-        if beside.is_file() {
-            return beside;
-        }
-    }
-    "ignite-spawn".into()
 }

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ignite_agent::proto::{ExecRequest, Exit, Frame, FrameReader, Hello, Kind, Request, MAX_PAYLOAD};
-use ignite_runtime::agent::{start_mux, Session, AGENT_VMM_SOCKET};
+use ignite_runtime::agent::Session;
+use ignite_supervisor::mux::start_mux;
+use ignite_vmm::AGENT_VMM_SOCKET;
 
 /// The guest end: answers pings (unless silenced), hands every other frame to the test.
 struct Guest {

@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 
 use ignite_vmm::{Launcher, VmmCommand, VmmError};
 
-use crate::boot::BootJail;
-use crate::cgroup::VmCgroup;
-use crate::sys;
+use ignite_runtime::boot::BootJail;
+use ignite_runtime::cgroup::VmCgroup;
+use ignite_runtime::sys;
 
 /// What both launchers share: the sockets bound for the VMM, its log, the argv it ran.
 #[derive(Debug)]
@@ -166,7 +166,7 @@ impl Jailed {
         Ok(crate::jail::JailSpec {
             uid: self.ids.uid,
             gid: self.ids.gid,
-            root: crate::jail::root_for(&self.vm),
+            root: ignite_runtime::jail::root_for(&self.vm),
             netns: self.netns.as_ref().map(|n| PathBuf::from(format!("/run/netns/{n}"))),
             cgroups: self.cgroup.dirs.clone(),
             files,
@@ -193,7 +193,7 @@ impl Launcher for Jailed {
         // The VMM's own command line, as the jailer will exec it.
         eprintln!("ignite-spawn: jailed vmm argv {}", serde_json::to_string(&spec.argv).unwrap_or_default());
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| VmmError::Launch(e.to_string()))?;
-        crate::cgroup::write_runtime_file(&self.spec_path, &json).map_err(VmmError::Launch)?;
+        ignite_runtime::cgroup::write_runtime_file(&self.spec_path, &json).map_err(VmmError::Launch)?;
         let me = std::env::current_exe().map_err(|e| VmmError::Launch(format!("cannot find ignite-spawn: {e}")))?;
         let mut cmd = Command::new(me);
         cmd.arg("--jailer").arg(&self.spec_path);

@@ -1,6 +1,6 @@
 //! `ignite-spawn --root ROOT [--hold-fd N]... UID`: the per-VM supervisor (see
-//! `ignite_runtime::supervisor`). `ignite-spawn --jailer SPEC` is the jailer its VMM starts
-//! as (see `ignite_runtime::jail`). Started by `ignite start`, which hands it the VM's leases
+//! `ignite_supervisor::supervise`). `ignite-spawn --jailer SPEC` is the jailer its VMM starts
+//! as (see `ignite_supervisor::jail`). Started by `ignite start`, which hands it the VM's leases
 //! as inherited descriptors (`--hold-fd`, see `ignite_runtime::lease`); not meant to be run
 //! by hand.
 #![forbid(unsafe_code)]
@@ -11,11 +11,11 @@ fn usage() -> ! {
 }
 
 fn main() {
-    // Jailer mode: the supervisor starts its VMM through this (see ignite_runtime::jail).
+    // Jailer mode: the supervisor starts its VMM through this (see ignite_supervisor::jail).
     let all: Vec<String> = std::env::args().collect();
     if let [_, flag, spec] = all.as_slice() {
         if flag == "--jailer" {
-            ignite_runtime::jail::jailer_main(std::path::Path::new(spec));
+            ignite_supervisor::jail::jailer_main(std::path::Path::new(spec));
         }
     }
     let mut args = std::env::args().skip(1);
@@ -36,5 +36,5 @@ fn main() {
     if held.len() != fds.len() {
         eprintln!("ignite-spawn: some of the descriptors {fds:?} are not open");
     }
-    std::process::exit(ignite_runtime::supervisor::run(&root, &uid));
+    std::process::exit(ignite_supervisor::supervise::run(&root, &uid));
 }
