@@ -211,9 +211,14 @@ fn killed_supervisor_releases_the_network_on_recovery_and_fixed_ips_work() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!leftovers(&uid, "10.61.200.7").is_empty(), "expected the crash to leave state behind");
-    // The next ignite command notices and cleans up.
-    ok(&root, &["ps", "-a"]);
+    // A read changes nothing: `ps` shows the VM stopped and leaves its network to recovery.
+    assert!(ok(&root, &["ps", "-a"]).lines().any(|l| l.contains("victim") && l.contains("Stopped")));
+    assert_eq!(field(&root, "victim", "{{.Status.Running}}"), "false");
+    assert!(!leftovers(&uid, "10.61.200.7").is_empty(), "a read released the network");
+    // The next command that changes VMs recovers first: the end is recorded, the network released.
+    ok(&root, &["create", "busybox", "--name", "bystander", "--memory", "128MB"]);
     assert!(leftovers(&uid, "10.61.200.7").is_empty(), "left {:?}", leftovers(&uid, "10.61.200.7"));
+    ok(&root, &["rm", "bystander"]);
     ok(&root, &["start", "victim"]);
     assert_eq!(field(&root, "victim", "{{.Status.Network.IPAddresses[0]}}"), "10.61.200.7");
     ok(&root, &["rm", "-f", "victim"]);

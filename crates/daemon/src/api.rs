@@ -178,7 +178,7 @@ fn handle(
             })),
             ("GET", ["v1", "vms"]) => json(serde_json::to_value(ignite_runtime::status::list(store)?)?),
             ("GET", ["v1", "vms", q]) => {
-                let vm = ignite_runtime::status::refresh(store, store.resolve::<Vm>(q)?)?;
+                let vm = ignite_runtime::status::observe(store.resolve::<Vm>(q)?);
                 json(serde_json::to_value(vm)?)
             }
             ("GET", ["v1", "vms", q, "logs"]) => {

@@ -252,7 +252,7 @@ impl Source {
                 };
                 let Some(d) = desired.iter().find(|d| d.file == f && d.vm.metadata.name == name) else { continue };
                 let Ok(vm) = store.get::<Vm>(&d.vm.uid()) else { continue };
-                let vm = ignite_runtime::status::refresh(store, vm.clone()).unwrap_or(vm);
+                let vm = ignite_runtime::status::observe(vm);
                 let mut observed = serde_yaml::to_value(&vm.status).unwrap_or(serde_yaml::Value::Null);
                 if let serde_yaml::Value::Mapping(m) = &mut observed {
                     m.insert("running".into(), serde_yaml::Value::Bool(d.running));

@@ -329,7 +329,7 @@ fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, create: &Cre
         (r, true)
     };
     let existing = match store.get::<Vm>(&uid) {
-        Ok(v) => Some(ignite_runtime::status::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
+        Ok(v) => Some(ignite_runtime::recover::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
         Err(ignite_store::StoreError::NotFound { .. }) => None,
         Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
     };

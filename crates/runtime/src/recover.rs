@@ -4,7 +4,7 @@
 //! of killed imports. `ignited` runs it before every pass; `ignite doctor --fix` on demand.
 //! The next `start` or `rm` of a VM does the same for that VM, so nothing waits for this.
 
-use ignite_api::Vm;
+use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
 use crate::vmdir::VmDir;
@@ -33,12 +33,44 @@ pub fn release_if_idle(store: &Store, uid: &str) -> bool {
     had_network
 }
 
+/// Returns the VM with a truthful `status.running`, recording a dead supervisor as a stop.
+pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
+    if !vm.status.running || crate::status::is_live(&vm) {
+        return Ok(vm);
+    }
+    let uid = vm.uid();
+    let stale_pid = crate::status::supervisor_pid(&vm);
+    // The supervisor is dead, so nothing uses the VM's network or sockets, and no start can
+    // begin while the store still says running: release first, then record the stop.
+    crate::held::release_resources(&store.dir::<Vm>(&uid));
+    let (vm, _) = store.modify::<Vm, _>(&uid, |v| {
+        // Re-check under the lock: a concurrent refresh may have recorded it already.
+        !crate::status::is_live(v)
+            && v.status.record_ended(stale_pid, None, &Ending::SupervisorDied, chrono::Utc::now())
+    })?;
+    Ok(vm)
+}
+
+/// Records the end of every VM whose supervisor died, releasing what it held (what the
+/// commands that change things run first; cheap: no collection).
+pub fn record_dead(store: &Store) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for vm in store.list::<Vm>()? {
+        if vm.status.running && !crate::status::is_live(&vm) {
+            let name = vm.metadata.name.clone();
+            refresh(store, vm)?;
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// Releases the leftovers of every VM that is not running and that no start is acting on.
 pub fn recover_all(store: &Store) -> Result<Recovered, StoreError> {
     let mut r = Recovered::default();
     for vm in store.list::<Vm>()? {
         // A dead supervisor is recorded (and its network released) by the refresh.
-        let vm = crate::status::refresh(store, vm)?;
+        let vm = refresh(store, vm)?;
         if vm.status.running {
             continue;
         }

@@ -16,7 +16,7 @@ use ignite_vmm::{Accel, AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, M
 
 use crate::boot::{BootConfig, BootJail};
 use crate::config::LoadedConfig;
-use crate::status::refresh;
+use crate::recover::refresh;
 use crate::sys;
 use crate::vmdir::VmDir;
 

@@ -1,10 +1,11 @@
-//! Live VM state: a VM whose supervisor is gone is not running, whatever its metadata says
-//! (Weave Ignite #351). `refresh` checks the supervisor and corrects the store.
+//! Live VM state, read without changing anything: a VM whose supervisor is gone is not
+//! running, whatever its metadata says (Weave Ignite #351). Recording that end and releasing
+//! what the VM held is recovery's (`recover::refresh`), run by the commands that change
+//! things and by ignited — never by a read (`ps`, `inspect`, the API, a metrics scrape).
 
 use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::held::release_resources;
 use crate::sys::is_supervisor_alive;
 
 /// The supervisor pid of a VM the store says is running.
@@ -24,24 +25,17 @@ pub fn outdated(vm: &Vm) -> bool {
     !vm.status.running && supervisor_pid(vm).is_some_and(|p| is_supervisor_alive(p, &vm.uid()))
 }
 
-/// Returns the VM with a truthful `status.running`, recording a dead supervisor as a stop.
-pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
-    if !vm.status.running || is_live(&vm) {
-        return Ok(vm);
+/// The VM as it is: one whose supervisor died shows stopped, with that as how it ended (in
+/// the returned copy only; the store is not written).
+pub fn observe(mut vm: Vm) -> Vm {
+    if vm.status.running && !is_live(&vm) {
+        let stale = supervisor_pid(&vm);
+        vm.status.record_ended(stale, None, &Ending::SupervisorDied, chrono::Utc::now());
     }
-    let uid = vm.uid();
-    let stale_pid = supervisor_pid(&vm);
-    // The supervisor is dead, so nothing uses the VM's network or sockets, and no start can
-    // begin while the store still says running: release first, then record the stop.
-    release_resources(&store.dir::<Vm>(&uid));
-    let (vm, _) = store.modify::<Vm, _>(&uid, |v| {
-        // Re-check under the lock: a concurrent refresh may have recorded it already.
-        !is_live(v) && v.status.record_ended(stale_pid, None, &Ending::SupervisorDied, chrono::Utc::now())
-    })?;
-    Ok(vm)
+    vm
 }
 
-/// All VMs with truthful status.
+/// All VMs as they are (see [`observe`]).
 pub fn list(store: &Store) -> Result<Vec<Vm>, StoreError> {
-    store.list::<Vm>()?.into_iter().map(|v| refresh(store, v)).collect()
+    Ok(store.list::<Vm>()?.into_iter().map(observe).collect())
 }

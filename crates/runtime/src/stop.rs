@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::status::{refresh, supervisor_pid};
+use crate::recover::refresh;
+use crate::status::supervisor_pid;
 use crate::sys;
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ pub fn run(ctx: &Ctx, kind: Kind, query: &str, out: ObjOutput, template: Option<
     match kind {
         Kind::Vm => match ctx.daemon()? {
             Some(d) => show(&d.get(query)?, out, template),
-            None => show(&ignite_runtime::status::refresh(&store, store.resolve::<Vm>(query)?)?, out, template),
+            None => show(&ignite_runtime::status::observe(store.resolve::<Vm>(query)?), out, template),
         },
         Kind::Image => show(&super::objects::resolve::<Image>(&store, query)?, out, template),
         Kind::Kernel => show(&super::objects::resolve::<Kernel>(&store, query)?, out, template),

@@ -43,7 +43,7 @@ pub fn run(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<()> {
             out.write_all(&buf)?;
             out.flush()?;
         } else {
-            let cur = ignite_runtime::status::refresh(&store, store.get::<Vm>(&vm.uid())?)?;
+            let cur = ignite_runtime::status::observe(store.get::<Vm>(&vm.uid())?);
             if !cur.status.running {
                 return Ok(());
             }

@@ -31,6 +31,9 @@ pub use crate::usage::UsageError;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx { global: cli.global };
+    if changes_vms(&cli.command) {
+        recover_dead(&ctx);
+    }
     match cli.command {
         Command::Attach(a) => attach::run(&ctx, a),
         Command::Completion(a) => completion::run(a),
@@ -114,9 +117,46 @@ pub fn network_plugin(g: &crate::cli::Global) -> anyhow::Result<Option<String>> 
     }
 }
 
+/// Whether a command changes VMs (and so runs recovery first; reads never change anything).
+fn changes_vms(c: &Command) -> bool {
+    match c {
+        Command::Create(_)
+        | Command::Kill(_)
+        | Command::Rm(_)
+        | Command::Rmi(_)
+        | Command::Rmk(_)
+        | Command::Run(_)
+        | Command::Start(_)
+        | Command::Stop(_) => true,
+        Command::Vm(v) => matches!(
+            v.command,
+            VmSub::Create(_) | VmSub::Kill(_) | VmSub::Rm(_) | VmSub::Run(_) | VmSub::Start(_) | VmSub::Stop(_)
+        ),
+        _ => false,
+    }
+}
+
+/// Recovery, the explicit step before a command that changes VMs: the end of every VM whose
+/// supervisor died is recorded and what it held (network, cgroup, sockets) released. Through
+/// ignited, its own passes do this.
+fn recover_dead(ctx: &Ctx) {
+    if ctx.daemon().ok().flatten().is_some() {
+        return;
+    }
+    let Ok(store) = ctx.store() else { return };
+    match ignite_runtime::recover::record_dead(&store) {
+        Ok(names) => {
+            for n in names {
+                tracing::info!("VM {n:?}: its supervisor died; recorded as stopped and its network released");
+            }
+        }
+        Err(e) => tracing::warn!("recovery: {e}"),
+    }
+}
+
 /// Resolves a VM argument and requires it to be running.
 pub fn running_vm(store: &Store, query: &str) -> anyhow::Result<Vm> {
-    let vm = ignite_runtime::status::refresh(store, store.resolve::<Vm>(query)?)?;
+    let vm = ignite_runtime::status::observe(store.resolve::<Vm>(query)?);
     if !vm.status.running {
         anyhow::bail!("VM {:?} ({}) is not running", vm.metadata.name, vm.uid());
     }

@@ -1,7 +1,7 @@
 //! `ignite rm`.
 
 use ignite_api::Vm;
-use ignite_runtime::status::refresh;
+use ignite_runtime::recover::refresh;
 use ignite_runtime::{remove_vm, RemoveError};
 
 use super::each;

@@ -10,7 +10,7 @@ use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: SshArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    let vm = ignite_runtime::status::refresh(&store, store.resolve::<Vm>(&a.vm)?)?;
+    let vm = ignite_runtime::status::observe(store.resolve::<Vm>(&a.vm)?);
     let timeout = Duration::from_secs(u64::from(a.timeout));
     let t = ignite_runtime::ssh::target(&store, &vm, a.identity.as_deref(), timeout)?;
     // A login shell gets a terminal; a command only when ours is one (as ssh itself decides).
