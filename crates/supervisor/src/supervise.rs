@@ -24,6 +24,9 @@ use ignite_runtime::boot::BootConfig;
 use ignite_runtime::sys;
 use ignite_runtime::vmdir::VmDir;
 
+/// How long the end of a VM waits for the rest of its console to be read.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+
 struct Shared {
     /// How the run is ending, as far as known (see [`Ending::refined_by`]).
     end: Mutex<Option<Ending>>,
@@ -34,7 +37,13 @@ struct Shared {
 /// Runs the supervisor for VM `uid` under `root`; returns the process exit code.
 pub fn run(root: &Path, uid: &str) -> i32 {
     let mut ready_out = std::io::stdout();
-    match supervise(root, uid, &mut ready_out) {
+    let res = sys::detach_session().map_err(|e| format!("setsid: {e}")).and_then(|()| {
+        let store = Store::open(root).map_err(|e| e.to_string())?;
+        let boot = read_boot(&store, uid)?;
+        let backend = ignite_runtime::boot::backend(&boot.vmm).map_err(|e| e.to_string())?;
+        supervise(&store, uid, &boot, backend, &mut ready_out)
+    });
+    match res {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(ready_out, "error: {e}");
@@ -45,17 +54,28 @@ pub fn run(root: &Path, uid: &str) -> i32 {
     }
 }
 
-fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, String> {
-    sys::detach_session().map_err(|e| format!("setsid: {e}"))?;
-    let store = Store::open(root).map_err(|e| e.to_string())?;
-    let dir = VmDir::of(&store, uid);
-    let boot: BootConfig = serde_json::from_slice(
+/// What `start` asked this supervisor to run.
+pub fn read_boot(store: &Store, uid: &str) -> Result<BootConfig, String> {
+    let dir = VmDir::of(store, uid);
+    serde_json::from_slice(
         &std::fs::read(dir.boot_config()).map_err(|e| format!("cannot read {}: {e}", dir.boot_config().display()))?,
     )
-    .map_err(|e| format!("invalid {}: {e}", dir.boot_config().display()))?;
+    .map_err(|e| format!("invalid {}: {e}", dir.boot_config().display()))
+}
+
+/// Supervises VM `uid` on `backend` until it ends, and records how it ended: its VMM started
+/// (jailed or not), "ready <pid>" written to `ready_out` once the store says running, the
+/// console logged and served, TERM/INT turned into a graceful or an immediate stop.
+pub fn supervise(
+    store: &Store,
+    uid: &str,
+    boot: &BootConfig,
+    backend: std::sync::Arc<dyn ignite_vmm::Backend>,
+    ready_out: &mut impl Write,
+) -> Result<i32, String> {
+    let dir = VmDir::of(store, uid);
     let machine = &boot.machine;
     let vm_name = machine.name.clone();
-    let backend = ignite_runtime::boot::backend(&boot.vmm).map_err(|e| e.to_string())?;
 
     let signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| e.to_string())?;
     let log = RotatingLog::open(&dir.console_log(), DEFAULT_MAX_LOG_BYTES).map_err(|e| format!("console log: {e}"))?;
@@ -143,11 +163,16 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     let _ = ready_out.flush();
     eprintln!("ignite-spawn: VM {vm_name} ({uid}): {} pid {vmm_pid}", backend.name());
 
-    // Console: VMM stdout -> log, attached clients, event scanner.
+    // Console: VMM stdout -> log, attached clients, event scanner. It says when it has read
+    // the console to its end.
+    let (console_done, console_read) = std::sync::mpsc::channel::<()>();
     {
         let shared = shared.clone();
         let control = control.clone();
-        std::thread::spawn(move || console_pump(stdout, log, &shared, control.as_ref()));
+        std::thread::spawn(move || {
+            console_pump(stdout, log, &shared, control.as_ref());
+            let _ = console_done.send(());
+        });
     }
     // Attach: each client sees console output and types into the console.
     {
@@ -205,6 +230,10 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     }
 
     let status = instance.wait().map_err(|e| format!("wait: {e}"))?;
+    // The guest's last words (a panic, a power-off) may still be in the console pipe: how
+    // the VM ended is decided once they are read (bounded: a process that inherited the
+    // console could keep it open).
+    let _ = console_read.recv_timeout(CONSOLE_DRAIN);
     let code = status.code();
     let ending = shared.end.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
@@ -220,7 +249,7 @@ fn supervise(root: &Path, uid: &str, ready_out: &mut impl Write) -> Result<i32, 
     }
     let _ = std::fs::remove_dir(ignite_runtime::jail::root_for(uid));
     ignite_proc::fault::point("spawn.vmm-ended");
-    finish(&store, uid, my_pid, code, &ending, &dir);
+    finish(store, uid, my_pid, code, &ending, &dir);
     Ok(0)
 }
 
