@@ -55,6 +55,47 @@ fn duration(s: &str) -> Result<Duration, String> {
     ignite_api::duration::parse_duration(s)
 }
 
+/// `ignited gitops`'s arguments.
+#[derive(Debug, clap::Args)]
+struct GitopsArgs {
+    /// Repository URL (file://, ssh, https; credentials as git has them, or the flags below)
+    pub repo: String,
+    /// What branch to sync (default: the repository's default branch)
+    #[arg(short = 'b', long)]
+    pub branch: Option<String>,
+    /// Subdirectories of the repository holding the manifests (default: the whole repository)
+    #[arg(short = 'p', long = "path", visible_alias = "paths", value_delimiter = ',')]
+    pub paths: Vec<PathBuf>,
+    /// Sync interval for pushing to and pulling from the remote
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub interval: Duration,
+    /// Git operation (clone, push, pull) timeout
+    #[arg(long, default_value = "1m", value_parser = duration)]
+    pub timeout: Duration,
+    /// What SSH identity file to use for pulling and pushing
+    #[arg(long)]
+    pub identity_file: Option<PathBuf>,
+    /// What known_hosts file to use for remote verification (default ~/.ssh/known_hosts)
+    #[arg(long)]
+    pub hosts_file: Option<PathBuf>,
+    /// What username to use when authenticating with Git over HTTPS
+    #[arg(long, env = "IGNITED_HTTPS_USERNAME")]
+    pub https_username: Option<String>,
+    /// What password or access token to use when authenticating with Git over HTTPS
+    #[arg(long, env = "IGNITED_HTTPS_PASSWORD", hide_env_values = true)]
+    pub https_password: Option<String>,
+    /// Do not write VM status back to the repository
+    #[arg(long)]
+    pub read_only: bool,
+    /// This host's name when several hosts follow the repository: manifests annotated
+    /// ignite.weave.works/host run only on the host of that name
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Run one pass and exit
+    #[arg(long)]
+    pub once: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Reconcile the VMs described in a manifest directory, continuously
@@ -70,44 +111,7 @@ enum Cmd {
         once: bool,
     },
     /// Reconcile the VMs described in a Git repository, writing their status back
-    Gitops {
-        /// Repository URL (file://, ssh, https; credentials as git has them, or the flags below)
-        repo: String,
-        /// What branch to sync (default: the repository's default branch)
-        #[arg(short = 'b', long)]
-        branch: Option<String>,
-        /// Subdirectories of the repository holding the manifests (default: the whole repository)
-        #[arg(short = 'p', long = "path", visible_alias = "paths", value_delimiter = ',')]
-        paths: Vec<PathBuf>,
-        /// Sync interval for pushing to and pulling from the remote
-        #[arg(long, default_value = "30s", value_parser = duration)]
-        interval: Duration,
-        /// Git operation (clone, push, pull) timeout
-        #[arg(long, default_value = "1m", value_parser = duration)]
-        timeout: Duration,
-        /// What SSH identity file to use for pulling and pushing
-        #[arg(long)]
-        identity_file: Option<PathBuf>,
-        /// What known_hosts file to use for remote verification (default ~/.ssh/known_hosts)
-        #[arg(long)]
-        hosts_file: Option<PathBuf>,
-        /// What username to use when authenticating with Git over HTTPS
-        #[arg(long, env = "IGNITED_HTTPS_USERNAME")]
-        https_username: Option<String>,
-        /// What password or access token to use when authenticating with Git over HTTPS
-        #[arg(long, env = "IGNITED_HTTPS_PASSWORD", hide_env_values = true)]
-        https_password: Option<String>,
-        /// Do not write VM status back to the repository
-        #[arg(long)]
-        read_only: bool,
-        /// This host's name when several hosts follow the repository: manifests annotated
-        /// ignite.weave.works/host run only on the host of that name
-        #[arg(long)]
-        host: Option<String>,
-        /// Run one pass and exit
-        #[arg(long)]
-        once: bool,
-    },
+    Gitops(GitopsArgs),
     /// Print the version of ignited
     Version {
         /// Output format: short, json or yaml
@@ -253,108 +257,130 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
+    let d = Daemon { store, config, metrics, controller, stop };
     match cli.command {
-        Cmd::Daemon { manifest_dir, interval, once } => {
-            tracing::info!("reconciling {} every {interval:?} and on change", manifest_dir.display());
-            let mut last_fp = None;
-            let mut last_pass: Option<Instant> = None;
-            let mut watch = None;
-            while !stop.load(Ordering::Relaxed) {
-                if !manifest_dir.is_dir() {
-                    watch = None; // removed (or not there yet): watch it again once it exists
-                } else if watch.is_none() {
-                    watch = watch_dir(&manifest_dir);
-                }
-                let fp = fingerprint(&manifest_dir);
-                // A pass when the manifests change, every interval, and when a failed VM is due.
-                let due = controller.next_retry().is_some_and(|t| t <= Instant::now());
-                if Some(&fp) != last_fp.as_ref() || last_pass.is_none_or(|t| t.elapsed() >= interval) || due {
-                    pass(&store, &config, read_manifest_dir(&manifest_dir), &metrics, &controller);
-                    last_fp = Some(fp);
-                    last_pass = Some(Instant::now());
-                    if once {
-                        break;
-                    }
-                }
-                wait_for_change(watch.as_ref(), Duration::from_millis(500));
-            }
-        }
-        Cmd::Gitops {
-            repo,
-            branch,
-            paths,
-            interval,
-            timeout,
-            identity_file,
-            hosts_file,
-            https_username,
-            https_password,
-            read_only,
-            host,
-            once,
-        } => {
-            let https = match (https_username, https_password) {
-                (Some(u), Some(p)) => Some((u, p)),
-                (None, None) => None,
-                _ => anyhow::bail!("--https-username and --https-password go together"),
-            };
-            let options = gitops::GitOptions { timeout, identity_file, hosts_file, https };
-            let source = gitops::Source::new(&cli.root, &repo, branch.as_deref(), &paths, options);
-            let shown: Vec<String> = source.paths.iter().map(|p| p.display().to_string()).collect();
-            tracing::info!(
-                "following {repo} ({}, {}) every {interval:?}",
-                branch.as_deref().unwrap_or("its default branch"),
-                shown.join(", ")
-            );
-            let interval = interval.max(Duration::from_millis(100));
-            let mut backoff = interval;
-            let mut last_good = false;
-            while !stop.load(Ordering::Relaxed) {
-                let mut wait = interval;
-                match source.sync() {
-                    Ok(head) => {
-                        tracing::debug!("at {head}");
-                        last_good = true;
-                        backoff = interval;
-                    }
-                    Err(e) => {
-                        metrics.sync_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!("cannot update from {repo}: {e}; keeping the last good state");
-                        backoff = (backoff * 2).min(Duration::from_secs(300));
-                        wait = backoff;
-                    }
-                }
-                if last_good {
-                    let manifests = reconcile::for_host(source.read_manifests(), host.as_deref());
-                    pass(&store, &config, manifests, &metrics, &controller);
-                    if !read_only {
-                        match source.write_back(&store, host.as_deref()) {
-                            Ok((pushed, retries)) => {
-                                metrics.push_retries.fetch_add(u64::from(retries), Ordering::Relaxed);
-                                if pushed {
-                                    tracing::info!("pushed VM status to {repo}");
-                                }
-                            }
-                            Err(e) => {
-                                metrics.push_errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!("cannot write status back: {e}");
-                            }
-                        }
-                    }
-                }
-                if once {
-                    break;
-                }
-                let until = Instant::now() + wait;
-                // Woken early when a failed VM is due again.
-                let due = || controller.next_retry().is_some_and(|t| t <= Instant::now());
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) && !due() {
-                    std::thread::sleep(Duration::from_millis(200).min(wait));
-                }
-            }
-        }
+        Cmd::Daemon { manifest_dir, interval, once } => follow_dir(&d, &manifest_dir, interval, once),
+        Cmd::Gitops(a) => follow_git(&d, &cli.root, a)?,
         // Answered before the daemon started.
         Cmd::Version { .. } | Cmd::Completion { .. } => {}
+    }
+    Ok(())
+}
+
+/// What both daemon loops work with.
+struct Daemon {
+    store: Store,
+    config: ignite_runtime::LoadedConfig,
+    metrics: Arc<api::Metrics>,
+    controller: Arc<controller::Controller>,
+    stop: Arc<AtomicBool>,
+}
+
+/// `ignited daemon`: a pass on every change of the directory, every `interval`, and when a
+/// failed VM is due.
+fn follow_dir(d: &Daemon, manifest_dir: &std::path::Path, interval: Duration, once: bool) {
+    let Daemon { store, config, metrics, controller, stop } = d;
+    tracing::info!("reconciling {} every {interval:?} and on change", manifest_dir.display());
+    let mut last_fp = None;
+    let mut last_pass: Option<Instant> = None;
+    let mut watch = None;
+    while !stop.load(Ordering::Relaxed) {
+        if !manifest_dir.is_dir() {
+            watch = None; // removed (or not there yet): watch it again once it exists
+        } else if watch.is_none() {
+            watch = watch_dir(manifest_dir);
+        }
+        let fp = fingerprint(manifest_dir);
+        // A pass when the manifests change, every interval, and when a failed VM is due.
+        let due = controller.next_retry().is_some_and(|t| t <= Instant::now());
+        if Some(&fp) != last_fp.as_ref() || last_pass.is_none_or(|t| t.elapsed() >= interval) || due {
+            pass(store, config, read_manifest_dir(manifest_dir), metrics, controller);
+            last_fp = Some(fp);
+            last_pass = Some(Instant::now());
+            if once {
+                break;
+            }
+        }
+        wait_for_change(watch.as_ref(), Duration::from_millis(500));
+    }
+}
+
+/// `ignited gitops`: fetch, pass, write status back, every `interval` (backing off while the
+/// repository cannot be reached).
+fn follow_git(d: &Daemon, root: &std::path::Path, a: GitopsArgs) -> anyhow::Result<()> {
+    let Daemon { store, config, metrics, controller, stop } = d;
+    let GitopsArgs {
+        repo,
+        branch,
+        paths,
+        interval,
+        timeout,
+        identity_file,
+        hosts_file,
+        https_username,
+        https_password,
+        read_only,
+        host,
+        once,
+    } = a;
+    let https = match (https_username, https_password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => anyhow::bail!("--https-username and --https-password go together"),
+    };
+    let options = gitops::GitOptions { timeout, identity_file, hosts_file, https };
+    let source = gitops::Source::new(root, &repo, branch.as_deref(), &paths, options);
+    let shown: Vec<String> = source.paths.iter().map(|p| p.display().to_string()).collect();
+    tracing::info!(
+        "following {repo} ({}, {}) every {interval:?}",
+        branch.as_deref().unwrap_or("its default branch"),
+        shown.join(", ")
+    );
+    let interval = interval.max(Duration::from_millis(100));
+    let mut backoff = interval;
+    let mut last_good = false;
+    while !stop.load(Ordering::Relaxed) {
+        let mut wait = interval;
+        match source.sync() {
+            Ok(head) => {
+                tracing::debug!("at {head}");
+                last_good = true;
+                backoff = interval;
+            }
+            Err(e) => {
+                metrics.sync_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("cannot update from {repo}: {e}; keeping the last good state");
+                backoff = (backoff * 2).min(Duration::from_secs(300));
+                wait = backoff;
+            }
+        }
+        if last_good {
+            let manifests = reconcile::for_host(source.read_manifests(), host.as_deref());
+            pass(store, config, manifests, metrics, controller);
+            if !read_only {
+                match source.write_back(store, host.as_deref()) {
+                    Ok((pushed, retries)) => {
+                        metrics.push_retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+                        if pushed {
+                            tracing::info!("pushed VM status to {repo}");
+                        }
+                    }
+                    Err(e) => {
+                        metrics.push_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("cannot write status back: {e}");
+                    }
+                }
+            }
+        }
+        if once {
+            break;
+        }
+        let until = Instant::now() + wait;
+        // Woken early when a failed VM is due again.
+        let due = || controller.next_retry().is_some_and(|t| t <= Instant::now());
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) && !due() {
+            std::thread::sleep(Duration::from_millis(200).min(wait));
+        }
     }
     Ok(())
 }

@@ -208,55 +208,12 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
     // Network: attach before boot so the guest gets its address on the kernel command line.
     let mut vm = vm;
-    let mut extra_nics: Vec<Nic> = Vec::new();
-    let attachment = match plugin.as_str() {
+    let (attachment, extra_nics) = match plugin.as_str() {
         "cni" => {
-            let mut opts =
-                crate::network::options_for(&vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
-            opts.tap_owner = jail_uid;
-            crate::network::check_ports(store, &vm)
-                .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
-            let t = std::time::Instant::now();
-            // Recorded before anything is allocated: a kill at any later step leaves a record
-            // that the next start, stop, rm or recovery releases.
-            let plan = ignite_net::plan(&uid, &opts)
-                .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
-            crate::network::save(&dir, &plan)?;
-            ignite_proc::fault::point("start.network-planned");
-            let att = match ignite_net::attach_planned(plan, &opts) {
-                Ok(a) => a,
-                Err(e) => {
-                    crate::network::release(&dir);
-                    return Err(StartError::Network { name: name.clone(), message: e.to_string() });
-                }
-            };
-            tracing::debug!(
-                "network of VM {name}: {} in {} after {:.1} ms",
-                att.ip,
-                att.netns,
-                t.elapsed().as_secs_f64() * 1000.0
-            );
-            if let Err(e) = crate::network::save(&dir, &att) {
-                crate::network::release(&dir);
-                return Err(e.into());
-            }
-            ignite_proc::fault::point("start.network-attached");
-            // Weave Ignite's extra interfaces: created in the VM's namespace by someone else
-            // once it exists; each becomes the guest's eth1, eth2, ... (sorted by name).
-            for (i, ifname) in extra_ifs.iter().enumerate() {
-                let connected = ignite_net::wait_for_interface(&att.netns, ifname, EXTRA_INTERFACE_WAIT)
-                    .and_then(|_| ignite_net::redirect_extra(&att.netns, ifname, &format!("tap{}", i + 1), jail_uid));
-                match connected {
-                    Ok(mac) => extra_nics.push(Nic { tap: format!("tap{}", i + 1), mac }),
-                    Err(e) => {
-                        crate::network::release(&dir);
-                        return Err(StartError::Network { name: name.clone(), message: e.to_string() });
-                    }
-                }
-            }
-            Some(att)
+            let (att, extra) = attach_cni(store, &dir, &vm, jail_uid, &extra_ifs)?;
+            (Some(att), extra)
         }
-        "none" => None,
+        "none" => (None, Vec::new()),
         other => {
             return Err(StartError::Network {
                 name,
@@ -284,6 +241,63 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     drop(lock);
     let vm = store.get::<Vm>(&uid)?;
     Ok(Started { vm, accel: verdict, vmm_pid })
+}
+
+/// The VM's CNI network, recorded before anything is allocated (a kill at any later step
+/// leaves a record that the next start, stop, rm or recovery releases), and its extra
+/// interfaces. On failure, what was allocated is released again.
+fn attach_cni(
+    store: &Store,
+    dir: &VmDir,
+    vm: &Vm,
+    jail_uid: Option<u32>,
+    extra_ifs: &[String],
+) -> Result<(ignite_net::Attachment, Vec<Nic>), StartError> {
+    let (uid, name) = (vm.uid(), vm.metadata.name.clone());
+    let mut extra_nics = Vec::new();
+    let mut opts =
+        crate::network::options_for(vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+    opts.tap_owner = jail_uid;
+    crate::network::check_ports(store, vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+    let t = std::time::Instant::now();
+    // Recorded before anything is allocated: a kill at any later step leaves a record
+    // that the next start, stop, rm or recovery releases.
+    let plan = ignite_net::plan(&uid, &opts)
+        .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
+    crate::network::save(dir, &plan)?;
+    ignite_proc::fault::point("start.network-planned");
+    let att = match ignite_net::attach_planned(plan, &opts) {
+        Ok(a) => a,
+        Err(e) => {
+            crate::network::release(dir);
+            return Err(StartError::Network { name: name.clone(), message: e.to_string() });
+        }
+    };
+    tracing::debug!(
+        "network of VM {name}: {} in {} after {:.1} ms",
+        att.ip,
+        att.netns,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    if let Err(e) = crate::network::save(dir, &att) {
+        crate::network::release(dir);
+        return Err(e.into());
+    }
+    ignite_proc::fault::point("start.network-attached");
+    // Weave Ignite's extra interfaces: created in the VM's namespace by someone else
+    // once it exists; each becomes the guest's eth1, eth2, ... (sorted by name).
+    for (i, ifname) in extra_ifs.iter().enumerate() {
+        let connected = ignite_net::wait_for_interface(&att.netns, ifname, EXTRA_INTERFACE_WAIT)
+            .and_then(|_| ignite_net::redirect_extra(&att.netns, ifname, &format!("tap{}", i + 1), jail_uid));
+        match connected {
+            Ok(mac) => extra_nics.push(Nic { tap: format!("tap{}", i + 1), mac }),
+            Err(e) => {
+                crate::network::release(dir);
+                return Err(StartError::Network { name: name.clone(), message: e.to_string() });
+            }
+        }
+    }
+    Ok((att, extra_nics))
 }
 
 #[allow(clippy::too_many_arguments)]

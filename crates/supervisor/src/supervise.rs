@@ -90,46 +90,8 @@ pub fn supervise(
     let listener =
         UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
 
-    // The VMM, through its backend: jailed (its cgroup recorded here, everything else in the
-    // jailer; see `jail`) or not.
-    let mut jail_status = None;
-    let mut cgroup = false;
-    let mut _alive = None;
-    let mut instance = match boot.jail {
-        Some(j) => {
-            let profile = backend.jail_profile(machine);
-            let limits = ignite_runtime::cgroup::Limits {
-                memory_max: (machine.memory_mib + profile.overhead_mib) << 20,
-                cpus: machine.vcpus,
-            };
-            let cg = ignite_runtime::cgroup::plan_and_record(uid, &dir.cgroup_record())?;
-            jail_status = Some(ignite_api::JailStatus {
-                uid: j.uid,
-                cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
-                memory_max: Some(limits.memory_max),
-                cpu_max: limits.cpu_max(),
-                seccomp: profile.seccomp,
-            });
-            cgroup = true;
-            let mut launcher = crate::launch::Jailed::new(
-                vmm_log,
-                uid,
-                j,
-                boot.netns.clone(),
-                cg,
-                (limits.memory_max, limits.cpus),
-                dir.jail_spec(),
-            )?;
-            let instance = backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?;
-            // Held for the supervisor's life: the jailer sees a hang-up once it is gone.
-            _alive = launcher.alive_writer();
-            instance
-        }
-        None => {
-            let mut launcher = crate::launch::Direct::new(vmm_log, boot.netns.clone());
-            backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?
-        }
-    };
+    let Launched { mut instance, jail: jail_status, _alive } = launch(uid, &dir, boot, backend.as_ref(), vmm_log)?;
+    let cgroup = jail_status.is_some();
     let vmm_pid = instance.pid();
     let control = instance.control.clone();
     ignite_proc::fault::point("spawn.vmm-started");
@@ -174,60 +136,11 @@ pub fn supervise(
             let _ = console_done.send(());
         });
     }
-    // Attach: each client sees console output and types into the console.
-    {
-        let shared = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if let Ok(out) = conn.try_clone() {
-                    shared.clients.lock().map(|mut c| c.push(out)).ok();
-                }
-                let shared = shared.clone();
-                std::thread::spawn(move || attach_input(conn, &shared));
-            }
-        });
-    }
-    // DHCP for guests that run a client: the same lease as the kernel's ip= argument.
+    serve_attach(listener, &shared);
     if let (Some(ns), Some((lease, server))) = (boot.netns.clone(), boot.dhcp.clone()) {
-        std::thread::spawn(move || {
-            if let Err(e) = ignite_net::dhcp::serve(&ns, lease, server) {
-                eprintln!("ignite-spawn: DHCP responder stopped: {e}");
-            }
-        });
+        serve_dhcp(ns, lease, server);
     }
-    // Signals: TERM = graceful, INT = now.
-    {
-        let shared = shared.clone();
-        let control = control.clone();
-        let mut signals = signals;
-        std::thread::spawn(move || {
-            for sig in signals.forever() {
-                match sig {
-                    SIGTERM => {
-                        shared.end_with(Ending::Stopped, |cur, _| cur.is_none());
-                        if let Err(e) = control.request_shutdown() {
-                            eprintln!("ignite-spawn: graceful shutdown request failed: {e}; stopping the VMM");
-                            if control.force_stop().is_err() {
-                                let _ = sys::kill(vmm_pid);
-                            }
-                        }
-                    }
-                    SIGINT => {
-                        shared.end_with(Ending::Killed, |_, _| true);
-                        if control.force_stop().is_err() {
-                            let _ = sys::kill(vmm_pid);
-                        }
-                        let pid = vmm_pid;
-                        std::thread::spawn(move || {
-                            std::thread::sleep(Duration::from_secs(3));
-                            let _ = sys::kill(pid);
-                        });
-                    }
-                    _ => {}
-                }
-            }
-        });
-    }
+    handle_signals(signals, &shared, control.clone(), vmm_pid);
 
     let status = instance.wait().map_err(|e| format!("wait: {e}"))?;
     // The guest's last words (a panic, a power-off) may still be in the console pipe: how
@@ -251,6 +164,115 @@ pub fn supervise(
     ignite_proc::fault::point("spawn.vmm-ended");
     finish(store, uid, my_pid, code, &ending, &dir);
     Ok(0)
+}
+
+/// Attach: each client sees console output and types into the console.
+fn serve_attach(listener: UnixListener, shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            if let Ok(out) = conn.try_clone() {
+                shared.clients.lock().map(|mut c| c.push(out)).ok();
+            }
+            let shared = shared.clone();
+            std::thread::spawn(move || attach_input(conn, &shared));
+        }
+    });
+}
+
+/// DHCP for guests that run a client: the same lease as the kernel's ip= argument.
+fn serve_dhcp(ns: String, lease: ignite_net::dhcp::Lease, server: std::net::Ipv4Addr) {
+    std::thread::spawn(move || {
+        if let Err(e) = ignite_net::dhcp::serve(&ns, lease, server) {
+            eprintln!("ignite-spawn: DHCP responder stopped: {e}");
+        }
+    });
+}
+
+/// Signals: TERM asks the guest to shut down, INT stops the VMM now (SIGKILL 3 s later).
+fn handle_signals(
+    mut signals: signal_hook::iterator::Signals,
+    shared: &Arc<Shared>,
+    control: Arc<dyn ignite_vmm::Control>,
+    vmm_pid: u32,
+) {
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            match sig {
+                SIGTERM => {
+                    shared.end_with(Ending::Stopped, |cur, _| cur.is_none());
+                    if let Err(e) = control.request_shutdown() {
+                        eprintln!("ignite-spawn: graceful shutdown request failed: {e}; stopping the VMM");
+                        if control.force_stop().is_err() {
+                            let _ = sys::kill(vmm_pid);
+                        }
+                    }
+                }
+                SIGINT => {
+                    shared.end_with(Ending::Killed, |_, _| true);
+                    if control.force_stop().is_err() {
+                        let _ = sys::kill(vmm_pid);
+                    }
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(3));
+                        let _ = sys::kill(vmm_pid);
+                    });
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+/// A VMM started, and what its jail is.
+struct Launched {
+    instance: ignite_vmm::Instance,
+    jail: Option<ignite_api::JailStatus>,
+    /// The write end of the jailer's liveness pipe, held for the supervisor's life (the jailer
+    /// sees a hang-up once the supervisor is gone).
+    _alive: Option<std::os::fd::OwnedFd>,
+}
+
+/// Starts the VMM through its backend: jailed (its cgroup recorded here, everything else in
+/// the jailer; see `jail`) or not.
+fn launch(
+    uid: &str,
+    dir: &VmDir,
+    boot: &BootConfig,
+    backend: &dyn ignite_vmm::Backend,
+    vmm_log: std::fs::File,
+) -> Result<Launched, String> {
+    let machine = &boot.machine;
+    let Some(j) = boot.jail else {
+        let mut launcher = crate::launch::Direct::new(vmm_log, boot.netns.clone());
+        let instance = backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?;
+        return Ok(Launched { instance, jail: None, _alive: None });
+    };
+    let profile = backend.jail_profile(machine);
+    let limits = ignite_runtime::cgroup::Limits {
+        memory_max: (machine.memory_mib + profile.overhead_mib) << 20,
+        cpus: machine.vcpus,
+    };
+    let cg = ignite_runtime::cgroup::plan_and_record(uid, &dir.cgroup_record())?;
+    let jail = ignite_api::JailStatus {
+        uid: j.uid,
+        cgroups: cg.dirs.iter().map(|d| d.display().to_string()).collect(),
+        memory_max: Some(limits.memory_max),
+        cpu_max: limits.cpu_max(),
+        seccomp: profile.seccomp,
+    };
+    let mut launcher = crate::launch::Jailed::new(
+        vmm_log,
+        uid,
+        j,
+        boot.netns.clone(),
+        cg,
+        (limits.memory_max, limits.cpus),
+        dir.jail_spec(),
+    )?;
+    let instance = backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?;
+    Ok(Launched { instance, jail: Some(jail), _alive: launcher.alive_writer() })
 }
 
 /// Records that the VM ended (only if the status still names this supervisor).
