@@ -30,7 +30,8 @@ pub struct BootConfig {
     /// The lease the supervisor's DHCP responder hands out, and the server address.
     #[serde(default)]
     pub dhcp: Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)>,
-    /// The VMM runs jailed, as this uid and gid (see `jail`); `None`: as root, unconfined.
+    /// The VMM runs jailed, as this uid and gid (see `ignite_supervisor::jail`); `None`: as root,
+    /// unconfined.
     #[serde(default)]
     pub jail: Option<BootJail>,
 }
