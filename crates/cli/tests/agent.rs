@@ -8,9 +8,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{fails, ok, prepared_root};
+use common::{fails, ok, prepared_root, until, until_exec_works};
 
 fn exec(root: &Path, args: &[&str]) -> std::process::Output {
     let mut a = vec!["exec"];
@@ -19,31 +18,7 @@ fn exec(root: &Path, args: &[&str]) -> std::process::Output {
 }
 
 fn wait_ready(root: &Path, vm: &str) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(120) {
-        if String::from_utf8_lossy(&common::ignite(root, &["logs", vm]).stdout).contains("IGNITE-BUSYBOX-READY") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("VM {vm} did not finish booting");
-}
-
-/// Retries `exec VM true` until it succeeds (the agent restarting), within `secs`.
-fn until_exec_works(root: &Path, vm: &str, secs: u64) -> Duration {
-    let t = Instant::now();
-    loop {
-        let o = exec(root, &["--timeout", "5", vm, "--", "true"]);
-        if o.status.success() {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "exec never worked again: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    common::wait_for_log(root, vm, "IGNITE-BUSYBOX-READY", 120);
 }
 
 /// Run detached in the guest: kills the agent (watchdog and worker), floods the channel with
@@ -140,11 +115,7 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
         let o = exec(root, &["ag", "--", "sh", "-c", "ps | grep -c '[s]leep 300' || true"]);
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
-    let t = Instant::now();
-    while running(&root) != "1" {
-        assert!(t.elapsed() < Duration::from_secs(30), "the command never started in the guest");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until("the command to start in the guest", 30, || running(&root) == "1");
     rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::INT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
     let o = exec(&root, &["ag", "--", "sh", "-c", "ps | grep -c '[s]leep 300' || true"]);
@@ -204,11 +175,9 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     // would answer and prove nothing).
     let uid = ok(&root, &["inspect", "vm", "ag", "-t", "{{.UID}}"]);
     let spawn_log = root.join("vm").join(uid.trim()).join("spawn.log");
-    let t = Instant::now();
-    while !std::fs::read_to_string(&spawn_log).unwrap_or_default().contains("malformed frame") {
-        assert!(t.elapsed() < Duration::from_secs(60), "no malformed frame reached the supervisor");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until("a malformed frame to reach the supervisor", 60, || {
+        std::fs::read_to_string(&spawn_log).unwrap_or_default().contains("malformed frame")
+    });
     let took = until_exec_works(&root, "ag", 60);
     println!("FIGURE exec works again {took:?} after a garbage flood");
     assert_eq!(ok(&root, &["inspect", "vm", "ag", "-t", "{{.Status.Running}}"]).trim(), "true");

@@ -459,12 +459,8 @@ fn ignited_takes_weave_ignites_flags() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid duration"));
 
     // --timeout: a server that accepts and never answers is given up on in time.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let _hold = std::thread::spawn(move || {
-        let _conns: Vec<_> = l.incoming().take(2).collect();
-        std::thread::sleep(std::time::Duration::from_secs(120));
-    });
+    let silent = common::Silent::start();
+    let port = silent.addr.port();
     let t = std::time::Instant::now();
     let o =
         run(&root, &["gitops", &format!("git://127.0.0.1:{port}/x"), "--timeout", "2s", "--once", "--socket", "none"]);

@@ -6,9 +6,8 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{fails, ok, prepared_root, write};
+use common::{fails, ok, prepared_root, until, until_ok, write};
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
@@ -16,21 +15,16 @@ fn field(root: &Path, vm: &str, t: &str) -> String {
 
 /// Runs `exec VM -- ARGS` until it works (the agent may still be starting), within 120 s.
 fn exec_ok(root: &Path, vm: &str, args: &[&str]) -> String {
-    let t = Instant::now();
-    loop {
+    until_ok(&format!("exec {args:?} in {vm}"), 120, || {
         let mut a = vec!["exec", "--timeout", "10", vm, "--"];
         a.extend_from_slice(args);
         let o = common::ignite(root, &a);
         if o.status.success() {
-            return String::from_utf8_lossy(&o.stdout).into_owned();
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "exec {args:?} in {vm}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    })
 }
 
 fn sh(cmd: &str) {
@@ -57,11 +51,7 @@ fn extra_interfaces_by_annotation() {
     // `ignite start` waits for the annotated interfaces, which appear once the namespace does.
     let r = root.0.clone();
     let start = std::thread::spawn(move || common::ignite(&r, &["start", "multinet"]));
-    let t = Instant::now();
-    while !Path::new(&format!("/run/netns/{ns}")).exists() {
-        assert!(t.elapsed() < Duration::from_secs(60), "the VM's namespace never appeared");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until("the VM's namespace", 60, || Path::new(&format!("/run/netns/{ns}")).exists());
     sh(&format!("ip -n {ns} link add foo address aa:ca:e9:12:34:56 type veth"));
     sh(&format!("ip -n {ns} link add bar address aa:ca:e9:12:34:78 type veth"));
     sh(&format!("ip -n {ns} link add baz address aa:ca:e9:12:34:90 type veth"));
@@ -251,11 +241,7 @@ impl HostServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "the host's web server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::until_listening(&format!("127.0.0.1:{port}"), 10);
         HostServer { child, port, _dir: dir }
     }
 }

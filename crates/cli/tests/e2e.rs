@@ -8,31 +8,14 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fails, fixtures, ok, prepared_root, Registry};
-
-fn wait_for_log(root: &Path, vm: &str, needle: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let logs = common::ignite(root, &["logs", vm]);
-        let text = String::from_utf8_lossy(&logs.stdout).to_string();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "VM {vm}: {needle:?} not in the console after {secs}s:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{fails, fixtures, ok, prepared_root, until, wait_for_log, Registry};
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
 }
 
 fn wait_stopped(root: &Path, vm: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while field(root, vm, "{{.Status.Running}}") != "false" {
-        assert!(Instant::now() < deadline, "VM {vm} still running after {secs}s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until(&format!("VM {vm} to stop"), secs, || field(root, vm, "{{.Status.Running}}") == "false");
 }
 
 /// Processes whose command line mentions `needle`.
@@ -153,11 +136,7 @@ fn killed_supervisor_or_vmm_leaves_no_orphans_and_no_stale_status() {
     // kill -9 of the supervisor: the VMM dies with it, status corrects itself.
     let spid: i32 = field(&root, "k1", "{{.Status.Runtime.Pid}}").parse().unwrap();
     std::process::Command::new("kill").args(["-9", &spid.to_string()]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !procs(&format!("ignite-{uid1}")).is_empty() {
-        assert!(Instant::now() < deadline, "VMM outlived its supervisor");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until("the VMM to die with its supervisor", 10, || procs(&format!("ignite-{uid1}")).is_empty());
     assert_eq!(field(&root, "k1", "{{.Status.Running}}"), "false");
     assert!(field(&root, "k1", "{{.Status.Exit.Reason}}").contains("supervisor died"));
     assert!(!ok(&root, &["ps"]).contains("k1"));
@@ -179,11 +158,7 @@ fn killed_supervisor_or_vmm_leaves_no_orphans_and_no_stale_status() {
     };
     let before = ready(&root);
     ok(&root, &["start", "k1"]);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while ready(&root) <= before {
-        assert!(Instant::now() < deadline, "k1 did not boot again");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until("k1 to boot again", 90, || ready(&root) > before);
     console(&root, "k1", "reboot\n");
     wait_stopped(&root, "k1", 60);
     assert_eq!(field(&root, "k1", "{{.Status.Exit.Reason}}"), "guest rebooted");
@@ -342,13 +317,8 @@ fn registry_errors_are_clear() {
         drop(server);
     }
     // A registry that accepts and never answers: a timeout, not a hang.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let hold = std::thread::spawn(move || {
-        let conns: Vec<_> = l.incoming().take(1).collect();
-        std::thread::sleep(Duration::from_secs(70));
-        drop(conns);
-    });
+    let silent = common::Silent::start();
+    let addr = silent.addr;
     let t = Instant::now();
     let o = std::process::Command::new(common::bin())
         .args(["image", "import", &format!("{addr}/hang/image:1")])
@@ -360,7 +330,7 @@ fn registry_errors_are_clear() {
     assert!(t.elapsed() < Duration::from_secs(30), "import hung for {:?}", t.elapsed());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("timed out") || err.contains("timeout") || err.contains("Timeout"), "{err}");
-    drop(hold);
+    drop(silent);
     assert!(ok(&root, &["images", "-q"]).trim().is_empty());
     let leftovers: Vec<_> = std::fs::read_dir(root.join("tmp"))
         .map(|r| r.flatten().filter(|e| e.file_name() != "locks").collect())

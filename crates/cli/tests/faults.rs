@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::{fails, fixtures, ok, prepared_root};
 
@@ -32,15 +32,14 @@ fn logs(root: &Path, vm: &str) -> String {
 
 /// Waits until the busybox image has printed its ready line `n` times in all.
 fn wait_boots(root: &Path, vm: &str, n: usize) {
-    let t = Instant::now();
-    loop {
+    common::until_ok(&format!("boot {n} of VM {vm}"), 120, || {
         let l = logs(root, vm);
         if l.matches("IGNITE-BUSYBOX-READY").count() >= n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("console so far:\n{l}"))
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "VM {vm}: boot {n} not ready after 120 s:\n{l}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
 }
 
 fn sh(cmd: &str) -> String {

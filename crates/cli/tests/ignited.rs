@@ -5,9 +5,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{ok, prepared_root};
+use common::{ok, prepared_root, until};
 
 fn ignited_bin() -> std::path::PathBuf {
     Path::new(common::bin()).with_file_name("ignited")
@@ -35,14 +34,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -222,16 +213,9 @@ fn gitops_repo_drives_vms_and_gets_their_status_back() {
 /// One HTTP request over the API socket; returns (status, body).
 fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut s = loop {
-        match std::os::unix::net::UnixStream::connect(sock) {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "API socket {}: {e}", sock.display());
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
+    let mut s = common::until_ok(&format!("the API socket {}", sock.display()), 20, || {
+        std::os::unix::net::UnixStream::connect(sock)
+    });
     write!(s, "{method} {path} HTTP/1.1\r\nHost: ignited\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();

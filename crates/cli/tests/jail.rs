@@ -6,9 +6,8 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{ok, prepared_root};
+use common::{ok, prepared_root, until, until_exec_works, until_ok};
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
@@ -16,32 +15,22 @@ fn field(root: &Path, vm: &str, t: &str) -> String {
 
 /// The VMM process of VM `uid` (QEMU names itself `<prefix>-<uid>`).
 fn vmm_pid(uid: &str) -> u32 {
-    let t = Instant::now();
-    loop {
+    until_ok(&format!("the VMM process of {uid}"), 30, || {
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains("qemu-system") && cmd.contains(&format!("-name ignite-{uid}")) {
-                return pid;
+                return Ok(pid);
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "no VMM process for {uid}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Err("none yet")
+    })
 }
 
 fn status_field(pid: u32, key: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string())).unwrap_or_default()
-}
-
-fn until_exec_works(root: &Path, vm: &str) {
-    let t = Instant::now();
-    while !common::ignite(root, &["exec", "--timeout", "5", vm, "--", "true"]).status.success() {
-        assert!(t.elapsed() < Duration::from_secs(120), "exec never worked in {vm}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]
@@ -53,8 +42,8 @@ fn a_jailed_vmm_has_no_privileges_its_own_limits_and_sees_almost_nothing() {
     let (ua, ub) = (field(&root, "ja", "{{.UID}}"), field(&root, "jb", "{{.UID}}"));
     let (pa, pb) = (vmm_pid(&ua), vmm_pid(&ub));
     // Booted: the VMM has set up its own filter (right after its exec).
-    until_exec_works(&root, "ja");
-    until_exec_works(&root, "jb");
+    until_exec_works(&root, "ja", 120);
+    until_exec_works(&root, "jb", 120);
     // Its own unprivileged identity; no capabilities; no new privileges; seccomp.
     for pid in [pa, pb] {
         let uid: Vec<&str> = status_field(pid, "Uid").leak().split_whitespace().collect();
@@ -140,7 +129,7 @@ fn a_jailed_vmm_has_no_privileges_its_own_limits_and_sees_almost_nothing() {
         .collect();
     assert!(pids.iter().all(|p| p == "1" || pids.len() <= 2), "processes visible in the jail: {pids:?}");
     // And the VM works as ever.
-    until_exec_works(&root, "ja");
+    until_exec_works(&root, "ja", 120);
     assert_eq!(ok(&root, &["exec", "ja", "--", "hostname"]).trim(), "ja");
     ok(&root, &["rm", "-f", "ja", "jb"]);
     // Nothing of the jails is left.
@@ -160,16 +149,7 @@ fn a_forbidden_syscall_stops_the_vmm_and_nothing_else() {
     // Ask QEMU to start a process (migration to a command): its seccomp filter (spawn=deny)
     // stops it there.
     let sock = root.join("vm").join(&uid).join("qmp.sock");
-    let t = Instant::now();
-    let s = loop {
-        match std::os::unix::net::UnixStream::connect(&sock) {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(t.elapsed() < Duration::from_secs(30), "QMP: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
+    let s = until_ok("QEMU's QMP socket", 30, || std::os::unix::net::UnixStream::connect(&sock));
     use std::io::{BufRead, Write};
     let mut r = std::io::BufReader::new(s.try_clone().unwrap());
     let mut w = s;
@@ -179,14 +159,10 @@ fn a_forbidden_syscall_stops_the_vmm_and_nothing_else() {
     line.clear();
     r.read_line(&mut line).unwrap();
     writeln!(w, r#"{{"execute":"migrate","arguments":{{"uri":"exec:cat >/dev/null"}}}}"#).unwrap();
-    let t = Instant::now();
-    while field(&root, "victim", "{{.Status.Running}}") == "true" {
-        assert!(t.elapsed() < Duration::from_secs(30), "the VMM was not stopped");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    until("the VMM to be stopped", 30, || field(&root, "victim", "{{.Status.Running}}") != "true");
     assert_eq!(field(&root, "victim", "{{.Status.Exit.Reason}}"), "VMM killed by signal 31");
     assert_eq!(field(&root, "bystander", "{{.Status.Running}}"), "true");
-    until_exec_works(&root, "bystander");
+    until_exec_works(&root, "bystander", 120);
     ok(&root, &["rm", "-f", "victim", "bystander"]);
 }
 
@@ -199,7 +175,7 @@ fn without_the_jail_the_vmm_runs_as_root_for_debugging() {
     assert!(status_field(pid, "Uid").starts_with("0\t") || status_field(pid, "Uid").starts_with("0 "));
     assert_eq!(status_field(pid, "Seccomp"), "0");
     assert_eq!(field(&root, "free", "{{.Status.Runtime.Jail}}"), "<nil>");
-    until_exec_works(&root, "free");
+    until_exec_works(&root, "free", 120);
     ok(&root, &["rm", "-f", "free"]);
 }
 
@@ -222,21 +198,19 @@ fn metrics_show_each_vms_memory_and_cpu() {
         .spawn()
         .unwrap();
     ok(&root, &["run", "busybox", "--name", "metered", "--memory", "128MB", "--network-plugin", "none"]);
-    until_exec_works(&root, "metered");
-    let t = Instant::now();
-    let body = loop {
+    until_exec_works(&root, "metered", 120);
+    let body = until_ok("per-VM metrics", 30, || {
         use std::io::{Read, Write};
-        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
-            write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            if out.contains("ignite_vm_memory_bytes{vm=\"metered\"") {
-                break out;
-            }
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).map_err(|e| e.to_string())?;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        if out.contains("ignite_vm_memory_bytes{vm=\"metered\"") {
+            Ok(out)
+        } else {
+            Err("not there yet".to_string())
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "no per-VM metrics");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
     let value = |name: &str| {
         body.lines()
             .find(|l| l.starts_with(&format!("{name}{{vm=\"metered\"")))

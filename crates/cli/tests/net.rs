@@ -8,9 +8,9 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fails, ok, prepared_root};
+use common::{fails, ok, prepared_root, until, until_ok, wait_for_log};
 
 /// The tests of this file share the host's CNI network: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -23,18 +23,6 @@ fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
 }
 
-fn wait_for_log(root: &Path, vm: &str, needle: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let text = String::from_utf8_lossy(&common::ignite(root, &["logs", vm]).stdout).to_string();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "VM {vm}: {needle:?} not in the console after {secs}s:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn console(root: &Path, vm: &str, line: &str) {
     let uid = field(root, vm, "{{.UID}}");
     let mut s = UnixStream::connect(root.join("vm").join(&uid).join("attach.sock")).unwrap();
@@ -42,20 +30,19 @@ fn console(root: &Path, vm: &str, line: &str) {
 }
 
 fn http_get(addr: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-            let mut body = String::new();
-            let _ = s.read_to_string(&mut body);
-            if body.contains("200") {
-                return body;
-            }
+    until_ok(&format!("an HTTP answer from {addr}"), 30, || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        if body.contains("200") {
+            Ok(body)
+        } else {
+            Err(format!("answered {body:?}"))
         }
-        assert!(Instant::now() < deadline, "no HTTP answer from {addr}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    })
 }
 
 fn sh(cmd: &str) -> String {
@@ -201,15 +188,9 @@ fn killed_supervisor_releases_the_network_on_recovery_and_fixed_ips_work() {
     let uid = field(&root, "victim", "{{.UID}}");
     let pid = field(&root, "victim", "{{.Status.Runtime.Pid}}");
     Command::new("kill").args(["-9", &pid]).status().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}/cmdline"))
-        .exists()
-        .then(|| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-        .is_some_and(|c| !c.is_empty())
-    {
-        assert!(std::time::Instant::now() < deadline, "the supervisor survived kill -9");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until("the supervisor to die of kill -9", 10, || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().is_empty()
+    });
     assert!(!leftovers(&uid, "10.61.200.7").is_empty(), "expected the crash to leave state behind");
     // A read changes nothing: `ps` shows the VM stopped and leaves its network to recovery.
     assert!(ok(&root, &["ps", "-a"]).lines().any(|l| l.contains("victim") && l.contains("Stopped")));

@@ -219,11 +219,7 @@ impl AuthRegistry {
         .unwrap();
         let child =
             Command::new(bin).arg("serve").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "registry did not start on {addr}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        common::until_listening(&addr, 10);
         AuthRegistry { addr, child, _dir: dir }
     }
 

@@ -32,6 +32,7 @@ use serde::Deserialize;
 
 use ignite_runtime::config::LoadedConfig;
 use ignite_runtime::create::{build_vm, create_vm, CreateOptions};
+use ignite_runtime::errors::chain;
 use ignite_runtime::start::{start, StartOptions};
 
 use crate::controller::{Controller, Ran};
@@ -240,18 +241,6 @@ pub fn read_manifest_dir(dir: &Path) -> Manifests {
     desired.retain(|d| !m.held_names.contains(&d.vm.metadata.name));
     m.desired = desired;
     m
-}
-
-/// An error and its causes, as one line (`invalid VM "x": spec.cpus: must be …`).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn is_managed(vm: &Vm) -> bool {

@@ -162,33 +162,27 @@ pub fn release(record: &Path) {
     }
 }
 
-/// Creates VM `uid`'s cgroup with `limits` (the jailer does, while the VMM's jail is set up).
+/// Creates VM `uid`'s cgroup with `limits` (the jailer does, while the VMM's jail is set up):
+/// the directories [`plan_and_record`] recorded.
 pub fn make(uid: &str, limits: Limits) -> Result<VmCgroup, String> {
-    if let Some(root) = v2_root() {
-        let slice = root.join("ignite.slice");
-        std::fs::create_dir_all(&slice).map_err(|e| format!("cannot create {}: {e}", slice.display()))?;
+    let cg = plan(uid)?;
+    let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()));
+    if cg.v2 {
+        let dir = &cg.dirs[0];
+        let slice = dir.parent().unwrap_or(dir);
+        mkdir(slice)?;
         // Controllers must be enabled for the children at each level.
-        for dir in [&root, &slice] {
-            let _ = write(&dir.join("cgroup.subtree_control"), "+memory +cpu +pids");
+        for level in [slice.parent().unwrap_or(slice), slice] {
+            let _ = write(&level.join("cgroup.subtree_control"), "+memory +cpu +pids");
         }
-        let dir = slice.join(uid);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        mkdir(dir)?;
         write(&dir.join("memory.max"), &limits.memory_max.to_string())?;
         write(&dir.join("cpu.max"), &limits.cpu_max())?;
         write(&dir.join("pids.max"), &PIDS_MAX.to_string())?;
-        return Ok(VmCgroup { dirs: vec![dir], v2: true });
+        return Ok(cg);
     }
-    let own = own_paths();
-    let mut dirs = Vec::new();
-    for controller in v1_controllers() {
-        let mount = v1_mount(controller).ok_or_else(|| format!("no cgroup v1 {controller} hierarchy"))?;
-        let path = own
-            .iter()
-            .find(|(c, _)| c.split(',').any(|x| x == controller))
-            .map(|(_, p)| p.trim_start_matches('/').to_string())
-            .unwrap_or_default();
-        let dir = mount.join(path).join("ignite").join(uid);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for (controller, dir) in v1_controllers().into_iter().zip(&cg.dirs) {
+        mkdir(dir)?;
         match controller {
             "memory" => {
                 write(&dir.join("memory.limit_in_bytes"), &limits.memory_max.to_string())?;
@@ -202,9 +196,8 @@ pub fn make(uid: &str, limits: Limits) -> Result<VmCgroup, String> {
             "pids" => write(&dir.join("pids.max"), &PIDS_MAX.to_string())?,
             _ => {}
         }
-        dirs.push(dir);
     }
-    Ok(VmCgroup { dirs, v2: false })
+    Ok(cg)
 }
 
 impl VmCgroup {

@@ -40,6 +40,11 @@ impl Class {
     }
 }
 
+/// An error and its causes, as one line (`invalid VM "x": spec.cpus: must be …`).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(e), |c| c.source()).map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
 /// Classifies an error by the first cause in its chain that says what it is.
 pub fn classify(e: &(dyn std::error::Error + 'static)) -> Class {
     let chain = std::iter::successors(Some(e), |c| c.source());

@@ -243,11 +243,7 @@ impl Registry {
         .unwrap();
         let child =
             Command::new(bin).arg("serve").arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "registry did not start on {addr}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        until_listening(&addr, 10);
         Registry { addr, child, _dir: dir }
     }
 
@@ -267,5 +263,89 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How often a wait looks again at the condition it waits for.
+const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Waits for `f` to give a value, looking again every [`POLL`] up to `secs`; fails with
+/// `what` and `f`'s last word (its `Err`) at the deadline. The one place tests wait.
+pub fn until_ok<T, E: std::fmt::Display>(what: &str, secs: u64, mut f: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}: {e}"),
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits for `f` to hold (see [`until_ok`]).
+pub fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    until_ok(what, secs, || if f() { Ok(()) } else { Err("not yet") })
+}
+
+/// Waits until something listens on `addr`.
+pub fn until_listening(addr: &str, secs: u64) {
+    until_ok(&format!("a listener on {addr}"), secs, || std::net::TcpStream::connect(addr));
+}
+
+/// Waits until `needle` is in VM `vm`'s console; returns the console.
+pub fn wait_for_log(root: &Path, vm: &str, needle: &str, secs: u64) -> String {
+    until_ok(&format!("{needle:?} in the console of VM {vm}"), secs, || {
+        let text = String::from_utf8_lossy(&ignite(root, &["logs", vm]).stdout).into_owned();
+        if text.contains(needle) {
+            Ok(text)
+        } else {
+            Err(format!("console so far:\n{text}"))
+        }
+    })
+}
+
+/// Retries `exec VM true` until it succeeds (the VM booting, its agent restarting); returns
+/// how long that took.
+pub fn until_exec_works(root: &Path, vm: &str, secs: u64) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    until_ok(&format!("exec in VM {vm}"), secs, || {
+        let o = ignite(root, &["exec", "--timeout", "5", vm, "--", "true"]);
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    });
+    t.elapsed()
+}
+
+/// A TCP listener that accepts connections and never answers, until dropped.
+pub struct Silent {
+    pub addr: std::net::SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            // Accepts and holds until the test drops its end (recv then fails).
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(POLL) {
+                while let Ok((c, _)) = l.accept() {
+                    held.push(c);
+                }
+            }
+        });
+        Silent { addr, stop: Some(stop) }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.take();
     }
 }
