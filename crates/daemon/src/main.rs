@@ -403,7 +403,8 @@ fn pass(
         }
         Err(e) => tracing::warn!("recovery: {e}"),
     }
-    let mut report = reconcile(store, config, &manifests, &CreateOptions::default(), controller);
+    let runtime = reconcile::Runtime { store, config, create: &CreateOptions::default() };
+    let mut report = reconcile(store, config, &manifests, &runtime, controller);
     // Problems with the manifests themselves first, then those of applying them.
     let mut errors = manifests.errors.clone();
     errors.append(&mut report.errors);

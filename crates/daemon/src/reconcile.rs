@@ -33,7 +33,7 @@ use serde::Deserialize;
 use ignite_runtime::config::LoadedConfig;
 use ignite_runtime::create::{build_vm, create_vm, CreateOptions};
 use ignite_runtime::errors::chain;
-use ignite_runtime::start::{start, StartOptions};
+use ignite_runtime::start::{start, StartError, StartOptions};
 
 use crate::controller::{Controller, Ran};
 
@@ -250,6 +250,63 @@ fn is_managed(vm: &Vm) -> bool {
 /// How long a stop for an update or a removal may take before the VM is killed.
 const GRACE: Duration = Duration::from_secs(30);
 
+/// What reconciling does to VMs: the runtime's verbs. The reconciler decides, an `Actions`
+/// acts — [`Runtime`] on the host, a scripted one in the tests, so that every decision is
+/// tested without a VM. Failures are one line for the report.
+pub trait Actions: Sync {
+    /// The VM as it is now (a supervisor found dead is recorded so).
+    fn observe(&self, vm: Vm) -> Vm;
+    /// Creates `vm` (validated, defaults filled in; its disk included) and returns it as stored.
+    fn create(&self, vm: Vm) -> Result<Vm, String>;
+    /// Starts `vm`; `Ok(false)` when it turned out to run already.
+    fn start(&self, vm: Vm) -> Result<bool, String>;
+    /// Stops `vm` (graceful for [`GRACE`], then forced).
+    fn stop(&self, vm: Vm) -> Result<(), String>;
+    /// Removes `vm`, killing it first if it runs.
+    fn remove(&self, vm: Vm) -> Result<(), String>;
+}
+
+/// The real actions: `ignite`'s create, start, stop and rm.
+pub struct Runtime<'a> {
+    pub store: &'a Store,
+    pub config: &'a LoadedConfig,
+    pub create: &'a CreateOptions,
+}
+
+impl Actions for Runtime<'_> {
+    fn observe(&self, vm: Vm) -> Vm {
+        ignite_runtime::recover::refresh(self.store, vm.clone()).unwrap_or(vm)
+    }
+
+    fn create(&self, vm: Vm) -> Result<Vm, String> {
+        create_vm(self.store, self.config, Some(vm), ObjectMeta::default(), &VmSpec::default(), self.create)
+            .map_err(|e| chain(&e))
+    }
+
+    fn start(&self, vm: Vm) -> Result<bool, String> {
+        match start(self.store, self.config, vm, &StartOptions::default()) {
+            Ok(_) => Ok(true),
+            Err(StartError::AlreadyRunning { .. }) => Ok(false),
+            Err(e) => Err(chain(&e)),
+        }
+    }
+
+    fn stop(&self, vm: Vm) -> Result<(), String> {
+        ignite_runtime::stop::stop(self.store, vm, GRACE).map(drop).map_err(|e| chain(&e))
+    }
+
+    fn remove(&self, vm: Vm) -> Result<(), String> {
+        let store = self.store;
+        ignite_runtime::remove::remove_vm(store, &vm.uid(), true, |v| {
+            ignite_runtime::stop::kill(store, v.clone()).map(drop).map_err(|e| {
+                ignite_runtime::remove::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
+            })
+        })
+        .map(drop)
+        .map_err(|e| chain(&e))
+    }
+}
+
 /// One reconcile pass over what `manifests` asks for (see [`read_manifest_dir`], and
 /// [`for_host`] for the manifests of this host), through `controller`: each VM on its own,
 /// several at once, a failed one retried after its backoff (reported in `deferred`).
@@ -257,15 +314,26 @@ pub fn reconcile(
     store: &Store,
     config: &LoadedConfig,
     manifests: &Manifests,
-    create: &CreateOptions,
+    actions: &dyn Actions,
     controller: &Controller,
 ) -> Report {
-    let now = Instant::now();
+    reconcile_at(Instant::now(), store, config, manifests, actions, controller)
+}
+
+/// [`reconcile`] as of `now` (the pass's time, from which backoffs count).
+fn reconcile_at(
+    now: Instant,
+    store: &Store,
+    config: &LoadedConfig,
+    manifests: &Manifests,
+    actions: &dyn Actions,
+    controller: &Controller,
+) -> Report {
     let mut r = Report::default();
     let desired = &manifests.desired;
     let wanted: HashSet<String> = desired.iter().filter_map(|d| d.vm.metadata.uid.map(|u| u.to_string())).collect();
     let items = desired.iter().map(|d| (d.vm.uid(), d)).collect();
-    let runs = controller.run(now, items, |_, d| reconcile_one(store, config, d, create));
+    let runs = controller.run(now, items, |_, d| reconcile_one(store, config, d, actions));
     // Managed VMs whose manifest is gone from a directory read completely.
     let mut orphans = Vec::new();
     if let Ok(all) = store.list::<Vm>() {
@@ -277,7 +345,7 @@ pub fn reconcile(
             }
         }
     }
-    let removals = controller.run(now, orphans, |_, vm| remove_orphan(store, vm));
+    let removals = controller.run(now, orphans, |_, vm| remove_orphan(vm, actions));
     let names: HashMap<String, String> = desired.iter().map(|d| (d.vm.uid(), d.vm.metadata.name.clone())).collect();
     for (uid, ran) in runs.into_iter().chain(removals) {
         match ran {
@@ -299,7 +367,7 @@ pub fn reconcile(
 
 /// Brings one VM to what its manifest says. Fails (for the backoff) when an action failed;
 /// an unusable spec is held, not retried.
-fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, create: &CreateOptions) -> (Report, bool) {
+fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, actions: &dyn Actions) -> (Report, bool) {
     let mut r = Report::default();
     let uid = d.vm.uid();
     let name = d.vm.metadata.name.clone();
@@ -314,13 +382,13 @@ fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, create: &Cre
         }
     };
     let failed = |mut r: Report, msg: String| {
-        r.errors.push(msg);
+        r.errors.push(format!("{name}: {msg}"));
         (r, true)
     };
     let existing = match store.get::<Vm>(&uid) {
-        Ok(v) => Some(ignite_runtime::recover::refresh(store, v).unwrap_or_else(|_| d.vm.clone())),
+        Ok(v) => Some(actions.observe(v)),
         Err(ignite_store::StoreError::NotFound { .. }) => None,
-        Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+        Err(e) => return failed(r, chain(&e)),
     };
     let mut vm = match existing {
         None => {
@@ -330,17 +398,18 @@ fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, create: &Cre
                     return (r, false);
                 }
             }
-            let mut m = d.vm.clone();
+            // What `ignite create` stores: the validated VM, defaults filled in.
+            let mut m = valid.clone();
             m.metadata.labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
             m.metadata.annotations.insert(SOURCE_ANNOTATION.into(), d.file.display().to_string());
             m.metadata.annotations.insert(SPEC_HASH_ANNOTATION.into(), d.spec_hash.clone());
-            match create_vm(store, config, Some(m), ObjectMeta::default(), &VmSpec::default(), create) {
+            match actions.create(m) {
                 Ok(v) => {
                     ignite_proc::fault::point("reconcile.created");
                     r.created.push(name.clone());
                     v
                 }
-                Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+                Err(e) => return failed(r, e),
             }
         }
         Some(v) if !is_managed(&v) => {
@@ -361,8 +430,8 @@ fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, create: &Cre
             ));
         } else {
             if vm.status.running {
-                if let Err(e) = ignite_runtime::stop::stop(store, vm.clone(), GRACE) {
-                    return failed(r, format!("{name}: {}", chain(&e)));
+                if let Err(e) = actions.stop(vm.clone()) {
+                    return failed(r, e);
                 }
                 ignite_proc::fault::point("reconcile.stopped-for-update");
             }
@@ -380,42 +449,37 @@ fn reconcile_one(store: &Store, config: &LoadedConfig, d: &Desired, create: &Cre
                     vm = v;
                     r.restarted.push(name.clone());
                 }
-                Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+                Err(e) => return failed(r, chain(&e)),
             }
         }
     }
     // Running state.
     if d.running && !vm.status.running {
-        match start(store, config, vm, &StartOptions::default()) {
-            Ok(_) => r.started.push(name),
-            Err(ignite_runtime::start::StartError::AlreadyRunning { .. }) => {}
-            Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+        match actions.start(vm) {
+            Ok(true) => r.started.push(name.clone()),
+            Ok(false) => {}
+            Err(e) => return failed(r, e),
         }
     } else if !d.running && vm.status.running {
-        match ignite_runtime::stop::stop(store, vm, GRACE) {
-            Ok(_) => r.stopped.push(name),
-            Err(e) => return failed(r, format!("{name}: {}", chain(&e))),
+        match actions.stop(vm) {
+            Ok(()) => r.stopped.push(name.clone()),
+            Err(e) => return failed(r, e),
         }
     }
     (r, false)
 }
 
 /// Removes a managed VM whose manifest is gone.
-fn remove_orphan(store: &Store, vm: Vm) -> (Report, bool) {
+fn remove_orphan(vm: Vm, actions: &dyn Actions) -> (Report, bool) {
     let mut r = Report::default();
     let name = vm.metadata.name.clone();
-    let res = ignite_runtime::remove::remove_vm(store, &vm.uid(), true, |v| {
-        ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
-            ignite_runtime::remove::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
-        })
-    });
-    match res {
-        Ok(_) => {
+    match actions.remove(vm) {
+        Ok(()) => {
             r.removed.push(name);
             (r, false)
         }
         Err(e) => {
-            r.errors.push(format!("{name}: {}", chain(&e)));
+            r.errors.push(format!("{name}: {e}"));
             (r, true)
         }
     }
@@ -424,6 +488,7 @@ fn remove_orphan(store: &Store, vm: Vm) -> (Report, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::backoff;
 
     #[test]
     fn manifests_are_read_per_file_with_stable_uids() {
@@ -486,5 +551,227 @@ mod tests {
         let m = read_manifest_dir(&d.path().join("missing"));
         assert!(!m.complete && m.holds(&managed("b", &d.path().join("b.yaml"))), "a missing directory holds all");
         assert!(m.errors[0].contains("keeping every VM"), "{:?}", m.errors);
+    }
+
+    /// Actions that do to the store what the runtime's would, record each call and fail the
+    /// calls they are told to: the reconciler's decisions, without a VM.
+    struct Scripted<'a> {
+        store: &'a Store,
+        calls: std::sync::Mutex<Vec<String>>,
+        fail: std::sync::Mutex<HashSet<String>>,
+    }
+
+    impl<'a> Scripted<'a> {
+        fn new(store: &'a Store) -> Self {
+            Scripted { store, calls: Default::default(), fail: Default::default() }
+        }
+        /// The calls since the last look, sorted (VMs are reconciled concurrently).
+        fn take(&self) -> Vec<String> {
+            let mut c = std::mem::take(&mut *self.calls.lock().unwrap());
+            c.sort();
+            c
+        }
+        fn act(&self, verb: &str, vm: &Vm) -> Result<(), String> {
+            let call = format!("{verb} {}", vm.metadata.name);
+            self.calls.lock().unwrap().push(call.clone());
+            match self.fail.lock().unwrap().contains(&call) {
+                true => Err(format!("{verb} failed (scripted)")),
+                false => Ok(()),
+            }
+        }
+        fn set_running(&self, vm: &Vm, running: bool) {
+            self.store
+                .modify::<Vm, _>(&vm.uid(), |v| match running {
+                    true => v.status.record_running(Default::default(), chrono::Utc::now()),
+                    false => {
+                        v.status.record_ended(None, Some(0), &ignite_api::Ending::Stopped, chrono::Utc::now());
+                    }
+                })
+                .unwrap();
+        }
+    }
+
+    impl Actions for Scripted<'_> {
+        fn observe(&self, vm: Vm) -> Vm {
+            vm
+        }
+        fn create(&self, vm: Vm) -> Result<Vm, String> {
+            self.act("create", &vm)?;
+            Ok(self.store.create(&self.store.lock().unwrap(), vm).unwrap())
+        }
+        fn start(&self, vm: Vm) -> Result<bool, String> {
+            self.act("start", &vm)?;
+            self.set_running(&vm, true);
+            Ok(true)
+        }
+        fn stop(&self, vm: Vm) -> Result<(), String> {
+            self.act("stop", &vm)?;
+            self.set_running(&vm, false);
+            Ok(())
+        }
+        fn remove(&self, vm: Vm) -> Result<(), String> {
+            self.act("remove", &vm)?;
+            self.store.remove::<Vm>(&self.store.lock().unwrap(), &vm.uid()).unwrap();
+            Ok(())
+        }
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        store: Store,
+        config: LoadedConfig,
+        controller: Controller,
+    }
+
+    impl Setup {
+        fn new() -> Setup {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("state")).unwrap();
+            std::fs::create_dir(dir.path().join("manifests")).unwrap();
+            Setup {
+                dir,
+                store,
+                config: LoadedConfig {
+                    spec: Default::default(),
+                    source: ignite_runtime::config::ConfigSource::Defaults,
+                },
+                controller: Controller::new(4),
+            }
+        }
+        fn write(&self, file: &str, body: &str) {
+            let p = self.dir.path().join("manifests").join(file);
+            if body.is_empty() {
+                std::fs::remove_file(p).unwrap();
+            } else {
+                std::fs::write(p, format!("apiVersion: ignite.weave.works/v1alpha4\nkind: VM\n{body}")).unwrap();
+            }
+        }
+        fn pass_at(&self, now: Instant, actions: &Scripted) -> Report {
+            let m = read_manifest_dir(&self.dir.path().join("manifests"));
+            let mut r = reconcile_at(now, &self.store, &self.config, &m, actions, &self.controller);
+            r.errors.extend(m.errors);
+            r
+        }
+        fn vm(&self, name: &str) -> Vm {
+            self.store.by_name::<Vm>(name).unwrap().unwrap()
+        }
+    }
+
+    const A: &str = "metadata: {name: a}\nspec: {image: {oci: busybox}, cpus: 1}\n";
+
+    #[test]
+    fn a_manifest_is_created_and_started_once_and_then_left_alone() {
+        let s = Setup::new();
+        let act = Scripted::new(&s.store);
+        s.write("a.yaml", A);
+        s.write("b.yaml", "metadata: {name: b}\nspec: {image: {oci: busybox}}\nstatus: {running: false}\n");
+        let r = s.pass_at(Instant::now(), &act);
+        assert_eq!(act.take(), ["create a", "create b", "start a"]);
+        assert_eq!((r.created.len(), r.started.clone(), r.errors.len()), (2, vec!["a".to_string()], 0), "{r:?}");
+        let a = s.vm("a");
+        assert!(a.status.running && is_managed(&a));
+        let r = s.pass_at(Instant::now(), &act);
+        assert!(act.take().is_empty(), "a second pass over the same manifests does nothing: {r:?}");
+        // The manifest asks for a stop.
+        s.write("a.yaml", &format!("{A}status: {{running: false}}\n"));
+        s.pass_at(Instant::now(), &act);
+        assert_eq!(act.take(), ["stop a"]);
+        assert!(!s.vm("a").status.running);
+        // A VM stopped by hand is started again by the next pass.
+        s.write("a.yaml", A);
+        s.pass_at(Instant::now(), &act);
+        assert_eq!(act.take(), ["start a"]);
+    }
+
+    #[test]
+    fn a_spec_change_restarts_the_same_vm_and_a_disk_change_stays_pending() {
+        let s = Setup::new();
+        let act = Scripted::new(&s.store);
+        s.write("a.yaml", A);
+        s.pass_at(Instant::now(), &act);
+        act.take();
+        let uid = s.vm("a").uid();
+        s.write("a.yaml", "metadata: {name: a}\nspec: {image: {oci: busybox}, cpus: 2}\n");
+        let r = s.pass_at(Instant::now(), &act);
+        assert_eq!(act.take(), ["start a", "stop a"], "stopped, updated, started: {r:?}");
+        let a = s.vm("a");
+        assert_eq!((a.uid(), a.spec.cpus, a.status.running), (uid.clone(), 2, true));
+        assert_eq!(r.restarted, ["a"]);
+        // Another image needs a new disk: reported, nothing done.
+        s.write("a.yaml", "metadata: {name: a}\nspec: {image: {oci: alpine}, cpus: 2}\n");
+        let r = s.pass_at(Instant::now(), &act);
+        assert!(act.take().is_empty());
+        assert!(r.pending[0].contains("remove and re-create"), "{r:?}");
+        assert_eq!(s.vm("a").spec.image, a.spec.image, "the VM keeps its image");
+        // An invalid change is held: the VM runs on as it was.
+        s.write("a.yaml", "metadata: {name: a}\nspec: {image: {oci: busybox}, cpus: 1000}\n");
+        let r = s.pass_at(Instant::now(), &act);
+        assert!(act.take().is_empty());
+        assert_eq!((r.held.clone(), s.vm("a").spec.cpus), (vec!["a".to_string()], 2), "{r:?}");
+    }
+
+    #[test]
+    fn a_vm_is_removed_only_when_its_manifest_is_gone_from_a_readable_directory() {
+        let s = Setup::new();
+        let act = Scripted::new(&s.store);
+        s.write("a.yaml", A);
+        s.pass_at(Instant::now(), &act);
+        act.take();
+        std::fs::write(s.dir.path().join("manifests/a.yaml"), "apiVersion: [").unwrap();
+        let r = s.pass_at(Instant::now(), &act);
+        assert!(act.take().is_empty(), "an unparsable manifest holds its VM: {r:?}");
+        assert_eq!(r.held, ["a"]);
+        let moved = s.dir.path().join("elsewhere");
+        std::fs::rename(s.dir.path().join("manifests"), &moved).unwrap();
+        s.pass_at(Instant::now(), &act);
+        assert!(act.take().is_empty(), "a missing directory holds every VM");
+        std::fs::rename(&moved, s.dir.path().join("manifests")).unwrap();
+        s.write("a.yaml", "");
+        let r = s.pass_at(Instant::now(), &act);
+        assert_eq!((act.take(), r.removed), (vec!["remove a".to_string()], vec!["a".to_string()]));
+        assert!(s.store.by_name::<Vm>("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_failing_vm_is_retried_after_its_backoff_while_the_others_go_on() {
+        let s = Setup::new();
+        let act = Scripted::new(&s.store);
+        act.fail.lock().unwrap().insert("start a".into());
+        s.write("a.yaml", A);
+        let t0 = Instant::now();
+        let r = s.pass_at(t0, &act);
+        assert_eq!(act.take(), ["create a", "start a"]);
+        assert!(r.errors[0].starts_with("a: start failed"), "{r:?}");
+        // A pass within the backoff leaves the VM alone and says so; another VM goes on.
+        s.write("b.yaml", "metadata: {name: b}\nspec: {image: {oci: busybox}}\n");
+        let r = s.pass_at(t0 + Duration::from_millis(500), &act);
+        assert_eq!(act.take(), ["create b", "start b"]);
+        assert!(r.deferred[0].starts_with("a: failed 1 time(s) in a row"), "{r:?}");
+        // After the backoff (1 s after one failure) it is tried again; the second failure
+        // doubles the wait.
+        let r = s.pass_at(t0 + backoff(1) + Duration::from_millis(100), &act);
+        assert_eq!(act.take(), ["start a"], "{r:?}");
+        let retry = s.controller.next_retry().unwrap();
+        assert!(retry >= t0 + backoff(1) + backoff(2), "the wait doubles");
+        act.fail.lock().unwrap().clear();
+        let r = s.pass_at(retry, &act);
+        assert_eq!((act.take(), r.started), (vec!["start a".to_string()], vec!["a".to_string()]));
+        assert!(s.controller.next_retry().is_none(), "success clears the backoff");
+    }
+
+    #[test]
+    fn a_vm_ignited_does_not_manage_is_never_touched() {
+        let s = Setup::new();
+        let act = Scripted::new(&s.store);
+        let mine = Vm::new(ObjectMeta { name: "a".into(), ..Default::default() }, VmSpec::default());
+        s.store.create(&s.store.lock().unwrap(), mine).unwrap();
+        s.write("a.yaml", A);
+        let r = s.pass_at(Instant::now(), &act);
+        assert!(act.take().is_empty());
+        assert!(r.errors[0].contains("not managed by ignited"), "{r:?}");
+        s.write("a.yaml", "");
+        s.pass_at(Instant::now(), &act);
+        assert!(act.take().is_empty(), "nor removed when no manifest names it");
+        assert!(s.store.by_name::<Vm>("a").unwrap().is_some());
     }
 }
