@@ -7,6 +7,7 @@
 use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
+use crate::host::{Host, System};
 use crate::vmdir::VmDir;
 
 /// What a recovery released.
@@ -35,7 +36,12 @@ pub fn release_if_idle(store: &Store, uid: &str) -> bool {
 
 /// Returns the VM with a truthful `status.running`, recording a dead supervisor as a stop.
 pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
-    if !vm.status.running || crate::status::is_live(&vm) {
+    refresh_on(&System, store, vm)
+}
+
+/// [`refresh`], asking `host` whether the supervisor lives.
+pub fn refresh_on(host: &dyn Host, store: &Store, vm: Vm) -> Result<Vm, StoreError> {
+    if !vm.status.running || crate::status::is_live_on(host, &vm) {
         return Ok(vm);
     }
     let uid = vm.uid();
@@ -45,7 +51,7 @@ pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
     crate::held::release_resources(&store.dir::<Vm>(&uid));
     let (vm, _) = store.modify::<Vm, _>(&uid, |v| {
         // Re-check under the lock: a concurrent refresh may have recorded it already.
-        !crate::status::is_live(v)
+        !crate::status::is_live_on(host, v)
             && v.status.record_ended(stale_pid, None, &Ending::SupervisorDied, chrono::Utc::now())
     })?;
     Ok(vm)

@@ -1,27 +1,29 @@
 //! `start`: everything between a stored VM and a running supervisor — the kernel and root
 //! disk it boots, the accelerator, the per-VM initramfs (hostname, hosts, resolv.conf, ssh
 //! key, copy-files: applied into the VM's own disk layer at boot), the boot configuration,
-//! and the `ignite-spawn` process, whose readiness line this waits for.
+//! and the order of it all: what is checked before anything is allocated, what is allocated
+//! in which order, what a failure releases. The host side (network, the `ignite-spawn`
+//! process) is a [`Host`]'s.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ignite_api::{Kernel, Vm};
-use ignite_store::{Store, StoreError};
+use ignite_store::Store;
 
 use ignite_vmm::{Accel, AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, Machine, Nic};
 
 use crate::boot::{BootConfig, BootJail};
 use crate::config::LoadedConfig;
-use crate::recover::refresh;
+use crate::host::{Host, System};
+use crate::lease::Lease;
+use crate::recover::refresh_on;
+use crate::start_error::prep;
+pub use crate::start_error::StartError;
 use crate::sys;
 use crate::vmdir::VmDir;
 
-/// How long a start waits for a VM's extra interfaces to appear in its network namespace.
-const EXTRA_INTERFACE_WAIT: Duration = Duration::from_secs(120);
 /// The kernel file inside a kernel object's directory.
 pub const VMLINUX: &str = "vmlinux";
 
@@ -55,55 +57,6 @@ pub struct Started {
     pub vmm_pid: u32,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("VM {name:?} is already running")]
-    AlreadyRunning { name: String },
-    #[error(
-        "kernel {kernel} is not imported: build and import it with images/kernel/build.sh, or `ignite kernel import`"
-    )]
-    KernelMissing { kernel: String },
-    #[error("VM {name:?} has no root disk ({path}): it was created without an image; remove and re-create it")]
-    DiskMissing { name: String, path: PathBuf },
-    #[error("the image base of VM {name:?} ({path}) is gone: the VM cannot start; remove it and create it again")]
-    BaseMissing { name: String, path: PathBuf },
-    #[error("volume {volume:?} of VM {name:?}: {path} does not exist")]
-    VolumeMissing { name: String, volume: String, path: PathBuf },
-    #[error("VM {name:?} asks for {want} MiB of memory but this host has {have} MiB")]
-    Memory { name: String, want: u64, have: u64 },
-    #[error("cannot set up the network of VM {name:?}: {message}")]
-    Network { name: String, message: String },
-    #[error("preflight check{} failed: {}; skip with --ignore-preflight-checks {}", if .0.len() > 1 { "s" } else { "" }, .0.iter().map(|(n, d)| format!("{n}: {d}")).collect::<Vec<_>>().join("; "), .0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","))]
-    Preflight(Vec<(String, String)>),
-    #[error("cannot jail the VMM of VM {name:?}: {message} (--jail=false runs it unconfined)")]
-    Jail { name: String, message: String },
-    #[error("cannot choose an accelerator: {0}")]
-    Accel(String),
-    #[error("VM {name:?} cannot run on its VMM: {message}")]
-    Machine { name: String, message: String },
-    #[error(transparent)]
-    Backend(#[from] ignite_vmm::VmmError),
-    #[error("cannot prepare VM {name:?}: {what}")]
-    Prepare {
-        name: String,
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("the supervisor of VM {name:?} failed: {message}")]
-    Supervisor { name: String, message: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-fn prep<E: std::error::Error + Send + Sync + 'static>(
-    name: &str,
-    what: impl Into<String>,
-) -> impl FnOnce(E) -> StartError {
-    let (name, what) = (name.to_string(), what.into());
-    move |e| StartError::Prepare { name, what, source: Box::new(e) }
-}
-
 /// The kernel file a VM boots.
 pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
     let want = vm.spec.kernel.oci.as_ref().map(|r| r.normalized()).unwrap_or_default();
@@ -117,6 +70,17 @@ pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
 
 /// Starts `vm` and returns once its supervisor runs the VMM.
 pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) -> Result<Started, StartError> {
+    start_on(&System, store, config, vm, opts)
+}
+
+/// [`start`] through `host`.
+pub fn start_on(
+    host: &dyn Host,
+    store: &Store,
+    config: &LoadedConfig,
+    vm: Vm,
+    opts: &StartOptions,
+) -> Result<Started, StartError> {
     let uid = vm.uid();
     let name = vm.metadata.name.clone();
     let dir = VmDir::of(store, &uid);
@@ -129,7 +93,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         .open(&lock_path)
         .map_err(prep(&name, format!("cannot open {}", lock_path.display())))?;
     lock.lock().map_err(prep(&name, "cannot lock the VM"))?;
-    let vm = refresh(store, store.get::<Vm>(&uid)?)?;
+    let vm = refresh_on(host, store, store.get::<Vm>(&uid)?)?;
     if vm.status.running {
         return Err(StartError::AlreadyRunning { name });
     }
@@ -140,13 +104,13 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         .ok_or_else(|| StartError::AlreadyRunning { name: name.clone() })?;
     // Nothing runs for this VM now: what a killed start or a crash left allocated is released
     // before anything is allocated anew.
-    crate::network::release(&dir);
+    host.release_network(&dir);
     let plugin = crate::network::plugin_for(&vm, config);
     let mut failed = Vec::new();
     let jailed = vm.spec.jail.unwrap_or(config.spec.jail.enabled);
     let backend_name = crate::boot::backend_name(&vm, &config.spec);
-    let backend = crate::boot::backend(&backend_name)?;
-    for (c, ignite_name) in crate::preflight::preflight(&plugin, jailed, backend.as_ref()) {
+    let backend = host.backend(&backend_name)?;
+    for (c, ignite_name) in host.preflight(&plugin, jailed, backend.as_ref()) {
         if c.level != crate::preflight::Level::Error {
             continue;
         }
@@ -172,7 +136,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
         Err(e) => return Err(prep(&name, "cannot read its root disk")(e)),
     }
     let want = vm.spec.memory().mib();
-    if let Some(have) = sys::host_memory_mib() {
+    if let Some(have) = host.memory_mib() {
         if want > have {
             return Err(StartError::Memory { name, want, have });
         }
@@ -210,7 +174,7 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     let mut vm = vm;
     let (attachment, extra_nics) = match plugin.as_str() {
         "cni" => {
-            let (att, extra) = attach_cni(store, &dir, &vm, jail_uid, &extra_ifs)?;
+            let (att, extra) = host.attach_network(store, &dir, &vm, jail_uid, &extra_ifs)?;
             (Some(att), extra)
         }
         "none" => (None, Vec::new()),
@@ -228,9 +192,9 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     let nets = (attachment.as_ref(), extra_nics);
     let jail = jail_uid.map(|u| BootJail { uid: u, gid: u });
     let target = (backend.as_ref(), backend_name.as_str(), &verdict);
-    let res = boot_and_spawn(store, &mut vm, &dir, &kernel, disk, want, target, nets, opts, &leases, jail);
+    let res = boot_and_spawn(host, store, &mut vm, &dir, &kernel, disk, want, target, nets, opts, &leases, jail);
     if res.is_err() {
-        crate::network::release(&dir);
+        host.release_network(&dir);
         let _ = store.modify::<Vm, _>(&uid, |v| {
             if !v.status.running {
                 v.status.network = None;
@@ -243,65 +207,9 @@ pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) 
     Ok(Started { vm, accel: verdict, vmm_pid })
 }
 
-/// The VM's CNI network, recorded before anything is allocated (a kill at any later step
-/// leaves a record that the next start, stop, rm or recovery releases), and its extra
-/// interfaces. On failure, what was allocated is released again.
-fn attach_cni(
-    store: &Store,
-    dir: &VmDir,
-    vm: &Vm,
-    jail_uid: Option<u32>,
-    extra_ifs: &[String],
-) -> Result<(ignite_net::Attachment, Vec<Nic>), StartError> {
-    let (uid, name) = (vm.uid(), vm.metadata.name.clone());
-    let mut extra_nics = Vec::new();
-    let mut opts =
-        crate::network::options_for(vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
-    opts.tap_owner = jail_uid;
-    crate::network::check_ports(store, vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
-    let t = std::time::Instant::now();
-    // Recorded before anything is allocated: a kill at any later step leaves a record
-    // that the next start, stop, rm or recovery releases.
-    let plan = ignite_net::plan(&uid, &opts)
-        .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
-    crate::network::save(dir, &plan)?;
-    ignite_proc::fault::point("start.network-planned");
-    let att = match ignite_net::attach_planned(plan, &opts) {
-        Ok(a) => a,
-        Err(e) => {
-            crate::network::release(dir);
-            return Err(StartError::Network { name: name.clone(), message: e.to_string() });
-        }
-    };
-    tracing::debug!(
-        "network of VM {name}: {} in {} after {:.1} ms",
-        att.ip,
-        att.netns,
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    if let Err(e) = crate::network::save(dir, &att) {
-        crate::network::release(dir);
-        return Err(e.into());
-    }
-    ignite_proc::fault::point("start.network-attached");
-    // Weave Ignite's extra interfaces: created in the VM's namespace by someone else
-    // once it exists; each becomes the guest's eth1, eth2, ... (sorted by name).
-    for (i, ifname) in extra_ifs.iter().enumerate() {
-        let connected = ignite_net::wait_for_interface(&att.netns, ifname, EXTRA_INTERFACE_WAIT)
-            .and_then(|_| ignite_net::redirect_extra(&att.netns, ifname, &format!("tap{}", i + 1), jail_uid));
-        match connected {
-            Ok(mac) => extra_nics.push(Nic { tap: format!("tap{}", i + 1), mac }),
-            Err(e) => {
-                crate::network::release(dir);
-                return Err(StartError::Network { name: name.clone(), message: e.to_string() });
-            }
-        }
-    }
-    Ok((att, extra_nics))
-}
-
 #[allow(clippy::too_many_arguments)]
 fn boot_and_spawn(
+    host: &dyn Host,
     store: &Store,
     vm: &mut Vm,
     dir: &VmDir,
@@ -311,7 +219,7 @@ fn boot_and_spawn(
     (backend, backend_name, verdict): (&dyn Backend, &str, &AccelVerdict),
     (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<Nic>),
     opts: &StartOptions,
-    leases: &[crate::lease::Lease],
+    leases: &[Lease],
     jail: Option<BootJail>,
 ) -> Result<u32, StartError> {
     let uid = vm.uid();
@@ -398,61 +306,7 @@ fn boot_and_spawn(
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;
     ignite_proc::fault::point("start.before-spawn");
-    spawn_supervisor(store.root(), dir, &uid, &name, leases)
-}
-
-fn spawn_supervisor(
-    root: &Path,
-    dir: &VmDir,
-    uid: &str,
-    name: &str,
-    leases: &[crate::lease::Lease],
-) -> Result<u32, StartError> {
-    let log_path = dir.spawn_log();
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(prep(name, format!("cannot open {}", log_path.display())))?;
-    let mut cmd = Command::new(spawn_binary());
-    cmd.arg("--root").arg(root);
-    let fds: Vec<i32> = leases.iter().map(crate::lease::Lease::fd).collect();
-    for fd in &fds {
-        cmd.arg("--hold-fd").arg(fd.to_string());
-    }
-    sys::inherit_fds(&mut cmd, fds);
-    let mut child = cmd
-        .arg(uid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(prep(name, "cannot run ignite-spawn (install it beside ignite, or set IGNITE_SPAWN)"))?;
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| StartError::Supervisor { name: name.to_string(), message: "no readiness pipe".into() })?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-    let line = line.trim();
-    if let Some(pid) = line.strip_prefix("ready ") {
-        return pid.parse().map_err(|_| StartError::Supervisor {
-            name: name.into(),
-            message: format!("bad readiness line {line:?}"),
-        });
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let message = match line.strip_prefix("error: ") {
-        Some(m) => m.to_string(),
-        None => format!("it exited without reporting (see {})", log_path.display()),
-    };
-    Err(StartError::Supervisor { name: name.into(), message })
+    host.spawn_supervisor(store.root(), dir, &uid, &name, leases)
 }
 
 /// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).
@@ -483,19 +337,4 @@ fn lease_for(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::
         hostname: hostname.to_string(),
     };
     Some((lease, server))
-}
-
-/// Path of the supervisor binary: `$IGNITE_SPAWN`, else `ignite-spawn` beside the running
-/// executable, else from PATH.
-pub fn spawn_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("IGNITE_SPAWN") {
-        return p.into();
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        let beside = exe.with_file_name("ignite-spawn");
-        if beside.is_file() {
-            return beside;
-        }
-    }
-    "ignite-spawn".into()
 }

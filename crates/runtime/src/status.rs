@@ -6,7 +6,7 @@
 use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::sys::is_supervisor_alive;
+use crate::host::{Host, System};
 
 /// The supervisor pid of a VM the store says is running.
 pub fn supervisor_pid(vm: &Vm) -> Option<u32> {
@@ -15,14 +15,24 @@ pub fn supervisor_pid(vm: &Vm) -> Option<u32> {
 
 /// Whether the VM's supervisor is alive.
 pub fn is_live(vm: &Vm) -> bool {
-    vm.status.running && supervisor_pid(vm).map(|p| is_supervisor_alive(p, &vm.uid())).unwrap_or(false)
+    is_live_on(&System, vm)
+}
+
+/// [`is_live`], asking `host`.
+pub fn is_live_on(host: &dyn Host, vm: &Vm) -> bool {
+    vm.status.running && supervisor_pid(vm).is_some_and(|p| host.supervisor_alive(p, &vm.uid()))
 }
 
 /// Whether the VM's record says it is not running while its supervisor lives (a record edited
 /// or restored by hand, or written by another tool): `ps` shows it as `*Up`, as Weave Ignite
 /// did for a manifest older than the VM's real state.
 pub fn outdated(vm: &Vm) -> bool {
-    !vm.status.running && supervisor_pid(vm).is_some_and(|p| is_supervisor_alive(p, &vm.uid()))
+    outdated_on(&System, vm)
+}
+
+/// [`outdated`], asking `host`.
+pub fn outdated_on(host: &dyn Host, vm: &Vm) -> bool {
+    !vm.status.running && supervisor_pid(vm).is_some_and(|p| host.supervisor_alive(p, &vm.uid()))
 }
 
 /// The VM as it is: one whose supervisor died shows stopped, with that as how it ended (in

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use ignite_api::{Ending, Vm};
 use ignite_store::{Store, StoreError};
 
-use crate::recover::refresh;
+use crate::host::{Host, Sig, System};
+use crate::recover::refresh_on;
 use crate::status::supervisor_pid;
-use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
@@ -27,37 +27,50 @@ pub enum StopError {
 
 /// Stops `vm`: graceful for `grace`, then forced. Returns the VM as it ended.
 pub fn stop(store: &Store, vm: Vm, grace: Duration) -> Result<Vm, StopError> {
-    let vm = refresh(store, vm)?;
-    let pid = running_pid(&vm)?;
-    signal(&vm, pid, sys::terminate)?;
+    stop_on(&System, store, vm, grace)
+}
+
+/// [`stop`] through `host`.
+pub fn stop_on(host: &dyn Host, store: &Store, vm: Vm, grace: Duration) -> Result<Vm, StopError> {
+    let vm = refresh_on(host, store, vm)?;
+    let pid = running_pid(host, &vm)?;
+    signal(host, &vm, pid, Sig::Terminate)?;
     ignite_proc::fault::point("stop.signalled");
-    if let Some(v) = wait_down(store, &vm, pid, grace)? {
+    if let Some(v) = wait_down(host, store, &vm, pid, grace)? {
         return Ok(v);
     }
     tracing::info!("VM {:?} did not shut down within {}s: stopping it", vm.metadata.name, grace.as_secs());
-    kill_pid(store, vm, pid)
+    kill_pid(host, store, vm, pid)
 }
 
 /// Kills `vm` at once.
 pub fn kill(store: &Store, vm: Vm) -> Result<Vm, StopError> {
-    let vm = refresh(store, vm)?;
-    let pid = running_pid(&vm)?;
-    kill_pid(store, vm, pid)
+    kill_on(&System, store, vm)
 }
 
-fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
-    signal(&vm, pid, sys::interrupt)?;
-    if let Some(v) = wait_down(store, &vm, pid, Duration::from_secs(8))? {
+/// [`kill`] through `host`.
+pub fn kill_on(host: &dyn Host, store: &Store, vm: Vm) -> Result<Vm, StopError> {
+    let vm = refresh_on(host, store, vm)?;
+    let pid = running_pid(host, &vm)?;
+    kill_pid(host, store, vm, pid)
+}
+
+/// How long a supervisor told to stop its VMM now may take before it is killed.
+pub const INTERRUPT_WAIT: Duration = Duration::from_secs(8);
+
+fn kill_pid(host: &dyn Host, store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
+    signal(host, &vm, pid, Sig::Interrupt)?;
+    if let Some(v) = wait_down(host, store, &vm, pid, INTERRUPT_WAIT)? {
         return Ok(v);
     }
     // The supervisor is wedged: kill it; its VMM dies with it (parent-death signal).
-    let _ = sys::kill(pid);
+    let uid = vm.uid();
+    let _ = host.signal(pid, Sig::Kill);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sys::pid_exists(pid) && Instant::now() < deadline {
+    while host.supervisor_alive(pid, &uid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let uid = vm.uid();
-    if !sys::pid_exists(pid) {
+    if !host.supervisor_alive(pid, &uid) {
         crate::held::release_resources(&store.dir::<Vm>(&uid));
     }
     let (v, _) =
@@ -65,28 +78,28 @@ fn kill_pid(store: &Store, vm: Vm, pid: u32) -> Result<Vm, StopError> {
     Ok(v)
 }
 
-fn running_pid(vm: &Vm) -> Result<u32, StopError> {
+fn running_pid(host: &dyn Host, vm: &Vm) -> Result<u32, StopError> {
     match supervisor_pid(vm) {
         // A record that says "stopped" while its supervisor lives is stopped all the same.
-        Some(p) if vm.status.running || crate::status::outdated(vm) => Ok(p),
+        Some(p) if vm.status.running || crate::status::outdated_on(host, vm) => Ok(p),
         _ => Err(StopError::NotRunning { name: vm.metadata.name.clone() }),
     }
 }
 
-fn signal(vm: &Vm, pid: u32, f: fn(u32) -> std::io::Result<()>) -> Result<(), StopError> {
-    f(pid).map_err(|source| StopError::Signal { name: vm.metadata.name.clone(), pid, source })
+fn signal(host: &dyn Host, vm: &Vm, pid: u32, sig: Sig) -> Result<(), StopError> {
+    host.signal(pid, sig).map_err(|source| StopError::Signal { name: vm.metadata.name.clone(), pid, source })
 }
 
 /// Waits until the supervisor (`pid`) is gone, with its end recorded; `None` on timeout.
-fn wait_down(store: &Store, vm: &Vm, pid: u32, timeout: Duration) -> Result<Option<Vm>, StopError> {
+fn wait_down(host: &dyn Host, store: &Store, vm: &Vm, pid: u32, timeout: Duration) -> Result<Option<Vm>, StopError> {
     let deadline = Instant::now() + timeout;
     let uid = vm.uid();
     loop {
         let cur = store.get::<Vm>(&uid)?;
-        if !sys::is_supervisor_alive(pid, &uid) {
+        if !host.supervisor_alive(pid, &uid) {
             if cur.status.running {
                 // Died without recording its end: recovery records it (and releases).
-                return Ok(Some(refresh(store, cur)?));
+                return Ok(Some(refresh_on(host, store, cur)?));
             }
             // Its record said "stopped" before it ended (an outdated record): it released
             // nothing then; nobody else acts on the VM now.

@@ -1,95 +1,15 @@
-//! The supervisor's decisions, without a VM: `supervise` driven through a test backend whose
-//! "VMM" is a shell script playing a guest's console (the seam a real backend plugs into).
+//! The supervisor's decisions, without a VM: `supervise` driven through the test backend
+//! (`ignite_vmm::testing`) whose "VMM" is a shell script playing a guest's console.
 //! How the VM ended, what the store records, what the supervisor asked the VMM to do.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ignite_api::{ObjectMeta, Vm, VmSpec};
 use ignite_runtime::boot::BootConfig;
 use ignite_runtime::vmdir::VmDir;
 use ignite_store::Store;
-use ignite_vmm::{
-    Accel, AccelChoice, AccelVerdict, AgentChannel, Backend, Capabilities, Control, DiskFormat, Drive, HostInfo,
-    Instance, JailProfile, Launcher, Machine, RootDisk, VmmCommand, VmmError,
-};
-
-/// A backend whose VMM is `sh -c SCRIPT`; its control records what it was asked and signals
-/// the script.
-#[derive(Debug)]
-struct Scripted {
-    script: &'static str,
-    asked: Arc<Mutex<Vec<&'static str>>>,
-}
-
-#[derive(Debug)]
-struct ScriptControl {
-    pid: u32,
-    asked: Arc<Mutex<Vec<&'static str>>>,
-}
-
-impl ScriptControl {
-    fn signal(&self, what: &'static str, sig: rustix::process::Signal) -> Result<(), VmmError> {
-        self.asked.lock().unwrap().push(what);
-        let pid = rustix::process::Pid::from_raw(self.pid as i32).unwrap();
-        rustix::process::kill_process(pid, sig).map_err(|e| VmmError::Launch(e.to_string()))
-    }
-}
-
-impl Control for ScriptControl {
-    fn request_shutdown(&self) -> Result<(), VmmError> {
-        self.signal("shutdown", rustix::process::Signal::TERM)
-    }
-    fn force_stop(&self) -> Result<(), VmmError> {
-        self.signal("force_stop", rustix::process::Signal::KILL)
-    }
-}
-
-impl Backend for Scripted {
-    fn name(&self) -> &'static str {
-        "scripted"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            root_disks: &[RootDisk::Qcow2Overlay],
-            drive_formats: &[DiskFormat::Raw],
-            agent: AgentChannel::VirtioSerial,
-            accels: &[Accel::Tcg],
-            max_devices: 4,
-            max_vcpus: 4,
-        }
-    }
-    fn check_host(&self) -> Result<HostInfo, VmmError> {
-        Ok(HostInfo { binary: "/bin/sh".into(), version: None, seccomp: Err("none".into()) })
-    }
-    fn choose_accel(
-        &self,
-        _: &std::path::Path,
-        _: AccelChoice,
-        _: &std::path::Path,
-        _: &dyn Fn(&std::path::Path) -> Result<(), String>,
-    ) -> Result<AccelVerdict, String> {
-        Ok(AccelVerdict { accel: Accel::Tcg, reason: "test".into() })
-    }
-    fn jail_profile(&self, _: &Machine) -> JailProfile {
-        JailProfile { overhead_mib: 0, seccomp: String::new() }
-    }
-    fn runtime_files(&self, _: &std::path::Path) -> Vec<PathBuf> {
-        Vec::new()
-    }
-    fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
-        m.validate(&self.capabilities())?;
-        let child = launcher.spawn(VmmCommand {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), self.script.into()],
-            files: vec![],
-            disks: vec![],
-            kvm: false,
-        })?;
-        let control = Arc::new(ScriptControl { pid: child.id(), asked: self.asked.clone() });
-        Ok(Instance { child, control, runtime_files: vec![], agent: None })
-    }
-}
+use ignite_vmm::testing::Scripted;
+use ignite_vmm::{Accel, DiskFormat, Drive, Machine};
 
 /// Runs a VM on `script` to its end; returns the recorded VM, what the control was asked, and
 /// the console log.

@@ -20,6 +20,8 @@
 pub mod accel;
 pub mod machine;
 pub mod qemu;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
