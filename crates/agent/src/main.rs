@@ -10,12 +10,12 @@
 //! worker sends `Hello`, then serves requests: each `Open` runs a command (pipes, or a
 //! pseudo-terminal in its own session), unpacks a tar stream (`Put`) or sends one (`Get`),
 //! with per-channel flow control, signals and window sizes, and ends with one `Exit` frame.
-#![allow(unsafe_code)] // one pre_exec hook (TTY sessions), with its SAFETY argument
+#![allow(unsafe_code)] // a pre_exec hook (TTY sessions) and the vsock socket calls, each with its SAFETY argument
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -156,14 +156,92 @@ impl Agent {
     }
 }
 
+/// Serves the host over `port`: a virtio-serial device (its host end may connect and go), or
+/// `vsock:<port>`, a vsock port the host connects to (one connection at a time; when one ends,
+/// the next is accepted).
 fn serve(port: &str) -> i32 {
-    let dev = match std::fs::OpenOptions::new().read(true).write(true).open(port) {
-        Ok(f) => f,
+    if let Some(p) = port.strip_prefix("vsock:") {
+        let Ok(p) = p.parse::<u32>() else {
+            eprintln!("ignite-agent: bad vsock port {p:?}");
+            return 2;
+        };
+        let listener = match vsock_listen(p) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("ignite-agent: cannot listen on vsock port {p}: {e}");
+                return 1;
+            }
+        };
+        loop {
+            match vsock_accept(&listener) {
+                Ok(conn) => {
+                    serve_stream(File::from(conn), true);
+                }
+                Err(e) => {
+                    eprintln!("ignite-agent: vsock accept: {e}");
+                    return 1;
+                }
+            }
+        }
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open(port) {
+        Ok(dev) => serve_stream(dev, false),
         Err(e) => {
             eprintln!("ignite-agent: cannot open {port}: {e}");
-            return 1;
+            1
         }
-    };
+    }
+}
+
+/// A listening vsock stream socket on `port`, any CID.
+fn vsock_listen(port: u32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the result is checked before use and owned
+    // by the OwnedFd from then on.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; all-zero is a valid value, the fields are set below.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes, alive for the call; fd is valid.
+    if unsafe { libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on a valid, bound socket.
+    if unsafe { libc::listen(sock.as_raw_fd(), 4) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+fn vsock_accept(listener: &OwnedFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    loop {
+        // SAFETY: accept4(2) on a valid listening socket, without asking for the peer address.
+        let fd = unsafe {
+            libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor accept4 just returned, owned by nothing else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Speaks the protocol over one stream. `ends_at_eof`: a connection (vsock) ends at end of
+/// file; a virtio-serial device reads end of file while no host end is connected.
+fn serve_stream(dev: File, ends_at_eof: bool) -> i32 {
     let reader = match dev.try_clone() {
         Ok(r) => r,
         Err(e) => {
@@ -177,6 +255,7 @@ fn serve(port: &str) -> i32 {
     loop {
         let f = match frames.read_frame() {
             Ok(f) => f,
+            Err(ReadError::Eof) if ends_at_eof => return 0,
             // No host end connected: reads see end of file until one is.
             Err(ReadError::Eof) => {
                 std::thread::sleep(Duration::from_millis(50));

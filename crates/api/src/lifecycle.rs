@@ -45,6 +45,8 @@ pub enum Ending {
     InitFailed(String),
     /// The VMM exited by itself with this code.
     VmmExited(i32),
+    /// The VMM stopped the VM with an error, in its own words (its log).
+    VmmFailed(String),
     /// The VMM was killed by this signal.
     VmmSignal(i32),
     /// The supervisor is gone without recording an end (the VM died with it).
@@ -58,7 +60,7 @@ impl Ending {
     pub fn rank(&self) -> u8 {
         match self {
             Ending::VmmExited(_) | Ending::VmmSignal(_) | Ending::SupervisorDied => 0,
-            Ending::PoweredOff | Ending::Rebooted => 1,
+            Ending::PoweredOff | Ending::Rebooted | Ending::VmmFailed(_) => 1,
             Ending::Panic(_) | Ending::InitFailed(_) => 2,
             Ending::Stopped | Ending::Killed => 3,
         }
@@ -85,6 +87,7 @@ impl std::fmt::Display for Ending {
             Ending::VmmExited(0) => f.write_str("VMM exited"),
             Ending::VmmExited(c) => write!(f, "VMM exited with code {c} (see vmm.log)"),
             Ending::VmmSignal(s) => write!(f, "VMM killed by signal {s}"),
+            Ending::VmmFailed(d) => write!(f, "the VMM stopped the VM: {d}"),
             Ending::SupervisorDied => f.write_str("supervisor died (the VM was killed with it)"),
         }
     }

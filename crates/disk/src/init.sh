@@ -6,7 +6,9 @@
 # base, sets the hostname and switch_roots to the image's init, which stays PID 1. Anything
 # that stops the boot prints one "ignite-init: error: ..." line and powers the VM off.
 #
-# Parameters: /ignite/env (IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT), /ignite/mounts
+# Parameters: /ignite/env (IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT; IGNITE_UPPER, the VM's
+# writable layer when its root is the image's read-only base under overlayfs;
+# IGNITE_AGENT_VSOCK, the agent's vsock port when it is reached over vsock), /ignite/mounts
 # ("<device> <mount path>" lines for extra disks) and, optionally, /ignite/agent (the static
 # guest agent, installed as /.ignite/ignite-agent and started before the hand-over).
 
@@ -29,20 +31,34 @@ mount -t sysfs sysfs /sys || fail "cannot mount /sys"
 devtmpfs=1
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || devtmpfs=0
 
-# The disk may show up a little after init starts: wait up to 5 s.
-i=0
-while [ ! -b "$IGNITE_ROOT" ]; do
-	if [ $i -ge 100 ]; then
-		fail "root device $IGNITE_ROOT did not appear within 5 s: check that the VM's disk is attached (virtio-blk) and the kernel has CONFIG_VIRTIO_BLK"
-	fi
-	sleep 0.05
-	i=$((i + 1))
-	[ $devtmpfs = 1 ] || mdev -s
+# The disks may show up a little after init starts: wait up to 5 s.
+for disk in "$IGNITE_ROOT" $IGNITE_UPPER; do
+	i=0
+	while [ ! -b "$disk" ]; do
+		if [ $i -ge 100 ]; then
+			fail "root device $disk did not appear within 5 s: check that the VM's disk is attached (virtio-blk) and the kernel has CONFIG_VIRTIO_BLK"
+		fi
+		sleep 0.05
+		i=$((i + 1))
+		[ $devtmpfs = 1 ] || mdev -s
+	done
 done
-# noinit_itable: the inode tables of ignite's images read as zeros already; zeroing them
+# noinit_itable: the inode tables of ignite's disks read as zeros already; zeroing them
 # again would only fill the VM's layer.
-mount -t ext4 -o rw,noinit_itable "$IGNITE_ROOT" /newroot ||
-	fail "cannot mount $IGNITE_ROOT (ext4) as the VM's root filesystem"
+if [ -n "$IGNITE_UPPER" ]; then
+	# The image's base, shared and read-only, under the VM's own layer.
+	mkdir -p /lower /upper
+	mount -t ext4 -o ro,noload "$IGNITE_ROOT" /lower ||
+		fail "cannot mount the image's base $IGNITE_ROOT (ext4, read-only)"
+	mount -t ext4 -o rw,noinit_itable "$IGNITE_UPPER" /upper ||
+		fail "cannot mount the VM's writable layer $IGNITE_UPPER (ext4)"
+	mkdir -p /upper/root /upper/work || fail "cannot prepare the VM's writable layer"
+	mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/root,workdir=/upper/work /newroot ||
+		fail "cannot stack the VM's writable layer on the image (overlayfs: CONFIG_OVERLAY_FS)"
+else
+	mount -t ext4 -o rw,noinit_itable "$IGNITE_ROOT" /newroot ||
+		fail "cannot mount $IGNITE_ROOT (ext4) as the VM's root filesystem"
+fi
 
 # Prints the path that $1 ends at inside /newroot, following symlinks in its last component
 # the way the guest will see them (absolute targets relative to /newroot).
@@ -120,6 +136,9 @@ fi
 # The guest agent (ignite exec/cp without sshd): installed into the VM's own layer, started
 # below, chrooted into the VM's root, so that it outlives the hand-over to the image's init.
 agent_port=
+if [ -f /ignite/agent ] && [ -n "$IGNITE_AGENT_VSOCK" ]; then
+	agent_port=vsock:$IGNITE_AGENT_VSOCK
+fi
 if [ -f /ignite/agent ]; then
 	j=0
 	while [ -z "$agent_port" ] && [ $j -lt 40 ]; do

@@ -15,7 +15,8 @@
 //! dev/null               char 1:3 (the shim's redirections before devtmpfs is mounted)
 //! bin/busybox            the host's static busybox (0755)
 //! init                   the shim (0755)
-//! ignite/env             IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT (shell-quoted)
+//! ignite/env             IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_UPPER, IGNITE_INIT,
+//!                        IGNITE_AGENT_VSOCK (shell-quoted)
 //! ignite/mounts          "<device> <guest path>" per extra disk
 //! ignite/agent           the static guest agent, when the VM has one (0755)
 //! ignite/files/etc/hostname, etc/hosts
@@ -54,9 +55,21 @@ pub struct VmBoot {
     pub root_device: String,
     /// Extra block devices to mount before the hand-over: (device, guest mount path).
     pub mounts: Vec<(String, String)>,
+    /// The VM's writable layer, when its root is the read-only `root_device` under overlayfs
+    /// (the `raw-layered` root disk).
+    pub root_upper: Option<String>,
     /// The static guest agent to install at `/.ignite/ignite-agent` and start before the
-    /// hand-over (on the virtio-serial port `org.ignite.agent.0`).
-    pub agent: Option<PathBuf>,
+    /// hand-over.
+    pub agent: Option<GuestAgent>,
+}
+
+/// The guest agent and its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestAgent {
+    /// The static binary on the host.
+    pub binary: PathBuf,
+    /// The vsock port it listens on; `None`: the virtio-serial port `org.ignite.agent.0`.
+    pub vsock_port: Option<u32>,
 }
 
 impl Default for VmBoot {
@@ -70,6 +83,7 @@ impl Default for VmBoot {
             copy_files: Vec::new(),
             init: "/sbin/init".into(),
             root_device: "/dev/vda".into(),
+            root_upper: None,
             mounts: Vec::new(),
             agent: None,
         }
@@ -164,6 +178,9 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
     }
     plain_abs("init", &spec.init)?;
     plain_abs("root device", &spec.root_device)?;
+    if let Some(u) = &spec.root_upper {
+        plain_abs("writable layer device", u)?;
+    }
     check_static(&spec.busybox)?;
 
     let mut i = Initramfs::new();
@@ -175,10 +192,12 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
     i.add_file_from("bin/busybox", &spec.busybox, 0o755)?;
     i.add_file("init", guest_init_script().as_bytes(), 0o755)?;
     let env = format!(
-        "IGNITE_HOSTNAME={}\nIGNITE_ROOT={}\nIGNITE_INIT={}\n",
+        "IGNITE_HOSTNAME={}\nIGNITE_ROOT={}\nIGNITE_UPPER={}\nIGNITE_INIT={}\nIGNITE_AGENT_VSOCK={}\n",
         sh_quote(h),
         sh_quote(&spec.root_device),
-        sh_quote(&spec.init)
+        sh_quote(spec.root_upper.as_deref().unwrap_or_default()),
+        sh_quote(&spec.init),
+        spec.agent.as_ref().and_then(|a| a.vsock_port).map(|p| p.to_string()).unwrap_or_default(),
     );
     i.add_file("ignite/env", env.as_bytes(), 0o644)?;
     let mut mounts = String::new();
@@ -189,7 +208,7 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
     }
     i.add_file("ignite/mounts", mounts.as_bytes(), 0o644)?;
     if let Some(a) = &spec.agent {
-        i.add_file_from("ignite/agent", a, 0o755)?;
+        i.add_file_from("ignite/agent", &a.binary, 0o755)?;
     }
 
     i.add_dir("ignite/files", 0o755)?;

@@ -144,7 +144,7 @@ fn vm_initramfs_holds_busybox_shim_and_files() {
     assert_eq!(std::fs::metadata(f("init")).unwrap().mode() & 0o7777, 0o755);
     assert_eq!(
         std::fs::read_to_string(f("ignite/env")).unwrap(),
-        "IGNITE_HOSTNAME='vm1'\nIGNITE_ROOT='/dev/vda'\nIGNITE_INIT='/sbin/init'\n"
+        "IGNITE_HOSTNAME='vm1'\nIGNITE_ROOT='/dev/vda'\nIGNITE_UPPER=''\nIGNITE_INIT='/sbin/init'\nIGNITE_AGENT_VSOCK=\n"
     );
     assert_eq!(std::fs::read_to_string(f("ignite/mounts")).unwrap(), "/dev/vdb /mnt/data\n");
     assert_eq!(std::fs::read_to_string(f("ignite/files/etc/hostname")).unwrap(), "vm1\n");

@@ -12,12 +12,8 @@ use ignite_api::validate::validate_vm;
 use ignite_api::{Image, ImageRef, Kernel, ObjectMeta, ValidationErrors, Vm, VmSpec};
 use ignite_store::{Store, StoreError};
 
-use ignite_vmm::RootDisk;
-
 use crate::config::LoadedConfig;
-use crate::import::{
-    import_image, import_kernel, ImportError, ImportMode, ImportOptions, BASE_DISK, HAS_INIT_ANNOTATION,
-};
+use crate::import::{import_image, import_kernel, ImportError, ImportMode, ImportOptions, HAS_INIT_ANNOTATION};
 
 /// When to fetch an image or kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,8 +114,18 @@ fn check_devices(vm: &Vm, config: &LoadedConfig) -> Result<(), ValidationErrors>
         // An unknown backend is named by validation; one not in this build, at start.
         return Ok(());
     };
-    let max = backend.capabilities().max_devices;
-    let devices = 1 + vm.spec.storage.volumes.len() + 1 + usize::from(vm.spec.agent != Some(false));
+    let caps = backend.capabilities();
+    let layout = crate::rootdisk::layout_for(vm, &caps).map_err(|message| {
+        ValidationErrors(vec![ignite_api::validate::ValidationError {
+            field: format!("metadata.annotations[{}]", crate::rootdisk::LAYOUT_ANNOTATION),
+            message,
+        }])
+    })?;
+    let max = caps.max_devices;
+    let devices = crate::rootdisk::drive_count(layout)
+        + vm.spec.storage.volumes.len()
+        + 1
+        + usize::from(vm.spec.agent != Some(false));
     if devices <= max {
         return Ok(());
     }
@@ -223,15 +229,22 @@ pub fn create_vm(
     vm.status.image = image.status.oci_source.clone();
     vm.status.kernel = kernel.status.oci_source.clone();
 
-    // The root disk's layout is the backend's to choose: the first it prefers.
+    // The root disk's layout is the backend's to choose: the first it prefers, unless the VM
+    // asks for another the backend boots (validated with the spec).
     let backend = crate::boot::backend(&crate::boot::backend_name(&vm, &config.spec))?;
-    let layout = backend.capabilities().root_disks[0];
+    let layout = crate::rootdisk::layout_for(&vm, &backend.capabilities()).map_err(|m| CreateError::Invalid {
+        name: vm.metadata.name.clone(),
+        source: ValidationErrors(vec![ignite_api::validate::ValidationError {
+            field: format!("metadata.annotations[{}]", crate::rootdisk::LAYOUT_ANNOTATION),
+            message: m,
+        }]),
+    })?;
 
-    // The shared base of this size class (built once per image and size).
+    // The shared base the VM's root stands on (built once per image, and size class).
     let image_dir = crate::gc::base_dir(store, &image);
     let size = vm.spec.disk_size().bytes();
     let name_for_err = if vm.metadata.name.is_empty() { "(unnamed)".to_string() } else { vm.metadata.name.clone() };
-    let base: PathBuf = ignite_disk::size_class_base(&image_dir, &image_dir.join(BASE_DISK), size)
+    let base: PathBuf = crate::rootdisk::base_for(layout, &image_dir, size)
         .map_err(|source| CreateError::Disk { name: name_for_err.clone(), source })?;
 
     ignite_proc::fault::point("create.base-ready");
@@ -243,12 +256,8 @@ pub fn create_vm(
     }
     let disk_err: std::cell::RefCell<Option<ignite_disk::DiskError>> = Default::default();
     let created = store.create_with(&lock, vm, |dir, _| {
-        let made = match layout {
-            // A qcow2 overlay over the shared base: O(1), copy-on-write.
-            RootDisk::Qcow2Overlay => {
-                ignite_disk::create_overlay(&base, &crate::vmdir::VmDir::new(dir).root_disk(), size)
-            }
-        };
+        // O(1): nothing of the image is copied (see `rootdisk`).
+        let made = crate::rootdisk::create(layout, &base, &crate::vmdir::VmDir::new(dir), size);
         made.map_err(|e| {
             let msg = e.to_string();
             *disk_err.borrow_mut() = Some(e);

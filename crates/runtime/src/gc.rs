@@ -6,8 +6,8 @@
 //! and collecting what nothing needs any more: bases and size classes no image and no VM
 //! uses, blobs no image or kernel records, and temporary files of processes that died.
 //!
-//! References are read from the ground truth: a VM needs the file its `disk.qcow2` names as
-//! its backing file (read from the qcow2 header). Imports and creates hold the collector's
+//! References are read from the ground truth: a VM needs the base its root disk stands on
+//! (`rootdisk::base_of`: the backing file its `disk.qcow2` names, or its layered root's record). Imports and creates hold the collector's
 //! lock shared (`tmp/locks/gc.lock`) from their first fetched blob or chosen base until their
 //! object exists; a collection holds it exclusively, so it never takes what an operation in
 //! flight is about to reference.
@@ -22,8 +22,7 @@ use sha2::Digest;
 
 /// Directory of the shared bases under the state root.
 pub const BASES_DIR: &str = "base";
-/// The full-size base of an image inside its base directory.
-pub const BASE_DISK: &str = "base.ext4";
+pub use crate::rootdisk::BASE_DISK;
 /// What an image's base directory records of the image it was built from.
 pub const BASE_INFO: &str = "info.json";
 /// The blobs an image or kernel object was made from, beside its metadata.
@@ -166,17 +165,15 @@ fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, St
     // Objects whose removal was killed half-way: their files go first (a VM's disk holds
     // its base).
     let mut c = Collected { objects: store.finish_removals(), ..Default::default() };
-    // What VMs use: the backing file of each VM's disk.
+    // What VMs use: the base each VM's root disk stands on.
     let mut used: HashSet<PathBuf> = HashSet::new();
     let vm_root = store.root().join(Vm::DIR);
     for e in std::fs::read_dir(&vm_root).map_err(io_err("cannot read", &vm_root))?.flatten() {
-        let disk = crate::vmdir::VmDir::new(e.path()).root_disk();
-        match ignite_disk::backing_file(&disk) {
+        match crate::rootdisk::base_of(&crate::vmdir::VmDir::new(e.path())) {
             Ok(Some(b)) => {
                 used.insert(b);
             }
             Ok(None) => {}
-            Err(_) if !disk.exists() => {}
             Err(e) => {
                 // A disk we cannot read: keep every base rather than guess.
                 tracing::warn!("garbage collection skips bases: {e}");

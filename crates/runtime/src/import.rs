@@ -240,7 +240,7 @@ fn import_image_locked(store: &Store, source: &ImageRef, opts: &ImportOptions) -
                 .list::<Vm>()?
                 .into_iter()
                 .filter(|v| {
-                    ignite_disk::backing_file(&crate::vmdir::VmDir::of(store, &v.uid()).root_disk())
+                    crate::rootdisk::base_of(&crate::vmdir::VmDir::of(store, &v.uid()))
                         .ok()
                         .flatten()
                         .is_some_and(|b| b.starts_with(store.dir::<Image>(&old.uid())))

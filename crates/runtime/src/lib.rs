@@ -21,6 +21,7 @@ pub mod preflight;
 pub mod provision;
 pub mod recover;
 pub mod remove;
+pub mod rootdisk;
 pub mod run;
 pub mod ssh;
 pub mod start;

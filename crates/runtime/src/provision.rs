@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ignite_api::{Ssh, Vm};
-use ignite_disk::{build_vm_initramfs, DiskError, VmBoot};
+use ignite_disk::{build_vm_initramfs, DiskError, GuestAgent, VmBoot};
 use ignite_store::Store;
 
 use ignite_vmm::accel::PROBE_MARKER;
@@ -43,7 +43,15 @@ pub fn host_resolv_conf() -> Option<String> {
 }
 
 /// Builds `vm`'s initramfs at `out`, with `agent` (the static guest agent) when given.
-pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path, agent: Option<PathBuf>) -> Result<(), DiskError> {
+/// The per-boot initramfs of `vm`, whose root disk is in `layout`, with the guest agent (and
+/// the channel it is reached by) when it runs one.
+pub fn vm_initramfs(
+    store: &Store,
+    vm: &Vm,
+    out: &Path,
+    layout: ignite_vmm::RootDisk,
+    agent: Option<(PathBuf, ignite_vmm::AgentChannel)>,
+) -> Result<(), DiskError> {
     let name = vm.metadata.name.clone();
     let authorized_keys =
         ensure_ssh_key(store, vm).map_err(|e| DiskError::Io { path: store.dir::<Vm>(&vm.uid()), source: e })?;
@@ -54,6 +62,7 @@ pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path, agent: Option<PathBuf>) 
     } else {
         Vec::new()
     };
+    let (root_device, root_upper) = crate::rootdisk::guest_root(layout);
     let boot = VmBoot {
         busybox: busybox(),
         hostname: name.clone(),
@@ -62,9 +71,13 @@ pub fn vm_initramfs(store: &Store, vm: &Vm, out: &Path, agent: Option<PathBuf>) 
         authorized_keys,
         copy_files,
         init: "/sbin/init".into(),
-        root_device: "/dev/vda".into(),
-        mounts: volume_mounts(vm),
-        agent,
+        root_device,
+        root_upper,
+        mounts: volume_mounts(vm, crate::rootdisk::drive_count(layout)),
+        agent: agent.map(|(binary, channel)| GuestAgent {
+            binary,
+            vsock_port: (channel == ignite_vmm::AgentChannel::Vsock).then_some(ignite_vmm::AGENT_VSOCK_PORT),
+        }),
     };
     build_vm_initramfs(&boot, out)
 }
@@ -84,10 +97,10 @@ pub fn probe_initramfs(out: &Path) -> Result<(), DiskError> {
 
 /// Guest devices of a VM's volumes, in attach order after the root disk (`/dev/vdb`, ...),
 /// with their mount paths.
-pub fn volume_mounts(vm: &Vm) -> Vec<(String, String)> {
+pub fn volume_mounts(vm: &Vm, root_drives: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (i, v) in vm.spec.storage.volumes.iter().enumerate() {
-        let dev = format!("/dev/vd{}", (b'b' + i as u8) as char);
+        let dev = crate::rootdisk::guest_device(root_drives + i);
         for m in vm.spec.storage.volume_mounts.iter().filter(|m| m.name == v.name) {
             out.push((dev.clone(), m.mount_path.clone()));
         }

@@ -126,14 +126,29 @@ pub fn start_on(
     }
     backend.check_host()?;
     let kernel = kernel_for(store, &vm)?;
-    let disk = dir.root_disk();
-    if !disk.is_file() {
-        return Err(StartError::DiskMissing { name, path: disk });
-    }
-    match ignite_disk::backing_file(&disk) {
-        Ok(Some(base)) if !base.is_file() => return Err(StartError::BaseMissing { name, path: base }),
-        Ok(_) => {}
+    let root = match crate::rootdisk::read(&dir) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(StartError::DiskMissing { name, path: dir.root_disk() }),
         Err(e) => return Err(prep(&name, "cannot read its root disk")(e)),
+    };
+    match &root.base {
+        Some(base) if !base.is_file() => return Err(StartError::BaseMissing { name, path: base.clone() }),
+        _ => {}
+    }
+    if jailed && !backend.capabilities().jail {
+        return Err(StartError::Jail {
+            name,
+            message: format!("the {backend_name} backend does not run in ignite's jail yet"),
+        });
+    }
+    if !backend.capabilities().root_disks.contains(&root.layout) {
+        return Err(StartError::Machine {
+            name,
+            message: format!(
+                "its root disk is {}, which the {backend_name} backend cannot boot: create the VM again for this backend",
+                crate::rootdisk::name(root.layout)
+            ),
+        });
     }
     let want = vm.spec.memory().mib();
     if let Some(have) = host.memory_mib() {
@@ -192,7 +207,7 @@ pub fn start_on(
     let nets = (attachment.as_ref(), extra_nics);
     let jail = jail_uid.map(|u| BootJail { uid: u, gid: u });
     let target = (backend.as_ref(), backend_name.as_str(), &verdict);
-    let res = boot_and_spawn(host, store, &mut vm, &dir, &kernel, disk, want, target, nets, opts, &leases, jail);
+    let res = boot_and_spawn(host, store, &mut vm, &dir, &kernel, &root, want, target, nets, opts, &leases, jail);
     if res.is_err() {
         host.release_network(&dir);
         let _ = store.modify::<Vm, _>(&uid, |v| {
@@ -214,7 +229,7 @@ fn boot_and_spawn(
     vm: &mut Vm,
     dir: &VmDir,
     kernel: &Path,
-    disk: PathBuf,
+    root: &crate::rootdisk::Root,
     want: u64,
     (backend, backend_name, verdict): (&dyn Backend, &str, &AccelVerdict),
     (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<Nic>),
@@ -249,7 +264,8 @@ fn boot_and_spawn(
         ignite_store::write_atomic(&why_file, why_not.as_bytes())?;
     }
     let with_agent = agent.is_some();
-    crate::provision::vm_initramfs(store, vm, &initrd, agent)
+    let channel = backend.capabilities().agent;
+    crate::provision::vm_initramfs(store, vm, &initrd, root.layout, agent.map(|a| (a, channel)))
         .map_err(prep(&name, "cannot build the VM's initramfs"))?;
 
     let mut cmdline = vm.spec.kernel.cmd_line.clone();
@@ -265,8 +281,7 @@ fn boot_and_spawn(
     }
     let mut nics = att.map(|a| vec![Nic { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
     nics.extend(extra_nics);
-    let backing = ignite_disk::backing_file(&disk).map_err(prep(&name, "cannot read its root disk"))?;
-    let mut drives = vec![Drive { path: disk, format: DiskFormat::Qcow2, read_only: false, backing }];
+    let mut drives = crate::rootdisk::drives(root);
     for v in &vm.spec.storage.volumes {
         let path = v.block_device.as_ref().map(|b| PathBuf::from(&b.path)).unwrap_or_default();
         if !path.exists() {

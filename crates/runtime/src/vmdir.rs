@@ -50,8 +50,18 @@ impl VmDir {
         self.0.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
+    /// The qcow2 overlay of a `qcow2-overlay` root.
     pub fn root_disk(&self) -> PathBuf {
         self.0.join("disk.qcow2")
+    }
+    /// The writable layer of a `raw-layered` root (see `rootdisk`).
+    pub fn upper_disk(&self) -> PathBuf {
+        self.0.join("upper.ext4")
+    }
+    /// Which layout the root disk has and the base it stands on, for a layout whose files do
+    /// not say it themselves (see `rootdisk`).
+    pub fn root_record(&self) -> PathBuf {
+        self.0.join("rootdisk.json")
     }
     pub fn initrd(&self) -> PathBuf {
         self.0.join("initrd.cpio")

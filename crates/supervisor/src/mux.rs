@@ -22,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ignite_agent::proto::{Decoder, Exit, Frame, FrameReader, Kind, ReadError, MAX_PAYLOAD, WINDOW};
+use ignite_vmm::AgentEndpoint;
 
 /// Silence after which a guest agent with open channels counts as gone (the supervisor's
 /// setting; tests pass their own to [`start_mux`]).
@@ -121,9 +122,12 @@ impl Mux {
 }
 
 /// Starts the multiplexer for the VM whose directory is `dir`: binds `agent.sock` (0600),
-/// connects to the VMM's `agent-vmm.sock` and serves both from background threads for the
-/// life of the process. An agent silent for `dead_after` with channels open fails them.
-pub fn start_mux(dir: &Path, dead_after: Duration) -> std::io::Result<()> {
+/// connects to the VMM's end of the agent channel (`guest`: QEMU's virtio-serial socket, or
+/// a vsock multiplexer such as Firecracker's, through its `CONNECT` handshake) and serves both
+/// from background threads for the life of the process. An agent silent for `dead_after` with
+/// channels open fails them. Over vsock, a connection the agent ends (it restarted) is made
+/// again.
+pub fn start_mux(dir: &Path, guest: AgentEndpoint, dead_after: Duration) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = ignite_runtime::vmdir::VmDir::new(dir).agent_socket();
     let _ = std::fs::remove_file(&path);
@@ -141,8 +145,14 @@ pub fn start_mux(dir: &Path, dead_after: Duration) -> std::io::Result<()> {
     });
     {
         let mux = mux.clone();
-        let vmm = dir.join(ignite_vmm::AGENT_VMM_SOCKET);
-        std::thread::spawn(move || guest_reader(&mux, &vmm));
+        std::thread::spawn(move || loop {
+            guest_reader(&mux, connect(&guest));
+            if guest.vsock_port.is_none() {
+                // The VMM's socket closed: the VM is ending.
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        });
     }
     {
         let mux = mux.clone();
@@ -157,14 +167,50 @@ pub fn start_mux(dir: &Path, dead_after: Duration) -> std::io::Result<()> {
     Ok(())
 }
 
-fn guest_reader(mux: &Mux, vmm: &Path) {
-    // QEMU creates its chardev socket as it starts.
-    let stream = loop {
-        match UnixStream::connect(vmm) {
-            Ok(s) => break s,
+/// Connects to the VMM's end of the agent channel, waiting for it: QEMU creates its chardev
+/// socket as it starts; a vsock multiplexer refuses the port until the guest agent listens.
+fn connect(guest: &AgentEndpoint) -> UnixStream {
+    loop {
+        match UnixStream::connect(&guest.path) {
+            Ok(s) => match guest.vsock_port {
+                None => return s,
+                Some(port) => match vsock_handshake(&s, port) {
+                    Ok(()) => return s,
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                },
+            },
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
-    };
+    }
+}
+
+/// Firecracker's host-initiated vsock connection (its `vsock` device's Unix socket):
+/// `CONNECT <port>\n`, answered `OK <host port>\n` once a guest listener accepted; the VMM
+/// closes the connection when nothing listens on the port.
+pub fn vsock_handshake(s: &UnixStream, port: u32) -> std::io::Result<()> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    (&*s).write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 64 {
+        match (&*s).read(&mut b)? {
+            0 => break,
+            _ if b[0] == b'\n' => break,
+            _ => line.push(b[0]),
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    if line.starts_with("OK ") {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        format!("vsock port {port}: {}", if line.is_empty() { "connection closed" } else { &line }),
+    ))
+}
+
+fn guest_reader(mux: &Mux, stream: UnixStream) {
     let (Ok(writer), Ok(())) = (stream.try_clone(), stream.set_read_timeout(Some(Duration::from_secs(1)))) else {
         eprintln!("ignite-spawn: cannot set up the agent channel");
         return;
@@ -197,7 +243,7 @@ fn guest_reader(mux: &Mux, vmm: &Path) {
             Err(ReadError::Io(e))
                 if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => {
-                // The VMM went away: the VM is ending.
+                // The VMM went away (the VM is ending), or the agent's vsock connection ended.
                 mux.set_ready(false);
                 mux.fail_all(&format!("the VM's agent channel closed ({e})"));
                 *lock(&mux.guest) = None;

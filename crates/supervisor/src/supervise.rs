@@ -95,8 +95,8 @@ pub fn supervise(
     let vmm_pid = instance.pid();
     let control = instance.control.clone();
     ignite_proc::fault::point("spawn.vmm-started");
-    if machine.agent_port.is_some() {
-        if let Err(e) = crate::mux::start_mux(&dir, crate::mux::DEAD_AFTER) {
+    if let Some(guest) = instance.agent.clone() {
+        if let Err(e) = crate::mux::start_mux(&dir, guest, crate::mux::DEAD_AFTER) {
             eprintln!("ignite-spawn: the guest agent's socket: {e}");
         }
     }
@@ -151,6 +151,8 @@ pub fn supervise(
     let ending = shared.end.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         match code {
+            // The guest said nothing: the VMM's own account, when it gives one.
+            Some(c) if c != 0 => backend.explain_exit(&dir).map_or(Ending::VmmExited(c), Ending::VmmFailed),
             Some(c) => Ending::VmmExited(c),
             None => Ending::VmmSignal(status.signal().unwrap_or(0)),
         }

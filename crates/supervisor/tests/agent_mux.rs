@@ -15,7 +15,12 @@ use std::time::{Duration, Instant};
 use ignite_agent::proto::{ExecRequest, Exit, Frame, FrameReader, Hello, Kind, Request, MAX_PAYLOAD};
 use ignite_runtime::agent::Session;
 use ignite_supervisor::mux::start_mux;
-use ignite_vmm::AGENT_VMM_SOCKET;
+use ignite_vmm::{AgentEndpoint, AGENT_VMM_SOCKET};
+
+/// QEMU's end of the virtio-serial channel.
+fn serial(dir: &Path) -> AgentEndpoint {
+    AgentEndpoint { path: dir.join(AGENT_VMM_SOCKET), vsock_port: None }
+}
 
 /// The guest end: answers pings (unless silenced), hands every other frame to the test.
 struct Guest {
@@ -27,7 +32,7 @@ struct Guest {
 impl Guest {
     fn start(dir: &Path) -> Guest {
         let l = UnixListener::bind(dir.join(AGENT_VMM_SOCKET)).unwrap();
-        start_mux(dir, Duration::from_secs(2)).unwrap();
+        start_mux(dir, serial(dir), Duration::from_secs(2)).unwrap();
         let (s, _) = l.accept().unwrap();
         let out = Arc::new(Mutex::new(s.try_clone().unwrap()));
         let silent = Arc::new(AtomicBool::new(false));
@@ -201,7 +206,7 @@ fn a_silent_agent_fails_open_execs() {
 fn a_client_waits_for_the_agent_then_says_it_is_not_ready() {
     let d = tempfile::tempdir().unwrap();
     let _l = UnixListener::bind(d.path().join(AGENT_VMM_SOCKET)).unwrap();
-    start_mux(d.path(), Duration::from_secs(2)).unwrap();
+    start_mux(d.path(), serial(d.path()), Duration::from_secs(2)).unwrap();
     let t = Instant::now();
     let e = Session::connect("t", d.path(), Duration::from_secs(1)).unwrap_err();
     assert!(e.to_string().contains("did not answer within 1 s"), "{e}");

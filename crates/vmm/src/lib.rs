@@ -14,10 +14,12 @@
 //! expects them at, the disks it opens, whether it needs `/dev/kvm`) and which control sockets
 //! it listens on ([`Launcher::listen`]); the launcher makes that happen.
 //!
-//! Everything QEMU-specific (argv, QMP, the KVM probe) lives in [`qemu`]. Backends are
+//! Everything QEMU-specific (argv, QMP, the KVM probe) lives in [`qemu`], everything
+//! Firecracker-specific (its API conversation, its log) in [`firecracker`]. Backends are
 //! registered in [`backend`], the only place that knows their names.
 
 pub mod accel;
+pub mod firecracker;
 pub mod machine;
 pub mod qemu;
 #[cfg(feature = "testing")]
@@ -51,6 +53,10 @@ pub enum RootDisk {
     /// A qcow2 overlay whose backing file is the image's shared raw base: O(1) to create,
     /// copy-on-write per VM.
     Qcow2Overlay,
+    /// The image's shared raw base attached read-only, and the VM's own raw ext4 disk (its
+    /// writable layer, of the VM's disk size) that the guest's init stacks on the base with
+    /// overlayfs: for a VMM that reads raw images only. O(1) to create as well.
+    RawLayered,
 }
 
 /// The guest agent's transport.
@@ -59,7 +65,13 @@ pub enum RootDisk {
 pub enum AgentChannel {
     /// A virtio-serial port; host side a Unix stream socket the VMM listens on.
     VirtioSerial,
+    /// A virtio-vsock port ([`AGENT_VSOCK_PORT`]) the agent listens on; host side the VMM's
+    /// Unix socket, where a connection starts with Firecracker's `CONNECT <port>` handshake.
+    Vsock,
 }
+
+/// The vsock port the guest agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// What a backend can do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +86,8 @@ pub struct Capabilities {
     pub max_devices: usize,
     /// Most vCPUs one VM can have.
     pub max_vcpus: u64,
+    /// Whether it runs in ignite's own jail (`--jail`).
+    pub jail: bool,
 }
 
 /// What `check_host` found.
@@ -159,6 +173,16 @@ pub trait Control: Send + Sync + Debug {
     fn force_stop(&self) -> Result<(), VmmError>;
 }
 
+/// Where the supervisor reaches the guest agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentEndpoint {
+    /// A Unix stream socket in the run directory.
+    pub path: PathBuf,
+    /// A vsock port to ask for first (`CONNECT <port>\n`, answered `OK <n>\n`), when the socket
+    /// is a VMM's vsock multiplexer.
+    pub vsock_port: Option<u32>,
+}
+
 /// A running VMM.
 #[derive(Debug)]
 pub struct Instance {
@@ -167,7 +191,7 @@ pub struct Instance {
     /// Files the VMM made or listens on in the run directory, removed once it is gone.
     pub runtime_files: Vec<PathBuf>,
     /// The host end of the agent channel, when the machine has an agent.
-    pub agent: Option<PathBuf>,
+    pub agent: Option<AgentEndpoint>,
 }
 
 impl Instance {
@@ -207,6 +231,11 @@ pub trait Backend: Send + Sync + Debug {
     fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf>;
     /// Starts `machine` (validated against [`Backend::capabilities`] first) through `launcher`.
     fn launch(&self, machine: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError>;
+    /// Why the VMM ended the VM, from what it left in `run_dir` (its log), when it exited with
+    /// an error and the guest said nothing.
+    fn explain_exit(&self, _run_dir: &Path) -> Option<String> {
+        None
+    }
 }
 
 /// Where backends find their binaries: the Configuration, else the environment.
@@ -214,27 +243,29 @@ pub trait Backend: Send + Sync + Debug {
 pub struct Settings {
     /// The QEMU binary (`$IGNITE_QEMU`, else `qemu-system-x86_64` from PATH).
     pub qemu: Option<PathBuf>,
+    /// The Firecracker binary (`$IGNITE_FIRECRACKER`, else `firecracker` from PATH).
+    pub firecracker: Option<PathBuf>,
 }
 
 impl Settings {
-    /// From the environment (`IGNITE_QEMU`).
+    /// From the environment (`IGNITE_QEMU`, `IGNITE_FIRECRACKER`).
     pub fn from_env() -> Settings {
-        Settings { qemu: std::env::var_os("IGNITE_QEMU").map(PathBuf::from) }
+        Settings {
+            qemu: std::env::var_os("IGNITE_QEMU").map(PathBuf::from),
+            firecracker: std::env::var_os("IGNITE_FIRECRACKER").map(PathBuf::from),
+        }
     }
 }
 
 /// Names of the backends of this build.
-pub const BACKENDS: &[&str] = &["qemu"];
+pub const BACKENDS: &[&str] = &["qemu", "firecracker"];
 
 /// The backend called `name`: the one place that knows backends by name.
 pub fn backend(name: &str, settings: &Settings) -> Result<Arc<dyn Backend>, VmmError> {
     match name {
         "qemu" => Ok(Arc::new(qemu::Qemu::new(settings.qemu.clone()))),
-        "firecracker" => Err(VmmError::Missing {
-            what: "the firecracker backend".into(),
-            hint: "it is not part of this build yet; use --vmm qemu",
-        }),
-        other => Err(VmmError::Missing { what: format!("VMM backend {other:?}"), hint: "use qemu" }),
+        "firecracker" => Ok(Arc::new(firecracker::Firecracker::new(settings.firecracker.clone()))),
+        other => Err(VmmError::Missing { what: format!("VMM backend {other:?}"), hint: "use qemu or firecracker" }),
     }
 }
 

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::accel::{self, Accel, AccelChoice, AccelVerdict, PROBE_BUDGET, PROBE_MARKER};
 use crate::{
-    AgentChannel, Backend, Capabilities, Control, DiskFormat, HostInfo, Instance, JailProfile, Launcher, Machine,
-    RootDisk, VmmCommand, VmmDisk, VmmError, AGENT_VMM_SOCKET, JAIL_INITRD, JAIL_KERNEL,
+    AgentChannel, AgentEndpoint, Backend, Capabilities, Control, DiskFormat, HostInfo, Instance, JailProfile, Launcher,
+    Machine, RootDisk, VmmCommand, VmmDisk, VmmError, AGENT_VMM_SOCKET, JAIL_INITRD, JAIL_KERNEL,
 };
 
 /// The machine type and its options (shared by VMs and the KVM probe).
@@ -51,12 +51,13 @@ impl Qemu {
 
     pub(crate) fn capabilities_const(&self) -> Capabilities {
         Capabilities {
-            root_disks: &[RootDisk::Qcow2Overlay],
+            root_disks: &[RootDisk::Qcow2Overlay, RootDisk::RawLayered],
             drive_formats: &[DiskFormat::Qcow2, DiskFormat::Raw],
             agent: AgentChannel::VirtioSerial,
             accels: &[Accel::Kvm, Accel::Tcg],
             max_devices: MAX_DEVICES,
             max_vcpus: 255,
+            jail: true,
         }
     }
 
@@ -419,7 +420,10 @@ impl Backend for Qemu {
             child,
             control: Arc::new(Qmp { path: qmp_path }),
             runtime_files,
-            agent: m.agent_port.as_ref().map(|_| m.run_dir.join(AGENT_VMM_SOCKET)),
+            agent: m
+                .agent_port
+                .as_ref()
+                .map(|_| AgentEndpoint { path: m.run_dir.join(AGENT_VMM_SOCKET), vsock_port: None }),
         })
     }
 }
@@ -517,7 +521,7 @@ mod tests {
         assert!(cmd.kvm);
         assert_eq!(cmd.files[0], ("/k/vmlinux".into(), JAIL_KERNEL.to_string()));
         assert_eq!(cmd.disks[0].key, "disk0");
-        assert_eq!(inst.agent, Some(d.path().join(AGENT_VMM_SOCKET)));
+        assert_eq!(inst.agent.clone().map(|a| (a.path, a.vsock_port)), Some((d.path().join(AGENT_VMM_SOCKET), None)));
         assert!(inst.take_console().is_some());
         assert!(inst.wait().unwrap().success());
         // An invalid machine is refused before anything is bound or started.

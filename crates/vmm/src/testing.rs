@@ -53,12 +53,13 @@ impl Backend for Scripted {
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            root_disks: &[RootDisk::Qcow2Overlay],
+            root_disks: &[RootDisk::Qcow2Overlay, RootDisk::RawLayered],
             drive_formats: &[DiskFormat::Qcow2, DiskFormat::Raw],
             agent: AgentChannel::VirtioSerial,
             accels: &[Accel::Tcg],
             max_devices: 4,
             max_vcpus: 4,
+            jail: true,
         }
     }
     fn check_host(&self) -> Result<HostInfo, VmmError> {

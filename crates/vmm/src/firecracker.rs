@@ -1,0 +1,387 @@
+//! The Firecracker backend: an unmodified upstream `firecracker` binary, configured through
+//! its API socket after it starts — machine config, boot source (the uncompressed vmlinux and
+//! the VM's initramfs), drives, network interfaces (taps in the VM's network namespace), the
+//! vsock device the guest agent listens on, then `InstanceStart`. Everything ignite knows
+//! about Firecracker is here.
+//!
+//! - **Disks**: Firecracker reads raw images only, so its VMs have the `raw-layered` root: the
+//!   image's shared base read-only plus the VM's writable layer (see `ignite-runtime`'s
+//!   `rootdisk`); volumes are raw block devices or files.
+//! - **Console**: the guest's serial port is Firecracker's stdin/stdout, as QEMU's is: logs and
+//!   attach work the same. Firecracker's own log goes to `firecracker.log`, its metrics to
+//!   `firecracker.metrics` in the run directory.
+//! - **Agent**: over vsock (`PUT /vsock`): host side a Unix socket where a connection starts
+//!   with `CONNECT <port>`.
+//! - **Stop**: `SendCtrlAltDel` (the guest's i8042) for a graceful stop; Firecracker has no
+//!   "quit" call, so a forced stop is the supervisor's SIGKILL.
+//! - **Accelerator**: KVM only. No probe: whether KVM boots a Linux guest shows in the
+//!   console and in how the VM ended (Firecracker's reason, from its log).
+//! - **Jail**: ignite's own jail is not used for Firecracker yet (`Capabilities::jail`):
+//!   start refuses `--jail` with a clear error; Firecracker's own seccomp filters stay on.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::accel::{Accel, AccelChoice, AccelVerdict};
+use crate::{
+    AgentChannel, AgentEndpoint, Backend, Capabilities, Control, DiskFormat, HostInfo, Instance, JailProfile, Launcher,
+    Machine, RootDisk, VmmCommand, VmmError, AGENT_VMM_SOCKET, AGENT_VSOCK_PORT,
+};
+
+/// Firecracker's API socket in a VM's run directory.
+pub const API_SOCKET: &str = "firecracker.sock";
+/// Its log (`--log-path`).
+pub const LOG_FILE: &str = "firecracker.log";
+/// Its metrics, one JSON object per flush (`--metrics-path`).
+pub const METRICS_FILE: &str = "firecracker.metrics";
+/// The guest's vsock context id (any value ≥ 3; each VM has its own device).
+pub const GUEST_CID: u32 = 3;
+/// How long Firecracker may take to open its API socket.
+const API_WAIT: Duration = Duration::from_secs(10);
+/// How long one API call may take.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Firecracker backend.
+#[derive(Debug, Clone)]
+pub struct Firecracker {
+    pub binary: PathBuf,
+}
+
+impl Firecracker {
+    /// `binary`, else `firecracker` from PATH.
+    pub fn new(binary: Option<PathBuf>) -> Firecracker {
+        Firecracker { binary: binary.unwrap_or_else(|| "firecracker".into()) }
+    }
+
+    fn found(&self) -> Result<PathBuf, VmmError> {
+        crate::find_program(&self.binary).ok_or_else(|| VmmError::Missing {
+            what: format!("the Firecracker binary {}", self.binary.display()),
+            hint: "install firecracker from its release page (github.com/firecracker-microvm/firecracker/releases) on PATH, or point IGNITE_FIRECRACKER at it",
+        })
+    }
+
+    /// The API calls that configure `m`, in order: (method, path, body).
+    pub fn configuration(m: &Machine) -> Vec<(&'static str, String, Value)> {
+        let mut calls = vec![(
+            "PUT",
+            "/machine-config".to_string(),
+            json!({"vcpu_count": m.vcpus, "mem_size_mib": m.memory_mib, "smt": false}),
+        )];
+        let mut boot = json!({"kernel_image_path": m.kernel, "boot_args": m.cmdline});
+        if let Some(i) = &m.initrd {
+            boot["initrd_path"] = json!(i);
+        }
+        calls.push(("PUT", "/boot-source".into(), boot));
+        for (i, d) in m.drives.iter().enumerate() {
+            let id = format!("disk{i}");
+            calls.push((
+                "PUT",
+                format!("/drives/{id}"),
+                json!({"drive_id": id, "path_on_host": d.path, "is_root_device": false, "is_read_only": d.read_only}),
+            ));
+        }
+        for (i, n) in m.nics.iter().enumerate() {
+            let id = format!("eth{i}");
+            calls.push((
+                "PUT",
+                format!("/network-interfaces/{id}"),
+                json!({"iface_id": id, "host_dev_name": n.tap, "guest_mac": n.mac}),
+            ));
+        }
+        if m.agent_port.is_some() {
+            calls.push((
+                "PUT",
+                "/vsock".into(),
+                json!({"guest_cid": GUEST_CID, "uds_path": m.run_dir.join(AGENT_VMM_SOCKET)}),
+            ));
+        }
+        calls.push(("PUT", "/actions".into(), json!({"action_type": "InstanceStart"})));
+        calls
+    }
+
+    /// Why Firecracker stopped the VM, from its log in `run_dir`: the first error it logged
+    /// (the cause, e.g. `Received KVM_EXIT_INTERNAL_ERROR signal`) and the last (its verdict).
+    pub fn logged_error(run_dir: &Path) -> Option<String> {
+        let log = std::fs::read(run_dir.join(LOG_FILE)).ok()?;
+        let log = String::from_utf8_lossy(&log[log.len().saturating_sub(64 * 1024)..]).into_owned();
+        // "<time> [<id>:<thread>(:<level>)] <message>"
+        let errors: Vec<&str> = log
+            .lines()
+            .map(|l| l.split_once("] ").map_or(l, |(_, m)| m).trim())
+            .filter(|m| m.to_ascii_lowercase().contains("error") && !m.contains("exiting with error"))
+            .collect();
+        let (first, last) = (errors.first()?, errors.last()?);
+        let said = if first == last { first.to_string() } else { format!("{first}; {last}") };
+        Some(said.chars().take(400).collect())
+    }
+}
+
+/// One API call over the Unix socket at `sock` (HTTP/1.1, one connection per call). A refusal
+/// carries Firecracker's `fault_message`.
+pub fn api_call(sock: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, VmmError> {
+    let control = |source| VmmError::Control { path: sock.to_path_buf(), source };
+    let mut s = UnixStream::connect(sock).map_err(control)?;
+    s.set_read_timeout(Some(API_TIMEOUT)).map_err(control)?;
+    s.set_write_timeout(Some(API_TIMEOUT)).map_err(control)?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(control)?;
+    let (status, reply) = read_response(&mut s).map_err(control)?;
+    let value: Value = if reply.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&reply).unwrap_or(Value::String(reply.clone()))
+    };
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    let message = value.get("fault_message").and_then(Value::as_str).map(str::to_string).unwrap_or(reply);
+    Err(VmmError::Refused { command: format!("{method} {path}"), message: format!("{message} (HTTP {status})") })
+}
+
+/// Reads one HTTP response: status code and body (by Content-Length).
+fn read_response(s: &mut UnixStream) -> std::io::Result<(u16, String)> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(bad("response headers too long"));
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad("connection closed before a response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 =
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad("no HTTP status line"))?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    if len > 1024 * 1024 {
+        return Err(bad("response body too long"));
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Firecracker's controls.
+#[derive(Debug)]
+struct Api {
+    sock: PathBuf,
+}
+
+impl Control for Api {
+    fn request_shutdown(&self) -> Result<(), VmmError> {
+        api_call(&self.sock, "PUT", "/actions", Some(&json!({"action_type": "SendCtrlAltDel"}))).map(drop)
+    }
+    fn force_stop(&self) -> Result<(), VmmError> {
+        Err(VmmError::Refused { command: "force stop".into(), message: "Firecracker has no stop call".into() })
+    }
+}
+
+impl Backend for Firecracker {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            root_disks: &[RootDisk::RawLayered],
+            drive_formats: &[DiskFormat::Raw],
+            agent: AgentChannel::Vsock,
+            accels: &[Accel::Kvm],
+            // Firecracker's virtio-mmio devices share the legacy IRQ range: a handful per VM.
+            max_devices: 16,
+            max_vcpus: 32,
+            jail: false,
+        }
+    }
+
+    fn check_host(&self) -> Result<HostInfo, VmmError> {
+        let binary = self.found()?;
+        let out = std::process::Command::new(&binary)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| VmmError::Launch(format!("{}: {e}", binary.display())))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text.lines().find(|l| l.starts_with("Firecracker v")).map(str::to_string);
+        if version.is_none() {
+            return Err(VmmError::Launch(format!(
+                "{} --version did not print a Firecracker version: is it Firecracker?",
+                binary.display()
+            )));
+        }
+        Ok(HostInfo { binary, version, seccomp: Ok("Firecracker's own filters (built in)".into()) })
+    }
+
+    fn choose_accel(
+        &self,
+        _state_dir: &Path,
+        choice: AccelChoice,
+        _kernel: &Path,
+        _probe_initrd: &dyn Fn(&Path) -> Result<(), String>,
+    ) -> Result<AccelVerdict, String> {
+        if choice == AccelChoice::Tcg {
+            return Err("Firecracker runs on KVM only: use --vmm qemu for TCG".into());
+        }
+        match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+            Ok(_) => {
+                Ok(AccelVerdict { accel: Accel::Kvm, reason: "Firecracker runs on KVM (/dev/kvm is usable)".into() })
+            }
+            Err(e) => Err(format!("Firecracker needs KVM and /dev/kvm cannot be opened ({e}): use --vmm qemu")),
+        }
+    }
+
+    fn jail_profile(&self, _machine: &Machine) -> JailProfile {
+        JailProfile { overhead_mib: 64, seccomp: "Firecracker's own filters".into() }
+    }
+
+    fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf> {
+        vec![run_dir.join(API_SOCKET), run_dir.join(AGENT_VMM_SOCKET)]
+    }
+
+    fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
+        m.validate(&self.capabilities())?;
+        if launcher.jailed() {
+            return Err(VmmError::Launch("Firecracker does not run in ignite's jail yet: use --jail=false".into()));
+        }
+        let program = self.found()?;
+        let runtime_files = self.runtime_files(&m.run_dir);
+        for f in &runtime_files {
+            let _ = std::fs::remove_file(f);
+        }
+        let api = m.run_dir.join(API_SOCKET);
+        let (log, metrics) = (m.run_dir.join(LOG_FILE), m.run_dir.join(METRICS_FILE));
+        // Firecracker opens them; it does not create them. One run's log at a time.
+        for f in [&log, &metrics] {
+            std::fs::write(f, b"").map_err(|e| VmmError::Launch(format!("{}: {e}", f.display())))?;
+        }
+        let path = |p: &Path| p.display().to_string();
+        let mut args = vec!["--api-sock".into(), path(&api), "--id".into(), format!("{}-{}", m.id_prefix, m.uid)];
+        args.extend(["--log-path".into(), path(&log), "--level".into(), "Info".into()]);
+        args.extend(["--metrics-path".into(), path(&metrics)]);
+        let mut child = launcher.spawn(VmmCommand { program, args, files: vec![], disks: vec![], kvm: true })?;
+        let configured = (|| {
+            let deadline = Instant::now() + API_WAIT;
+            while UnixStream::connect(&api).is_err() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(VmmError::Launch(format!(
+                        "firecracker exited ({status}) before its API socket was up: {}",
+                        Firecracker::logged_error(&m.run_dir).unwrap_or_else(|| "see vmm.log".into())
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    return Err(VmmError::Launch(format!(
+                        "firecracker did not open {} within {} s",
+                        api.display(),
+                        API_WAIT.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            for (method, path, body) in Firecracker::configuration(m) {
+                api_call(&api, method, &path, Some(&body))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = configured {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(Instance {
+            child,
+            control: Arc::new(Api { sock: api }),
+            runtime_files,
+            agent: m
+                .agent_port
+                .as_ref()
+                .map(|_| AgentEndpoint { path: m.run_dir.join(AGENT_VMM_SOCKET), vsock_port: Some(AGENT_VSOCK_PORT) }),
+        })
+    }
+
+    fn explain_exit(&self, run_dir: &Path) -> Option<String> {
+        Firecracker::logged_error(run_dir).map(|e| format!("Firecracker: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::tests::machine;
+    use crate::{Drive, Nic};
+
+    #[test]
+    fn the_configuration_names_every_device() {
+        let mut m = machine();
+        m.drives = vec![
+            Drive { path: "/base.ext4".into(), format: DiskFormat::Raw, read_only: true, backing: None },
+            Drive { path: "/vm/upper.ext4".into(), format: DiskFormat::Raw, read_only: false, backing: None },
+        ];
+        m.nics = vec![Nic { tap: "tap0".into(), mac: "02:00:00:00:00:01".into() }];
+        m.agent_port = Some("org.ignite.agent.0".into());
+        let calls = Firecracker::configuration(&m);
+        let paths: Vec<&str> = calls.iter().map(|(_, p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/machine-config",
+                "/boot-source",
+                "/drives/disk0",
+                "/drives/disk1",
+                "/network-interfaces/eth0",
+                "/vsock",
+                "/actions"
+            ]
+        );
+        assert_eq!(calls[2].2["is_read_only"], json!(true));
+        assert_eq!(calls[4].2["host_dev_name"], json!("tap0"));
+        assert_eq!(calls[6].2["action_type"], json!("InstanceStart"));
+    }
+
+    #[test]
+    fn its_logged_errors_explain_the_end() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join(LOG_FILE),
+            "2026-12-01T18:33:27.6 [ignite-x:main] Artificially kick devices\n\
+             2026-12-01T18:33:49.3 [ignite-x:fc_vcpu 0] Received KVM_EXIT_INTERNAL_ERROR signal\n\
+             2026-12-01T18:33:49.3 [ignite-x:main] Vmm is stopping.\n\
+             2026-12-01T18:33:49.4 [ignite-x:main] RunWithApiError error: MicroVM stopped with an error: GenericError\n\
+             2026-12-01T18:33:49.4 [ignite-x:main] Firecracker exiting with error. exit_code=1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Firecracker::logged_error(d.path()).as_deref(),
+            Some("Received KVM_EXIT_INTERNAL_ERROR signal; RunWithApiError error: MicroVM stopped with an error: GenericError")
+        );
+        std::fs::write(d.path().join(LOG_FILE), "2026-12-01T18:33:27.6 [ignite-x:main] Artificially kick devices\n")
+            .unwrap();
+        assert_eq!(Firecracker::logged_error(d.path()), None);
+    }
+}
