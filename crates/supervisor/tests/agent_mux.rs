@@ -30,10 +30,16 @@ struct Guest {
 }
 
 impl Guest {
+    /// The guest end of a virtio-serial channel (QEMU's socket, played by the test).
     fn start(dir: &Path) -> Guest {
         let l = UnixListener::bind(dir.join(AGENT_VMM_SOCKET)).unwrap();
         start_mux(dir, serial(dir), Duration::from_secs(2)).unwrap();
         let (s, _) = l.accept().unwrap();
+        Guest::on(s)
+    }
+
+    /// The guest end over `s`, connected.
+    fn on(s: UnixStream) -> Guest {
         let out = Arc::new(Mutex::new(s.try_clone().unwrap()));
         let silent = Arc::new(AtomicBool::new(false));
         let (tx, rx) = channel();
@@ -214,4 +220,47 @@ fn a_client_waits_for_the_agent_then_says_it_is_not_ready() {
     let none = tempfile::tempdir().unwrap();
     let e = Session::connect("t", none.path(), Duration::from_secs(1)).unwrap_err();
     assert!(e.to_string().contains("has no guest agent"), "{e}");
+}
+
+/// Reads the `CONNECT <port>` line a vsock client starts with.
+fn connect_line(s: &mut UnixStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while std::io::Read::read(s, &mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+#[test]
+fn over_vsock_the_multiplexer_waits_for_the_agent_and_reconnects_when_it_restarts() {
+    // Firecracker's vsock socket, played by the test: a connection to a port nothing listens
+    // on in the guest is closed; once the agent listens, `OK <host port>` and the stream.
+    let d = tempfile::tempdir().unwrap();
+    let l = UnixListener::bind(d.path().join(AGENT_VMM_SOCKET)).unwrap();
+    let vsock = AgentEndpoint { path: d.path().join(AGENT_VMM_SOCKET), vsock_port: Some(1024) };
+    start_mux(d.path(), vsock, Duration::from_secs(2)).unwrap();
+    for _ in 0..2 {
+        let (mut s, _) = l.accept().unwrap();
+        assert_eq!(connect_line(&mut s), "CONNECT 1024");
+        drop(s);
+    }
+    let (mut s, _) = l.accept().unwrap();
+    assert_eq!(connect_line(&mut s), "CONNECT 1024");
+    s.write_all(b"OK 1073741824\n").unwrap();
+    let g = Guest::on(s);
+    let h = exec(d.path(), &["echo", "one"]);
+    serve_one(&g, b"one");
+    assert_eq!(h.join().unwrap().1, b"one");
+    // The agent restarts: its connection ends, the multiplexer connects again.
+    let _ = g.out.lock().unwrap().shutdown(std::net::Shutdown::Both);
+    drop(g);
+    let (mut s, _) = l.accept().unwrap();
+    assert_eq!(connect_line(&mut s), "CONNECT 1024");
+    s.write_all(b"OK 1073741825\n").unwrap();
+    let g = Guest::on(s);
+    let h = exec(d.path(), &["echo", "two"]);
+    serve_one(&g, b"two");
+    let (exit, out) = h.join().unwrap();
+    assert_eq!((exit.unwrap().code, out), (Some(0), b"two".to_vec()));
 }
