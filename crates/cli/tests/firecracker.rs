@@ -110,7 +110,7 @@ fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
         Ok(()) => {
             eprintln!("this host's KVM boots Linux under Firecracker: checking exec");
             until_exec_works(&root, "fc", 60);
-            assert_eq!(ok(&root, &["exec", "fc", "cat", "/proc/cmdline"]).contains("console=ttyS0"), true);
+            assert!(ok(&root, &["exec", "fc", "cat", "/proc/cmdline"]).contains("console=ttyS0"));
             assert!(vsock_connect(&dir.join("agent-vmm.sock")).is_some(), "the agent answers over vsock");
             ok(&root, &["stop", "fc"]);
             assert_eq!(field(&root, "fc", "{{.Status.Exit.Reason}}"), "stopped");
