@@ -6,7 +6,12 @@
                                           the host-side time from `ignite run` to the VMM's exec
     benches/bench.py jail   [--runs 8]    what the VMM jail costs: ignite run -> VMM exec and -> guest
                                           init, jailed and unjailed, alternating
-    benches/bench.py disk   [--runs 10]   VM creation for a 64 MiB and a 1 GiB image (ratio ~1)
+    benches/bench.py disk   [--runs 10]   VM creation for a 64 MiB and a 1 GiB image (ratio ~1), for
+                                          QEMU's root disk (qcow2 overlay) and Firecracker's
+                                          (raw base + writable layer)
+    benches/bench.py vmm    [--runs 5]    QEMU and Firecracker side by side: ignite run -> guest
+                                          kernel banner (and -> init where KVM boots Linux), and
+                                          the VMM's RSS; needs firecracker (IGNITE_FIRECRACKER or PATH)
     benches/bench.py import [--runs 3]    image import vs skopeo copy + umoci unpack + mke2fs -d
     benches/bench.py net    [--runs 20]   network set-up per VM (netns + CNI ADD + tap), from
                                           `ignite start --log-level debug`, next to Weave Ignite's
@@ -217,17 +222,91 @@ def bench_disk(e, runs):
         sizes[name] = os.path.getsize(os.path.join(e.root, "image", uid, "base.ext4"))
         e.ig("create", name, "--name", f"warm-{name}")  # builds the 4GB size class once
     res = {}
-    for name in ("small", "big"):
-        xs = []
-        for i in range(runs):
-            t0 = time.monotonic()
-            e.ig("create", name, "--name", f"{name}{i}")
-            xs.append(time.monotonic() - t0)
-        res[name] = xs
+    for vmm in ("qemu", "firecracker"):
+        for name in ("small", "big"):
+            xs = []
+            for i in range(runs):
+                t0 = time.monotonic()
+                e.ig("create", name, "--name", f"{vmm}-{name}{i}", "--vmm", vmm)
+                xs.append(time.monotonic() - t0)
+            res[vmm, name] = xs
     print(f"VM creation (ignite create, 4GB disk, size class warm), {runs} runs each")
-    print(f"  image base {sizes['small'] >> 20:5d} MiB          {fmt(res['small'])}")
-    print(f"  image base {sizes['big'] >> 20:5d} MiB          {fmt(res['big'])}")
-    print(f"  ratio big / small (p50)      {pct(res['big'], 50) / pct(res['small'], 50):.3f}   (target ~1)")
+    for vmm, layout in (("qemu", "qcow2 overlay"), ("firecracker", "raw base + writable layer")):
+        print(f"  --vmm {vmm} ({layout})")
+        print(f"    image base {sizes['small'] >> 20:5d} MiB        {fmt(res[vmm, 'small'])}")
+        print(f"    image base {sizes['big'] >> 20:5d} MiB        {fmt(res[vmm, 'big'])}")
+        print(f"    ratio big / small (p50)    {pct(res[vmm, 'big'], 50) / pct(res[vmm, 'small'], 50):.3f}   (target <= 1.2)")
+
+
+def vmm_pid(e, name):
+    """The VMM process: the supervisor's child."""
+    sup = e.ig("inspect", "vm", name, "-t", "{{.Status.Runtime.Pid}}").strip()
+    for task in os.listdir(f"/proc/{sup}/task"):
+        kids = open(f"/proc/{sup}/task/{task}/children").read().split()
+        if kids:
+            return int(kids[0])
+    raise SystemExit(f"VM {name}: its supervisor {sup} has no VMM child")
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_text(path, needle, deadline):
+    while time.time() < deadline:
+        try:
+            with open(path, "rb") as f:
+                if needle in f.read():
+                    return time.monotonic()
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    return None
+
+
+def bench_vmm(e, runs):
+    fc = os.environ.get("IGNITE_FIRECRACKER") or shutil.which("firecracker")
+    if not fc:
+        print("vmm: SKIPPED: no firecracker binary (IGNITE_FIRECRACKER or PATH)")
+        return
+    e.env["IGNITE_FIRECRACKER"] = fc
+    res = {}
+    for vmm in ("qemu", "firecracker"):
+        banner, init, rss = [], [], []
+        accel = None
+        for i in range(runs):
+            name = f"{vmm}-boot{i}"
+            t0 = time.monotonic()
+            subprocess.run([IGNITE, "run", "busybox", "--name", name, "--vmm", vmm, "--jail=false", "--memory", "128MB",
+                            "--network-plugin", "none"], env=e.env, check=True, capture_output=True)
+            uid = e.ig("inspect", "vm", name, "-t", "{{.UID}}").strip()
+            accel = e.ig("inspect", "vm", name, "-t", "{{.Status.Runtime.Accel}}").strip()
+            pid = vmm_pid(e, name)
+            console = os.path.join(e.root, "vm", uid, "console.log")
+            t1 = wait_text(console, b"Linux version", time.time() + 120)
+            if t1 is None:
+                raise SystemExit(f"{vmm}: no kernel banner within 120 s")
+            banner.append(t1 - t0)
+            rss.append(rss_mib(pid))
+            t2 = wait_text(console, MARKER, time.time() + 60)
+            if t2 is not None:
+                init.append(t2 - t0)
+            subprocess.run([IGNITE, "rm", "-f", name], env=e.env, capture_output=True)
+        res[vmm] = (banner, init, rss, accel)
+    print(f"VMMs side by side (busybox, 128 MB, 1 vCPU, unjailed, no network), {runs} runs each")
+    for vmm, (banner, init, rss, accel) in res.items():
+        print(f"  {vmm:11s} ({accel}) ignite run -> kernel banner   {fmt(banner)}")
+        if init:
+            print(f"  {vmm:11s} ({accel}) ignite run -> guest init      {fmt(init)}")
+        else:
+            print(f"  {vmm:11s} ({accel}) guest init: never reached (this host's KVM cannot run a Linux guest)")
+        print(f"  {vmm:11s} VMM RSS at the banner          p50 {pct(rss, 50):7.1f} MiB")
+    q, f = res["qemu"], res["firecracker"]
+    print(f"  ratio firecracker / qemu: banner {pct(f[0], 50) / pct(q[0], 50):.3f}, RSS {pct(f[2], 50) / pct(q[2], 50):.3f}"
+          + ("" if q[3] == f[3] else f"   (different accelerators: qemu {q[3]}, firecracker {f[3]})"))
 
 
 def bench_import(e, runs):
@@ -390,7 +469,7 @@ def bench_reconcile(e, runs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["boot", "jail", "disk", "import", "net", "exec", "reconcile", "all"])
+    ap.add_argument("what", choices=["boot", "jail", "disk", "vmm", "import", "net", "exec", "reconcile", "all"])
     ap.add_argument("--runs", type=int)
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -403,6 +482,8 @@ def main():
             bench_jail(e, a.runs or 8)
         if a.what in ("disk", "all"):
             bench_disk(e, a.runs or 10)
+        if a.what in ("vmm", "all"):
+            bench_vmm(e, a.runs or 5)
         if a.what in ("import", "all"):
             bench_import(e, a.runs or 3)
         if a.what in ("net", "all"):

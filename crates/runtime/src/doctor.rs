@@ -86,6 +86,14 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
         }
         Err(e) => out.push(Check { name: "vmm", level: Level::Error, detail: e.to_string() }),
     }
+    // The other backends (`--vmm NAME`): a warning only, where one is missing.
+    for other in ignite_vmm::BACKENDS.iter().filter(|n| **n != backend_name) {
+        if let Ok(b) = crate::boot::backend(other) {
+            let c = vmm_check(b.as_ref());
+            let level = if c.level == Level::Ok { Level::Ok } else { Level::Warn };
+            out.push(Check { name: "other-vmm", level, detail: format!("{} (for --vmm {other})", c.detail) });
+        }
+    }
     // State root free space.
     out.push(match rustix::fs::statvfs(store.root()) {
         Ok(s) => {
