@@ -218,9 +218,11 @@ def bench_disk(e, runs):
     make_image(e, "big", 960)
     sizes = {}
     for name in ("small", "big"):
-        uid = e.ig("inspect", "image", f"docker.io/library/{name}:latest", "-t", "{{.UID}}").strip()
-        sizes[name] = os.path.getsize(os.path.join(e.root, "image", uid, "base.ext4"))
         e.ig("create", name, "--name", f"warm-{name}")  # builds the 4GB size class once
+        e.ig("create", name, "--name", f"warm-fc-{name}", "--vmm", "firecracker")
+        uid = e.ig("inspect", "vm", f"warm-fc-{name}", "-t", "{{.UID}}").strip()
+        with open(os.path.join(e.root, "vm", uid, "rootdisk.json")) as f:
+            sizes[name] = os.path.getsize(json.load(f)["base"])  # the image's own base
     res = {}
     for vmm in ("qemu", "firecracker"):
         for name in ("small", "big"):

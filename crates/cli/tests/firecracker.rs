@@ -16,21 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{fails, ignite, ok, prepared_root, until, until_exec_works, until_ok, wait_for_log, write};
-
-/// The Firecracker binary, or `None` (and a loud SKIPPED) when there is none.
-fn firecracker(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("IGNITE_FIRECRACKER").map(PathBuf::from).filter(|p| p.is_file()).or_else(|| {
-        std::env::var_os("PATH")
-            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("firecracker")).find(|p| p.is_file()))
-    });
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: {test}: no firecracker binary (install it from Firecracker's release page on PATH, or set IGNITE_FIRECRACKER)"
-        );
-    }
-    found
-}
+use common::{fails, firecracker, ignite, ok, prepared_root, until, until_exec_works, until_ok, wait_for_log, write};
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()

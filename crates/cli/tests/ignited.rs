@@ -234,6 +234,24 @@ fn daemon_with_api(dir: &Path) -> (common::Root, Daemon, std::path::PathBuf) {
 }
 
 #[test]
+fn a_firecracker_vms_own_metrics_reach_metrics() {
+    let Some(_) = common::firecracker("a_firecracker_vms_own_metrics_reach_metrics") else { return };
+    let d = tempfile::tempdir().unwrap();
+    let (root, _daemon, sock) = daemon_with_api(d.path());
+    // 512 MB: on a host whose KVM cannot run the guest, Firecracker runs it ~20 s before it
+    // stops it, time enough for a scrape.
+    ok(&root, &["run", "busybox", "--vmm", "firecracker", "--jail=false", "--name", "fcm", "--memory", "512MB"]);
+    let (st, body) = api(&sock, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    let mine: Vec<&str> = body.lines().filter(|l| l.starts_with("ignite_vmm_metric{vm=\"fcm\"")).collect();
+    assert!(mine.iter().any(|l| l.contains("vmm=\"firecracker\"") && l.contains("group=\"api_server\"")), "{body}");
+    assert!(body.contains("# TYPE ignite_vmm_metric gauge"));
+    ok(&root, &["rm", "-f", "fcm"]);
+    let (_, body) = api(&sock, "GET", "/metrics", "");
+    assert!(!body.contains("vm=\"fcm\""), "a removed VM's metrics are gone");
+}
+
+#[test]
 fn api_socket_lists_creates_stops_removes_and_reports_metrics() {
     let d = tempfile::tempdir().unwrap();
     let (root, _daemon, sock) = daemon_with_api(d.path());

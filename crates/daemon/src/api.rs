@@ -254,6 +254,27 @@ fn handle(
     }
 }
 
+/// The VMMs' own metrics (Firecracker's flushes), per running VM.
+fn vmm_metrics(store: &Store, vms: &[Vm]) -> String {
+    let mut out = String::new();
+    for v in vms.iter().filter(|v| v.status.running) {
+        let Some(name) = v.status.runtime.as_ref().map(|r| r.name.clone()) else { continue };
+        let Ok(backend) = ignite_runtime::boot::backend(&name) else { continue };
+        let dir = ignite_runtime::vmdir::VmDir::of(store, &v.uid());
+        for (group, metric, value) in backend.metrics(&dir) {
+            out.push_str(&format!(
+                "ignite_vmm_metric{{vm=\"{}\",uid=\"{}\",vmm=\"{name}\",group=\"{group}\",name=\"{metric}\"}} {value}\n",
+                v.metadata.name,
+                v.uid()
+            ));
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("# HELP ignite_vmm_metric A VMM's own metric for a VM, as it reports it (Firecracker: per flush interval).\n# TYPE ignite_vmm_metric gauge\n{out}")
+}
+
 fn metrics_text(store: &Store, m: &Metrics) -> String {
     let vms = ignite_runtime::status::list(store).unwrap_or_default();
     let mut by_state = std::collections::BTreeMap::new();
@@ -278,6 +299,7 @@ fn metrics_text(store: &Store, m: &Metrics) -> String {
             cpu.push_str(&format!("ignite_vm_cpu_seconds_total{{{labels}}} {:.6}\n", c as f64 / 1e6));
         }
     }
+    s.push_str(&vmm_metrics(store, &vms));
     s.push_str("# HELP ignite_vm_memory_bytes Memory a VM's VMM uses (its cgroup), guest memory included.\n# TYPE ignite_vm_memory_bytes gauge\n");
     s.push_str(&mem);
     s.push_str("# HELP ignite_vm_cpu_seconds_total CPU time a VM's VMM has used (its cgroup).\n# TYPE ignite_vm_cpu_seconds_total counter\n");

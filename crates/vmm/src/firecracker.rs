@@ -328,6 +328,49 @@ impl Backend for Firecracker {
     fn explain_exit(&self, run_dir: &Path) -> Option<String> {
         Firecracker::logged_error(run_dir).map(|e| format!("Firecracker: {e}"))
     }
+
+    /// Asks Firecracker to flush its metrics (`FlushMetrics`), then reads the last object it
+    /// wrote to `firecracker.metrics`.
+    fn metrics(&self, run_dir: &Path) -> Vec<(String, String, f64)> {
+        let _ = api_call(&run_dir.join(API_SOCKET), "PUT", "/actions", Some(&json!({"action_type": "FlushMetrics"})));
+        std::fs::read(run_dir.join(METRICS_FILE)).map(|b| parse_metrics(&b)).unwrap_or_default()
+    }
+}
+
+/// The numbers of the last metrics object in `bytes` (Firecracker appends one JSON object per
+/// flush; its counters count since the previous flush), as (group, name, value): nested
+/// objects are named by their path (`latencies_us`, `read_count`, `min_us_sum`...).
+pub fn parse_metrics(bytes: &[u8]) -> Vec<(String, String, f64)> {
+    let tail = &bytes[bytes.len().saturating_sub(256 * 1024)..];
+    let text = String::from_utf8_lossy(tail);
+    let Some(last) = text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l.trim()).ok()) else {
+        return Vec::new();
+    };
+    fn walk(prefix: &str, v: &Value, group: &str, out: &mut Vec<(String, String, f64)>) {
+        match v {
+            Value::Number(n) => {
+                if let Some(f) = n.as_f64() {
+                    out.push((group.to_string(), prefix.to_string(), f));
+                }
+            }
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}_{k}") };
+                    walk(&name, v, group, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Value::Object(groups) = last {
+        for (group, v) in &groups {
+            if group != "utc_timestamp_ms" {
+                walk("", v, group, &mut out);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -362,6 +405,21 @@ mod tests {
         assert_eq!(calls[2].2["is_read_only"], json!(true));
         assert_eq!(calls[4].2["host_dev_name"], json!("tap0"));
         assert_eq!(calls[6].2["action_type"], json!("InstanceStart"));
+    }
+
+    #[test]
+    fn the_last_metrics_flush_is_read_flat() {
+        let bytes = br#"{"utc_timestamp_ms":1,"block":{"read_count":1}}
+{"utc_timestamp_ms":2,"block":{"read_count":7,"read_bytes":4096},"vcpu":{"exit_io_in":3,"exit_io_in_agg":{"min_us":2,"max_us":9}},"vmm":{"panic_count":0}}
+{"truncated"#;
+        let m = parse_metrics(bytes);
+        let get = |g: &str, n: &str| m.iter().find(|(a, b, _)| a == g && b == n).map(|x| x.2);
+        assert_eq!(get("block", "read_count"), Some(7.0));
+        assert_eq!(get("block", "read_bytes"), Some(4096.0));
+        assert_eq!(get("vcpu", "exit_io_in_agg_max_us"), Some(9.0));
+        assert_eq!(get("vmm", "panic_count"), Some(0.0));
+        assert!(m.iter().all(|(g, _, _)| g != "utc_timestamp_ms"));
+        assert!(parse_metrics(b"not json").is_empty());
     }
 
     #[test]

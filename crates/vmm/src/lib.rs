@@ -236,6 +236,11 @@ pub trait Backend: Send + Sync + Debug {
     fn explain_exit(&self, _run_dir: &Path) -> Option<String> {
         None
     }
+    /// The VMM's own metrics for a running VM whose run directory is `run_dir`, as
+    /// (group, name, value), for ignited's `/metrics`; empty when it keeps none.
+    fn metrics(&self, _run_dir: &Path) -> Vec<(String, String, f64)> {
+        Vec::new()
+    }
 }
 
 /// Where backends find their binaries: the Configuration, else the environment.

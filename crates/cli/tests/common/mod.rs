@@ -91,6 +91,20 @@ pub fn agent() -> &'static PathBuf {
     })
 }
 
+/// The Firecracker binary, or `None` (and a loud SKIPPED) when there is none.
+pub fn firecracker(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("IGNITE_FIRECRACKER").map(PathBuf::from).filter(|p| p.is_file()).or_else(|| {
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("firecracker")).find(|p| p.is_file()))
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: {test}: no firecracker binary (install it from Firecracker's release page on PATH, or set IGNITE_FIRECRACKER)"
+        );
+    }
+    found
+}
+
 pub fn ignite(root: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
