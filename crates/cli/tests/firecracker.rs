@@ -105,7 +105,15 @@ fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
         Err(reason) => {
             eprintln!("this host's KVM cannot run the guest: {reason}");
             assert!(early.is_none(), "no agent listens in a guest that never reached init: {early:?}");
-            assert!(reason.starts_with("the VMM stopped the VM: Firecracker: "), "{reason}");
+            let said = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            assert!(
+                reason.starts_with("the VMM stopped the VM: Firecracker: "),
+                "{reason}\n--- firecracker.log:\n{}\n--- vmm.log:\n{}\n--- spawn.log:\n{}\n--- console:\n{}",
+                said("firecracker.log"),
+                said("vmm.log"),
+                said("spawn.log"),
+                said("console.log")
+            );
             assert!(reason.contains("KVM_EXIT_INTERNAL_ERROR") || reason.contains("error"), "{reason}");
         }
     }
@@ -124,9 +132,13 @@ fn stop_and_kill_of_a_firecracker_vm_leave_nothing_behind() {
     let d = tempfile::tempdir().unwrap();
     let root = prepared_root(d.path());
     for (name, how) in [("graceful", &["stop", "-t", "2"][..]), ("forced", &["kill"][..])] {
-        let mut args = RUN.to_vec();
-        args.extend(["--name", name, "-p", "18199:80"]);
-        ok(&root, &args);
+        // Without --jail=false (the Configuration's jail on): it runs, and says it is unjailed.
+        let args = ["run", "busybox", "--vmm", "firecracker", "--memory", "128MB", "--name", name, "-p", "18199:80"];
+        let o = ignite(&root, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("does not run in ignite's jail yet: its VMM runs unconfined"), "{err}");
+        assert_eq!(field(&root, name, "{{.Status.Runtime.Jail}}"), "<nil>");
         let uid = field(&root, name, "{{.UID}}");
         assert!(!leftovers(&uid).is_empty(), "the VM runs");
         let mut cmd = how.to_vec();
@@ -159,10 +171,11 @@ fn what_firecracker_cannot_run_is_refused_in_its_own_words() {
     args.extend(["--name", "broken", "--kernel-image", "localhost/broken:1"]);
     let err = fails(&root, &args, 1, "VMM refused PUT /actions");
     assert!(err.contains("HTTP 400"), "{err}");
-    // ignite's own jail does not hold Firecracker yet: said before anything is allocated.
+    // ignite's own jail does not hold Firecracker yet: asked for explicitly, refused before
+    // anything is allocated.
     fails(
         &root,
-        &["run", "busybox", "--vmm", "firecracker", "--name", "jailed"],
+        &["run", "busybox", "--vmm", "firecracker", "--jail=true", "--name", "jailed"],
         1,
         "does not run in ignite's jail yet",
     );

@@ -105,72 +105,8 @@ pub fn start_on(
     // Nothing runs for this VM now: what a killed start or a crash left allocated is released
     // before anything is allocated anew.
     host.release_network(&dir);
-    let plugin = crate::network::plugin_for(&vm, config);
-    let mut failed = Vec::new();
-    let jailed = vm.spec.jail.unwrap_or(config.spec.jail.enabled);
-    let backend_name = crate::boot::backend_name(&vm, &config.spec);
-    let backend = host.backend(&backend_name)?;
-    for (c, ignite_name) in host.preflight(&plugin, jailed, backend.as_ref()) {
-        if c.level != crate::preflight::Level::Error {
-            continue;
-        }
-        let ignored = opts.ignore_preflight.iter().any(|i| i == "all" || i == c.name || i == ignite_name);
-        if ignored {
-            tracing::warn!("preflight check {} ({ignite_name}) failed, ignored: {}", c.name, c.detail);
-        } else {
-            failed.push((c.name.to_string(), c.detail));
-        }
-    }
-    if !failed.is_empty() {
-        return Err(StartError::Preflight(failed));
-    }
-    backend.check_host()?;
-    let kernel = kernel_for(store, &vm)?;
-    let root = match crate::rootdisk::read(&dir) {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(StartError::DiskMissing { name, path: dir.root_disk() }),
-        Err(e) => return Err(prep(&name, "cannot read its root disk")(e)),
-    };
-    match &root.base {
-        Some(base) if !base.is_file() => return Err(StartError::BaseMissing { name, path: base.clone() }),
-        _ => {}
-    }
-    if jailed && !backend.capabilities().jail {
-        return Err(StartError::Jail {
-            name,
-            message: format!("the {backend_name} backend does not run in ignite's jail yet"),
-        });
-    }
-    if !backend.capabilities().root_disks.contains(&root.layout) {
-        return Err(StartError::Machine {
-            name,
-            message: format!(
-                "its root disk is {}, which the {backend_name} backend cannot boot: create the VM again for this backend",
-                crate::rootdisk::name(root.layout)
-            ),
-        });
-    }
-    let want = vm.spec.memory().mib();
-    if let Some(have) = host.memory_mib() {
-        if want > have {
-            return Err(StartError::Memory { name, want, have });
-        }
-    }
-
-    let verdict = backend
-        .choose_accel(store.root(), opts.accel, &kernel, &|p| {
-            crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
-        })
-        .map_err(StartError::Accel)?;
-
-    let extra_ifs =
-        crate::network::extra_interfaces(&vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
-    if !extra_ifs.is_empty() && plugin != "cni" {
-        return Err(StartError::Network {
-            name: name.clone(),
-            message: "extra interfaces (ignite.weave.works/interface/...) need the cni network plugin".into(),
-        });
-    }
+    let Checked { plugin, jailed, backend_name, backend, kernel, root, want, verdict, extra_ifs } =
+        check(host, store, config, &vm, &dir, opts)?;
     // The VMM's own uid, reserved host-wide for its life, before anything it will own exists.
     let uid_lease = if jailed {
         let j = &config.spec.jail;
@@ -220,6 +156,110 @@ pub fn start_on(
     drop(lock);
     let vm = store.get::<Vm>(&uid)?;
     Ok(Started { vm, accel: verdict, vmm_pid })
+}
+
+/// What a start found before it allocates anything.
+struct Checked {
+    plugin: String,
+    jailed: bool,
+    backend_name: String,
+    backend: std::sync::Arc<dyn Backend>,
+    kernel: PathBuf,
+    root: crate::rootdisk::Root,
+    want: u64,
+    verdict: AccelVerdict,
+    extra_ifs: Vec<String>,
+}
+
+/// Everything a start checks before it allocates anything: the backend and its host, the
+/// preflight checks, the jail, the kernel, the root disk and its base, memory, the accelerator
+/// and the network plugin's extra interfaces. A failure here leaves nothing to release.
+fn check(
+    host: &dyn Host,
+    store: &Store,
+    config: &LoadedConfig,
+    vm: &Vm,
+    dir: &VmDir,
+    opts: &StartOptions,
+) -> Result<Checked, StartError> {
+    let name = vm.metadata.name.clone();
+    let plugin = crate::network::plugin_for(vm, config);
+    let backend_name = crate::boot::backend_name(vm, &config.spec);
+    let backend = host.backend(&backend_name)?;
+    let caps = backend.capabilities();
+    // The jail: the VM's choice, else the Configuration's where the backend runs in it. A
+    // backend that does not (yet) is refused when asked for explicitly, and said so when not.
+    let jailed = match vm.spec.jail {
+        Some(true) if !caps.jail => {
+            return Err(StartError::Jail {
+                name,
+                message: format!("the {backend_name} backend does not run in ignite's jail yet"),
+            })
+        }
+        Some(j) => j,
+        None if config.spec.jail.enabled && !caps.jail => {
+            tracing::warn!(
+                "VM {name}: the {backend_name} backend does not run in ignite's jail yet: its VMM runs unconfined by it (with its own seccomp filters); --jail=false says so explicitly"
+            );
+            false
+        }
+        None => config.spec.jail.enabled,
+    };
+    let mut failed = Vec::new();
+    for (c, ignite_name) in host.preflight(&plugin, jailed, backend.as_ref()) {
+        if c.level != crate::preflight::Level::Error {
+            continue;
+        }
+        let ignored = opts.ignore_preflight.iter().any(|i| i == "all" || i == c.name || i == ignite_name);
+        if ignored {
+            tracing::warn!("preflight check {} ({ignite_name}) failed, ignored: {}", c.name, c.detail);
+        } else {
+            failed.push((c.name.to_string(), c.detail));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(StartError::Preflight(failed));
+    }
+    backend.check_host()?;
+    let kernel = kernel_for(store, vm)?;
+    let root = match crate::rootdisk::read(dir) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(StartError::DiskMissing { name, path: dir.root_disk() }),
+        Err(e) => return Err(prep(&name, "cannot read its root disk")(e)),
+    };
+    match &root.base {
+        Some(base) if !base.is_file() => return Err(StartError::BaseMissing { name, path: base.clone() }),
+        _ => {}
+    }
+    if !caps.root_disks.contains(&root.layout) {
+        return Err(StartError::Machine {
+            name,
+            message: format!(
+                "its root disk is {}, which the {backend_name} backend cannot boot: create the VM again for this backend",
+                crate::rootdisk::name(root.layout)
+            ),
+        });
+    }
+    let want = vm.spec.memory().mib();
+    if let Some(have) = host.memory_mib() {
+        if want > have {
+            return Err(StartError::Memory { name, want, have });
+        }
+    }
+    let verdict = backend
+        .choose_accel(store.root(), opts.accel, &kernel, &|p| {
+            crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
+        })
+        .map_err(StartError::Accel)?;
+    let extra_ifs =
+        crate::network::extra_interfaces(vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
+    if !extra_ifs.is_empty() && plugin != "cni" {
+        return Err(StartError::Network {
+            name,
+            message: "extra interfaces (ignite.weave.works/interface/...) need the cni network plugin".into(),
+        });
+    }
+    Ok(Checked { plugin, jailed, backend_name, backend, kernel, root, want, verdict, extra_ifs })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -151,9 +151,9 @@ pub fn supervise(
     let ending = shared.end.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         match code {
-            // The guest said nothing: the VMM's own account, when it gives one.
-            Some(c) if c != 0 => backend.explain_exit(&dir).map_or(Ending::VmmExited(c), Ending::VmmFailed),
-            Some(c) => Ending::VmmExited(c),
+            // The guest said nothing: the VMM's own account, when it gives one (whatever its
+            // exit code: Firecracker may exit 0 after stopping a failed guest).
+            Some(c) => backend.explain_exit(&dir).map_or(Ending::VmmExited(c), Ending::VmmFailed),
             None => Ending::VmmSignal(status.signal().unwrap_or(0)),
         }
     });
