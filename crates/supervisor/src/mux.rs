@@ -3,7 +3,12 @@
 //! ```text
 //! ignite exec ──unix── vm/<uid>/agent.sock ── supervisor (Mux) ──unix── vm/<uid>/agent-vmm.sock
 //! ignite cp   ──unix──┘     one channel per client            QEMU chardev ── virtio-serial ── agent
+//!                                                  or Firecracker's vsock socket ── vsock :1024 ── agent
 //! ```
+//!
+//! Over vsock the connection starts with Firecracker's `CONNECT 1024` handshake (refused
+//! until the agent listens) and is made again when the agent restarts; the protocol is the
+//! same on both channels.
 //!
 //! The guest is untrusted. The multiplexer holds at most one frame being decoded plus one
 //! flow-control window per channel; a guest that sends more than its window fails that
