@@ -79,16 +79,24 @@ class Env:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def wait_marker(path, deadline):
+def wait_text(path, needle, deadline):
+    """When `needle` appeared in the file at `path` (monotonic time), or None at the deadline."""
     while time.time() < deadline:
         try:
             with open(path, "rb") as f:
-                if MARKER in f.read():
+                if needle in f.read():
                     return time.monotonic()
         except FileNotFoundError:
             pass
         time.sleep(0.002)
-    raise SystemExit(f"no {MARKER!r} in {path}")
+    return None
+
+
+def wait_marker(path, deadline):
+    t = wait_text(path, MARKER, deadline)
+    if t is None:
+        raise SystemExit(f"no {MARKER!r} in {path}")
+    return t
 
 
 def bench_boot(e, runs):
@@ -255,18 +263,6 @@ def rss_mib(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def wait_text(path, needle, deadline):
-    while time.time() < deadline:
-        try:
-            with open(path, "rb") as f:
-                if needle in f.read():
-                    return time.monotonic()
-        except FileNotFoundError:
-            pass
-        time.sleep(0.002)
-    return None
 
 
 def bench_vmm(e, runs):

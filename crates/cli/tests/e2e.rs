@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fails, fixtures, ok, prepared_root, until, wait_for_log, Registry};
+use common::{fails, fixtures, ok, prepared_root, procs, until, wait_for_log, Registry};
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
@@ -16,22 +16,6 @@ fn field(root: &Path, vm: &str, t: &str) -> String {
 
 fn wait_stopped(root: &Path, vm: &str, secs: u64) {
     until(&format!("VM {vm} to stop"), secs, || field(root, vm, "{{.Status.Running}}") == "false");
-}
-
-/// Processes whose command line mentions `needle`.
-fn procs(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let s = String::from_utf8_lossy(&c).replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false);
-            if s.contains(needle) && !zombie {
-                out.push(s);
-            }
-        }
-    }
-    out
 }
 
 fn console(root: &Path, vm: &str, line: &str) {
@@ -188,7 +172,8 @@ fn concurrent_starts_of_one_vm_start_it_once() {
     let loser = if a.status.success() { b } else { a };
     assert!(String::from_utf8_lossy(&loser.stderr).contains("already running"));
     let uid = field(&root, "twice", "{{.UID}}");
-    assert_eq!(procs(&format!("ignite-{uid}")).len(), 1);
+    let vmms = procs(&format!("ignite-{uid}"));
+    assert_eq!(vmms.len(), 1, "one VMM for the VM: {vmms:#?}");
     ok(&root, &["rm", "-f", "twice"]);
 }
 

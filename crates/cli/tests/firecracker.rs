@@ -16,26 +16,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{fails, firecracker, ignite, ok, prepared_root, until, until_exec_works, until_ok, wait_for_log, write};
+use common::{
+    fails, firecracker, ignite, ok, prepared_root, procs, until, until_exec_works, until_ok, wait_for_log, write,
+};
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
-}
-
-/// Processes (not zombies) whose command line mentions `needle`.
-fn procs(needle: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let s = String::from_utf8_lossy(&c).replace('\0', " ");
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-            if s.contains(needle) && !zombie && !s.contains("cargo") {
-                out.push(s);
-            }
-        }
-    }
-    out
 }
 
 /// What a VM holds on the host while it runs: its processes and its network namespace.

@@ -105,6 +105,22 @@ pub fn firecracker(test: &str) -> Option<PathBuf> {
     found
 }
 
+/// Processes (not zombies) whose command line mentions `needle`.
+pub fn procs(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let s = String::from_utf8_lossy(&c).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            if s.contains(needle) && !zombie {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 pub fn ignite(root: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
