@@ -749,10 +749,13 @@ mod tests {
         assert!(r.deferred[0].starts_with("a: failed 1 time(s) in a row"), "{r:?}");
         // After the backoff (1 s after one failure) it is tried again; the second failure
         // doubles the wait.
-        let r = s.pass_at(t0 + backoff(1) + Duration::from_millis(100), &act);
+        // (Backoffs count from when an attempt ended: the due time is the controller's.)
+        let due = s.controller.next_retry().unwrap();
+        assert!(due >= t0 + backoff(1));
+        let r = s.pass_at(due, &act);
         assert_eq!(act.take(), ["start a"], "{r:?}");
         let retry = s.controller.next_retry().unwrap();
-        assert!(retry >= t0 + backoff(1) + backoff(2), "the wait doubles");
+        assert!(retry >= due + backoff(2), "the wait doubles");
         act.fail.lock().unwrap().clear();
         let r = s.pass_at(retry, &act);
         assert_eq!((act.take(), r.started), (vec!["start a".to_string()], vec!["a".to_string()]));
