@@ -13,6 +13,14 @@ cd "$(dirname "$0")/.."
 tier=${1:-all}
 ./scripts/setup-host.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# A clean clone builds once: incremental caches would only double the target directory (a full
+# run needs about 4 GiB without them). Say so early when the disk cannot hold it.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+mkdir -p target
+free_mib=$(df -Pm target | awk 'NR==2 {print $4}')
+if [ "${free_mib:-0}" -lt 6144 ]; then
+  echo "test.sh: WARNING: only ${free_mib} MiB free under $(realpath target); a full run needs about 5 GiB" >&2
+fi
 
 # Every integration test target belongs to exactly one tier: a new file that is in neither
 # list fails here instead of silently never running.
