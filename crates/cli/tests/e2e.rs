@@ -172,7 +172,17 @@ fn concurrent_starts_of_one_vm_start_it_once() {
     let loser = if a.status.success() { b } else { a };
     assert!(String::from_utf8_lossy(&loser.stderr).contains("already running"));
     let uid = field(&root, "twice", "{{.UID}}");
-    let vmms = procs(&format!("ignite-{uid}"));
+    // One supervisor for the VM...
+    let supervisors: Vec<String> = procs(&uid)
+        .into_iter()
+        .filter(|p| p.contains("ignite-spawn") && !p.contains("--jailer") && p.split_whitespace().last() == Some(&uid))
+        .collect();
+    assert_eq!(supervisors.len(), 1, "one supervisor for the VM: {supervisors:#?}");
+    // ...and one VMM. `start` returns once the supervisor has started the jailer: the VMM's
+    // exec follows (under load, a moment later).
+    let vmm = format!("ignite-{uid}");
+    until("the VMM to run", 60, || !procs(&vmm).is_empty());
+    let vmms = procs(&vmm);
     assert_eq!(vmms.len(), 1, "one VMM for the VM: {vmms:#?}");
     ok(&root, &["rm", "-f", "twice"]);
 }
