@@ -114,7 +114,7 @@ pub struct VmSpec {
     pub copy_files: Vec<FileMapping>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "ssh_serde")]
     pub ssh: Option<Ssh>,
-    /// VMM backend (`builtin`, `qemu`, `firecracker`); ignite extension. Unset: the
+    /// VMM backend (`qemu`, `firecracker`); ignite extension. Unset: the
     /// configuration's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<String>,
@@ -351,7 +351,7 @@ pub struct RuntimeStatus {
     #[serde(default)]
     pub id: String,
     /// Runtime name. Ignite wrote containerd or docker; ignite writes the VMM backend
-    /// (`qemu`, `firecracker`, `builtin`).
+    /// (`qemu`, `firecracker`).
     #[serde(default)]
     pub name: String,
     /// Supervisor process id (ignite extension).
@@ -473,6 +473,26 @@ pub struct ConfigurationSpec {
     /// How VMMs are confined (ignite extension).
     #[serde(default, skip_serializing_if = "JailConfig::is_default")]
     pub jail: JailConfig,
+    /// Where the VMM binaries are, when not on PATH (ignite extension; the environment's
+    /// `IGNITE_QEMU`, `IGNITE_FIRECRACKER` and the CLI's `--firecracker` come first).
+    #[serde(default, skip_serializing_if = "VmmBinaries::is_empty")]
+    pub vmm_binaries: VmmBinaries,
+}
+
+/// Paths of the VMM binaries (ignite extension of the Configuration).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VmmBinaries {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firecracker: Option<String>,
+}
+
+impl VmmBinaries {
+    pub fn is_empty(&self) -> bool {
+        *self == VmmBinaries::default()
+    }
 }
 
 /// The VMM jail's settings (ignite extension of the Configuration).

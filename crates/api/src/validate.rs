@@ -15,7 +15,7 @@ pub const MIN_MEMORY_MIB: u64 = 32;
 pub const MAX_CMDLINE: usize = 2048;
 /// Known VMM backends (whether one is part of this build, and how many devices it attaches, is
 /// the runtime's to say).
-pub const VMM_BACKENDS: &[&str] = &["qemu", "firecracker", "builtin"];
+pub const VMM_BACKENDS: &[&str] = &["qemu", "firecracker"];
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq)]

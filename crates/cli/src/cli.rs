@@ -45,6 +45,10 @@ pub struct Global {
     /// namespace, its status (default from the configuration: ignite)
     #[arg(long, global = true)]
     pub id_prefix: Option<String>,
+    /// The Firecracker binary for --vmm firecracker (default: $IGNITE_FIRECRACKER, else the
+    /// configuration's spec.vmmBinaries.firecracker, else firecracker on PATH)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub firecracker: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +184,7 @@ pub struct CreateArgs {
     /// Expose block devices from the host inside the VM (HOSTDEV:VMPATH)
     #[arg(short = 'v', long = "volumes", value_delimiter = ',')]
     pub volumes: Vec<String>,
-    /// VMM backend: qemu, firecracker or builtin
+    /// VMM backend: qemu or firecracker
     #[arg(long)]
     pub vmm: Option<String>,
     /// Install and start the guest agent (exec and cp without sshd); --agent=false opts out

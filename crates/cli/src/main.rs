@@ -17,6 +17,11 @@ use clap::Parser;
 fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let cli = cli::Cli::parse();
+    // `--firecracker PATH` holds for this process and the supervisors it starts (still one
+    // thread here).
+    if let Some(p) = &cli.global.firecracker {
+        std::env::set_var("IGNITE_FIRECRACKER", std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    }
     init_logging(&cli.global);
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

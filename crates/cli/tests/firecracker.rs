@@ -44,7 +44,27 @@ fn vsock_connect(sock: &Path) -> Option<String> {
     Some(reply).filter(|r| r.starts_with("OK "))
 }
 
-const RUN: &[&str] = &["run", "busybox", "--vmm", "firecracker", "--jail=false", "--memory", "128MB"];
+const RUN: &[&str] = &["run", "busybox", "--vmm", "firecracker", "--memory", "128MB"];
+
+/// The Firecracker process of VM `uid` (`--id ignite-<uid>`).
+fn firecracker_pid(uid: &str) -> u32 {
+    until_ok(&format!("the Firecracker process of {uid}"), 30, || {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("--api-sock") && cmd.contains(&format!("--id ignite-{uid}")) {
+                return Ok(pid);
+            }
+        }
+        Err("none yet")
+    })
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string())).unwrap_or_default()
+}
 
 #[test]
 fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
@@ -58,13 +78,45 @@ fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
     assert_eq!(field(&root, "fc", "{{.Status.Runtime.Name}} {{.Status.Runtime.Accel}}"), "firecracker kvm");
     let uid = field(&root, "fc", "{{.UID}}");
     let dir = root.join("vm").join(&uid);
+    let files = dir.join("firecracker");
+    // In ignite's jail: its own uid, no capabilities, no new privileges, Firecracker's own
+    // seccomp filters, PID 1 of its namespace.
+    let jail_uid = field(&root, "fc", "{{.Status.Runtime.Jail.UID}}");
+    let pid = firecracker_pid(&uid);
+    assert_eq!(status_field(pid, "Uid").split_whitespace().collect::<Vec<_>>(), [jail_uid.as_str(); 4]);
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    // (Firecracker installs its filters once the VM is built, before InstanceStart answers;
+    // here the guest runs for seconds before it stops.)
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "NSpid").split_whitespace().last(), Some("1"));
+    // What it sees: the system read-only, its kernel, its drives, its own files directory —
+    // nothing else of the state root (not its VM's other files, not other VMs).
+    let seen = |p: &Path| -> Vec<String> {
+        let inside = PathBuf::from(format!("/proc/{pid}/root")).join(p.strip_prefix("/").unwrap_or(p));
+        let mut v: Vec<String> = std::fs::read_dir(&inside)
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert_eq!(seen(Path::new("/disks")), ["disk0", "disk1"]);
+    assert_eq!(seen(Path::new("/boot")), ["initrd", "vmlinux"]);
+    assert_eq!(seen(&dir), ["firecracker"], "the VM's directory in the jail");
+    assert_eq!(seen(&root.join("vm")), [uid.as_str()], "other VMs in the jail");
+    {
+        use std::os::unix::fs::MetadataExt;
+        // Its writable layer (its own) is its uid's; the shared base stays root's.
+        assert_eq!(std::fs::metadata(dir.join("upper.ext4")).unwrap().uid().to_string(), jail_uid);
+        assert_eq!(std::fs::metadata(&files).unwrap().uid().to_string(), jail_uid);
+    }
     // The API conversation went through (every call answered 2xx, or run would have failed)
     // and Firecracker logs to its own file, not the console.
-    let log = std::fs::read_to_string(dir.join("firecracker.log")).unwrap();
+    let log = std::fs::read_to_string(files.join("firecracker.log")).unwrap();
     assert!(log.contains("InstanceStart"), "{log}");
     // The guest agent's vsock port, asked through Firecracker's real vsock socket: refused
     // while the guest's agent is not listening; answered once it is (a host where KVM boots).
-    let early = vsock_connect(&dir.join("agent-vmm.sock"));
+    let early = vsock_connect(&files.join("agent-vmm.sock"));
     let console = wait_for_log(&root, "fc", "Linux version", 180);
     assert!(console.contains("Command line:"), "{console}");
     let reason = until_ok("the VM to boot or to end", 180, || {
@@ -83,7 +135,7 @@ fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
             eprintln!("this host's KVM boots Linux under Firecracker: checking exec");
             until_exec_works(&root, "fc", 60);
             assert!(ok(&root, &["exec", "fc", "cat", "/proc/cmdline"]).contains("console=ttyS0"));
-            assert!(vsock_connect(&dir.join("agent-vmm.sock")).is_some(), "the agent answers over vsock");
+            assert!(vsock_connect(&files.join("agent-vmm.sock")).is_some(), "the agent answers over vsock");
             ok(&root, &["stop", "fc"]);
             assert_eq!(field(&root, "fc", "{{.Status.Exit.Reason}}"), "stopped");
         }
@@ -95,7 +147,7 @@ fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
             assert!(
                 reason.starts_with("the VMM stopped the VM: Firecracker: "),
                 "{reason}\n--- firecracker.log:\n{}\n--- vmm.log:\n{}\n--- spawn.log:\n{}\n--- console:\n{}",
-                said("firecracker.log"),
+                said("firecracker/firecracker.log"),
                 said("vmm.log"),
                 said("spawn.log"),
                 said("console.log")
@@ -105,11 +157,12 @@ fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
     }
     // Its runtime files go with it; rm leaves nothing.
     until("the supervisor to remove Firecracker's sockets", 30, || {
-        !dir.join("firecracker.sock").exists() && !dir.join("agent-vmm.sock").exists()
+        !files.join("firecracker.sock").exists() && !files.join("agent-vmm.sock").exists()
     });
     assert!(leftovers(&uid).is_empty(), "{:?}", leftovers(&uid));
     ok(&root, &["rm", "fc"]);
     assert!(!dir.exists());
+    assert!(!Path::new(&format!("/run/ignite/jail/{uid}")).exists(), "the jail's root outlived the VM");
 }
 
 #[test]
@@ -117,14 +170,17 @@ fn stop_and_kill_of_a_firecracker_vm_leave_nothing_behind() {
     let Some(_) = firecracker("stop_and_kill_of_a_firecracker_vm_leave_nothing_behind") else { return };
     let d = tempfile::tempdir().unwrap();
     let root = prepared_root(d.path());
-    for (name, how) in [("graceful", &["stop", "-t", "2"][..]), ("forced", &["kill"][..])] {
-        // Without --jail=false (the Configuration's jail on): it runs, and says it is unjailed.
-        let args = ["run", "busybox", "--vmm", "firecracker", "--memory", "128MB", "--name", name, "-p", "18199:80"];
+    // One in ignite's jail (the Configuration's default), one unconfined.
+    for (name, how, jail) in
+        [("graceful", &["stop", "-t", "2"][..], "--jail=true"), ("forced", &["kill"][..], "--jail=false")]
+    {
+        let args =
+            ["run", "busybox", "--vmm", "firecracker", "--memory", "128MB", "--name", name, "-p", "18199:80", jail];
         let o = ignite(&root, &args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{err}");
-        assert!(err.contains("does not run in ignite's jail yet: its VMM runs unconfined"), "{err}");
-        assert_eq!(field(&root, name, "{{.Status.Runtime.Jail}}"), "<nil>");
+        let jailed = field(&root, name, "{{.Status.Runtime.Jail}}") != "<nil>";
+        assert_eq!(jailed, jail == "--jail=true", "{name}");
         let uid = field(&root, name, "{{.UID}}");
         assert!(!leftovers(&uid).is_empty(), "the VM runs");
         let mut cmd = how.to_vec();
@@ -157,14 +213,24 @@ fn what_firecracker_cannot_run_is_refused_in_its_own_words() {
     args.extend(["--name", "broken", "--kernel-image", "localhost/broken:1"]);
     let err = fails(&root, &args, 1, "VMM refused PUT /actions");
     assert!(err.contains("HTTP 400"), "{err}");
-    // ignite's own jail does not hold Firecracker yet: asked for explicitly, refused before
-    // anything is allocated.
-    fails(
-        &root,
-        &["run", "busybox", "--vmm", "firecracker", "--jail=true", "--name", "jailed"],
-        1,
-        "does not run in ignite's jail yet",
-    );
+    // In the jail, Firecracker opens its drives by path as the VM's uid: a volume that uid may
+    // not write is named, with what to do, and the volume is left as it was.
+    let vol = d.path().join("vol.img");
+    std::fs::write(&vol, vec![0u8; 1 << 20]).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let volume = format!("{}:/data", vol.display());
+    let mut args = RUN.to_vec();
+    args.extend(["--name", "private", "--volumes", &volume]);
+    let err = fails(&root, &args, 1, "cannot read and write");
+    assert!(err.contains(&vol.display().to_string()) && err.contains("make it accessible to uid"), "{err}");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&vol).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600), "the volume was changed");
+    }
     // No binary: named, with where to get it.
     let o = std::process::Command::new(common::bin())
         .args(RUN)
@@ -175,6 +241,27 @@ fn what_firecracker_cannot_run_is_refused_in_its_own_words() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("/nonexistent/firecracker") && err.contains("release page"), "{err}");
+    // `--firecracker PATH` comes before the environment; the Configuration's
+    // spec.vmmBinaries after it.
+    let config = write(
+        d.path(),
+        "config.yaml",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\nmetadata:\n  name: fc\nspec:\n  vmmBinaries:\n    firecracker: /nonexistent/by-config\n",
+    );
+    let attempt = |extra: &[&str], env: bool| {
+        let mut c = std::process::Command::new(common::bin());
+        c.args(RUN).args(["--name", "elsewhere", "--ignite-config", &config]).args(extra).env("IGNITE_ROOT", &*root);
+        if !env {
+            c.env_remove("IGNITE_FIRECRACKER");
+        }
+        let o = c.output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = attempt(&["--firecracker", "/nonexistent/by-flag"], true);
+    assert!(err.contains("the Firecracker binary /nonexistent/by-flag not found"), "{err}");
+    let err = attempt(&[], false);
+    assert!(err.contains("the Firecracker binary /nonexistent/by-config not found"), "{err}");
     // Each failed run was undone: no VM, nothing running.
     assert_eq!(ok(&root, &["ps", "-a", "-q"]).trim(), "");
     assert!(procs(&root.display().to_string()).is_empty());

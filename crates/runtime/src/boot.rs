@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ignite_api::{ConfigurationSpec, Vm};
-use ignite_vmm::{Backend, Machine, VmmError};
+use ignite_vmm::{Backend, Machine, Settings, VmmError};
 use serde::{Deserialize, Serialize};
 
 /// A jailed VMM's identity.
@@ -21,6 +21,9 @@ pub struct BootJail {
 pub struct BootConfig {
     /// The backend, resolved by `start` (see [`backend_name`]).
     pub vmm: String,
+    /// Where its binary is, as `start` found it set (see [`settings`]).
+    #[serde(default)]
+    pub binaries: ignite_vmm::Settings,
     pub machine: Machine,
     /// Seconds a graceful stop may take before the VMM is killed.
     pub stop_grace_secs: u64,
@@ -41,7 +44,18 @@ pub fn backend_name(vm: &Vm, config: &ConfigurationSpec) -> String {
     vm.spec.vmm.clone().or_else(|| config.vmm.clone()).unwrap_or_else(|| ignite_vmm::DEFAULT_BACKEND.into())
 }
 
-/// The backend called `name`, with this process's settings.
-pub fn backend(name: &str) -> Result<Arc<dyn Backend>, VmmError> {
-    ignite_vmm::backend(name, &ignite_vmm::Settings::from_env())
+/// Where the VMM binaries are: the environment (`IGNITE_QEMU`, `IGNITE_FIRECRACKER`; the CLI's
+/// `--firecracker` sets it), else the Configuration's `spec.vmmBinaries`, else PATH.
+pub fn settings(config: &ConfigurationSpec) -> Settings {
+    let env = Settings::from_env();
+    let configured = |p: &Option<String>| p.as_ref().filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    Settings {
+        qemu: env.qemu.or_else(|| configured(&config.vmm_binaries.qemu)),
+        firecracker: env.firecracker.or_else(|| configured(&config.vmm_binaries.firecracker)),
+    }
+}
+
+/// The backend called `name`, where the Configuration and the environment say its binary is.
+pub fn backend(name: &str, config: &ConfigurationSpec) -> Result<Arc<dyn Backend>, VmmError> {
+    ignite_vmm::backend(name, &settings(config))
 }

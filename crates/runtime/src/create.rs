@@ -110,7 +110,7 @@ pub fn build_vm(
 /// and the agent's channel (extra interfaces are counted at start, when they exist).
 fn check_devices(vm: &Vm, config: &LoadedConfig) -> Result<(), ValidationErrors> {
     let name = crate::boot::backend_name(vm, &config.spec);
-    let Ok(backend) = crate::boot::backend(&name) else {
+    let Ok(backend) = crate::boot::backend(&name, &config.spec) else {
         // An unknown backend is named by validation; one not in this build, at start.
         return Ok(());
     };
@@ -231,7 +231,7 @@ pub fn create_vm(
 
     // The root disk's layout is the backend's to choose: the first it prefers, unless the VM
     // asks for another the backend boots (validated with the spec).
-    let backend = crate::boot::backend(&crate::boot::backend_name(&vm, &config.spec))?;
+    let backend = crate::boot::backend(&crate::boot::backend_name(&vm, &config.spec), &config.spec)?;
     let layout = crate::rootdisk::layout_for(&vm, &backend.capabilities()).map_err(|m| CreateError::Invalid {
         name: vm.metadata.name.clone(),
         source: ValidationErrors(vec![ignite_api::validate::ValidationError {

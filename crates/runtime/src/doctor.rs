@@ -74,7 +74,7 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
     });
     // The VMM backend VMs use unless they name another: its binary, its version, its seccomp.
     let backend_name = config.spec.vmm.clone().unwrap_or_else(|| ignite_vmm::DEFAULT_BACKEND.into());
-    match crate::boot::backend(&backend_name) {
+    match crate::boot::backend(&backend_name, &config.spec) {
         Ok(b) => {
             out.push(vmm_check(b.as_ref()));
             if let Ok(info) = b.check_host() {
@@ -88,7 +88,7 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
     }
     // The other backends (`--vmm NAME`): a warning only, where one is missing.
     for other in ignite_vmm::BACKENDS.iter().filter(|n| **n != backend_name) {
-        if let Ok(b) = crate::boot::backend(other) {
+        if let Ok(b) = crate::boot::backend(other, &config.spec) {
             let c = vmm_check(b.as_ref());
             let level = if c.level == Level::Ok { Level::Ok } else { Level::Warn };
             out.push(Check { name: "other-vmm", level, detail: format!("{} (for --vmm {other})", c.detail) });
@@ -116,7 +116,7 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
     match crate::start::kernel_for(store, &vm) {
         Ok(k) => {
             out.push(Check { name: "kernel", level: Level::Ok, detail: format!("{shown}: {}", k.display()) });
-            let verdict = crate::boot::backend(&backend_name).map_err(|e| e.to_string()).and_then(|b| {
+            let verdict = crate::boot::backend(&backend_name, &config.spec).map_err(|e| e.to_string()).and_then(|b| {
                 b.choose_accel(store.root(), AccelChoice::Auto, &k, &|p| {
                     crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
                 })

@@ -37,7 +37,7 @@ pub enum Sig {
 /// The host side of start and stop.
 pub trait Host: Sync {
     /// The backend called `name`.
-    fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, VmmError>;
+    fn backend(&self, name: &str, binaries: &ignite_vmm::Settings) -> Result<Arc<dyn Backend>, VmmError>;
     /// The preflight checks of a VM on `plugin`, jailed or not, with their Weave Ignite names.
     fn preflight(&self, plugin: &str, jailed: bool, backend: &dyn Backend) -> Vec<(Check, &'static str)>;
     /// Host memory, MiB.
@@ -75,8 +75,8 @@ pub trait Host: Sync {
 pub struct System;
 
 impl Host for System {
-    fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, VmmError> {
-        crate::boot::backend(name)
+    fn backend(&self, name: &str, binaries: &ignite_vmm::Settings) -> Result<Arc<dyn Backend>, VmmError> {
+        ignite_vmm::backend(name, binaries)
     }
 
     fn preflight(&self, plugin: &str, jailed: bool, backend: &dyn Backend) -> Vec<(Check, &'static str)> {

@@ -105,7 +105,7 @@ pub fn start_on(
     // Nothing runs for this VM now: what a killed start or a crash left allocated is released
     // before anything is allocated anew.
     host.release_network(&dir);
-    let Checked { plugin, jailed, backend_name, backend, kernel, root, want, verdict, extra_ifs } =
+    let Checked { plugin, jailed, backend_name, backend, binaries, kernel, root, want, verdict, extra_ifs } =
         check(host, store, config, &vm, &dir, opts)?;
     // The VMM's own uid, reserved host-wide for its life, before anything it will own exists.
     let uid_lease = if jailed {
@@ -142,7 +142,7 @@ pub fn start_on(
     // From here on, a failure releases the network again.
     let nets = (attachment.as_ref(), extra_nics);
     let jail = jail_uid.map(|u| BootJail { uid: u, gid: u });
-    let target = (backend.as_ref(), backend_name.as_str(), &verdict);
+    let target = (backend.as_ref(), backend_name.as_str(), &binaries, &verdict);
     let res = boot_and_spawn(host, store, &mut vm, &dir, &kernel, &root, want, target, nets, opts, &leases, jail);
     if res.is_err() {
         host.release_network(&dir);
@@ -164,6 +164,8 @@ struct Checked {
     jailed: bool,
     backend_name: String,
     backend: std::sync::Arc<dyn Backend>,
+    /// Where its binary is (recorded for the supervisor).
+    binaries: ignite_vmm::Settings,
     kernel: PathBuf,
     root: crate::rootdisk::Root,
     want: u64,
@@ -185,7 +187,8 @@ fn check(
     let name = vm.metadata.name.clone();
     let plugin = crate::network::plugin_for(vm, config);
     let backend_name = crate::boot::backend_name(vm, &config.spec);
-    let backend = host.backend(&backend_name)?;
+    let binaries = crate::boot::settings(&config.spec);
+    let backend = host.backend(&backend_name, &binaries)?;
     let caps = backend.capabilities();
     // The jail: the VM's choice, else the Configuration's where the backend runs in it. A
     // backend that does not (yet) is refused when asked for explicitly, and said so when not.
@@ -259,7 +262,7 @@ fn check(
             message: "extra interfaces (ignite.weave.works/interface/...) need the cni network plugin".into(),
         });
     }
-    Ok(Checked { plugin, jailed, backend_name, backend, kernel, root, want, verdict, extra_ifs })
+    Ok(Checked { plugin, jailed, backend_name, backend, binaries, kernel, root, want, verdict, extra_ifs })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -271,7 +274,7 @@ fn boot_and_spawn(
     kernel: &Path,
     root: &crate::rootdisk::Root,
     want: u64,
-    (backend, backend_name, verdict): (&dyn Backend, &str, &AccelVerdict),
+    (backend, backend_name, binaries, verdict): (&dyn Backend, &str, &ignite_vmm::Settings, &AccelVerdict),
     (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<Nic>),
     opts: &StartOptions,
     leases: &[Lease],
@@ -352,6 +355,7 @@ fn boot_and_spawn(
         .map_err(|e| StartError::Machine { name: name.clone(), message: e.to_string() })?;
     let boot = BootConfig {
         vmm: backend_name.to_string(),
+        binaries: binaries.clone(),
         machine,
         stop_grace_secs: opts.stop_grace.as_secs(),
         netns: att.map(|a| a.netns.clone()),

@@ -78,7 +78,7 @@ impl Scripted {
 }
 
 impl Host for Scripted {
-    fn backend(&self, name: &str) -> Result<Arc<dyn Backend>, VmmError> {
+    fn backend(&self, name: &str, _: &ignite_vmm::Settings) -> Result<Arc<dyn Backend>, VmmError> {
         self.call(format!("backend {name}"));
         Ok(Arc::new(ignite_vmm::testing::Scripted::default()))
     }

@@ -9,14 +9,18 @@
 //!    memory charges move with it);
 //! 3. opens the VM's disks (as root) and leaves them open for the VMM: QEMU gets them as file
 //!    descriptors (`-add-fd`, `/dev/fdset/N`, the qcow2 backing file too), so the jail holds no
-//!    disk path and no disk changes owner;
+//!    disk path and no disk changes owner. A VMM that takes no descriptors (Firecracker) opens
+//!    its drives itself, by path, as the VM's uid: they are bound at `/disks/<key>`; the VM's
+//!    own writable disk (in its directory) is made that uid's; any other (a volume) must be
+//!    accessible to it already, which is checked as that uid before the VMM runs;
 //! 4. makes a mount namespace and `pivot_root`s into a fresh tmpfs that holds only: `/usr`
 //!    (read-only: the VMM binary, its libraries, its firmware) and the usual links to it, the
 //!    dynamic loader's cache, the VM's kernel and initramfs (read-only, in `/boot`), `/dev`
 //!    with `null`, `zero`, `random`, `urandom`, `net/tun` (and `kvm` under KVM, owned by the
 //!    VM's uid), and a `/proc` of its own PID namespace (the supervisor made one: the VMM is
-//!    its PID 1). The state root, other VMs and the host's `/` are not there; the root is
-//!    remounted read-only;
+//!    its PID 1), and, for a VMM that makes its own sockets and log (Firecracker), its files
+//!    directory, writable, owned by the VM's uid, at its host path. The state root, other VMs
+//!    and the host's `/` are not there; the root is remounted read-only;
 //! 5. drops to the VM's own uid and gid (from a range no user of the host has; see
 //!    [`ignite_runtime::lease::vm_uid`]), no supplementary groups, every capability gone (a change of
 //!    uid from 0 clears them), `no_new_privs`, and sets its parent-death signal again (a change
@@ -42,6 +46,12 @@ pub struct JailDisk {
     pub read_only: bool,
     /// The qcow2 backing file, opened read-only.
     pub backing: Option<PathBuf>,
+    /// The VMM opens it itself, by path (`/disks/<key>` in the jail), as the VM's uid.
+    #[serde(default)]
+    pub by_path: bool,
+    /// The VM's own disk: made the VM's uid's before the VMM opens it by path.
+    #[serde(default)]
+    pub own: bool,
 }
 
 /// A device node in the jail's `/dev`.
@@ -71,6 +81,10 @@ pub struct JailSpec {
     pub files: Vec<(PathBuf, String)>,
     pub devices: Vec<JailDevice>,
     pub disks: Vec<JailDisk>,
+    /// A host directory the VMM writes its own files in, bound read-write at the same path and
+    /// made the VM's uid's.
+    #[serde(default)]
+    pub rw_dir: Option<PathBuf>,
     /// The VMM's argv; `argv[0]` is an absolute path that exists inside the jail.
     pub argv: Vec<String>,
     /// The read end of a pipe whose write end only the supervisor holds: closed (hung up)
@@ -213,6 +227,7 @@ fn enter(spec: &JailSpec) -> Result<Vec<String>, String> {
         .map_err(ctx(|| format!("cannot enter the network namespace {}", ns.display())))?;
     }
     let argv = open_disks(spec)?;
+    hand_over(spec)?;
     ignite_runtime::sys::unshare_mount_namespace().map_err(ctx(|| "cannot make a mount namespace".into()))?;
     rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
         .map_err(ctx(|| "cannot make / private".into()))?;
@@ -224,7 +239,47 @@ fn enter(spec: &JailSpec) -> Result<Vec<String>, String> {
     std::fs::remove_dir("/.old").map_err(ctx(|| "cannot remove /.old".into()))?;
     rustix::mount::mount_remount("/", MountFlags::RDONLY, "").map_err(ctx(|| "cannot make / read-only".into()))?;
     drop_privileges(spec)?;
+    check_disks(spec)?;
     Ok(argv)
+}
+
+/// Makes what the VMM writes by path its uid's: its files directory (and what is in it), its
+/// own writable disks.
+fn hand_over(spec: &JailSpec) -> Result<(), String> {
+    let give = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(spec.uid), Some(spec.gid))
+            .map_err(ctx(|| format!("cannot give {} to uid {}", p.display(), spec.uid)))
+    };
+    if let Some(dir) = &spec.rw_dir {
+        give(dir)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(ctx(|| format!("cannot chmod {}", dir.display())))?;
+        for e in std::fs::read_dir(dir).map_err(ctx(|| format!("cannot read {}", dir.display())))? {
+            give(&e.map_err(ctx(|| format!("cannot read {}", dir.display())))?.path())?;
+        }
+    }
+    for d in spec.disks.iter().filter(|d| d.by_path && d.own && !d.read_only) {
+        give(&d.path)?;
+    }
+    Ok(())
+}
+
+/// Once the VMM's uid: opens every disk the VMM will open by path as it will, so that one it
+/// cannot is named with its host path (instead of the VMM's own message about `/disks/...`).
+fn check_disks(spec: &JailSpec) -> Result<(), String> {
+    for d in spec.disks.iter().filter(|d| d.by_path) {
+        let inside = ignite_vmm::VmmDisk::jail_path(&d.key);
+        std::fs::OpenOptions::new().read(true).write(!d.read_only).open(&inside).map_err(|e| {
+            let how = if d.read_only { "read" } else { "read and write" };
+            format!(
+                "the VM's uid {} cannot {how} {} ({e}): the VMM opens it by path as that uid; make it accessible to uid {} or run with --jail=false",
+                spec.uid,
+                d.path.display(),
+                spec.uid
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Opens the disks and fills in their descriptors in the argv.
@@ -235,7 +290,7 @@ fn open_disks(spec: &JailSpec) -> Result<Vec<String>, String> {
         subst.push((key, fd));
         Ok(())
     };
-    for d in &spec.disks {
+    for d in spec.disks.iter().filter(|d| !d.by_path) {
         let open = |p: &Path, rw: bool| {
             std::fs::OpenOptions::new()
                 .read(true)
@@ -265,9 +320,14 @@ fn open_disks(spec: &JailSpec) -> Result<Vec<String>, String> {
 }
 
 fn bind_ro(src: &Path, dst: &Path) -> Result<(), String> {
+    bind(src, dst, MountFlags::RDONLY | MountFlags::NOSUID)
+}
+
+/// Binds `src` at `dst` with `flags` (a bind mount takes its flags from a remount).
+fn bind(src: &Path, dst: &Path, flags: MountFlags) -> Result<(), String> {
     rustix::mount::mount_bind(src, dst).map_err(ctx(|| format!("cannot bind {} into the jail", src.display())))?;
-    rustix::mount::mount_remount(dst, MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID, "")
-        .map_err(ctx(|| format!("cannot make {} read-only", dst.display())))
+    rustix::mount::mount_remount(dst, MountFlags::BIND | flags, "")
+        .map_err(ctx(|| format!("cannot set the flags of {} in the jail", dst.display())))
 }
 
 fn build_root(spec: &JailSpec) -> Result<(), String> {
@@ -306,6 +366,23 @@ fn build_root(spec: &JailSpec) -> Result<(), String> {
         }
         std::fs::write(&dst, b"").map_err(ctx(|| format!("cannot create {}", dst.display())))?;
         bind_ro(host, &dst)?;
+    }
+    for d in spec.disks.iter().filter(|d| d.by_path) {
+        let dst = root.join(ignite_vmm::VmmDisk::jail_path(&d.key).strip_prefix("/").unwrap_or(Path::new(&d.key)));
+        if let Some(parent) = dst.parent() {
+            mkdir(parent)?;
+        }
+        std::fs::write(&dst, b"").map_err(ctx(|| format!("cannot create {}", dst.display())))?;
+        if d.read_only {
+            bind_ro(&d.path, &dst)?;
+        } else {
+            bind(&d.path, &dst, MountFlags::NOSUID | MountFlags::NOEXEC)?;
+        }
+    }
+    if let Some(dir) = &spec.rw_dir {
+        let dst = root.join(dir.strip_prefix("/").map_err(|_| format!("{} is not absolute", dir.display()))?);
+        mkdir(&dst)?;
+        bind(dir, &dst, MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC)?;
     }
     let dev = root.join("dev");
     mkdir(&dev)?;

@@ -16,6 +16,7 @@ use ignite_vmm::{Launcher, VmmCommand, VmmError};
 use ignite_runtime::boot::BootJail;
 use ignite_runtime::cgroup::VmCgroup;
 use ignite_runtime::sys;
+use ignite_runtime::vmdir::VmDir;
 
 /// What both launchers share: the sockets bound for the VMM, its log, the argv it ran.
 #[derive(Debug)]
@@ -101,6 +102,8 @@ pub struct Jailed {
     limits: (u64, u64),
     /// Where the jailer's instructions are written.
     spec_path: PathBuf,
+    /// The VM's directory: a writable disk in it is the VM's own.
+    vm_dir: PathBuf,
     /// The liveness pipe: the jailer gets the read end; the supervisor keeps the write end
     /// (see [`Jailed::alive_writer`]).
     alive_r: Option<OwnedFd>,
@@ -116,7 +119,7 @@ impl Jailed {
         netns: Option<String>,
         cgroup: VmCgroup,
         limits: (u64, u64),
-        spec_path: PathBuf,
+        dir: &VmDir,
     ) -> Result<Jailed, String> {
         let (alive_r, alive_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
         Ok(Jailed {
@@ -126,7 +129,8 @@ impl Jailed {
             netns,
             cgroup,
             limits,
-            spec_path,
+            spec_path: dir.jail_spec(),
+            vm_dir: dir.path().to_path_buf(),
             alive_r: Some(alive_r),
             alive_w: Some(alive_w),
         })
@@ -159,6 +163,8 @@ impl Jailed {
                 path: d.path.clone(),
                 read_only: d.read_only,
                 backing: d.backing.clone(),
+                by_path: d.by_path,
+                own: d.by_path && !d.read_only && d.path.starts_with(&self.vm_dir),
             })
             .collect();
         let mut argv = vec![program.display().to_string()];
@@ -172,6 +178,7 @@ impl Jailed {
             files,
             devices,
             disks,
+            rw_dir: vmm.rw_dir.clone(),
             argv,
             alive_fd: Some(alive_fd),
             vm: self.vm.clone(),
@@ -243,6 +250,7 @@ mod tests {
                 files: vec![],
                 disks: vec![],
                 kvm: false,
+                rw_dir: None,
             })
             .unwrap();
         let mut out = String::new();

@@ -40,7 +40,7 @@ pub fn run(root: &Path, uid: &str) -> i32 {
     let res = sys::detach_session().map_err(|e| format!("setsid: {e}")).and_then(|()| {
         let store = Store::open(root).map_err(|e| e.to_string())?;
         let boot = read_boot(&store, uid)?;
-        let backend = ignite_runtime::boot::backend(&boot.vmm).map_err(|e| e.to_string())?;
+        let backend = ignite_vmm::backend(&boot.vmm, &boot.binaries).map_err(|e| e.to_string())?;
         supervise(&store, uid, &boot, backend, &mut ready_out)
     });
     match res {
@@ -264,17 +264,25 @@ fn launch(
         cpu_max: limits.cpu_max(),
         seccomp: profile.seccomp,
     };
-    let mut launcher = crate::launch::Jailed::new(
-        vmm_log,
-        uid,
-        j,
-        boot.netns.clone(),
-        cg,
-        (limits.memory_max, limits.cpus),
-        dir.jail_spec(),
-    )?;
-    let instance = backend.launch(machine, &mut launcher).map_err(|e| e.to_string())?;
+    // A backend that waits for its VMM in `launch` (Firecracker's API) fails there when the
+    // jailer did: its reason, written to vmm.log during this launch, is the one to give.
+    let logged = vmm_log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut launcher =
+        crate::launch::Jailed::new(vmm_log, uid, j, boot.netns.clone(), cg, (limits.memory_max, limits.cpus), dir)?;
+    let instance = backend.launch(machine, &mut launcher).map_err(|e| match jail_error(&dir.vmm_log(), logged) {
+        Some(why) => format!("cannot start the VMM in its jail: {why}"),
+        None => e.to_string(),
+    })?;
     Ok(Launched { instance, jail: Some(jail), _alive: launcher.alive_writer() })
+}
+
+/// The last error the jailer wrote to `vmm.log` after its first `from` bytes (why it did not
+/// exec the VMM).
+fn jail_error(vmm_log: &Path, from: u64) -> Option<String> {
+    let log = std::fs::read(vmm_log).ok()?;
+    let from = usize::try_from(from).unwrap_or(usize::MAX).max(log.len().saturating_sub(16 * 1024)).min(log.len());
+    let log = String::from_utf8_lossy(&log[from..]).into_owned();
+    log.lines().rev().find_map(|l| l.strip_prefix("ignite-jail: error: ")).map(str::to_string)
 }
 
 /// Records that the VM ended (only if the status still names this supervisor).

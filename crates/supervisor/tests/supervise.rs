@@ -41,7 +41,15 @@ fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
         debug: false,
         run_dir: dir.to_path_buf(),
     };
-    let boot = BootConfig { vmm: "scripted".into(), machine, stop_grace_secs: 10, netns: None, dhcp: None, jail: None };
+    let boot = BootConfig {
+        vmm: "scripted".into(),
+        binaries: Default::default(),
+        machine,
+        stop_grace_secs: 10,
+        netns: None,
+        dhcp: None,
+        jail: None,
+    };
     let asked = Arc::new(Mutex::new(Vec::new()));
     let backend = Arc::new(Scripted { script, asked: asked.clone() });
     let mut ready = Vec::new();

@@ -8,16 +8,23 @@
 //!   image's shared base read-only plus the VM's writable layer (see `ignite-runtime`'s
 //!   `rootdisk`); volumes are raw block devices or files.
 //! - **Console**: the guest's serial port is Firecracker's stdin/stdout, as QEMU's is: logs and
-//!   attach work the same. Firecracker's own log goes to `firecracker.log`, its metrics to
-//!   `firecracker.metrics` in the run directory.
+//!   attach work the same.
+//! - **Its own files** are in the `firecracker/` directory of the run directory: its API
+//!   socket, its log (`firecracker.log`), its metrics (`firecracker.metrics`, emptied at each
+//!   read) and the vsock socket. Firecracker binds its sockets itself (it takes no
+//!   descriptors), so in the jail that directory is the one place it can write.
 //! - **Agent**: over vsock (`PUT /vsock`): host side a Unix socket where a connection starts
 //!   with `CONNECT <port>`.
 //! - **Stop**: `SendCtrlAltDel` (the guest's i8042) for a graceful stop; Firecracker has no
 //!   "quit" call, so a forced stop is the supervisor's SIGKILL.
 //! - **Accelerator**: KVM only. No probe: whether KVM boots a Linux guest shows in the
 //!   console and in how the VM ended (Firecracker's reason, from its log).
-//! - **Jail**: ignite's own jail is not used for Firecracker yet (`Capabilities::jail`):
-//!   start refuses `--jail` with a clear error; Firecracker's own seccomp filters stay on.
+//! - **Jail**: ignite's own (see `ignite-supervisor`'s `jail`), as for QEMU: its own uid,
+//!   namespaces, cgroup, a root holding only its binary, the kernel and initramfs (at
+//!   [`JAIL_KERNEL`], [`JAIL_INITRD`]), its drives (Firecracker opens them by path, at
+//!   `/disks/<key>`, as the VM's uid: the VM's own writable disk is made that uid's, a volume
+//!   must be accessible to it) and its files directory. Firecracker's own seccomp filters stay
+//!   on.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -30,10 +37,13 @@ use serde_json::{json, Value};
 use crate::accel::{Accel, AccelChoice, AccelVerdict};
 use crate::{
     AgentChannel, AgentEndpoint, Backend, Capabilities, Control, DiskFormat, HostInfo, Instance, JailProfile, Launcher,
-    Machine, RootDisk, VmmCommand, VmmError, AGENT_VMM_SOCKET, AGENT_VSOCK_PORT,
+    Machine, RootDisk, VmmCommand, VmmDisk, VmmError, AGENT_VMM_SOCKET, AGENT_VSOCK_PORT, JAIL_INITRD, JAIL_KERNEL,
 };
 
-/// Firecracker's API socket in a VM's run directory.
+/// The directory of Firecracker's own files in a VM's run directory (the jailed VMM's only
+/// writable place).
+pub const FILES_DIR: &str = "firecracker";
+/// Firecracker's API socket in [`FILES_DIR`].
 pub const API_SOCKET: &str = "firecracker.sock";
 /// Its log (`--log-path`).
 pub const LOG_FILE: &str = "firecracker.log";
@@ -45,6 +55,8 @@ pub const GUEST_CID: u32 = 3;
 const API_WAIT: Duration = Duration::from_secs(10);
 /// How long one API call may take.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of the metrics file's end is read (one object is a few KiB).
+const METRICS_TAIL: u64 = 256 * 1024;
 
 /// The Firecracker backend.
 #[derive(Debug, Clone)]
@@ -65,24 +77,35 @@ impl Firecracker {
         })
     }
 
-    /// The API calls that configure `m`, in order: (method, path, body).
-    pub fn configuration(m: &Machine) -> Vec<(&'static str, String, Value)> {
+    /// Where Firecracker's own files are for a VM whose run directory is `run_dir`.
+    pub fn files_dir(run_dir: &Path) -> PathBuf {
+        run_dir.join(FILES_DIR)
+    }
+
+    /// The API calls that configure `m`, in order: (method, path, body). A `jailed` Firecracker
+    /// names its kernel, initramfs and drives by their paths in the jail.
+    pub fn configuration(m: &Machine, jailed: bool) -> Vec<(&'static str, String, Value)> {
         let mut calls = vec![(
             "PUT",
             "/machine-config".to_string(),
             json!({"vcpu_count": m.vcpus, "mem_size_mib": m.memory_mib, "smt": false}),
         )];
-        let mut boot = json!({"kernel_image_path": m.kernel, "boot_args": m.cmdline});
-        if let Some(i) = &m.initrd {
+        let (kernel, initrd) = match jailed {
+            true => (PathBuf::from(JAIL_KERNEL), m.initrd.as_ref().map(|_| PathBuf::from(JAIL_INITRD))),
+            false => (m.kernel.clone(), m.initrd.clone()),
+        };
+        let mut boot = json!({"kernel_image_path": kernel, "boot_args": m.cmdline});
+        if let Some(i) = initrd {
             boot["initrd_path"] = json!(i);
         }
         calls.push(("PUT", "/boot-source".into(), boot));
         for (i, d) in m.drives.iter().enumerate() {
             let id = format!("disk{i}");
+            let path = if jailed { VmmDisk::jail_path(&id) } else { d.path.clone() };
             calls.push((
                 "PUT",
                 format!("/drives/{id}"),
-                json!({"drive_id": id, "path_on_host": d.path, "is_root_device": false, "is_read_only": d.read_only}),
+                json!({"drive_id": id, "path_on_host": path, "is_root_device": false, "is_read_only": d.read_only}),
             ));
         }
         for (i, n) in m.nics.iter().enumerate() {
@@ -97,17 +120,18 @@ impl Firecracker {
             calls.push((
                 "PUT",
                 "/vsock".into(),
-                json!({"guest_cid": GUEST_CID, "uds_path": m.run_dir.join(AGENT_VMM_SOCKET)}),
+                json!({"guest_cid": GUEST_CID, "uds_path": Firecracker::files_dir(&m.run_dir).join(AGENT_VMM_SOCKET)}),
             ));
         }
         calls.push(("PUT", "/actions".into(), json!({"action_type": "InstanceStart"})));
         calls
     }
 
-    /// Why Firecracker stopped the VM, from its log in `run_dir`: the first error it logged
-    /// (the cause, e.g. `Received KVM_EXIT_INTERNAL_ERROR signal`) and the last (its verdict).
+    /// Why Firecracker stopped the VM, from its log (for the run directory `run_dir`): the
+    /// first error it logged (the cause, e.g. `Received KVM_EXIT_INTERNAL_ERROR signal`) and
+    /// the last (its verdict).
     pub fn logged_error(run_dir: &Path) -> Option<String> {
-        let log = std::fs::read(run_dir.join(LOG_FILE)).ok()?;
+        let log = std::fs::read(Firecracker::files_dir(run_dir).join(LOG_FILE)).ok()?;
         let log = String::from_utf8_lossy(&log[log.len().saturating_sub(64 * 1024)..]).into_owned();
         // "<time> [<id>:<thread>(:<level>)] <message>"
         let errors: Vec<&str> = log
@@ -217,7 +241,7 @@ impl Backend for Firecracker {
             // Firecracker's virtio-mmio devices share the legacy IRQ range: a handful per VM.
             max_devices: 16,
             max_vcpus: 32,
-            jail: false,
+            jail: true,
         }
     }
 
@@ -262,30 +286,48 @@ impl Backend for Firecracker {
     }
 
     fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf> {
-        vec![run_dir.join(API_SOCKET), run_dir.join(AGENT_VMM_SOCKET)]
+        let dir = Firecracker::files_dir(run_dir);
+        vec![dir.join(API_SOCKET), dir.join(AGENT_VMM_SOCKET)]
     }
 
     fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
         m.validate(&self.capabilities())?;
-        if launcher.jailed() {
-            return Err(VmmError::Launch("Firecracker does not run in ignite's jail yet: use --jail=false".into()));
-        }
+        let jailed = launcher.jailed();
         let program = self.found()?;
+        let dir = Firecracker::files_dir(&m.run_dir);
+        std::fs::create_dir_all(&dir).map_err(|e| VmmError::Launch(format!("{}: {e}", dir.display())))?;
         let runtime_files = self.runtime_files(&m.run_dir);
         for f in &runtime_files {
             let _ = std::fs::remove_file(f);
         }
-        let api = m.run_dir.join(API_SOCKET);
-        let (log, metrics) = (m.run_dir.join(LOG_FILE), m.run_dir.join(METRICS_FILE));
+        let api = dir.join(API_SOCKET);
+        let (log, metrics) = (dir.join(LOG_FILE), dir.join(METRICS_FILE));
         // Firecracker opens them; it does not create them. One run's log at a time.
         for f in [&log, &metrics] {
             std::fs::write(f, b"").map_err(|e| VmmError::Launch(format!("{}: {e}", f.display())))?;
         }
+        let mut files = vec![(m.kernel.clone(), JAIL_KERNEL.to_string())];
+        if let Some(i) = &m.initrd {
+            files.push((i.clone(), JAIL_INITRD.to_string()));
+        }
+        let disks = m
+            .drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| VmmDisk {
+                key: format!("disk{i}"),
+                path: d.path.clone(),
+                read_only: d.read_only,
+                backing: None,
+                by_path: true,
+            })
+            .collect();
         let path = |p: &Path| p.display().to_string();
         let mut args = vec!["--api-sock".into(), path(&api), "--id".into(), format!("{}-{}", m.id_prefix, m.uid)];
         args.extend(["--log-path".into(), path(&log), "--level".into(), "Info".into()]);
         args.extend(["--metrics-path".into(), path(&metrics)]);
-        let mut child = launcher.spawn(VmmCommand { program, args, files: vec![], disks: vec![], kvm: true })?;
+        let mut child =
+            launcher.spawn(VmmCommand { program, args, files, disks, kvm: true, rw_dir: Some(dir.clone()) })?;
         let configured = (|| {
             let deadline = Instant::now() + API_WAIT;
             while UnixStream::connect(&api).is_err() {
@@ -304,7 +346,7 @@ impl Backend for Firecracker {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            for (method, path, body) in Firecracker::configuration(m) {
+            for (method, path, body) in Firecracker::configuration(m, jailed) {
                 api_call(&api, method, &path, Some(&body))?;
             }
             Ok(())
@@ -321,7 +363,7 @@ impl Backend for Firecracker {
             agent: m
                 .agent_port
                 .as_ref()
-                .map(|_| AgentEndpoint { path: m.run_dir.join(AGENT_VMM_SOCKET), vsock_port: Some(AGENT_VSOCK_PORT) }),
+                .map(|_| AgentEndpoint { path: dir.join(AGENT_VMM_SOCKET), vsock_port: Some(AGENT_VSOCK_PORT) }),
         })
     }
 
@@ -329,11 +371,24 @@ impl Backend for Firecracker {
         Firecracker::logged_error(run_dir).map(|e| format!("Firecracker: {e}"))
     }
 
-    /// Asks Firecracker to flush its metrics (`FlushMetrics`), then reads the last object it
-    /// wrote to `firecracker.metrics`.
+    /// Asks Firecracker to flush its metrics (`FlushMetrics`), reads the last object it wrote
+    /// to `firecracker.metrics`, and empties the file: Firecracker writes on at its own offset,
+    /// so what it wrote before becomes a hole that takes no disk (the file would otherwise grow
+    /// by one object per flush for the VM's life).
     fn metrics(&self, run_dir: &Path) -> Vec<(String, String, f64)> {
-        let _ = api_call(&run_dir.join(API_SOCKET), "PUT", "/actions", Some(&json!({"action_type": "FlushMetrics"})));
-        std::fs::read(run_dir.join(METRICS_FILE)).map(|b| parse_metrics(&b)).unwrap_or_default()
+        let dir = Firecracker::files_dir(run_dir);
+        let _ = api_call(&dir.join(API_SOCKET), "PUT", "/actions", Some(&json!({"action_type": "FlushMetrics"})));
+        let read = || -> std::io::Result<Vec<u8>> {
+            use std::io::Seek;
+            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(METRICS_FILE))?;
+            let len = f.metadata()?.len();
+            f.seek(std::io::SeekFrom::Start(len.saturating_sub(METRICS_TAIL)))?;
+            let mut tail = Vec::new();
+            f.read_to_end(&mut tail)?;
+            f.set_len(0)?;
+            Ok(tail)
+        };
+        read().map(|b| parse_metrics(&b)).unwrap_or_default()
     }
 }
 
@@ -341,9 +396,11 @@ impl Backend for Firecracker {
 /// flush; its counters count since the previous flush), as (group, name, value): nested
 /// objects are named by their path (`latencies_us`, `read_count`, `min_us_sum`...).
 pub fn parse_metrics(bytes: &[u8]) -> Vec<(String, String, f64)> {
-    let tail = &bytes[bytes.len().saturating_sub(256 * 1024)..];
+    let tail = &bytes[bytes.len().saturating_sub(METRICS_TAIL as usize)..];
     let text = String::from_utf8_lossy(tail);
-    let Some(last) = text.lines().rev().find_map(|l| serde_json::from_str::<Value>(l.trim()).ok()) else {
+    // A hole left by emptying the file reads as NUL bytes before the next object.
+    let object = |l: &str| serde_json::from_str::<Value>(l.trim_matches(|c: char| c == '\0' || c.is_whitespace())).ok();
+    let Some(last) = text.lines().rev().find_map(object) else {
         return Vec::new();
     };
     fn walk(prefix: &str, v: &Value, group: &str, out: &mut Vec<(String, String, f64)>) {
@@ -388,7 +445,7 @@ mod tests {
         ];
         m.nics = vec![Nic { tap: "tap0".into(), mac: "02:00:00:00:00:01".into() }];
         m.agent_port = Some("org.ignite.agent.0".into());
-        let calls = Firecracker::configuration(&m);
+        let calls = Firecracker::configuration(&m, false);
         let paths: Vec<&str> = calls.iter().map(|(_, p, _)| p.as_str()).collect();
         assert_eq!(
             paths,
@@ -405,6 +462,15 @@ mod tests {
         assert_eq!(calls[2].2["is_read_only"], json!(true));
         assert_eq!(calls[4].2["host_dev_name"], json!("tap0"));
         assert_eq!(calls[6].2["action_type"], json!("InstanceStart"));
+        assert_eq!(calls[3].2["path_on_host"], json!("/vm/upper.ext4"));
+        assert_eq!(calls[5].2["uds_path"], json!(m.run_dir.join("firecracker/agent-vmm.sock")));
+        // Jailed, it names no host path but its own files directory (bound at the same path).
+        let jailed = Firecracker::configuration(&m, true);
+        assert_eq!(jailed[1].2["kernel_image_path"], json!(JAIL_KERNEL));
+        assert_eq!(jailed[1].2["initrd_path"], json!(JAIL_INITRD));
+        assert_eq!(jailed[2].2["path_on_host"], json!("/disks/disk0"));
+        assert_eq!(jailed[3].2["path_on_host"], json!("/disks/disk1"));
+        assert_eq!(jailed[5].2, calls[5].2);
     }
 
     #[test]
@@ -420,13 +486,20 @@ mod tests {
         assert_eq!(get("vmm", "panic_count"), Some(0.0));
         assert!(m.iter().all(|(g, _, _)| g != "utc_timestamp_ms"));
         assert!(parse_metrics(b"not json").is_empty());
+        // After the file was emptied, Firecracker's next object follows a hole.
+        let mut holed = vec![0u8; 5000];
+        holed.extend_from_slice(br#"{"block":{"read_count":2}}"#);
+        holed.push(b'\n');
+        assert_eq!(parse_metrics(&holed), vec![("block".to_string(), "read_count".to_string(), 2.0)]);
     }
 
     #[test]
     fn its_logged_errors_explain_the_end() {
         let d = tempfile::tempdir().unwrap();
+        let log = Firecracker::files_dir(d.path()).join(LOG_FILE);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
         std::fs::write(
-            d.path().join(LOG_FILE),
+            &log,
             "2026-12-01T18:33:27.6 [ignite-x:main] Artificially kick devices\n\
              2026-12-01T18:33:49.3 [ignite-x:fc_vcpu 0] Received KVM_EXIT_INTERNAL_ERROR signal\n\
              2026-12-01T18:33:49.3 [ignite-x:main] Vmm is stopping.\n\
@@ -438,8 +511,7 @@ mod tests {
             Firecracker::logged_error(d.path()).as_deref(),
             Some("Received KVM_EXIT_INTERNAL_ERROR signal; RunWithApiError error: MicroVM stopped with an error: GenericError")
         );
-        std::fs::write(d.path().join(LOG_FILE), "2026-12-01T18:33:27.6 [ignite-x:main] Artificially kick devices\n")
-            .unwrap();
+        std::fs::write(&log, "2026-12-01T18:33:27.6 [ignite-x:main] Artificially kick devices\n").unwrap();
         assert_eq!(Firecracker::logged_error(d.path()), None);
     }
 }

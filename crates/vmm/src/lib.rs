@@ -41,6 +41,9 @@ pub const DEFAULT_BACKEND: &str = "qemu";
 /// Where a jailed VMM finds its kernel and initramfs (bind-mounted read-only).
 pub const JAIL_KERNEL: &str = "/boot/vmlinux";
 pub const JAIL_INITRD: &str = "/boot/initrd";
+/// Where a jailed VMM that opens its drives by path finds them: `/disks/<key>`
+/// ([`VmmDisk::by_path`]).
+pub const JAIL_DISKS: &str = "/disks";
 
 /// The host end of the guest agent's channel in a VM's run directory (the supervisor's mux
 /// connects to it).
@@ -138,6 +141,16 @@ pub struct VmmDisk {
     pub path: PathBuf,
     pub read_only: bool,
     pub backing: Option<PathBuf>,
+    /// The VMM opens it itself, by path (a VMM that takes no descriptors, e.g. Firecracker):
+    /// jailed, it finds it at `JAIL_DISKS/<key>`, and opens it as the VM's uid.
+    pub by_path: bool,
+}
+
+impl VmmDisk {
+    /// Where a jailed VMM finds a disk it opens by path.
+    pub fn jail_path(key: &str) -> PathBuf {
+        Path::new(JAIL_DISKS).join(key)
+    }
 }
 
 /// What the VMM process needs, as the backend describes it to a [`Launcher`].
@@ -150,6 +163,9 @@ pub struct VmmCommand {
     pub disks: Vec<VmmDisk>,
     /// Whether it needs `/dev/kvm`.
     pub kvm: bool,
+    /// A host directory the VMM makes its own files in (sockets it binds, its log): jailed, it
+    /// sees it at the same path, writable and owned by the VM's uid.
+    pub rw_dir: Option<PathBuf>,
 }
 
 /// Starts a VMM process the way the supervisor wants it (directly in the VM's network
@@ -243,8 +259,8 @@ pub trait Backend: Send + Sync + Debug {
     }
 }
 
-/// Where backends find their binaries: the Configuration, else the environment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Where backends find their binaries (`None`: on PATH).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     /// The QEMU binary (`$IGNITE_QEMU`, else `qemu-system-x86_64` from PATH).
     pub qemu: Option<PathBuf>,

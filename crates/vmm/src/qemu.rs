@@ -412,9 +412,17 @@ impl Backend for Qemu {
                 path: d.path.clone(),
                 read_only: d.read_only,
                 backing: d.backing.clone(),
+                by_path: false,
             })
             .collect();
-        let cmd = VmmCommand { program, args: Qemu::args(m, jailed, fds), files, disks, kvm: m.accel == Accel::Kvm };
+        let cmd = VmmCommand {
+            program,
+            args: Qemu::args(m, jailed, fds),
+            files,
+            disks,
+            kvm: m.accel == Accel::Kvm,
+            rw_dir: None,
+        };
         let child = launcher.spawn(cmd)?;
         Ok(Instance {
             child,

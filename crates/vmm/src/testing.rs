@@ -88,6 +88,7 @@ impl Backend for Scripted {
             files: vec![],
             disks: vec![],
             kvm: false,
+            rw_dir: None,
         })?;
         let control = Arc::new(ScriptControl { pid: child.id(), asked: self.asked.clone() });
         Ok(Instance { child, control, runtime_files: vec![], agent: None })
