@@ -28,6 +28,26 @@ fn vmm_pid(uid: &str) -> u32 {
     })
 }
 
+/// The HOST MEMORY column of `ignite ps -o wide` for VM `name`, MB.
+fn host_memory_mb(root: &Path, name: &str) -> f64 {
+    let out = ok(root, &["ps", "-o", "wide"]);
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    let (from, to) = (header.find("HOST MEMORY").unwrap(), header.find("LABELS").unwrap());
+    let at_name = header.find(" NAME ").unwrap() + 1;
+    let row = lines
+        .find(|l| l.get(at_name..).and_then(|r| r.split_whitespace().next()) == Some(name))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cell = row.get(from..to.min(row.len())).unwrap_or_default().trim();
+    let (value, unit) = cell.split_once(' ').unwrap_or_else(|| panic!("HOST MEMORY {cell:?}:\n{out}"));
+    let v: f64 = value.parse().unwrap();
+    match unit {
+        "MB" => v,
+        "GB" => v * 1024.0,
+        _ => panic!("HOST MEMORY {cell:?}:\n{out}"),
+    }
+}
+
 fn status_field(pid: u32, key: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string())).unwrap_or_default()
@@ -128,8 +148,10 @@ fn a_jailed_vmm_has_no_privileges_its_own_limits_and_sees_almost_nothing() {
         .map(String::from)
         .collect();
     assert!(pids.iter().all(|p| p == "1" || pids.len() <= 2), "processes visible in the jail: {pids:?}");
-    // And the VM works as ever.
+    // And the VM works as ever; `ps -o wide` shows what it takes, from its cgroup.
     until_exec_works(&root, "ja", 120);
+    let mb = host_memory_mb(&root, "ja");
+    assert!(mb > 10.0 && mb * 1048576.0 <= memory_max as f64, "{mb} MB");
     assert_eq!(ok(&root, &["exec", "ja", "--", "hostname"]).trim(), "ja");
     ok(&root, &["rm", "-f", "ja", "jb"]);
     // Nothing of the jails is left.
@@ -176,6 +198,9 @@ fn without_the_jail_the_vmm_runs_as_root_for_debugging() {
     assert_eq!(status_field(pid, "Seccomp"), "0");
     assert_eq!(field(&root, "free", "{{.Status.Runtime.Jail}}"), "<nil>");
     until_exec_works(&root, "free", 120);
+    // Its host memory, from the VMM's resident set (no cgroup to ask).
+    let mb = host_memory_mb(&root, "free");
+    assert!((10.0..2048.0).contains(&mb), "{mb} MB");
     ok(&root, &["rm", "-f", "free"]);
 }
 

@@ -286,22 +286,22 @@ fn metrics_text(store: &Store, m: &Metrics) -> String {
     for st in ["running", "stopped", "created"] {
         s.push_str(&format!("ignite_vms{{state=\"{st}\"}} {}\n", by_state.get(st).copied().unwrap_or(0)));
     }
-    // Per running VM: what its jail's cgroup says it uses.
+    // Per running VM: the host memory it takes (`status::host_memory`), its jail cgroup's CPU time.
     let mut mem = String::new();
     let mut cpu = String::new();
     for v in vms.iter().filter(|v| v.status.running) {
-        let Some(j) = v.status.runtime.as_ref().and_then(|r| r.jail.as_ref()) else { continue };
-        let (m, c) = ignite_runtime::cgroup::from_status(&j.cgroups).usage();
         let labels = format!("vm=\"{}\",uid=\"{}\"", v.metadata.name, v.uid());
-        if let Some(m) = m {
+        if let Some(m) = ignite_runtime::status::host_memory(v) {
             mem.push_str(&format!("ignite_vm_memory_bytes{{{labels}}} {m}\n"));
         }
+        let Some(j) = v.status.runtime.as_ref().and_then(|r| r.jail.as_ref()) else { continue };
+        let (_, c) = ignite_runtime::cgroup::from_status(&j.cgroups).usage();
         if let Some(c) = c {
             cpu.push_str(&format!("ignite_vm_cpu_seconds_total{{{labels}}} {:.6}\n", c as f64 / 1e6));
         }
     }
     s.push_str(&vmm_metrics(store, &vms));
-    s.push_str("# HELP ignite_vm_memory_bytes Memory a VM's VMM uses (its cgroup), guest memory included.\n# TYPE ignite_vm_memory_bytes gauge\n");
+    s.push_str("# HELP ignite_vm_memory_bytes Host memory a VM takes, guest memory included: its jail's cgroup, else its VMM's resident set.\n# TYPE ignite_vm_memory_bytes gauge\n");
     s.push_str(&mem);
     s.push_str("# HELP ignite_vm_cpu_seconds_total CPU time a VM's VMM has used (its cgroup).\n# TYPE ignite_vm_cpu_seconds_total counter\n");
     s.push_str(&cpu);

@@ -45,6 +45,28 @@ pub fn observe(mut vm: Vm) -> Vm {
     vm
 }
 
+/// Host memory a running VM takes, bytes: its jail's cgroup (guest memory, the VMM, the page
+/// cache it caused), else the resident sets of its supervisor's children (the unjailed VMM).
+/// `None` for a VM that is not running, or when the host does not say.
+pub fn host_memory(vm: &Vm) -> Option<u64> {
+    if !is_live(vm) {
+        return None;
+    }
+    let rt = vm.status.runtime.as_ref()?;
+    if let Some(j) = &rt.jail {
+        return crate::cgroup::from_status(&j.cgroups).usage().0;
+    }
+    let sup = rt.pid?;
+    let children = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).ok()?;
+    let rss = |pid: &str| -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse::<u64>();
+        kib.ok().map(|k| k * 1024)
+    };
+    let pids: Vec<&str> = children.split_whitespace().collect();
+    (!pids.is_empty()).then(|| pids.iter().filter_map(|p| rss(p)).sum())
+}
+
 /// All VMs as they are (see [`observe`]).
 pub fn list(store: &Store) -> Result<Vec<Vm>, StoreError> {
     Ok(store.list::<Vm>()?.into_iter().map(observe).collect())

@@ -246,8 +246,9 @@ fn enter(spec: &JailSpec) -> Result<Vec<String>, String> {
 /// Makes what the VMM writes by path its uid's: its files directory (and what is in it), its
 /// own writable disks.
 fn hand_over(spec: &JailSpec) -> Result<(), String> {
+    // (Never through a symlink: `lchown`.)
     let give = |p: &Path| {
-        std::os::unix::fs::chown(p, Some(spec.uid), Some(spec.gid))
+        std::os::unix::fs::lchown(p, Some(spec.uid), Some(spec.gid))
             .map_err(ctx(|| format!("cannot give {} to uid {}", p.display(), spec.uid)))
     };
     if let Some(dir) = &spec.rw_dir {

@@ -176,7 +176,7 @@ pub fn start_mux(dir: &Path, guest: AgentEndpoint, dead_after: Duration) -> std:
 /// socket as it starts; a vsock multiplexer refuses the port until the guest agent listens.
 fn connect(guest: &AgentEndpoint) -> UnixStream {
     loop {
-        match UnixStream::connect(&guest.path) {
+        match ignite_vmm::connect_vmm_socket(&guest.path) {
             Ok(s) => match guest.vsock_port {
                 None => return s,
                 Some(port) => match vsock_handshake(&s, port) {

@@ -131,7 +131,10 @@ impl Firecracker {
     /// first error it logged (the cause, e.g. `Received KVM_EXIT_INTERNAL_ERROR signal`) and
     /// the last (its verdict).
     pub fn logged_error(run_dir: &Path) -> Option<String> {
-        let log = std::fs::read(Firecracker::files_dir(run_dir).join(LOG_FILE)).ok()?;
+        let mut log = Vec::new();
+        crate::open_vmm_file(&Firecracker::files_dir(run_dir).join(LOG_FILE), false)
+            .and_then(|mut f| f.read_to_end(&mut log))
+            .ok()?;
         let log = String::from_utf8_lossy(&log[log.len().saturating_sub(64 * 1024)..]).into_owned();
         // "<time> [<id>:<thread>(:<level>)] <message>"
         let errors: Vec<&str> = log
@@ -149,7 +152,7 @@ impl Firecracker {
 /// carries Firecracker's `fault_message`.
 pub fn api_call(sock: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, VmmError> {
     let control = |source| VmmError::Control { path: sock.to_path_buf(), source };
-    let mut s = UnixStream::connect(sock).map_err(control)?;
+    let mut s = crate::connect_vmm_socket(sock).map_err(control)?;
     s.set_read_timeout(Some(API_TIMEOUT)).map_err(control)?;
     s.set_write_timeout(Some(API_TIMEOUT)).map_err(control)?;
     let body = body.map(Value::to_string).unwrap_or_default();
@@ -294,12 +297,18 @@ impl Backend for Firecracker {
         m.validate(&self.capabilities())?;
         let jailed = launcher.jailed();
         let program = self.found()?;
+        // A fresh directory each launch: a jailed Firecracker owns it, and whatever a previous
+        // one left there (a symlink in place of its log...) is not to be trusted.
         let dir = Firecracker::files_dir(&m.run_dir);
-        std::fs::create_dir_all(&dir).map_err(|e| VmmError::Launch(format!("{}: {e}", dir.display())))?;
+        let fresh = || {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            std::fs::create_dir(&dir)
+        };
+        fresh().map_err(|e| VmmError::Launch(format!("{}: {e}", dir.display())))?;
         let runtime_files = self.runtime_files(&m.run_dir);
-        for f in &runtime_files {
-            let _ = std::fs::remove_file(f);
-        }
         let api = dir.join(API_SOCKET);
         let (log, metrics) = (dir.join(LOG_FILE), dir.join(METRICS_FILE));
         // Firecracker opens them; it does not create them. One run's log at a time.
@@ -330,7 +339,7 @@ impl Backend for Firecracker {
             launcher.spawn(VmmCommand { program, args, files, disks, kvm: true, rw_dir: Some(dir.clone()) })?;
         let configured = (|| {
             let deadline = Instant::now() + API_WAIT;
-            while UnixStream::connect(&api).is_err() {
+            while crate::connect_vmm_socket(&api).is_err() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(VmmError::Launch(format!(
                         "firecracker exited ({status}) before its API socket was up: {}",
@@ -380,7 +389,7 @@ impl Backend for Firecracker {
         let _ = api_call(&dir.join(API_SOCKET), "PUT", "/actions", Some(&json!({"action_type": "FlushMetrics"})));
         let read = || -> std::io::Result<Vec<u8>> {
             use std::io::Seek;
-            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(METRICS_FILE))?;
+            let mut f = crate::open_vmm_file(&dir.join(METRICS_FILE), true)?;
             let len = f.metadata()?.len();
             f.seek(std::io::SeekFrom::Start(len.saturating_sub(METRICS_TAIL)))?;
             let mut tail = Vec::new();

@@ -296,6 +296,30 @@ pub fn all_runtime_files(run_dir: &Path) -> Vec<PathBuf> {
     BACKENDS.iter().filter_map(|n| backend(n, &s).ok()).flat_map(|b| b.runtime_files(run_dir)).collect()
 }
 
+/// Connects to a VMM's Unix socket. A jailed VMM owns the directory its sockets are in (it
+/// binds them itself), so a socket that is a symlink is refused rather than followed: a VMM
+/// taken over by its guest must not point the host at another socket.
+pub fn connect_vmm_socket(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is a symlink, not the VMM's socket", path.display()),
+        ));
+    }
+    std::os::unix::net::UnixStream::connect(path)
+}
+
+/// Opens a file a VMM wrote (its log, its metrics) without following a symlink, for the same
+/// reason as [`connect_vmm_socket`].
+pub fn open_vmm_file(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 /// Finds `program` (absolute, or on PATH).
 pub fn find_program(program: &Path) -> Option<PathBuf> {
     if program.is_absolute() || program.components().count() > 1 {
@@ -303,4 +327,29 @@ pub fn find_program(program: &Path) -> Option<PathBuf> {
     }
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vmms_socket_or_file_is_never_reached_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&real).unwrap();
+        assert!(connect_vmm_socket(&real).is_ok());
+        let link = d.path().join("firecracker.sock");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = connect_vmm_socket(&link).unwrap_err();
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, "kept").unwrap();
+        let log = d.path().join("firecracker.log");
+        std::os::unix::fs::symlink(&secret, &log).unwrap();
+        assert!(open_vmm_file(&log, false).is_err());
+        assert!(open_vmm_file(&log, true).is_err());
+        assert!(open_vmm_file(&secret, false).is_ok());
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "kept");
+    }
 }

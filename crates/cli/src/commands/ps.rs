@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
             let mut header =
                 vec!["VM ID", "IMAGE", "KERNEL", "SIZE", "CPUS", "MEMORY", "CREATED", "STATUS", "IPS", "PORTS", "NAME"];
             if wide {
-                header.extend(["VMM", "PID", "LABELS"]);
+                header.extend(["VMM", "PID", "HOST MEMORY", "LABELS"]);
             }
             let rows: Vec<Vec<String>> = vms.iter().map(|(vm, _)| row(vm, wide)).collect();
             table(&header, &rows);
@@ -99,6 +99,11 @@ fn row(vm: &Vm, wide: bool) -> Vec<String> {
         let rt = vm.status.runtime.as_ref();
         r.push(vm.spec.vmm.clone().or_else(|| rt.map(|r| r.name.clone())).unwrap_or_default());
         r.push(rt.and_then(|r| r.pid).map(|p| p.to_string()).unwrap_or_default());
+        r.push(
+            ignite_runtime::status::host_memory(vm)
+                .map(|b| ignite_api::Size::from_bytes(b).human())
+                .unwrap_or_else(|| "-".into()),
+        );
         r.push(vm.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
     }
     r
