@@ -65,6 +65,7 @@ fn leftovers(uid: &str, ips: &BTreeSet<String>) -> Vec<String> {
     if sh("ip netns list").contains(uid) {
         v.push("netns".to_string());
     }
+
     for ip in leases(uid) {
         v.push(format!("IPAM lease {ip}"));
     }
@@ -156,6 +157,16 @@ fn a_start_killed_at_any_step_leaks_nothing() {
         ok(&root, &["kill", "victim"]);
         let left = leftovers(&uid, &ips);
         assert!(left.is_empty(), "after {point}/{signal} and a kill: {left:?}");
+        // No process of the VM outlives it either: not the killed start's VMM (whose
+        // supervisor died under it), not this one's.
+        common::until_ok(&format!("after {point}/{signal}: no process of the VM"), 30, || {
+            let left = common::procs(&uid);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:#?}"))
+            }
+        });
     }
     // Killed after allocating, then removed without a start in between.
     let o = ignite_env(&root, &["start", "victim"], &[("IGNITE_FAULT", "start.network-attached")]);

@@ -76,6 +76,14 @@ fn a_jailed_vmm_has_no_privileges_its_own_limits_and_sees_almost_nothing() {
         assert_eq!(status_field(pid, "Seccomp"), "2");
     }
     assert_ne!(status_field(pa, "Uid"), status_field(pb, "Uid"), "each VM has its own uid");
+    // Its descriptors: only what it was given. No pipe but its console (0 and 1): not the
+    // supervisor's liveness pipe's write end (a VMM holding it would outlive its killed
+    // supervisor), not what the test harness passed down (cargo's jobserver).
+    for e in std::fs::read_dir(format!("/proc/{pa}/fd")).unwrap().flatten() {
+        let target = std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default();
+        let fd = e.file_name().to_string_lossy().into_owned();
+        assert!(!target.starts_with("pipe:") || fd == "0" || fd == "1", "the VMM holds fd {fd} -> {target}");
+    }
     assert_eq!(
         field(&root, "ja", "{{.Status.Runtime.Jail.UID}}"),
         status_field(pa, "Uid").split_whitespace().next().unwrap()

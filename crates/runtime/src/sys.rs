@@ -58,6 +58,25 @@ pub fn inherit_fds(cmd: &mut Command, fds: Vec<i32>) {
     }
 }
 
+/// Marks every descriptor from 3 up close-on-exec: what a process inherited by accident (a
+/// build tool's jobserver pipe, a caller's descriptor opened without `O_CLOEXEC`) is not
+/// passed on to what it starts. Call at start-up, before anything is opened on purpose.
+pub fn close_inherited_on_exec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: at start-up nothing in this process owns these descriptors yet (the
+        // directory's own is closed by now: fcntl then fails with EBADF, which is ignored);
+        // borrowing one for a single fcntl call changes only its close-on-exec flag.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = rustix::io::fcntl_setfd(b, rustix::io::FdFlags::CLOEXEC);
+    }
+}
+
 /// Marks inherited descriptors close-on-exec again (the supervisor keeps its leases to
 /// itself), after checking that they are open. Returns the ones that are.
 pub fn keep_fds_to_self(fds: &[i32]) -> Vec<i32> {

@@ -121,7 +121,11 @@ impl Jailed {
         limits: (u64, u64),
         dir: &VmDir,
     ) -> Result<Jailed, String> {
-        let (alive_r, alive_w) = rustix::pipe::pipe().map_err(|e| format!("pipe: {e}"))?;
+        // Close-on-exec, both ends: the jailer is given the read end on purpose; the write end
+        // must stay the supervisor's alone, or its death would never hang the pipe up (a VMM
+        // holding it outlived its killed supervisor).
+        let (alive_r, alive_w) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         Ok(Jailed {
             common: Common { listeners: Vec::new(), vmm_log },
             vm: vm.to_string(),

@@ -31,6 +31,8 @@ fn main() {
         }
     }
     let (Some(root), Some(uid)) = (root, uid) else { usage() };
+    // Nothing this process inherited goes on to the VMM but what it passes on purpose.
+    ignite_runtime::sys::close_inherited_on_exec();
     // The leases stay open (never closed) for this process's life, and are not passed on.
     let held = ignite_runtime::sys::keep_fds_to_self(&fds);
     if held.len() != fds.len() {
