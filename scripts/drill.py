@@ -94,6 +94,12 @@ class Drill:
         self.points = 0
         self.next_vm = 0
         self.port = 18400 + (args.seed % 500)
+        # VM cgroups that exist before the drill starts are not its doing: left on this host by
+        # a run killed in another login session (another cgroup of its own; ignited's UIDs
+        # are stable per manifest, so an earlier drill's can carry the same UID).
+        self.old_cgroups = set(cgroup_dirs(None))
+        if self.old_cgroups:
+            print(f"drill: {len(self.old_cgroups)} VM cgroups of earlier runs exist on this host (not checked)")
 
     # -- running ignite ---------------------------------------------------------------------
 
@@ -414,7 +420,7 @@ class Drill:
         for uid in known - running:
             if os.path.exists(f"/run/ignite/jail/{uid}"):
                 problems.append(f"jail root /run/ignite/jail/{uid} of a VM that is not running")
-            for d in cgroup_dirs(uid):
+            for d in set(cgroup_dirs(uid)) - self.old_cgroups:
                 problems.append(f"cgroup {d} of a VM that is not running")
         problems += self.temp_files()
         problems += self.stray_blobs()
@@ -523,13 +529,16 @@ def procs():
 
 
 def cgroup_dirs(uid):
-    """The cgroup directories named after VM `uid` (ignite/<uid>, ignite.slice/<uid>)."""
+    """The cgroup directories named after VM `uid` (ignite/<uid>, ignite.slice/<uid>); of any
+    VM when `uid` is None."""
     out = []
     for top, dirs, _ in os.walk("/sys/fs/cgroup"):
         if top.count("/") > 9:
             dirs[:] = []
             continue
-        if os.path.basename(top) == uid and os.path.basename(os.path.dirname(top)) in ("ignite", "ignite.slice"):
+        name = os.path.basename(top)
+        if (name == uid or (uid is None and re.fullmatch(r"[0-9a-f]{16}", name))) and os.path.basename(
+                os.path.dirname(top)) in ("ignite", "ignite.slice"):
             out.append(top)
             dirs[:] = []
     return out
