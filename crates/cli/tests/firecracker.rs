@@ -213,6 +213,21 @@ fn what_firecracker_cannot_run_is_refused_in_its_own_words() {
     args.extend(["--name", "broken", "--kernel-image", "localhost/broken:1"]);
     let err = fails(&root, &args, 1, "VMM refused PUT /actions");
     assert!(err.contains("HTTP 400"), "{err}");
+    // Started on its own: the same refusal, and its jail goes with it — no cgroup (a failed
+    // launch records no end that would release it later; the VMM killed on the way out may
+    // leave it a moment after), no jail root.
+    let no_jail_left = |uid: &str| {
+        let cgroups: Vec<PathBuf> = common::vm_cgroups().into_iter().filter(|p| p.ends_with(uid)).collect();
+        assert!(cgroups.is_empty(), "the failed start left its cgroups: {cgroups:?}");
+        assert!(!Path::new(&format!("/run/ignite/jail/{uid}")).exists());
+    };
+    ok(
+        &root,
+        &["create", "busybox", "--vmm", "firecracker", "--name", "broken", "--kernel-image", "localhost/broken:1"],
+    );
+    fails(&root, &["start", "broken"], 1, "VMM refused PUT /actions");
+    no_jail_left(&field(&root, "broken", "{{.UID}}"));
+    ok(&root, &["rm", "broken"]);
     // In the jail, Firecracker opens its drives by path as the VM's uid: a volume that uid may
     // not write is named, with what to do, and the volume is left as it was.
     let vol = d.path().join("vol.img");
@@ -222,10 +237,14 @@ fn what_firecracker_cannot_run_is_refused_in_its_own_words() {
         std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let volume = format!("{}:/data", vol.display());
-    let mut args = RUN.to_vec();
+    let mut args = vec!["create", "busybox", "--vmm", "firecracker", "--memory", "128MB"];
     args.extend(["--name", "private", "--volumes", &volume]);
-    let err = fails(&root, &args, 1, "cannot read and write");
+    ok(&root, &args);
+    let uid = field(&root, "private", "{{.UID}}");
+    let err = fails(&root, &["start", "private"], 1, "cannot read and write");
     assert!(err.contains(&vol.display().to_string()) && err.contains("make it accessible to uid"), "{err}");
+    no_jail_left(&uid);
+    ok(&root, &["rm", "private"]);
     {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(&vol).unwrap();

@@ -269,9 +269,24 @@ fn launch(
     let logged = vmm_log.metadata().map(|m| m.len()).unwrap_or(0);
     let mut launcher =
         crate::launch::Jailed::new(vmm_log, uid, j, boot.netns.clone(), cg, (limits.memory_max, limits.cpus), dir)?;
-    let instance = backend.launch(machine, &mut launcher).map_err(|e| match jail_error(&dir.vmm_log(), logged) {
-        Some(why) => format!("cannot start the VMM in its jail: {why}"),
-        None => e.to_string(),
+    let instance = backend.launch(machine, &mut launcher).map_err(|e| {
+        // The launch has waited for the jailer; the VMM it killed on its way out may take a
+        // moment more to leave its cgroup. The cgroup the jailer made and the jail's root go
+        // now: no end will be recorded to release them later.
+        let record = dir.cgroup_record();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            ignite_runtime::cgroup::release(&record);
+            if !record.exists() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(ignite_runtime::jail::root_for(uid));
+        match jail_error(&dir.vmm_log(), logged) {
+            Some(why) => format!("cannot start the VMM in its jail: {why}"),
+            None => e.to_string(),
+        }
     })?;
     Ok(Launched { instance, jail: Some(jail), _alive: launcher.alive_writer() })
 }

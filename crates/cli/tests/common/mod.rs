@@ -121,6 +121,32 @@ pub fn procs(needle: &str) -> Vec<String> {
     out
 }
 
+/// The VM cgroups on this host (`…/ignite/<uid>`, `…/ignite.slice/<uid>`), every hierarchy.
+pub fn vm_cgroups() -> std::collections::BTreeSet<PathBuf> {
+    fn walk(dir: &Path, depth: usize, out: &mut std::collections::BTreeSet<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let parent = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if (parent == "ignite" || parent == "ignite.slice")
+                && name.len() == 16
+                && name.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                out.insert(p);
+            } else if depth < 6 {
+                walk(&p, depth + 1, out);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(Path::new("/sys/fs/cgroup"), 0, &mut out);
+    out
+}
+
 pub fn ignite(root: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
