@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    fails, firecracker, ignite, ok, prepared_root, procs, until, until_exec_works, until_ok, wait_for_log, write,
+    fails, firecracker, ignite, ok, pid_with_args, prepared_root, procs, status_field, until, until_exec_works,
+    until_ok, wait_for_log, write,
 };
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
@@ -48,22 +49,7 @@ const RUN: &[&str] = &["run", "busybox", "--vmm", "firecracker", "--memory", "12
 
 /// The Firecracker process of VM `uid` (`--id ignite-<uid>`).
 fn firecracker_pid(uid: &str) -> u32 {
-    until_ok(&format!("the Firecracker process of {uid}"), 30, || {
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("--api-sock") && cmd.contains(&format!("--id ignite-{uid}")) {
-                return Ok(pid);
-            }
-        }
-        Err("none yet")
-    })
-}
-
-fn status_field(pid: u32, key: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string())).unwrap_or_default()
+    pid_with_args(&["--api-sock", &format!("--id ignite-{uid}")])
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ok, prepared_root, until, until_exec_works, until_ok};
+use common::{ok, pid_with_args, prepared_root, status_field, until, until_exec_works, until_ok};
 
 fn field(root: &Path, vm: &str, t: &str) -> String {
     ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
@@ -15,17 +15,7 @@ fn field(root: &Path, vm: &str, t: &str) -> String {
 
 /// The VMM process of VM `uid` (QEMU names itself `<prefix>-<uid>`).
 fn vmm_pid(uid: &str) -> u32 {
-    until_ok(&format!("the VMM process of {uid}"), 30, || {
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("qemu-system") && cmd.contains(&format!("-name ignite-{uid}")) {
-                return Ok(pid);
-            }
-        }
-        Err("none yet")
-    })
+    pid_with_args(&["qemu-system", &format!("-name ignite-{uid}")])
 }
 
 /// The HOST MEMORY column of `ignite ps -o wide` for VM `name`, MB.
@@ -46,11 +36,6 @@ fn host_memory_mb(root: &Path, name: &str) -> f64 {
         "GB" => v * 1024.0,
         _ => panic!("HOST MEMORY {cell:?}:\n{out}"),
     }
-}
-
-fn status_field(pid: u32, key: &str) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string())).unwrap_or_default()
 }
 
 #[test]

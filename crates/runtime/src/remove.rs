@@ -40,7 +40,9 @@ pub fn remove_vm(
         return Err(RemoveError::Running { name: cur.metadata.name });
     }
     ignite_proc::fault::point("rm.locked");
-    crate::network::release(&store.dir::<Vm>(uid));
+    // Everything the VM's directory records it holds (network, cgroup, jail root, sockets)
+    // is released before the directory and those records go.
+    crate::held::release_resources(&store.dir::<Vm>(uid));
     ignite_proc::fault::point("rm.network-released");
     store.remove::<Vm>(&lock, uid)?;
     drop(lock);

@@ -73,7 +73,7 @@ impl Firecracker {
     fn found(&self) -> Result<PathBuf, VmmError> {
         crate::find_program(&self.binary).ok_or_else(|| VmmError::Missing {
             what: format!("the Firecracker binary {}", self.binary.display()),
-            hint: "install firecracker from its release page (github.com/firecracker-microvm/firecracker/releases) on PATH, or point IGNITE_FIRECRACKER at it",
+            hint: "install firecracker from its release page (github.com/firecracker-microvm/firecracker/releases) on PATH, or name it with --firecracker, IGNITE_FIRECRACKER or the Configuration's spec.vmmBinaries.firecracker",
         })
     }
 
@@ -315,22 +315,8 @@ impl Backend for Firecracker {
         for f in [&log, &metrics] {
             std::fs::write(f, b"").map_err(|e| VmmError::Launch(format!("{}: {e}", f.display())))?;
         }
-        let mut files = vec![(m.kernel.clone(), JAIL_KERNEL.to_string())];
-        if let Some(i) = &m.initrd {
-            files.push((i.clone(), JAIL_INITRD.to_string()));
-        }
-        let disks = m
-            .drives
-            .iter()
-            .enumerate()
-            .map(|(i, d)| VmmDisk {
-                key: format!("disk{i}"),
-                path: d.path.clone(),
-                read_only: d.read_only,
-                backing: None,
-                by_path: true,
-            })
-            .collect();
+        let files = m.jail_files();
+        let disks = m.vmm_disks(true);
         let path = |p: &Path| p.display().to_string();
         let mut args = vec!["--api-sock".into(), path(&api), "--id".into(), format!("{}-{}", m.id_prefix, m.uid)];
         args.extend(["--log-path".into(), path(&log), "--level".into(), "Info".into()]);

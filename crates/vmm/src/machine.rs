@@ -73,6 +73,31 @@ pub const MIN_MEMORY_MIB: u64 = 16;
 pub const MAX_CMDLINE: usize = 2048;
 
 impl Machine {
+    /// The host files a VMM reads (kernel, initramfs) and where a jailed one finds them.
+    pub fn jail_files(&self) -> Vec<(PathBuf, String)> {
+        let mut files = vec![(self.kernel.clone(), crate::JAIL_KERNEL.to_string())];
+        if let Some(i) = &self.initrd {
+            files.push((i.clone(), crate::JAIL_INITRD.to_string()));
+        }
+        files
+    }
+
+    /// The drives as the VMM opens them, keyed `disk<N>`; `by_path`: it opens them itself
+    /// ([`crate::VmmDisk::by_path`]).
+    pub fn vmm_disks(&self, by_path: bool) -> Vec<crate::VmmDisk> {
+        self.drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| crate::VmmDisk {
+                key: format!("disk{i}"),
+                path: d.path.clone(),
+                read_only: d.read_only,
+                backing: d.backing.clone(),
+                by_path,
+            })
+            .collect()
+    }
+
     /// Virtio devices the machine has: drives, NICs and the agent's port.
     pub fn devices(&self) -> usize {
         self.drives.len() + self.nics.len() + usize::from(self.agent_port.is_some())

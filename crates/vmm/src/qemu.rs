@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::accel::{self, Accel, AccelChoice, AccelVerdict, PROBE_BUDGET, PROBE_MARKER};
 use crate::{
     AgentChannel, AgentEndpoint, Backend, Capabilities, Control, DiskFormat, HostInfo, Instance, JailProfile, Launcher,
-    Machine, RootDisk, VmmCommand, VmmDisk, VmmError, AGENT_VMM_SOCKET, JAIL_INITRD, JAIL_KERNEL,
+    Machine, RootDisk, VmmCommand, VmmError, AGENT_VMM_SOCKET, JAIL_INITRD, JAIL_KERNEL,
 };
 
 /// The machine type and its options (shared by VMs and the KVM probe).
@@ -179,7 +179,7 @@ impl Qemu {
     fn found(&self) -> Result<PathBuf, VmmError> {
         crate::find_program(&self.binary).ok_or_else(|| VmmError::Missing {
             what: format!("{}", self.binary.display()),
-            hint: "install the qemu-system-x86 package (apt-get install qemu-system-x86)",
+            hint: "install the qemu-system-x86 package (apt-get install qemu-system-x86), or name it with IGNITE_QEMU or the Configuration's spec.vmmBinaries.qemu",
         })
     }
 
@@ -399,22 +399,8 @@ impl Backend for Qemu {
             },
         };
         let jailed = launcher.jailed();
-        let mut files = vec![(m.kernel.clone(), JAIL_KERNEL.to_string())];
-        if let Some(i) = &m.initrd {
-            files.push((i.clone(), JAIL_INITRD.to_string()));
-        }
-        let disks = m
-            .drives
-            .iter()
-            .enumerate()
-            .map(|(i, d)| VmmDisk {
-                key: format!("disk{i}"),
-                path: d.path.clone(),
-                read_only: d.read_only,
-                backing: d.backing.clone(),
-                by_path: false,
-            })
-            .collect();
+        let files = m.jail_files();
+        let disks = m.vmm_disks(false);
         let cmd = VmmCommand {
             program,
             args: Qemu::args(m, jailed, fds),

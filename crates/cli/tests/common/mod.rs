@@ -405,3 +405,25 @@ impl Drop for Silent {
         self.stop.take();
     }
 }
+
+/// The process whose command line holds every one of `needles` (a VMM, found by its argv),
+/// waited for up to 30 s.
+pub fn pid_with_args(needles: &[&str]) -> u32 {
+    until_ok(&format!("a process with {needles:?} in its command line"), 30, || {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if needles.iter().all(|n| cmd.contains(n)) {
+                return Ok(pid);
+            }
+        }
+        Err("none yet")
+    })
+}
+
+/// A field of `/proc/<pid>/status` (empty when the process or the field is not there).
+pub fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string())).unwrap_or_default()
+}
