@@ -9,8 +9,11 @@
 //! whenever the worker dies (a guest `kill -9` costs the open execs, not the agent). The
 //! worker sends `Hello`, then serves requests: each `Open` runs a command (pipes, or a
 //! pseudo-terminal in its own session), unpacks a tar stream (`Put`) or sends one (`Get`),
-//! with per-channel flow control, signals and window sizes, and ends with one `Exit` frame.
-#![allow(unsafe_code)] // a pre_exec hook (TTY sessions) and the vsock socket calls, each with its SAFETY argument
+//! or gives a clone its identity (`Identity`, see [`identity`]), with per-channel flow
+//! control, signals and window sizes, and ends with one `Exit` frame.
+#![allow(unsafe_code)] // a pre_exec hook (TTY sessions), the vsock socket calls and the network ioctls of `identity`, each with its SAFETY argument
+
+mod identity;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,8 +29,8 @@ use std::time::Duration;
 use ignite_agent::archive;
 use ignite_agent::flow::Credit;
 use ignite_agent::proto::{
-    ExecRequest, Exit, Frame, FrameReader, Hello, Kind, ReadError, Request, MAX_PAYLOAD, PORT_NAME, PROTOCOL_VERSION,
-    WINDOW,
+    ExecRequest, Exit, Frame, FrameReader, Hello, Identity, Kind, ReadError, Request, MAX_PAYLOAD, PORT_NAME,
+    PROTOCOL_VERSION, WINDOW,
 };
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -288,6 +291,7 @@ fn handle(agent: &Arc<Agent>, f: Frame) {
                 Ok(Request::Exec(r)) => exec(agent, chan, r),
                 Ok(Request::Put { path }) => put(agent, chan, path),
                 Ok(Request::Get { path }) => get(agent, chan, path),
+                Ok(Request::Identity(id)) => set_identity(agent, chan, id),
                 Err(e) => agent.send(&Frame::exit(chan, &Exit::failed(e.to_string()))),
             }
         }
@@ -643,6 +647,20 @@ fn get(agent: &Arc<Agent>, chan: u32, path: String) {
             Ok(()) => Exit { code: Some(0), ..Default::default() },
             Err(e) => Exit::failed(format!("{path}: {e}")),
         };
+        agent.finish(chan, exit);
+    });
+}
+
+/// `Identity`: no input, no output, one `Exit` (off the reader thread: it writes files).
+fn set_identity(agent: &Arc<Agent>, chan: u32, id: Identity) {
+    agent
+        .chans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(chan, Chan { input: None, credit: Credit::new(0), pgid: None, pty: None });
+    let agent = agent.clone();
+    std::thread::spawn(move || {
+        let exit = identity::apply(&id);
         agent.finish(chan, exit);
     });
 }

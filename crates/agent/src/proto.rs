@@ -365,6 +365,46 @@ pub enum Request {
     Get {
         path: String,
     },
+    /// Give a VM restored from a memory snapshot (a clone) its own identity; reads no input,
+    /// answers with one `Exit`.
+    Identity(Identity),
+}
+
+/// What makes a clone distinct from its snapshot's VM, applied in the order of the fields.
+/// Anything left out is left as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<InterfaceIdentity>,
+    /// 32 lowercase hex digits; written to /etc/machine-id when the image has that file
+    /// (non-empty or empty), else skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// Random bytes (the host's getrandom) mixed into the guest's pool, and credited as
+    /// entropy where the kernel allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entropy: Vec<u8>,
+    /// The host's wall clock, ns since the Unix epoch: the guest's CLOCK_REALTIME is set to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_clock_ns: Option<u64>,
+}
+
+/// The clone's network interface: its MAC, primary IPv4 address and default route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceIdentity {
+    /// e.g. "eth0".
+    pub name: String,
+    /// e.g. "fe:1a:83:31:20:ff".
+    pub mac: String,
+    /// IPv4 CIDR, e.g. "10.61.200.5/16"; replaces the interface's primary address.
+    pub address: String,
+    /// IPv4, e.g. "10.61.0.1": the default route (replacing any other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,6 +522,35 @@ mod tests {
         assert!(d.resync());
         assert_eq!(d.next_frame().unwrap().unwrap().kind, Kind::Pong);
         assert_eq!(d.next_frame().unwrap().unwrap().payload, b"after");
+    }
+
+    #[test]
+    fn identity_requests_round_trip_and_refuse_unknown_fields() {
+        let full = Request::Identity(Identity {
+            hostname: Some("clone-1".into()),
+            interface: Some(InterfaceIdentity {
+                name: "eth0".into(),
+                mac: "fe:1a:83:31:20:ff".into(),
+                address: "10.61.200.5/16".into(),
+                gateway: Some("10.61.0.1".into()),
+            }),
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+            entropy: vec![1, 2, 255],
+            wall_clock_ns: Some(1_700_000_000_123_456_789),
+        });
+        let empty = Request::Identity(Identity::default());
+        for r in [&full, &empty] {
+            let f = Frame::json(Kind::Open, 1, r);
+            assert_eq!(&f.parse::<Request>().unwrap(), r);
+        }
+        assert_eq!(serde_json::to_string(&empty).unwrap(), r#"{"op":"identity"}"#);
+        for bad in [
+            r#"{"op":"identity","hostnme":"x"}"#,
+            r#"{"op":"identity","interface":{"name":"eth0","mac":"fe:1a:83:31:20:ff","address":"10.0.0.2/8","mtu":1500}}"#,
+            r#"{"op":"identity","interface":{"name":"eth0"}}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
     }
 
     proptest! {

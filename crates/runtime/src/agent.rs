@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ignite_agent::flow::Credit;
-use ignite_agent::proto::{ExecRequest, Exit, Frame, FrameReader, Kind, ReadError, Request, MAX_PAYLOAD, WINDOW};
+use ignite_agent::proto::{
+    ExecRequest, Exit, Frame, FrameReader, Identity, Kind, ReadError, Request, MAX_PAYLOAD, WINDOW,
+};
 
 /// Where the init shim installs the agent in the VM's own disk layer.
 pub const GUEST_PATH: &str = "/.ignite/ignite-agent";
@@ -289,6 +291,31 @@ impl Session {
             return Err(AgentError::Failed(format!("copy from the VM failed: {e}")));
         }
         unpacked.map(|_| ()).map_err(|e| AgentError::Failed(format!("copy from the VM refused: {e}")))
+    }
+
+    /// Gives a VM restored from a memory snapshot (a clone) its own identity: MAC, IPv4
+    /// address and default route, hostname, machine id, fresh entropy and the wall clock (see
+    /// [`Identity`]). The guest checks everything before it changes anything; on a failure
+    /// later on, the steps before the failed one stay applied.
+    pub fn set_identity(mut self, id: &Identity) -> Result<(), AgentError> {
+        let open = Frame::json(Kind::Open, 1, &Request::Identity(id.clone()));
+        if open.payload.len() > MAX_PAYLOAD {
+            return Err(AgentError::Failed(format!(
+                "cannot give the clone its identity: the request takes {} bytes, more than the {MAX_PAYLOAD} of a frame (too much entropy?)",
+                open.payload.len()
+            )));
+        }
+        self.sender.send(&open)?;
+        let exit = loop {
+            let f = self.frames.read_frame().map_err(|e| self.lost(e))?;
+            if f.kind == Kind::Exit {
+                break f.parse::<Exit>().map_err(|e| self.lost(e))?;
+            }
+        };
+        match exit.error {
+            Some(e) => Err(AgentError::Failed(format!("cannot give the clone its identity: {e}"))),
+            None => Ok(()),
+        }
     }
 }
 
