@@ -40,6 +40,7 @@ fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
         accel: Accel::Tcg,
         debug: false,
         run_dir: dir.to_path_buf(),
+        incoming: None,
     };
     let boot = BootConfig {
         vmm: "scripted".into(),

@@ -295,6 +295,9 @@ impl Backend for Firecracker {
 
     fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
         m.validate(&self.capabilities())?;
+        if m.incoming.is_some() {
+            return Err(VmmError::Unsupported("the firecracker backend cannot resume snapshots yet".into()));
+        }
         let jailed = launcher.jailed();
         let program = self.found()?;
         // A fresh directory each launch: a jailed Firecracker owns it, and whatever a previous

@@ -131,6 +131,8 @@ pub enum VmmError {
     Refused { command: String, message: String },
     #[error("cannot start the VMM: {0}")]
     Launch(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A disk the VMM opens. A launcher that opens disks for the VMM (the jail) fills
@@ -247,6 +249,23 @@ pub trait Backend: Send + Sync + Debug {
     fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf>;
     /// Starts `machine` (validated against [`Backend::capabilities`] first) through `launcher`.
     fn launch(&self, machine: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError>;
+    /// Saves a running VM's machine state (memory and devices) to `state`, with the guest
+    /// paused from before `while_paused` runs (the caller copies the VM's disks then) until
+    /// the state is written; the guest runs on afterwards. Returns how long it was paused.
+    /// A machine started with [`Machine::incoming`] set to that file resumes from it.
+    fn save(
+        &self,
+        _run_dir: &Path,
+        _state: &Path,
+        _memory_mib: u64,
+        _while_paused: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<std::time::Duration, VmmError> {
+        Err(VmmError::Unsupported(format!("the {} backend cannot take snapshots yet", self.name())))
+    }
+    /// Lets a paused guest run again (one a killed [`Backend::save`] left paused).
+    fn resume(&self, _run_dir: &Path) -> Result<(), VmmError> {
+        Err(VmmError::Unsupported(format!("the {} backend cannot take snapshots yet", self.name())))
+    }
     /// Why the VMM ended the VM, from what it left in `run_dir` (its log), when it exited with
     /// an error and the guest said nothing.
     fn explain_exit(&self, _run_dir: &Path) -> Option<String> {

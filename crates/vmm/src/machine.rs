@@ -65,6 +65,10 @@ pub struct Machine {
     pub debug: bool,
     /// Directory of the VM's control sockets and runtime files.
     pub run_dir: PathBuf,
+    /// A saved machine state (a snapshot's) the VMM resumes instead of booting; the machine
+    /// must have the devices of the one it was saved from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<PathBuf>,
 }
 
 /// Smallest guest memory a Linux guest boots in.
@@ -194,6 +198,7 @@ pub(crate) mod tests {
             accel: Accel::Tcg,
             debug: false,
             run_dir: "/v".into(),
+            incoming: None,
         }
     }
 

@@ -12,6 +12,8 @@
 //! directory, bound by the launcher and inherited (`-chardev socket,fd=N`).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -112,10 +114,15 @@ impl Qemu {
                 if d.backing.is_some() {
                     dev.extend(["-add-fd".into(), format!("fd={{fd:disk{i}.backing}},set={}", set + 1)]);
                     file.push_str(&format!(
-                        ",backing.driver=raw,backing.file.driver=file,backing.file.filename=/dev/fdset/{}",
+                        ",backing.driver=raw,backing.file.driver=file,backing.file.filename=/dev/fdset/{},backing.file.locking=off",
                         set + 1
                     ));
                 }
+                // No image locks: the descriptors are the jail's (two open files of one disk,
+                // read-write and read-only, whose locks would conflict when QEMU takes its
+                // drives back after saving its state, see `Qmp::save`); the supervisor's lease
+                // is what keeps a disk to one VMM.
+                file.push_str(",file.locking=off");
                 file
             } else {
                 qemu_path(&d.path)
@@ -163,6 +170,10 @@ impl Qemu {
                 "chardev=qmp,mode=control",
             ]),
             None => push(&["-qmp", &format!("unix:{},server=on,wait=off", qemu_path(&m.run_dir.join(QMP_SOCKET)))]),
+        }
+        if m.incoming.is_some() {
+            // Paused until the saved state is loaded through QMP (`Qmp::restore`).
+            push(&["-incoming", "defer"]);
         }
         a
     }
@@ -282,39 +293,162 @@ pub struct Qmp {
     pub path: PathBuf,
 }
 
-impl Qmp {
-    /// Runs one QMP command.
-    pub fn execute(&self, command: &str, arguments: Option<serde_json::Value>) -> Result<(), VmmError> {
+/// One QMP connection, past its capabilities negotiation.
+#[derive(Debug)]
+pub struct QmpSession {
+    path: PathBuf,
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+}
+
+impl QmpSession {
+    /// Connects; QEMU is given `wait` to greet (it greets once its main loop runs).
+    pub fn open(path: &Path, wait: Duration) -> Result<QmpSession, VmmError> {
+        let ctl = |source| VmmError::Control { path: path.to_path_buf(), source };
+        let s = crate::connect_vmm_socket(path).map_err(ctl)?;
+        s.set_read_timeout(Some(wait)).map_err(ctl)?;
+        let w = s.try_clone().map_err(ctl)?;
+        let mut q = QmpSession { path: path.to_path_buf(), w, r: BufReader::new(s) };
+        let mut greeting = String::new();
+        q.r.read_line(&mut greeting).map_err(ctl)?;
+        q.r.get_ref().set_read_timeout(Some(Duration::from_secs(5))).map_err(ctl)?;
+        q.call("qmp_capabilities", None)?;
+        Ok(q)
+    }
+
+    /// Runs one command; its `return` value.
+    pub fn call(&mut self, command: &str, arguments: Option<serde_json::Value>) -> Result<serde_json::Value, VmmError> {
+        self.call_passing(command, arguments, None)
+    }
+
+    /// Runs one command, passing `fd` along with it (SCM_RIGHTS), as `getfd` wants.
+    pub fn call_passing(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<serde_json::Value, VmmError> {
         let ctl = |source| VmmError::Control { path: self.path.clone(), source };
-        let s = UnixStream::connect(&self.path).map_err(ctl)?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(ctl)?;
-        let mut w = s.try_clone().map_err(ctl)?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(ctl)?; // greeting
-        let mut send = |v: serde_json::Value| -> Result<serde_json::Value, VmmError> {
-            w.write_all(format!("{v}\n").as_bytes()).map_err(ctl)?;
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).map_err(ctl)? == 0 {
-                    return Err(ctl(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QMP closed")));
-                }
-                let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
-                if v.get("return").is_some() || v.get("error").is_some() {
-                    return Ok(v);
-                }
-            }
-        };
-        send(serde_json::json!({"execute": "qmp_capabilities"}))?;
         let mut req = serde_json::json!({ "execute": command });
         if let Some(a) = arguments {
             req["arguments"] = a;
         }
-        let resp = send(req)?;
-        if let Some(e) = resp.get("error") {
-            return Err(VmmError::Refused { command: command.into(), message: e.to_string() });
+        let line = format!("{req}\n");
+        match fd {
+            None => self.w.write_all(line.as_bytes()).map_err(ctl)?,
+            Some(fd) => {
+                use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+                let fds = [fd];
+                let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut anc = SendAncillaryBuffer::new(&mut space);
+                anc.push(SendAncillaryMessage::ScmRights(&fds));
+                let n = sendmsg(&self.w, &[std::io::IoSlice::new(line.as_bytes())], &mut anc, SendFlags::empty())
+                    .map_err(|e| ctl(e.into()))?;
+                self.w.write_all(&line.as_bytes()[n..]).map_err(ctl)?;
+            }
         }
-        Ok(())
+        loop {
+            let mut l = String::new();
+            if self.r.read_line(&mut l).map_err(ctl)? == 0 {
+                return Err(ctl(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QMP closed")));
+            }
+            let mut v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
+            if let Some(e) = v.get("error") {
+                let message =
+                    e.get("desc").and_then(|d| d.as_str()).map(str::to_string).unwrap_or_else(|| e.to_string());
+                return Err(VmmError::Refused { command: command.into(), message });
+            }
+            if let Some(r) = v.get_mut("return") {
+                return Ok(r.take());
+            }
+        }
+    }
+
+    /// Waits for the migration in progress (outgoing or incoming) to complete.
+    fn wait_migration(&mut self, what: &str, budget: Duration) -> Result<(), VmmError> {
+        let deadline = Instant::now() + budget;
+        loop {
+            let r = self.call("query-migrate", None)?;
+            match r.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+                "completed" => return Ok(()),
+                s @ ("failed" | "cancelled") => {
+                    let why = r.get("error-desc").and_then(|d| d.as_str()).unwrap_or(s);
+                    return Err(VmmError::Launch(format!("{what} failed: {why}")));
+                }
+                _ if Instant::now() > deadline => {
+                    let _ = self.call("migrate_cancel", None);
+                    return Err(VmmError::Launch(format!("{what} did not finish within {}s", budget.as_secs())));
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+}
+
+/// How long saving or loading a machine's state may take: generous, for a slow disk and a
+/// large guest.
+fn migration_budget(memory_mib: u64) -> Duration {
+    Duration::from_secs(30 + memory_mib / 16)
+}
+
+impl Qmp {
+    /// Runs one QMP command.
+    pub fn execute(&self, command: &str, arguments: Option<serde_json::Value>) -> Result<(), VmmError> {
+        QmpSession::open(&self.path, Duration::from_secs(5))?.call(command, arguments).map(|_| ())
+    }
+
+    /// Pauses the guest, runs `while_paused` (the caller copies the disks), writes the machine's
+    /// state (memory and devices, QEMU's migration stream) to `state`, and resumes the guest
+    /// whatever happened. Returns how long the guest was paused.
+    pub fn save(
+        &self,
+        state: &Path,
+        memory_mib: u64,
+        while_paused: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<Duration, VmmError> {
+        let mut q = QmpSession::open(&self.path, Duration::from_secs(5))?;
+        let t0 = Instant::now();
+        q.call("stop", None)?;
+        // Stopped: QEMU has drained and flushed its drives (qcow2's caches reach the file).
+        let saved = (|| {
+            while_paused().map_err(VmmError::Launch)?;
+            let f = std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(state)
+                .map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
+            q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))?;
+            q.call("migrate", Some(serde_json::json!({"uri": "fd:ignite-state"})))?;
+            q.wait_migration("saving the machine's state", migration_budget(memory_mib))?;
+            f.sync_all().map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))
+        })();
+        let resumed = q.call("cont", None);
+        let paused = t0.elapsed();
+        saved?;
+        resumed?;
+        Ok(paused)
+    }
+
+    /// Loads the machine state `state` into a QEMU started with `-incoming defer`, then lets
+    /// the guest run.
+    fn restore(&self, state: &Path, memory_mib: u64, child: &mut std::process::Child) -> Result<(), VmmError> {
+        let f = std::fs::File::open(state).map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
+        let mut q = QmpSession::open(&self.path, Duration::from_secs(30)).map_err(|e| exited(child, e))?;
+        q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))
+            .and_then(|_| q.call("migrate-incoming", Some(serde_json::json!({"uri": "fd:ignite-state"}))))
+            .and_then(|_| q.wait_migration("loading the snapshot's machine state", migration_budget(memory_mib)))
+            .and_then(|_| q.call("cont", None))
+            .map(|_| ())
+            .map_err(|e| exited(child, e))
+    }
+}
+
+/// `e`, or, when QEMU has exited meanwhile, that (its reason is in its log).
+fn exited(child: &mut std::process::Child, e: VmmError) -> VmmError {
+    match child.try_wait() {
+        Ok(Some(status)) => VmmError::Launch(format!("QEMU exited ({status}) while resuming the snapshot: {e}")),
+        _ => e,
     }
 }
 
@@ -381,6 +515,20 @@ impl Backend for Qemu {
         vec![run_dir.join(QMP_SOCKET), run_dir.join(AGENT_VMM_SOCKET)]
     }
 
+    fn save(
+        &self,
+        run_dir: &Path,
+        state: &Path,
+        memory_mib: u64,
+        while_paused: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<Duration, VmmError> {
+        Qmp { path: run_dir.join(QMP_SOCKET) }.save(state, memory_mib, while_paused)
+    }
+
+    fn resume(&self, run_dir: &Path) -> Result<(), VmmError> {
+        Qmp { path: run_dir.join(QMP_SOCKET) }.execute("cont", None)
+    }
+
     fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
         m.validate(&self.capabilities())?;
         let program = self.found()?;
@@ -409,10 +557,18 @@ impl Backend for Qemu {
             kvm: m.accel == Accel::Kvm,
             rw_dir: None,
         };
-        let child = launcher.spawn(cmd)?;
+        let mut child = launcher.spawn(cmd)?;
+        let qmp = Qmp { path: qmp_path };
+        if let Some(state) = &m.incoming {
+            if let Err(e) = qmp.restore(state, m.memory_mib, &mut child) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
         Ok(Instance {
             child,
-            control: Arc::new(Qmp { path: qmp_path }),
+            control: Arc::new(qmp),
             runtime_files,
             agent: m
                 .agent_port
