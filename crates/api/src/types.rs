@@ -73,6 +73,60 @@ kind_object!(
     Kernel, "Kernel", KernelSpec, KernelStatus
 );
 
+kind_object!(
+    /// A running VM's saved state (ignite extension): its memory and devices, and a
+    /// point-in-time copy of its writable disk. A clone of it (`ignite run --from-snapshot`)
+    /// resumes it as a new VM.
+    Snapshot, "Snapshot", SnapshotSpec, SnapshotStatus
+);
+
+/// Where a snapshot was taken, and the machine it restores to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// The VM it was taken of.
+    #[serde(default)]
+    pub vm: String,
+    #[serde(default)]
+    pub vm_name: String,
+    /// That VM's spec when it was taken: a clone runs with it (memory, vCPUs, image, kernel:
+    /// the devices must be the same), under its own name and network.
+    #[serde(default)]
+    pub vm_spec: VmSpec,
+    /// The VMM whose state it is.
+    #[serde(default)]
+    pub vmm: String,
+    /// That VM's annotations (network plugin, extra interfaces: a clone has the same
+    /// devices).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vm_annotations: BTreeMap<String, String>,
+    /// The image and kernel that VM was created from.
+    #[serde(default)]
+    pub image: OciSource,
+    #[serde(default)]
+    pub kernel: OciSource,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    /// Size of the saved machine state (memory and devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_size: Option<Size>,
+    /// Size of the copy of the VM's writable disk layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<Size>,
+    /// How long the VM was paused while it was taken, milliseconds.
+    #[serde(default)]
+    pub paused_ms: u64,
+}
+
+impl Snapshot {
+    pub fn uid(&self) -> String {
+        self.metadata.uid.map(|u| u.to_string()).unwrap_or_default()
+    }
+}
+
 /// Host-wide defaults (`/etc/ignite/config.yaml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -92,6 +92,10 @@ pub enum Command {
     Rmk(RmObjArgs),
     /// Create a new VM and start it
     Run(RunArgs),
+    /// Take and manage snapshots of running VMs (memory, devices and disk); `run
+    /// --from-snapshot` clones one
+    #[command(visible_alias = "snapshots")]
+    Snapshot(SnapshotCmd),
     /// SSH into a running VM
     Ssh(SshArgs),
     /// Start a VM
@@ -225,6 +229,61 @@ pub struct RunArgs {
     /// Accelerator: kvm, tcg, or auto (KVM when it can boot a guest here; env IGNITE_ACCEL)
     #[arg(long)]
     pub accel: Option<String>,
+    /// Clone a snapshot instead of booting an image: a new VM with the snapshot's machine, its
+    /// own copy of the snapshot's disk, its own name, MAC, address and machine-id, resumed
+    /// where the snapshot was taken
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub from_snapshot: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SnapshotCmd {
+    #[command(subcommand)]
+    pub command: Option<SnapshotSub>,
+    /// Without a subcommand: list (as `ls`)
+    #[command(flatten)]
+    pub ls: LsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotSub {
+    /// Take a snapshot of a running VM (it is paused while its memory and disk are saved, then
+    /// runs on)
+    Create(SnapshotCreateArgs),
+    /// List snapshots
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// Remove snapshots
+    Rm(SnapshotRmArgs),
+    /// Show a snapshot
+    Inspect(SnapshotInspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// VM name, ID, or a unique prefix of either
+    pub vm: String,
+    /// The snapshot's name (default: the VM's name and the time)
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotRmArgs {
+    /// Snapshot names, IDs, or unique prefixes
+    #[arg(required = true)]
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotInspectArgs {
+    pub snapshot: String,
+    /// Output format
+    #[arg(short, long, value_enum, default_value = "json")]
+    pub output: ObjOutput,
+    /// Format the output using a template ({{.Status.PausedMs}} or {.status.pausedMs})
+    #[arg(short, long)]
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +357,7 @@ pub enum Kind {
     Vm,
     Image,
     Kernel,
+    Snapshot,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -7,7 +7,8 @@
 //! uses, blobs no image or kernel records, and temporary files of processes that died.
 //!
 //! References are read from the ground truth: a VM needs the base its root disk stands on
-//! (`rootdisk::base_of`: the backing file its `disk.qcow2` names, or its layered root's record). Imports and creates hold the collector's
+//! (`rootdisk::base_of`: the backing file its `disk.qcow2` names, or its layered root's record), and so
+//! does a snapshot (its copy of the VM's `disk.qcow2`). Imports and creates hold the collector's
 //! lock shared (`tmp/locks/gc.lock`) from their first fetched blob or chosen base until their
 //! object exists; a collection holds it exclusively, so it never takes what an operation in
 //! flight is about to reference.
@@ -16,7 +17,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use ignite_api::{Image, Kernel, Vm};
+use ignite_api::{Image, Kernel, Snapshot, Vm};
 use ignite_store::{Store, StoreError, StoredObject};
 use sha2::Digest;
 
@@ -168,7 +169,10 @@ fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, St
     // What VMs use: the base each VM's root disk stands on.
     let mut used: HashSet<PathBuf> = HashSet::new();
     let vm_root = store.root().join(Vm::DIR);
-    for e in std::fs::read_dir(&vm_root).map_err(io_err("cannot read", &vm_root))?.flatten() {
+    let mut dirs: Vec<_> = std::fs::read_dir(&vm_root).map_err(io_err("cannot read", &vm_root))?.flatten().collect();
+    // A snapshot's copy of a VM's disk stands on the same base.
+    dirs.extend(std::fs::read_dir(store.root().join(Snapshot::DIR)).into_iter().flatten().flatten());
+    for e in dirs {
         match crate::rootdisk::base_of(&crate::vmdir::VmDir::new(e.path())) {
             Ok(Some(b)) => {
                 used.insert(b);
@@ -256,7 +260,7 @@ fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, St
     // Scratch directories of imports whose process died.
     c.temp_files += sweep_scratch(&store.root().join("tmp"));
     // Atomic-write leftovers in object directories.
-    for dir in [Vm::DIR, Image::DIR, Kernel::DIR] {
+    for dir in [Vm::DIR, Image::DIR, Kernel::DIR, Snapshot::DIR] {
         let Ok(rd) = std::fs::read_dir(store.root().join(dir)) else { continue };
         for obj in rd.flatten() {
             let Ok(files) = std::fs::read_dir(obj.path()) else { continue };

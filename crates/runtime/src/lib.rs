@@ -23,6 +23,7 @@ pub mod recover;
 pub mod remove;
 pub mod rootdisk;
 pub mod run;
+pub mod snapshot;
 pub mod ssh;
 pub mod start;
 pub mod start_error;

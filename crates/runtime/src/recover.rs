@@ -41,7 +41,12 @@ pub fn refresh(store: &Store, vm: Vm) -> Result<Vm, StoreError> {
 
 /// [`refresh`], asking `host` whether the supervisor lives.
 pub fn refresh_on(host: &dyn Host, store: &Store, vm: Vm) -> Result<Vm, StoreError> {
-    if !vm.status.running || crate::status::is_live_on(host, &vm) {
+    if !vm.status.running {
+        return Ok(vm);
+    }
+    if crate::status::is_live_on(host, &vm) {
+        // A snapshot whose taker was killed while the guest was paused.
+        crate::snapshot::resume_if_abandoned(&VmDir::of(store, &vm.uid()));
         return Ok(vm);
     }
     let uid = vm.uid();

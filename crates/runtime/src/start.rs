@@ -105,7 +105,7 @@ pub fn start_on(
     // Nothing runs for this VM now: what a killed start or a crash left allocated is released
     // before anything is allocated anew.
     host.release_network(&dir);
-    let Checked { plugin, jailed, backend_name, backend, binaries, kernel, root, want, verdict, extra_ifs } =
+    let Checked { plugin, jailed, backend_name, backend, binaries, kernel, root, want, verdict, extra_ifs, restore } =
         check(host, store, config, &vm, &dir, opts)?;
     // The VMM's own uid, reserved host-wide for its life, before anything it will own exists.
     let uid_lease = if jailed {
@@ -143,7 +143,8 @@ pub fn start_on(
     let nets = (attachment.as_ref(), extra_nics);
     let jail = jail_uid.map(|u| BootJail { uid: u, gid: u });
     let target = (backend.as_ref(), backend_name.as_str(), &binaries, &verdict);
-    let res = boot_and_spawn(host, store, &mut vm, &dir, &kernel, &root, want, target, nets, opts, &leases, jail);
+    let boot = (kernel.as_path(), &root, want, restore.as_ref());
+    let res = boot_and_spawn(host, store, &mut vm, &dir, boot, target, nets, opts, &leases, jail);
     if res.is_err() {
         host.release_network(&dir);
         let _ = store.modify::<Vm, _>(&uid, |v| {
@@ -153,6 +154,9 @@ pub fn start_on(
         });
     }
     let vmm_pid = res?;
+    if restore.is_some() {
+        crate::snapshot::restored(&dir);
+    }
     drop(lock);
     let vm = store.get::<Vm>(&uid)?;
     Ok(Started { vm, accel: verdict, vmm_pid })
@@ -171,6 +175,8 @@ struct Checked {
     want: u64,
     verdict: AccelVerdict,
     extra_ifs: Vec<String>,
+    /// The snapshot it resumes instead of booting (a clone's first start).
+    restore: Option<crate::snapshot::Restore>,
 }
 
 /// Everything a start checks before it allocates anything: the backend and its host, the
@@ -224,7 +230,12 @@ fn check(
         return Err(StartError::Preflight(failed));
     }
     backend.check_host()?;
-    let kernel = kernel_for(store, vm)?;
+    let restore = crate::snapshot::pending_restore(store, dir)
+        .map_err(|message| StartError::Machine { name: name.clone(), message })?;
+    let kernel = match &restore {
+        Some(r) => r.dir.join(crate::snapshot::KERNEL),
+        None => kernel_for(store, vm)?,
+    };
     let root = match crate::rootdisk::read(dir) {
         Ok(Some(r)) => r,
         Ok(None) => return Err(StartError::DiskMissing { name, path: dir.root_disk() }),
@@ -249,11 +260,15 @@ fn check(
             return Err(StartError::Memory { name, want, have });
         }
     }
-    let verdict = backend
-        .choose_accel(store.root(), opts.accel, &kernel, &|p| {
-            crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
-        })
-        .map_err(StartError::Accel)?;
+    let verdict = match &restore {
+        // The saved state is of one accelerator's machine.
+        Some(r) => AccelVerdict { accel: r.machine.accel, reason: crate::snapshot::accel_reason(r) },
+        None => backend
+            .choose_accel(store.root(), opts.accel, &kernel, &|p| {
+                crate::provision::probe_initramfs(p).map_err(|e| e.to_string())
+            })
+            .map_err(StartError::Accel)?,
+    };
     let extra_ifs =
         crate::network::extra_interfaces(vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
     if !extra_ifs.is_empty() && plugin != "cni" {
@@ -262,7 +277,7 @@ fn check(
             message: "extra interfaces (ignite.weave.works/interface/...) need the cni network plugin".into(),
         });
     }
-    Ok(Checked { plugin, jailed, backend_name, backend, binaries, kernel, root, want, verdict, extra_ifs })
+    Ok(Checked { plugin, jailed, backend_name, backend, binaries, kernel, root, want, verdict, extra_ifs, restore })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -271,9 +286,7 @@ fn boot_and_spawn(
     store: &Store,
     vm: &mut Vm,
     dir: &VmDir,
-    kernel: &Path,
-    root: &crate::rootdisk::Root,
-    want: u64,
+    (kernel, root, want, restore): (&Path, &crate::rootdisk::Root, u64, Option<&crate::snapshot::Restore>),
     (backend, backend_name, binaries, verdict): (&dyn Backend, &str, &ignite_vmm::Settings, &AccelVerdict),
     (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<Nic>),
     opts: &StartOptions,
@@ -306,22 +319,35 @@ fn boot_and_spawn(
     } else {
         ignite_store::write_atomic(&why_file, why_not.as_bytes())?;
     }
-    let with_agent = agent.is_some();
     let channel = backend.capabilities().agent;
-    crate::provision::vm_initramfs(store, vm, &initrd, root.layout, agent.map(|a| (a, channel)))
-        .map_err(prep(&name, "cannot build the VM's initramfs"))?;
-
-    let mut cmdline = vm.spec.kernel.cmd_line.clone();
-    cmdline.push_str(" rdinit=/init");
-    if verdict.accel == Accel::Tcg {
-        if let Some(khz) = sys::host_tsc_khz() {
-            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    let (with_agent, kernel, cmdline) = match restore {
+        // A resume: the guest in the saved memory booted with the snapshot's kernel, initramfs
+        // and command line; its VMM loads them again (they are overwritten by the state).
+        Some(r) => {
+            let kernel_copy = dir.join(crate::snapshot::KERNEL);
+            crate::snapshot::link_or_copy(&r.dir.join(crate::snapshot::INITRD), &initrd)
+                .and_then(|_| crate::snapshot::link_or_copy(kernel, &kernel_copy))
+                .map_err(|m| StartError::Machine { name: name.clone(), message: m })?;
+            (r.machine.agent_port.is_some(), kernel_copy, r.machine.cmdline.clone())
         }
-    }
-    if let Some(a) = att {
-        cmdline.push(' ');
-        cmdline.push_str(&a.kernel_ip_arg(&name));
-    }
+        None => {
+            let with_agent = agent.is_some();
+            crate::provision::vm_initramfs(store, vm, &initrd, root.layout, agent.map(|a| (a, channel)))
+                .map_err(prep(&name, "cannot build the VM's initramfs"))?;
+            let mut cmdline = vm.spec.kernel.cmd_line.clone();
+            cmdline.push_str(" rdinit=/init");
+            if verdict.accel == Accel::Tcg {
+                if let Some(khz) = sys::host_tsc_khz() {
+                    cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+            }
+            if let Some(a) = att {
+                cmdline.push(' ');
+                cmdline.push_str(&a.kernel_ip_arg(&name));
+            }
+            (with_agent, kernel.to_path_buf(), cmdline)
+        }
+    };
     let mut nics = att.map(|a| vec![Nic { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
     nics.extend(extra_nics);
     let mut drives = crate::rootdisk::drives(root);
@@ -338,7 +364,7 @@ fn boot_and_spawn(
         id_prefix: if vm.status.id_prefix.is_empty() { "ignite".into() } else { vm.status.id_prefix.clone() },
         vcpus: vm.spec.cpus,
         memory_mib: want,
-        kernel: kernel.to_path_buf(),
+        kernel,
         initrd: Some(initrd),
         cmdline,
         drives,
@@ -347,7 +373,12 @@ fn boot_and_spawn(
         accel: verdict.accel,
         debug: opts.debug,
         run_dir: dir.to_path_buf(),
+        incoming: restore.map(|r| r.dir.join(crate::snapshot::STATE)),
     };
+    if let Some(r) = restore {
+        crate::snapshot::check_same_devices(&r.machine, &machine)
+            .map_err(|message| StartError::Machine { name: name.clone(), message })?;
+    }
     // Checked here too, so that a machine the backend cannot run fails the start with the
     // backend's reason before the supervisor exists.
     machine

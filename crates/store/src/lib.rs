@@ -7,6 +7,7 @@
 //! vm/<uid>/metadata.json     one directory per object; other per-object files live beside
 //! image/<uid>/metadata.json
 //! kernel/<uid>/metadata.json
+//! snapshot/<uid>/metadata.json
 //! ```
 //!
 //! Guarantees: an object directory appears whole (it is prepared as `.tmp-<uid>` and renamed
@@ -23,7 +24,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use ignite_api::{Image, Kernel, ObjectMeta, Uid, Vm};
+use ignite_api::{Image, Kernel, ObjectMeta, Snapshot, Uid, Vm};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -63,6 +64,7 @@ macro_rules! stored {
 stored!(Vm, "vm", "VM");
 stored!(Image, "image", "image");
 stored!(Kernel, "kernel", "kernel");
+stored!(Snapshot, "snapshot", "snapshot");
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,7 @@ impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
-        for dir in [Vm::DIR, Image::DIR, Kernel::DIR] {
+        for dir in [Vm::DIR, Image::DIR, Kernel::DIR, Snapshot::DIR] {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(io_err("cannot create store directory", &p))?;
         }
@@ -310,7 +312,7 @@ impl Store {
     /// how many were finished.
     pub fn finish_removals(&self) -> usize {
         let mut n = 0;
-        for kind in [Vm::DIR, Image::DIR, Kernel::DIR] {
+        for kind in [Vm::DIR, Image::DIR, Kernel::DIR, Snapshot::DIR] {
             let Ok(rd) = fs::read_dir(self.root.join(kind)) else { continue };
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".rm-") && fs::remove_dir_all(e.path()).is_ok() {

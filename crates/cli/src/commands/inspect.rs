@@ -1,6 +1,6 @@
-//! `ignite inspect vm|image|kernel OBJECT`.
+//! `ignite inspect vm|image|kernel|snapshot OBJECT`.
 
-use ignite_api::{Image, Kernel, Vm};
+use ignite_api::{Image, Kernel, Snapshot, Vm};
 use serde::Serialize;
 
 use crate::cli::{Kind, ObjOutput};
@@ -17,6 +17,7 @@ pub fn run(ctx: &Ctx, kind: Kind, query: &str, out: ObjOutput, template: Option<
         },
         Kind::Image => show(&super::objects::resolve::<Image>(&store, query)?, out, template),
         Kind::Kernel => show(&super::objects::resolve::<Kernel>(&store, query)?, out, template),
+        Kind::Snapshot => show(&store.resolve::<Snapshot>(query)?, out, template),
     }
 }
 

@@ -16,6 +16,7 @@ mod objects;
 mod ps;
 mod rm;
 mod run;
+mod snapshot;
 mod ssh;
 mod start;
 mod stop;
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rmi(a) => image::rm(&ctx, a),
         Command::Rmk(a) => kernel::rm(&ctx, a),
         Command::Run(a) => run::run(&ctx, a),
+        Command::Snapshot(c) => snapshot::run(&ctx, c.command, c.ls),
         Command::Ssh(a) => ssh::run(&ctx, a),
         Command::Start(a) => start::run(&ctx, a),
         Command::Stop(a) => stop::run(&ctx, a),

@@ -55,6 +55,9 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         if a.accel.is_some() {
             return Err(UsageError("--accel is not passed through ignited: leave out --daemon".into()).into());
         }
+        if a.from_snapshot.is_some() {
+            return Err(UsageError("--from-snapshot clones on this host: leave out --daemon".into()).into());
+        }
         let vm = d.create(&super::create::remote_spec(ctx, &a.create)?, true)?;
         if !ctx.global.quiet {
             super::create::report(ctx, &vm);
@@ -66,6 +69,9 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let opts = start_options(a.accel.as_deref(), &a.create.ignore_preflight_checks, a.debug)?;
+    if let Some(snap) = &a.from_snapshot {
+        return clone(ctx, &a, snap, &opts);
+    }
     let vm: Vm = super::create::create(ctx, &a.create)?;
     let store = ctx.store()?;
     let config = ctx.config()?;
@@ -85,4 +91,66 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         // Nothing booted: the create was undone.
         Err(e) => Err(e.into()),
     }
+}
+
+/// `run --from-snapshot`: a clone resumed from the snapshot, given its own identity before
+/// `run` returns; a clone that fails on the way is removed again.
+fn clone(ctx: &Ctx, a: &RunArgs, snap: &str, opts: &StartOptions) -> anyhow::Result<()> {
+    let c = &a.create;
+    let machine_flags = [
+        ("an IMAGE", c.image.is_some()),
+        ("--config", c.config.is_some()),
+        ("--cpus", c.cpus.is_some()),
+        ("--memory", c.memory.is_some()),
+        ("--size", c.size.is_some()),
+        ("--kernel-image", c.kernel_image.is_some()),
+        ("--kernel-args", c.kernel_args.is_some()),
+        ("--copy-files", !c.copy_files.is_empty()),
+        ("--volumes", !c.volumes.is_empty()),
+        ("--ssh", c.ssh.is_some()),
+        ("--vmm", c.vmm.is_some()),
+        ("--ip", c.ip.is_some()),
+        ("--accel", a.accel.is_some()),
+    ];
+    if let Some((flag, _)) = machine_flags.iter().find(|(_, set)| *set) {
+        return Err(UsageError(format!(
+            "--from-snapshot resumes the snapshot's machine: {flag} cannot change it (leave it out)"
+        ))
+        .into());
+    }
+    let store = ctx.store()?;
+    let config = ctx.config()?;
+    let snapshot = store.resolve::<ignite_api::Snapshot>(snap)?;
+    let mut ports = Vec::new();
+    for p in &c.ports {
+        ports
+            .push(p.parse::<ignite_api::PortMapping>().map_err(|e| UsageError(format!("invalid --ports {p:?}: {e}")))?);
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &c.labels {
+        let (k, v) =
+            l.split_once('=').ok_or_else(|| UsageError(format!("invalid --label {l:?}: expected KEY=VALUE")))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let name = c.name.clone().unwrap_or_default();
+    if name.is_empty() && c.require_name {
+        return Err(UsageError("--require-name: give the clone a --name".into()).into());
+    }
+    let vm = ignite_runtime::snapshot::create_clone(&store, &snapshot, &name, ports, labels)?;
+    let started = ignite_runtime::run::start_new(&store, &config, vm.clone(), opts)?;
+    let identity = ignite_runtime::snapshot::give_identity(&store, &started.vm, std::time::Duration::from_secs(60));
+    if let Err(e) = identity {
+        // Never usable: not left running as a second copy of the snapshot's machine.
+        let _ = ignite_runtime::stop::kill(&store, started.vm.clone());
+        let _ = ignite_runtime::remove::remove_vm(&store, &vm.uid(), true, |_| Ok(()));
+        return Err(e.into());
+    }
+    if !ctx.global.quiet {
+        super::create::report(ctx, &vm);
+    }
+    report_started(ctx, &started);
+    if a.interactive {
+        return super::attach::attach(&store, &started.vm);
+    }
+    Ok(())
 }

@@ -1,0 +1,363 @@
+//! Snapshots and clones.
+//!
+//! Owns: a snapshot's directory (`snapshot/<uid>/`, a store object: it appears whole or not at
+//! all, and is removed whole): [`STATE`] (the VMM's saved machine state: memory and devices),
+//! `disk.qcow2` (a point-in-time copy of the VM's writable layer, on the image's shared base),
+//! and what a resume needs of the boot it was taken from ([`KERNEL`], [`INITRD`], [`MACHINE`]);
+//! taking one ([`create`]: the guest is paused from the disk copy to the end of the state
+//! write, and resumed whatever happens; a process killed while the guest is paused leaves
+//! [`PAUSE_LOCK`] unlocked, and the next look at the VM resumes it, [`resume_if_abandoned`]);
+//! a clone's directory ([`create_clone`]: its own copy of the disk, and [`RESTORE_FROM`], which
+//! makes its next start resume the snapshot instead of booting, [`pending_restore`]); and the
+//! clone's identity, given by the guest agent once it runs ([`give_identity`]: hostname, MAC,
+//! address, machine-id, entropy, wall clock).
+//!
+//! A snapshot that a clone not yet started names is in use: [`remove`] refuses it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ignite_api::{ObjectMeta, Size, Snapshot, SnapshotSpec, Vm};
+use ignite_store::{Store, StoreError};
+use ignite_vmm::{Accel, Machine};
+
+use crate::boot::BootConfig;
+use crate::config::LoadedConfig;
+use crate::vmdir::VmDir;
+
+/// The saved machine state in a snapshot's directory.
+pub const STATE: &str = "state";
+/// The machine the state was saved from (a resume must have the same devices).
+pub const MACHINE: &str = "machine.json";
+/// The kernel the saved guest runs (a copy: the kernel object may go).
+pub const KERNEL: &str = "vmlinux";
+/// The initramfs the VMM loaded when the saved guest booted.
+pub const INITRD: &str = "initrd.cpio";
+/// The copy of the VM's writable disk (a qcow2 overlay on the image's base).
+pub const DISK: &str = "disk.qcow2";
+/// In a VM's directory: the snapshot UID its next start resumes.
+pub const RESTORE_FROM: &str = "restore-from";
+/// In a VM's directory: locked by a snapshot being taken of it (the guest may be paused).
+pub const PAUSE_LOCK: &str = "snapshot.lock";
+
+/// Snapshot failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("VM {name:?} is not running: a snapshot is taken of a running VM")]
+    NotRunning { name: String },
+    #[error("VM {name:?}: {message}")]
+    Unsupported { name: String, message: String },
+    #[error("a snapshot of VM {name:?} is being taken already")]
+    Busy { name: String },
+    #[error("snapshot {name:?} is in use by VM {vm:?}, which has not started from it yet: remove that VM first")]
+    InUse { name: String, vm: String },
+    #[error("cannot take a snapshot of VM {name:?}: {message}")]
+    Failed { name: String, message: String },
+    #[error("cannot clone snapshot {name:?}: {message}")]
+    Clone { name: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Takes a snapshot of the running VM `vm`, named `name` (default `<vm>-<time>`).
+pub fn create(store: &Store, config: &LoadedConfig, vm: &Vm, name: Option<&str>) -> Result<Snapshot, SnapshotError> {
+    let vm_name = vm.metadata.name.clone();
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => format!("{vm_name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")),
+    };
+    ignite_api::names::check_dns1123(&name)
+        .map_err(|m| SnapshotError::Invalid(format!("snapshot name {name:?}: {m}")))?;
+    let vm = crate::recover::refresh(store, vm.clone())?;
+    if !vm.status.running {
+        return Err(SnapshotError::NotRunning { name: vm_name });
+    }
+    let dir = VmDir::of(store, &vm.uid());
+    let unsupported = |message: String| SnapshotError::Unsupported { name: vm_name.clone(), message };
+    if !vm.spec.storage.volumes.is_empty() {
+        return Err(unsupported(
+            "it has volumes: a snapshot holds a VM's own disk only, and a clone cannot share a volume".into(),
+        ));
+    }
+    let boot: BootConfig = serde_json::from_slice(
+        &std::fs::read(dir.boot_config()).map_err(|e| unsupported(format!("its boot configuration: {e}")))?,
+    )
+    .map_err(|e| unsupported(format!("its boot configuration: {e}")))?;
+    if boot.machine.agent_port.is_none() {
+        return Err(unsupported("it runs without its guest agent: a clone could not be given its own identity".into()));
+    }
+    let backend = crate::boot::backend(&boot.vmm, &config.spec).map_err(|e| unsupported(e.to_string()))?;
+    // One snapshot of a VM at a time; held while its guest may be paused.
+    let pause = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(PAUSE_LOCK))
+        .map_err(|e| SnapshotError::Failed { name: vm_name.clone(), message: e.to_string() })?;
+    match pause.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(SnapshotError::Busy { name: vm_name }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(SnapshotError::Failed { name: vm_name, message: e.to_string() })
+        }
+    }
+    // The copy of the disk references the image's base: it must not be collected meanwhile.
+    let _gc =
+        crate::gc::hold(store).map_err(|e| SnapshotError::Failed { name: vm_name.clone(), message: e.to_string() })?;
+    let lock = store.lock()?;
+    let spec = SnapshotSpec {
+        vm: vm.uid(),
+        vm_name: vm_name.clone(),
+        vm_spec: vm.spec.clone(),
+        vm_annotations: vm.metadata.annotations.clone(),
+        vmm: boot.vmm.clone(),
+        image: vm.status.image.clone(),
+        kernel: vm.status.kernel.clone(),
+    };
+    let mut failure: Option<String> = None;
+    let mut paused = Duration::ZERO;
+    let made = store.create_with(&lock, Snapshot::new(ObjectMeta { name, ..Default::default() }, spec), |tmp, _| {
+        let res = (|| -> Result<(), String> {
+            let m = &boot.machine;
+            let copy = |from: &Path, to: &str| {
+                std::fs::copy(from, tmp.join(to)).map(|_| ()).map_err(|e| format!("{}: {e}", from.display()))
+            };
+            link_or_copy(&m.kernel, &tmp.join(KERNEL))?;
+            link_or_copy(m.initrd.as_deref().ok_or("its machine has no initramfs")?, &tmp.join(INITRD))?;
+            let machine = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
+            ignite_store::write_atomic(&tmp.join(MACHINE), &machine).map_err(|e| e.to_string())?;
+            let disk = dir.root_disk();
+            if !disk.is_file() {
+                return Err(format!("its root disk {} is not a qcow2 overlay this backend snapshots", disk.display()));
+            }
+            let mut copy_disk = || {
+                // Paused: the disk is as the saved memory knows it.
+                copy(&disk, DISK)?;
+                ignite_proc::fault::point("snapshot.paused");
+                Ok(())
+            };
+            paused = backend.save(&dir, &tmp.join(STATE), m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        res.map_err(|m| {
+            failure = Some(m.clone());
+            std::io::Error::other(m)
+        })
+    });
+    let mut snap = match made {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(SnapshotError::Failed { name: vm_name, message: failure.unwrap_or_else(|| e.to_string()) })
+        }
+    };
+    let sdir = store.dir::<Snapshot>(&snap.uid());
+    let size = |f: &str| std::fs::metadata(sdir.join(f)).ok().map(|m| Size::from_bytes(m.len()));
+    snap.status.state_size = size(STATE);
+    snap.status.disk_size = size(DISK);
+    snap.status.paused_ms = paused.as_millis() as u64;
+    store.update(&snap)?;
+    drop(lock);
+    let _ = std::fs::remove_file(dir.join(PAUSE_LOCK));
+    Ok(snap)
+}
+
+/// Resumes the guest of a running VM whose snapshot was abandoned while it was paused (the
+/// process taking it was killed): nothing holds [`PAUSE_LOCK`] any more.
+pub fn resume_if_abandoned(dir: &VmDir) {
+    let path = dir.join(PAUSE_LOCK);
+    let Ok(f) = File::options().write(true).open(&path) else { return };
+    if f.try_lock().is_err() {
+        return; // a snapshot is being taken
+    }
+    let backend = std::fs::read(dir.boot_config())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BootConfig>(&b).ok())
+        .and_then(|b| ignite_vmm::backend(&b.vmm, &b.binaries).ok());
+    if let Some(b) = backend {
+        match b.resume(dir) {
+            Ok(()) => tracing::warn!(
+                "resumed the guest of {}: a snapshot of it was abandoned while it was paused",
+                dir.display()
+            ),
+            Err(e) => tracing::warn!("cannot resume the guest of {} after an abandoned snapshot: {e}", dir.display()),
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Removes the snapshot `snap`, unless a clone that has not started yet needs it.
+pub fn remove(store: &Store, snap: &Snapshot) -> Result<(), SnapshotError> {
+    let lock = store.lock()?;
+    let uid = snap.uid();
+    for vm in store.list::<Vm>()? {
+        let marker = store.dir::<Vm>(&vm.uid()).join(RESTORE_FROM);
+        if std::fs::read_to_string(&marker).map(|s| s.trim() == uid).unwrap_or(false) {
+            return Err(SnapshotError::InUse { name: snap.metadata.name.clone(), vm: vm.metadata.name });
+        }
+    }
+    store.remove::<Snapshot>(&lock, &uid)?;
+    drop(lock);
+    crate::gc::collect_if_idle(store);
+    Ok(())
+}
+
+/// Creates a clone of `snap`: a new VM with the snapshot's spec under `name` (random when
+/// empty) and `ports`, whose disk is a copy of the snapshot's, and whose next start resumes
+/// the snapshot.
+pub fn create_clone(
+    store: &Store,
+    snap: &Snapshot,
+    name: &str,
+    ports: Vec<ignite_api::PortMapping>,
+    labels: std::collections::BTreeMap<String, String>,
+) -> Result<Vm, SnapshotError> {
+    let sdir = store.dir::<Snapshot>(&snap.uid());
+    let clone_err = |message: String| SnapshotError::Clone { name: snap.metadata.name.clone(), message };
+    let mut spec = snap.spec.vm_spec.clone();
+    spec.network.ports = ports;
+    let _gc = crate::gc::hold(store).map_err(|e| clone_err(e.to_string()))?;
+    let lock = store.lock()?;
+    if store.get::<Snapshot>(&snap.uid()).is_err() {
+        return Err(clone_err("it was removed".into()));
+    }
+    let mut name = name.to_string();
+    if name.is_empty() {
+        let taken: std::collections::HashSet<String> =
+            store.list::<Vm>()?.into_iter().map(|v| v.metadata.name).collect();
+        name = ignite_api::names::random_unique_name(|n| taken.contains(n));
+    }
+    // The source's annotations (network plugin, extra interfaces), but not its fixed address.
+    let mut annotations = snap.spec.vm_annotations.clone();
+    annotations.remove(crate::network::IP_ANNOTATION);
+    let mut vm = Vm::new(ObjectMeta { name, labels, annotations, ..Default::default() }, spec);
+    vm.status.image = snap.spec.image.clone();
+    vm.status.kernel = snap.spec.kernel.clone();
+    vm.status.id_prefix = "ignite".into();
+    let mut failure = None;
+    let made = store.create_with(&lock, vm, |tmp, _| {
+        let res = std::fs::copy(sdir.join(DISK), tmp.join(DISK))
+            .map_err(|e| format!("{}: {e}", sdir.join(DISK).display()))
+            .and_then(|_| {
+                ignite_store::write_atomic(&tmp.join(RESTORE_FROM), snap.uid().as_bytes()).map_err(|e| e.to_string())
+            });
+        res.map_err(|m| {
+            failure = Some(m.clone());
+            std::io::Error::other(m)
+        })
+    });
+    made.map_err(|e| match failure {
+        Some(m) => clone_err(m),
+        None => e.into(),
+    })
+}
+
+/// What a start resumes instead of booting.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub snapshot: String,
+    pub dir: PathBuf,
+    /// The machine the state was saved from.
+    pub machine: Machine,
+}
+
+/// The snapshot the VM in `dir` resumes at its next start, if it is a clone not yet started.
+pub fn pending_restore(store: &Store, dir: &VmDir) -> Result<Option<Restore>, String> {
+    let uid = match std::fs::read_to_string(dir.join(RESTORE_FROM)) {
+        Ok(u) => u.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", dir.join(RESTORE_FROM).display())),
+    };
+    let snap = store.get::<Snapshot>(&uid).map_err(|e| format!("the snapshot it was cloned from: {e}"))?;
+    let sdir = store.dir::<Snapshot>(&uid);
+    let machine: Machine = std::fs::read(sdir.join(MACHINE))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("snapshot {:?}: {}: {e}", snap.metadata.name, sdir.join(MACHINE).display()))?;
+    Ok(Some(Restore { snapshot: snap.metadata.name, dir: sdir, machine }))
+}
+
+/// Whether `clone` has the devices of the machine `saved` was (QEMU loads a state into the
+/// same devices only).
+pub fn check_same_devices(saved: &Machine, clone: &Machine) -> Result<(), String> {
+    let what = [
+        ("vCPUs", saved.vcpus as usize, clone.vcpus as usize),
+        ("MiB of memory", saved.memory_mib as usize, clone.memory_mib as usize),
+        ("drives", saved.drives.len(), clone.drives.len()),
+        ("network interfaces", saved.nics.len(), clone.nics.len()),
+        ("agent ports", usize::from(saved.agent_port.is_some()), usize::from(clone.agent_port.is_some())),
+    ];
+    for (name, s, c) in what {
+        if s != c {
+            return Err(format!(
+                "the snapshot's machine has {s} {name}, this VM {c}: a clone runs with the snapshot's"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The start resumed the snapshot: later starts boot the clone's own disk.
+pub fn restored(dir: &VmDir) {
+    let _ = std::fs::remove_file(dir.join(RESTORE_FROM));
+}
+
+/// Why the accelerator of a resume is the snapshot's.
+pub fn accel_reason(r: &Restore) -> String {
+    let how = match r.machine.accel {
+        Accel::Kvm => "KVM",
+        Accel::Tcg => "TCG",
+    };
+    format!("resumed from snapshot {:?}, taken under {how}", r.snapshot)
+}
+
+/// Hard-links `from` at `to` (files that are replaced, never changed in place), else copies it.
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("{}: {e}", from.display()))
+}
+
+fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut b = vec![0u8; n];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Gives a clone that just resumed its own identity through its guest agent: its name as
+/// hostname, its own MAC and address (its own network attachment), a new machine-id, fresh
+/// entropy, the host's wall clock.
+pub fn give_identity(store: &Store, vm: &Vm, timeout: Duration) -> Result<(), SnapshotError> {
+    let dir = VmDir::of(store, &vm.uid());
+    let fail = |message: String| SnapshotError::Clone { name: vm.metadata.name.clone(), message };
+    let interface = match std::fs::read(dir.network_record()) {
+        Ok(b) => {
+            let a: ignite_net::Attachment = serde_json::from_slice(&b).map_err(|e| fail(e.to_string()))?;
+            Some(ignite_agent::proto::InterfaceIdentity {
+                name: "eth0".into(),
+                mac: a.mac.clone(),
+                address: format!("{}/{}", a.ip, a.prefix_len),
+                gateway: a.gateway.map(|g| g.to_string()),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let machine_id: String =
+        random_bytes(16).map_err(|e| fail(e.to_string()))?.iter().map(|b| format!("{b:02x}")).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let id = ignite_agent::proto::Identity {
+        hostname: Some(vm.metadata.name.clone()),
+        interface,
+        machine_id: Some(machine_id),
+        entropy: random_bytes(64).map_err(|e| fail(e.to_string()))?,
+        wall_clock_ns: Some(now.as_nanos() as u64),
+    };
+    let session = crate::agent::Session::connect(&vm.metadata.name, &dir, timeout).map_err(|e| fail(e.to_string()))?;
+    session.set_identity(&id).map_err(|e| fail(e.to_string()))
+}
