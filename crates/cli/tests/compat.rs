@@ -7,11 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails, ok, prepared_root, until, until_ok, write};
-
-fn field(root: &Path, vm: &str, t: &str) -> String {
-    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
-}
+use common::{fails, field, ok, prepared_root, until, until_ok, write};
 
 /// Runs `exec VM -- ARGS` until it works (the agent may still be starting), within 120 s.
 fn exec_ok(root: &Path, vm: &str, args: &[&str]) -> String {

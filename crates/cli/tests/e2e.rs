@@ -8,11 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fails, fixtures, ok, prepared_root, procs, until, wait_for_log, Registry};
-
-fn field(root: &Path, vm: &str, t: &str) -> String {
-    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
-}
+use common::{fails, field, fixtures, ok, prepared_root, procs, until, wait_for_log, Registry};
 
 fn wait_stopped(root: &Path, vm: &str, secs: u64) {
     until(&format!("VM {vm} to stop"), secs, || field(root, vm, "{{.Status.Running}}") == "false");

@@ -8,23 +8,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use common::{fails, fixtures, ok, prepared_root};
-
-fn ignite_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(common::bin());
-    c.args(args).env("IGNITE_ROOT", root).env("IGNITE_AGENT", common::agent()).env_remove("IGNITE_CONFIG");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.stdin(Stdio::null()).output().expect("run ignite")
-}
-
-fn field(root: &Path, vm: &str, t: &str) -> String {
-    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
-}
+use common::{fails, field, fixtures, ignite_env, ok, prepared_root};
 
 fn logs(root: &Path, vm: &str) -> String {
     String::from_utf8_lossy(&common::ignite(root, &["logs", vm]).stdout).into_owned()

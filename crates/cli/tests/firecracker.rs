@@ -17,13 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    fails, firecracker, ignite, ok, pid_with_args, prepared_root, procs, status_field, until, until_exec_works,
+    fails, field, firecracker, ignite, ok, pid_with_args, prepared_root, procs, status_field, until, until_exec_works,
     until_ok, wait_for_log, write,
 };
-
-fn field(root: &Path, vm: &str, t: &str) -> String {
-    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
-}
 
 /// What a VM holds on the host while it runs: its processes and its network namespace.
 fn leftovers(uid: &str) -> Vec<String> {

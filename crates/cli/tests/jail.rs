@@ -7,11 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{ok, pid_with_args, prepared_root, status_field, until, until_exec_works, until_ok};
-
-fn field(root: &Path, vm: &str, t: &str) -> String {
-    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
-}
+use common::{field, ok, pid_with_args, prepared_root, status_field, until, until_exec_works, until_ok};
 
 /// The VMM process of VM `uid` (QEMU names itself `<prefix>-<uid>`).
 fn vmm_pid(uid: &str) -> u32 {

@@ -10,17 +10,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{fails, ok, prepared_root, until, until_ok, wait_for_log};
+use common::{fails, field, ok, prepared_root, until, until_ok, wait_for_log};
 
 /// The tests of this file share the host's CNI network: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn field(root: &Path, vm: &str, t: &str) -> String {
-    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
 }
 
 fn console(root: &Path, vm: &str, line: &str) {

@@ -260,7 +260,7 @@ fn collect_locked(store: &Store, size_classes_too: bool) -> Result<Collected, St
     // Scratch directories of imports whose process died.
     c.temp_files += sweep_scratch(&store.root().join("tmp"));
     // Atomic-write leftovers in object directories.
-    for dir in [Vm::DIR, Image::DIR, Kernel::DIR, Snapshot::DIR] {
+    for dir in ignite_store::KIND_DIRS {
         let Ok(rd) = std::fs::read_dir(store.root().join(dir)) else { continue };
         for obj in rd.flatten() {
             let Ok(files) = std::fs::read_dir(obj.path()) else { continue };

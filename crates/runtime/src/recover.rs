@@ -62,8 +62,9 @@ pub fn refresh_on(host: &dyn Host, store: &Store, vm: Vm) -> Result<Vm, StoreErr
     Ok(vm)
 }
 
-/// Records the end of every VM whose supervisor died, releasing what it held (what the
-/// commands that change things run first; cheap: no collection).
+/// Records the end of every VM whose supervisor died, releasing what it held, and resumes the
+/// guests of abandoned snapshots (what the commands that change things run first; cheap: no
+/// collection).
 pub fn record_dead(store: &Store) -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
     for vm in store.list::<Vm>()? {
@@ -71,6 +72,8 @@ pub fn record_dead(store: &Store) -> Result<Vec<String>, StoreError> {
             let name = vm.metadata.name.clone();
             refresh(store, vm)?;
             out.push(name);
+        } else if vm.status.running {
+            crate::snapshot::resume_if_abandoned(&VmDir::of(store, &vm.uid()));
         }
     }
     Ok(out)

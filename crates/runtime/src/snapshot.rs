@@ -71,7 +71,7 @@ pub fn create(store: &Store, config: &LoadedConfig, vm: &Vm, name: Option<&str>)
     };
     ignite_api::names::check_dns1123(&name)
         .map_err(|m| SnapshotError::Invalid(format!("snapshot name {name:?}: {m}")))?;
-    let vm = crate::recover::refresh(store, vm.clone())?;
+    let vm = crate::status::observe(store.get::<Vm>(&vm.uid())?);
     if !vm.status.running {
         return Err(SnapshotError::NotRunning { name: vm_name });
     }

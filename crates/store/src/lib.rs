@@ -66,6 +66,9 @@ stored!(Image, "image", "image");
 stored!(Kernel, "kernel", "kernel");
 stored!(Snapshot, "snapshot", "snapshot");
 
+/// The directory of every kind the store keeps.
+pub const KIND_DIRS: [&str; 4] = [Vm::DIR, Image::DIR, Kernel::DIR, Snapshot::DIR];
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -108,7 +111,7 @@ impl Store {
     /// Opens (creating if needed) the store at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
-        for dir in [Vm::DIR, Image::DIR, Kernel::DIR, Snapshot::DIR] {
+        for dir in KIND_DIRS {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(io_err("cannot create store directory", &p))?;
         }
@@ -122,7 +125,7 @@ impl Store {
     /// Takes the store-wide lock (blocking). Cleans up leftovers of crashed operations.
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
         let l = StoreLock::acquire(&self.root.join(".lock"))?;
-        for dir in [Vm::DIR, Image::DIR, Kernel::DIR] {
+        for dir in KIND_DIRS {
             self.sweep(&self.root.join(dir));
         }
         Ok(l)
@@ -312,7 +315,7 @@ impl Store {
     /// how many were finished.
     pub fn finish_removals(&self) -> usize {
         let mut n = 0;
-        for kind in [Vm::DIR, Image::DIR, Kernel::DIR, Snapshot::DIR] {
+        for kind in KIND_DIRS {
             let Ok(rd) = fs::read_dir(self.root.join(kind)) else { continue };
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".rm-") && fs::remove_dir_all(e.path()).is_ok() {

@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, a: CpArgs) -> anyhow::Result<()> {
         return Err(UsageError("the VM path is empty".into()).into());
     }
     let store = ctx.store()?;
-    let vm = ignite_runtime::status::observe(store.resolve::<Vm>(&vm_q)?);
+    let vm = super::used_vm(&store, &vm_q)?;
     let timeout = Duration::from_secs(u64::from(a.timeout));
     if !vm.status.running {
         return Err(ignite_runtime::ssh::SshError::NotRunning { name: vm.metadata.name.clone() }.into());

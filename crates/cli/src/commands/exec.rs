@@ -16,7 +16,7 @@ use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    let vm = ignite_runtime::status::observe(store.resolve::<Vm>(&a.vm)?);
+    let vm = super::used_vm(&store, &a.vm)?;
     let timeout = Duration::from_secs(u64::from(a.timeout));
     let env = parse_env(&a.env)?;
     if let Some(w) = &a.workdir {

@@ -156,9 +156,19 @@ fn recover_dead(ctx: &Ctx) {
     }
 }
 
+/// Resolves a VM argument to be used (exec, cp, ssh, attach), as last observed; a guest left
+/// paused by a killed `snapshot create`, which would not answer, is resumed.
+pub fn used_vm(store: &Store, query: &str) -> anyhow::Result<Vm> {
+    let vm = ignite_runtime::status::observe(store.resolve::<Vm>(query)?);
+    if vm.status.running {
+        ignite_runtime::snapshot::resume_if_abandoned(&ignite_runtime::vmdir::VmDir::of(store, &vm.uid()));
+    }
+    Ok(vm)
+}
+
 /// Resolves a VM argument and requires it to be running.
 pub fn running_vm(store: &Store, query: &str) -> anyhow::Result<Vm> {
-    let vm = ignite_runtime::status::observe(store.resolve::<Vm>(query)?);
+    let vm = used_vm(store, query)?;
     if !vm.status.running {
         anyhow::bail!("VM {:?} ({}) is not running", vm.metadata.name, vm.uid());
     }

@@ -3,14 +3,12 @@
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use ignite_api::Vm;
-
 use crate::cli::SshArgs;
 use crate::context::Ctx;
 
 pub fn run(ctx: &Ctx, a: SshArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
-    let vm = ignite_runtime::status::observe(store.resolve::<Vm>(&a.vm)?);
+    let vm = super::used_vm(&store, &a.vm)?;
     let timeout = Duration::from_secs(u64::from(a.timeout));
     let t = ignite_runtime::ssh::target(&store, &vm, a.identity.as_deref(), timeout)?;
     // A login shell gets a terminal; a command only when ours is one (as ssh itself decides).

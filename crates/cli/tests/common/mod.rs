@@ -158,6 +158,21 @@ pub fn ignite(root: &Path, args: &[&str]) -> Output {
         .expect("run ignite")
 }
 
+/// [`ignite`] with `env` set too.
+pub fn ignite_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args).env("IGNITE_ROOT", root).env("IGNITE_AGENT", agent()).env_remove("IGNITE_CONFIG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null()).output().expect("run ignite")
+}
+
+/// `inspect vm VM -t TEMPLATE`, trimmed.
+pub fn field(root: &Path, vm: &str, t: &str) -> String {
+    ok(root, &["inspect", "vm", vm, "-t", t]).trim().to_string()
+}
+
 pub fn ok(root: &Path, args: &[&str]) -> String {
     let o = ignite(root, args);
     assert!(o.status.success(), "ignite {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));

@@ -1,0 +1,133 @@
+//! Snapshots and clones on real VMs (TCG here): a snapshot of a running VM that runs on, two
+//! clones of it that are machines of their own (hostname, MAC, address, machine-id) and reach
+//! each other, a clone that boots its own disk at its next start, refusals that change
+//! nothing, and a snapshot killed while its guest was paused.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fails, field, ignite, ignite_env, ok, prepared_root, until, until_exec_works};
+
+fn exec(root: &Path, vm: &str, script: &str) -> String {
+    ok(root, &["exec", vm, "--", "sh", "-c", script]).trim().to_string()
+}
+
+fn vm_names(root: &Path) -> Vec<String> {
+    ok(root, &["ps", "-a", "-q"]).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn two_clones_of_one_snapshot_are_machines_of_their_own() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "src", "--memory", "128MB"]);
+    until_exec_works(&root, "src", 120);
+    exec(&root, "src", "echo before > /root/mark");
+    let out = String::from_utf8_lossy(&ignite(&root, &["snapshot", "create", "src", "s1"]).stderr).into_owned();
+    assert!(out.contains("Created snapshot \"s1\"") && out.contains("VM paused"), "{out}");
+    assert!(ok(&root, &["snapshot", "ls"]).lines().any(|l| l.contains(" s1 ") && l.contains(" src ")));
+    let vm_of = ok(&root, &["inspect", "snapshot", "s1", "-t", "{{.Spec.VmName}} {{.Spec.Vmm}}"]);
+    assert_eq!(vm_of.trim(), "src qemu");
+    // The source runs on after its snapshot; what it writes now is not in the snapshot.
+    exec(&root, "src", "echo after > /root/mark");
+
+    for c in ["ca", "cb"] {
+        let o = ignite(&root, &["run", "--from-snapshot", "s1", "--name", c]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "run --from-snapshot: {err}");
+        assert!(err.contains("resumed from snapshot \"s1\""), "{err}");
+    }
+    // `run` returned once the clone had its identity: exec works at once, without retries.
+    let mut seen = Vec::new();
+    for c in ["ca", "cb"] {
+        let ip = field(&root, c, "{{index .Status.Network.IPAddresses 0}}");
+        let guest = exec(
+            &root,
+            c,
+            "hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0; cat /etc/machine-id; cat /root/mark; date +%s",
+        );
+        let l: Vec<&str> = guest.lines().collect();
+        assert_eq!(l.len(), 6, "{guest}");
+        assert_eq!(l[0], c, "hostname: {guest}");
+        assert!(l[2].contains(&format!("inet {ip}/")), "the guest's address is the clone's own {ip}: {guest}");
+        assert_eq!(l[2].matches("inet ").count(), 1, "one address: {guest}");
+        assert_eq!(l[3].len(), 32, "machine-id: {guest}");
+        assert_eq!(l[4], "before", "the disk as it was at the snapshot: {guest}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let clock: i64 = l[5].parse().unwrap();
+        assert!((clock - now).abs() < 30, "the guest's clock was stepped: {clock} vs {now}");
+        seen.push((l[1].to_string(), ip, l[3].to_string()));
+    }
+    let (a, b) = (&seen[0], &seen[1]);
+    assert_ne!(a.0, b.0, "MACs");
+    assert_ne!(a.1, b.1, "addresses");
+    assert_ne!(a.2, b.2, "machine-ids");
+    // They reach each other (and the source, which kept its address).
+    let src_ip = field(&root, "src", "{{index .Status.Network.IPAddresses 0}}");
+    for (from, to) in [("ca", &b.1), ("cb", &a.1), ("ca", &src_ip)] {
+        exec(&root, from, &format!("ping -c 1 -W 5 {to}"));
+    }
+    assert_eq!(exec(&root, "src", "cat /root/mark; hostname"), "after\nsrc");
+
+    // A clone's next start boots its own disk, with its own name.
+    ok(&root, &["stop", "cb"]);
+    ok(&root, &["start", "cb"]);
+    until_exec_works(&root, "cb", 120);
+    assert_eq!(exec(&root, "cb", "cat /root/mark; hostname"), "before\ncb");
+
+    // Clones do not need their snapshot once started.
+    ok(&root, &["snapshot", "rm", "s1"]);
+    assert!(!ok(&root, &["snapshot", "ls"]).contains("s1"));
+    ok(&root, &["rm", "-f", "ca", "cb", "src"]);
+    let left: Vec<_> = std::fs::read_dir(root.join("snapshot")).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn what_cannot_be_snapshotted_or_cloned_is_refused_and_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["create", "busybox", "--name", "idle", "--memory", "128MB"]);
+    fails(&root, &["snapshot", "create", "idle"], 1, "is not running");
+    fails(&root, &["snapshot", "create", "nosuchvm"], 3, "nosuchvm");
+    ok(&root, &["run", "busybox", "--name", "noagent", "--memory", "128MB", "--agent=false"]);
+    fails(&root, &["snapshot", "create", "noagent", "s"], 1, "without its guest agent");
+    ok(&root, &["run", "busybox", "--name", "live", "--memory", "128MB"]);
+    until_exec_works(&root, "live", 120);
+    fails(&root, &["snapshot", "create", "live", "Not_A_Name"], 1, "snapshot name");
+    assert_eq!(ok(&root, &["snapshot", "ls", "-q"]), "");
+    ok(&root, &["snapshot", "create", "live", "s"]);
+    fails(&root, &["snapshot", "create", "live", "s"], 1, "already");
+    let before = vm_names(&root);
+    fails(&root, &["run", "--from-snapshot", "nosuch"], 3, "nosuch");
+    fails(&root, &["run", "--from-snapshot", "s", "--memory", "256MB"], 2, "--memory cannot change it");
+    fails(&root, &["run", "--from-snapshot", "s", "busybox"], 2, "an IMAGE cannot change it");
+    assert_eq!(vm_names(&root), before, "a refused clone leaves no VM");
+    // The source was paused for the snapshot and runs on.
+    until_exec_works(&root, "live", 30);
+}
+
+#[test]
+fn a_snapshot_killed_while_its_guest_is_paused_leaves_the_vm_running() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "victim", "--memory", "128MB"]);
+    until_exec_works(&root, "victim", 120);
+    let o = ignite_env(&root, &["snapshot", "create", "victim", "s"], &[("IGNITE_FAULT", "snapshot.paused")]);
+    assert!(!o.status.success(), "the fault point was not reached: {}", String::from_utf8_lossy(&o.stderr));
+    // The next command that needs the VM running resumes its guest; the half-made snapshot is
+    // not listed.
+    until_exec_works(&root, "victim", 30);
+    assert_eq!(ok(&root, &["snapshot", "ls", "-q"]), "");
+    // And a snapshot can be taken again, its leftovers gone.
+    ok(&root, &["snapshot", "create", "victim", "s"]);
+    until("no half-made snapshot directory", 30, || {
+        std::fs::read_dir(root.join("snapshot"))
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    });
+    ok(&root, &["run", "--from-snapshot", "s", "--name", "clone"]);
+    assert_eq!(exec(&root, "clone", "hostname"), "clone");
+}
