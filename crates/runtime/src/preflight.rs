@@ -29,6 +29,15 @@ pub fn find_in_path(bin: &str) -> Option<PathBuf> {
 }
 
 /// Whether the backend's VMM can run here.
+/// The VMM binary is there (what a start checks: nothing is run).
+pub fn vmm_found(backend: &dyn Backend) -> Check {
+    match backend.binary() {
+        Ok(p) => Check { name: "vmm", level: Level::Ok, detail: format!("{}: {}", backend.name(), p.display()) },
+        Err(e) => Check { name: "vmm", level: Level::Error, detail: format!("{}: {e}", backend.name()) },
+    }
+}
+
+/// The VMM binary is there and runs, with its version (`ignite doctor`).
 pub fn vmm_check(backend: &dyn Backend) -> Check {
     match backend.check_host() {
         Ok(info) => Check {
@@ -58,7 +67,7 @@ pub fn tool(name: &'static str, bin: &str, package: &str, level_if_missing: Leve
 /// (`BinaryInPath`), so that `--ignore-preflight-checks` takes either.
 pub fn preflight(plugin: &str, jailed: bool, backend: &dyn Backend) -> Vec<(Check, &'static str)> {
     let mut out =
-        vec![(vmm_check(backend), "BinaryInPath"), (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath")];
+        vec![(vmm_found(backend), "BinaryInPath"), (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath")];
     let bb = crate::provision::busybox();
     let busybox = match std::fs::read(&bb) {
         Ok(b) if is_static_elf(&b) => {

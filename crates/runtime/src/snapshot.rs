@@ -358,6 +358,8 @@ pub fn give_identity(store: &Store, vm: &Vm, timeout: Duration) -> Result<(), Sn
         entropy: random_bytes(64).map_err(|e| fail(e.to_string()))?,
         wall_clock_ns: Some(now.as_nanos() as u64),
     };
+    let t0 = std::time::Instant::now();
     let session = crate::agent::Session::connect(&vm.metadata.name, &dir, timeout).map_err(|e| fail(e.to_string()))?;
+    tracing::debug!("clone {:?}: its agent answered after {:?}", vm.metadata.name, t0.elapsed());
     session.set_identity(&id).map_err(|e| fail(e.to_string()))
 }

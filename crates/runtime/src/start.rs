@@ -229,7 +229,7 @@ fn check(
     if !failed.is_empty() {
         return Err(StartError::Preflight(failed));
     }
-    backend.check_host()?;
+    backend.binary()?;
     let restore = crate::snapshot::pending_restore(store, dir)
         .map_err(|message| StartError::Machine { name: name.clone(), message })?;
     let kernel = match &restore {

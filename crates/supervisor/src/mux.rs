@@ -222,6 +222,9 @@ fn guest_reader(mux: &Mux, stream: UnixStream) {
     };
     let _ = writer.set_write_timeout(Some(Duration::from_secs(5)));
     *lock(&mux.guest) = Some(writer);
+    // Asked at once: an agent that runs already (a guest resumed from a snapshot, a channel
+    // reconnected) says nothing until asked, and the pinger's first round is 200 ms away.
+    mux.to_guest(&Frame::new(Kind::Ping, 0, 0u64.to_le_bytes().to_vec()));
     let mut frames = FrameReader::new(stream);
     let mut in_sync = true;
     loop {

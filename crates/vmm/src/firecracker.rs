@@ -248,6 +248,10 @@ impl Backend for Firecracker {
         }
     }
 
+    fn binary(&self) -> Result<PathBuf, VmmError> {
+        self.found()
+    }
+
     fn check_host(&self) -> Result<HostInfo, VmmError> {
         let binary = self.found()?;
         let out = std::process::Command::new(&binary)

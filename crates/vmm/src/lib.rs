@@ -232,6 +232,11 @@ pub trait Backend: Send + Sync + Debug {
     fn capabilities(&self) -> Capabilities;
     /// Whether this host can run the VMM (its binary, its version, its seccomp support).
     fn check_host(&self) -> Result<HostInfo, VmmError>;
+    /// The VMM binary, without running it (what a start checks; [`Backend::check_host`] runs
+    /// it, for `ignite doctor`).
+    fn binary(&self) -> Result<PathBuf, VmmError> {
+        self.check_host().map(|i| i.binary)
+    }
     /// Chooses the accelerator for booting `kernel`; `auto` probes once per host and kernel,
     /// cached under `state_dir`. `probe_initrd` writes an initramfs whose init prints
     /// [`accel::PROBE_MARKER`] and powers off.

@@ -476,6 +476,10 @@ impl Backend for Qemu {
         self.capabilities_const()
     }
 
+    fn binary(&self) -> Result<PathBuf, VmmError> {
+        self.found()
+    }
+
     fn check_host(&self) -> Result<HostInfo, VmmError> {
         let binary = self.found()?;
         let version = Command::new(&binary)

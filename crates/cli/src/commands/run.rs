@@ -136,9 +136,13 @@ fn clone(ctx: &Ctx, a: &RunArgs, snap: &str, opts: &StartOptions) -> anyhow::Res
     if name.is_empty() && c.require_name {
         return Err(UsageError("--require-name: give the clone a --name".into()).into());
     }
+    let t0 = std::time::Instant::now();
     let vm = ignite_runtime::snapshot::create_clone(&store, &snapshot, &name, ports, labels)?;
+    tracing::debug!("clone {:?} created in {:?}", vm.metadata.name, t0.elapsed());
     let started = ignite_runtime::run::start_new(&store, &config, vm.clone(), opts)?;
+    tracing::debug!("clone {:?} resumed at {:?}", vm.metadata.name, t0.elapsed());
     let identity = ignite_runtime::snapshot::give_identity(&store, &started.vm, std::time::Duration::from_secs(60));
+    tracing::debug!("clone {:?} given its identity at {:?}", vm.metadata.name, t0.elapsed());
     if let Err(e) = identity {
         // Never usable: not left running as a second copy of the snapshot's machine.
         let _ = ignite_runtime::stop::kill(&store, started.vm.clone());
