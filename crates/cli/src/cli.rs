@@ -302,6 +302,10 @@ pub struct StartArgs {
     /// Accelerator: kvm, tcg, or auto (KVM when it can boot a guest here; env IGNITE_ACCEL)
     #[arg(long)]
     pub accel: Option<String>,
+    /// Resume the VM from a snapshot of it instead of booting: its disk becomes the snapshot's
+    /// (the one it had is kept as disk.before-snapshot.qcow2 in its directory)
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "accel")]
+    pub from_snapshot: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,8 @@
 //! Snapshots and clones on real VMs (TCG here): a snapshot of a running VM that runs on, two
 //! clones of it that are machines of their own (hostname, MAC, address, machine-id) and reach
 //! each other, a clone that boots its own disk at its next start, refusals that change
-//! nothing, and a snapshot killed while its guest was paused.
+//! nothing, a snapshot killed while its guest was paused, and a VM resumed from its own
+//! snapshot (`start --from-snapshot`).
 
 mod common;
 
@@ -95,10 +96,10 @@ fn what_cannot_be_snapshotted_or_cloned_is_refused_and_changes_nothing() {
     fails(&root, &["snapshot", "create", "noagent", "s"], 1, "without its guest agent");
     ok(&root, &["run", "busybox", "--name", "live", "--memory", "128MB"]);
     until_exec_works(&root, "live", 120);
-    fails(&root, &["snapshot", "create", "live", "Not_A_Name"], 1, "snapshot name");
+    fails(&root, &["snapshot", "create", "live", "Not_A_Name"], 2, "snapshot name");
     assert_eq!(ok(&root, &["snapshot", "ls", "-q"]), "");
     ok(&root, &["snapshot", "create", "live", "s"]);
-    fails(&root, &["snapshot", "create", "live", "s"], 1, "already");
+    fails(&root, &["snapshot", "create", "live", "s"], 2, "already");
     let before = vm_names(&root);
     fails(&root, &["run", "--from-snapshot", "nosuch"], 3, "nosuch");
     fails(&root, &["run", "--from-snapshot", "s", "--memory", "256MB"], 2, "--memory cannot change it");
@@ -121,7 +122,9 @@ fn a_snapshot_killed_while_its_guest_is_paused_leaves_the_vm_running() {
     until_exec_works(&root, "victim", 30);
     assert_eq!(ok(&root, &["snapshot", "ls", "-q"]), "");
     // And a snapshot can be taken again, its leftovers gone.
+    exec(&root, "victim", "echo at-snapshot > /root/mark");
     ok(&root, &["snapshot", "create", "victim", "s"]);
+    exec(&root, "victim", "echo later > /root/mark");
     until("no half-made snapshot directory", 30, || {
         std::fs::read_dir(root.join("snapshot"))
             .unwrap()
@@ -130,4 +133,22 @@ fn a_snapshot_killed_while_its_guest_is_paused_leaves_the_vm_running() {
     });
     ok(&root, &["run", "--from-snapshot", "s", "--name", "clone"]);
     assert_eq!(exec(&root, "clone", "hostname"), "clone");
+
+    // `start --from-snapshot`: the VM itself resumed where its snapshot was taken.
+    fails(&root, &["start", "clone", "--from-snapshot", "s"], 2, "was taken of VM \"victim\"");
+    fails(&root, &["start", "victim", "--from-snapshot", "s"], 1, "is running");
+    let machine_id = exec(&root, "victim", "cat /etc/machine-id 2>/dev/null || true");
+    ok(&root, &["stop", "victim"]);
+    ok(&root, &["start", "victim", "--from-snapshot", "s"]);
+    assert_eq!(exec(&root, "victim", "cat /root/mark; hostname"), "at-snapshot\nvictim");
+    assert_eq!(exec(&root, "victim", "cat /etc/machine-id 2>/dev/null || true"), machine_id, "its own machine-id");
+    let ip = field(&root, "victim", "{{index .Status.Network.IPAddresses 0}}");
+    assert!(exec(&root, "victim", "ip -4 -o addr show eth0").contains(&format!("inet {ip}/")));
+    // The disk it had is kept; its next start boots the snapshot's disk, now its own.
+    let uid = field(&root, "victim", "{{.UID}}");
+    assert!(root.join("vm").join(&uid).join("disk.before-snapshot.qcow2").is_file());
+    ok(&root, &["stop", "victim"]);
+    ok(&root, &["start", "victim"]);
+    until_exec_works(&root, "victim", 120);
+    assert_eq!(exec(&root, "victim", "cat /root/mark"), "at-snapshot");
 }

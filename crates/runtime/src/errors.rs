@@ -84,6 +84,16 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Class {
         if let Some(crate::stop::StopError::NotRunning { .. }) = cause.downcast_ref::<crate::stop::StopError>() {
             return Class::State;
         }
+        if let Some(se) = cause.downcast_ref::<crate::snapshot::SnapshotError>() {
+            use crate::snapshot::SnapshotError as S;
+            return match se {
+                S::Invalid(_) => Class::BadInput,
+                S::NotRunning { .. } | S::Running { .. } | S::Busy { .. } | S::InUse { .. } => Class::State,
+                S::Store(StoreError::NameTaken { .. } | StoreError::UidTaken { .. }) => Class::Taken,
+                S::Store(StoreError::NotFound { .. }) => Class::NotFound,
+                _ => Class::Failed,
+            };
+        }
     }
     Class::Failed
 }

@@ -23,7 +23,6 @@ use ignite_store::{Store, StoreError};
 use ignite_vmm::{Accel, Machine};
 
 use crate::boot::BootConfig;
-use crate::config::LoadedConfig;
 use crate::vmdir::VmDir;
 
 /// The saved machine state in a snapshot's directory.
@@ -46,6 +45,8 @@ pub const PAUSE_LOCK: &str = "snapshot.lock";
 pub enum SnapshotError {
     #[error("VM {name:?} is not running: a snapshot is taken of a running VM")]
     NotRunning { name: String },
+    #[error("VM {name:?} is running: stop it first")]
+    Running { name: String },
     #[error("VM {name:?}: {message}")]
     Unsupported { name: String, message: String },
     #[error("a snapshot of VM {name:?} is being taken already")]
@@ -63,7 +64,7 @@ pub enum SnapshotError {
 }
 
 /// Takes a snapshot of the running VM `vm`, named `name` (default `<vm>-<time>`).
-pub fn create(store: &Store, config: &LoadedConfig, vm: &Vm, name: Option<&str>) -> Result<Snapshot, SnapshotError> {
+pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, SnapshotError> {
     let vm_name = vm.metadata.name.clone();
     let name = match name {
         Some(n) => n.to_string(),
@@ -89,7 +90,8 @@ pub fn create(store: &Store, config: &LoadedConfig, vm: &Vm, name: Option<&str>)
     if boot.machine.agent_port.is_none() {
         return Err(unsupported("it runs without its guest agent: a clone could not be given its own identity".into()));
     }
-    let backend = crate::boot::backend(&boot.vmm, &config.spec).map_err(|e| unsupported(e.to_string()))?;
+    // The backend and binary the VM runs on, as its start recorded them.
+    let backend = ignite_vmm::backend(&boot.vmm, &boot.binaries).map_err(|e| unsupported(e.to_string()))?;
     // One snapshot of a VM at a time; held while its guest may be paused.
     let pause = File::options()
         .create(true)
@@ -147,11 +149,11 @@ pub fn create(store: &Store, config: &LoadedConfig, vm: &Vm, name: Option<&str>)
             std::io::Error::other(m)
         })
     });
-    let mut snap = match made {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(SnapshotError::Failed { name: vm_name, message: failure.unwrap_or_else(|| e.to_string()) })
-        }
+    let mut snap = match (made, failure) {
+        (Ok(s), _) => s,
+        (Err(_), Some(message)) => return Err(SnapshotError::Failed { name: vm_name, message }),
+        // The store's own refusal (a name taken), as it is.
+        (Err(e), None) => return Err(e.into()),
     };
     let sdir = store.dir::<Snapshot>(&snap.uid());
     let size = |f: &str| std::fs::metadata(sdir.join(f)).ok().map(|m| Size::from_bytes(m.len()));
@@ -254,6 +256,57 @@ pub fn create_clone(
     })
 }
 
+/// Where `revert` keeps the disk it replaced (one: the last).
+pub const REPLACED_DISK: &str = "disk.before-snapshot.qcow2";
+
+/// Makes the stopped VM `vm`'s next start resume `snap`, a snapshot of it: its disk becomes
+/// the snapshot's (the one it had is kept as [`REPLACED_DISK`]). Checked before anything
+/// changes: the snapshot is this VM's, the VM is stopped, its machine is the snapshot's.
+pub fn revert(store: &Store, vm: &Vm, snap: &Snapshot) -> Result<(), SnapshotError> {
+    let name = vm.metadata.name.clone();
+    if snap.spec.vm != vm.uid() {
+        return Err(SnapshotError::Invalid(format!(
+            "snapshot {:?} was taken of VM {:?}, not {name:?}: `ignite run --from-snapshot {}` clones it",
+            snap.metadata.name, snap.spec.vm_name, snap.metadata.name
+        )));
+    }
+    let lock = store.lock()?;
+    let vm = crate::status::observe(store.get::<Vm>(&vm.uid())?);
+    if vm.status.running {
+        return Err(SnapshotError::Running { name });
+    }
+    let (was, now) = (&snap.spec.vm_spec, &vm.spec);
+    if was.cpus != now.cpus || was.memory() != now.memory() {
+        return Err(SnapshotError::Invalid(format!(
+            "VM {name:?} has {} vCPUs and {} now, its snapshot {:?} {} and {}: the machine must be the same",
+            now.cpus,
+            now.memory().human(),
+            snap.metadata.name,
+            was.cpus,
+            was.memory().human()
+        )));
+    }
+    let dir = VmDir::of(store, &vm.uid());
+    let fail = |e: String| SnapshotError::Failed { name: name.clone(), message: e };
+    let staged = dir.join(".disk.qcow2.snapshot");
+    std::fs::copy(store.dir::<Snapshot>(&snap.uid()).join(DISK), &staged)
+        .and_then(|_| File::open(&staged)?.sync_all())
+        .map_err(|e| fail(format!("copy the snapshot's disk: {e}")))?;
+    let disk = dir.root_disk();
+    if disk.exists() {
+        std::fs::rename(&disk, dir.join(REPLACED_DISK)).map_err(|e| fail(format!("keep {}: {e}", disk.display())))?;
+    }
+    std::fs::rename(&staged, &disk).map_err(|e| fail(format!("{}: {e}", disk.display())))?;
+    ignite_store::write_atomic(&dir.join(RESTORE_FROM), snap.uid().as_bytes())?;
+    drop(lock);
+    Ok(())
+}
+
+/// A start that was to resume a snapshot failed: the next one boots the VM's disk.
+pub fn abandon_restore(dir: &VmDir) {
+    restored(dir)
+}
+
 /// What a start resumes instead of booting.
 #[derive(Debug, Clone)]
 pub struct Restore {
@@ -329,10 +382,10 @@ fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
     Ok(b)
 }
 
-/// Gives a clone that just resumed its own identity through its guest agent: its name as
-/// hostname, its own MAC and address (its own network attachment), a new machine-id, fresh
-/// entropy, the host's wall clock.
-pub fn give_identity(store: &Store, vm: &Vm, timeout: Duration) -> Result<(), SnapshotError> {
+/// Gives a VM that just resumed a snapshot its identity through its guest agent: its name as
+/// hostname, its own MAC and address (its own network attachment), fresh entropy, the host's
+/// wall clock, and, for a clone (`new_machine`), a new machine-id.
+pub fn give_identity(store: &Store, vm: &Vm, timeout: Duration, new_machine: bool) -> Result<(), SnapshotError> {
     let dir = VmDir::of(store, &vm.uid());
     let fail = |message: String| SnapshotError::Clone { name: vm.metadata.name.clone(), message };
     let interface = match std::fs::read(dir.network_record()) {
@@ -354,7 +407,7 @@ pub fn give_identity(store: &Store, vm: &Vm, timeout: Duration) -> Result<(), Sn
     let id = ignite_agent::proto::Identity {
         hostname: Some(vm.metadata.name.clone()),
         interface,
-        machine_id: Some(machine_id),
+        machine_id: new_machine.then_some(machine_id),
         entropy: random_bytes(64).map_err(|e| fail(e.to_string()))?,
         wall_clock_ns: Some(now.as_nanos() as u64),
     };

@@ -141,7 +141,8 @@ fn clone(ctx: &Ctx, a: &RunArgs, snap: &str, opts: &StartOptions) -> anyhow::Res
     tracing::debug!("clone {:?} created in {:?}", vm.metadata.name, t0.elapsed());
     let started = ignite_runtime::run::start_new(&store, &config, vm.clone(), opts)?;
     tracing::debug!("clone {:?} resumed at {:?}", vm.metadata.name, t0.elapsed());
-    let identity = ignite_runtime::snapshot::give_identity(&store, &started.vm, std::time::Duration::from_secs(60));
+    let identity =
+        ignite_runtime::snapshot::give_identity(&store, &started.vm, std::time::Duration::from_secs(60), true);
     tracing::debug!("clone {:?} given its identity at {:?}", vm.metadata.name, t0.elapsed());
     if let Err(e) = identity {
         // Never usable: not left running as a second copy of the snapshot's machine.

@@ -33,9 +33,8 @@ pub fn run(ctx: &Ctx, sub: Option<SnapshotSub>, list: LsArgs) -> anyhow::Result<
         }
         Some(SnapshotSub::Create(a)) => {
             let store = ctx.store()?;
-            let config = ctx.config()?;
             let vm = store.resolve::<Vm>(&a.vm)?;
-            let s = ignite_runtime::snapshot::create(&store, &config, &vm, a.name.as_deref())?;
+            let s = ignite_runtime::snapshot::create(&store, &vm, a.name.as_deref())?;
             if ctx.global.quiet {
                 println!("{}", s.uid());
             } else {
