@@ -26,6 +26,9 @@
     benches/bench.py clone  [--runs 8]    ignite run --from-snapshot -> exec works, vs a cold ignite run
                                           -> exec works, alternating (busybox, 128 MB); and what
                                           taking the snapshot costs (the guest's pause, its size)
+    benches/bench.py dense  [--runs 100]  N busybox VMs (--memory 64MB) at once: time until all answer
+                                          exec, host memory per VM (used memory over the N, and the
+                                          VMMs' PSS), then all removed and nothing left behind
 
 Uses target/release/ignite (built when out of date), the cached kernel and test images. Absolute
 times on this machine (2 cores, TCG) are not bare metal: read the ratios.
@@ -423,6 +426,80 @@ def bench_clone(e, runs):
     print(f"  the guest paused meanwhile                       {fmt(paused)}   ({sizes})")
 
 
+def meminfo():
+    m = {}
+    for line in open("/proc/meminfo"):
+        k, v = line.split(":", 1)
+        m[k] = int(v.split()[0]) * 1024
+    return m
+
+
+def vmm_pids(uids):
+    """uid -> the QEMU process of that VM (it names itself ignite-<uid>)."""
+    want, out = {f"ignite-{u}": u for u in uids}, {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            argv = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"qemu-system-x86_64") and b"-name" in argv:
+            n = argv[argv.index(b"-name") + 1].decode()
+            if n in want:
+                out[want[n]] = int(p)
+    return out
+
+
+def pss_mib(pid):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def host_leftovers():
+    netns = len([n for n in os.listdir("/run/netns")]) if os.path.isdir("/run/netns") else 0
+    return netns
+
+
+def bench_dense(e, n):
+    names = [f"d{i}" for i in range(n)]
+    netns0 = host_leftovers()
+    # Settle the page cache, then take the baseline.
+    subprocess.run(["sync"])
+    used0 = meminfo()
+    t0 = time.monotonic()
+    for name in names:
+        e.ig("run", "busybox", "--name", name, "--memory", "64MB")
+    started = time.monotonic() - t0
+    for name in names:
+        until_exec(e, name, 600)
+    ready = time.monotonic() - t0
+    for name in names:  # every one answers, all running at once
+        e.ig("exec", name, "true")
+    m = meminfo()
+    used = (m["MemTotal"] - m["MemAvailable"]) - (used0["MemTotal"] - used0["MemAvailable"])
+    uids = [e.ig("inspect", "vm", name, "-t", "{{.UID}}").strip() for name in names]
+    pids = vmm_pids(uids)
+    pss = [pss_mib(p) for p in pids.values()]
+    rss = [rss_mib(p) for p in pids.values()]
+    ksm = open("/sys/kernel/mm/ksm/run").read().strip() if os.path.exists("/sys/kernel/mm/ksm/run") else "absent"
+    print(f"dense: {n} busybox VMs, --memory 64MB each, jailed, TCG (KSM run={ksm})")
+    print(f"  all started (ignite run x{n}, one after another)   {started:8.1f} s")
+    print(f"  all answering exec                                 {ready:8.1f} s")
+    print(f"  host used memory over the {n}, per VM              {used / n / 2**20:8.1f} MiB   (issue 15: <= 60 MiB)")
+    print(f"  QEMU PSS per VM                                    p50 {pct(pss, 50):6.1f} MiB   sum/n {sum(pss) / len(pss):6.1f} MiB   ({len(pss)} VMMs found)")
+    print(f"  QEMU RSS per VM                                    p50 {pct(rss, 50):6.1f} MiB")
+    t1 = time.monotonic()
+    subprocess.run([IGNITE, "rm", "-f", *names], env=e.env, check=True, capture_output=True)
+    print(f"  all removed                                        {time.monotonic() - t1:8.1f} s")
+    left = {"VMs": len(e.ig("ps", "-a", "-q").split()), "VMMs": len(vmm_pids(uids)), "netns": host_leftovers() - netns0}
+    print(f"  left behind                                        {left}")
+    if any(left.values()):
+        raise SystemExit(f"dense: left behind {left}")
+
+
 def wait_running(e, name, deadline_s=120):
     t_end = time.monotonic() + deadline_s
     while time.monotonic() < t_end:
@@ -516,7 +593,7 @@ def bench_reconcile(e, runs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["boot", "jail", "disk", "vmm", "import", "net", "exec", "reconcile", "clone", "all"])
+    ap.add_argument("what", choices=["boot", "jail", "disk", "vmm", "import", "net", "exec", "reconcile", "clone", "dense", "all"])
     ap.add_argument("--runs", type=int)
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -541,6 +618,8 @@ def main():
             bench_reconcile(e, a.runs or 5)
         if a.what in ("clone", "all"):
             bench_clone(e, a.runs or 8)
+        if a.what in ("dense", "all"):
+            bench_dense(e, a.runs or 100)
     finally:
         e.close()
 
