@@ -26,9 +26,11 @@
     benches/bench.py clone  [--runs 8]    ignite run --from-snapshot -> exec works, vs a cold ignite run
                                           -> exec works, alternating (busybox, 128 MB); and what
                                           taking the snapshot costs (the guest's pause, its size)
-    benches/bench.py dense  [--runs 100]  N busybox VMs (--memory 64MB) at once: time until all answer
-                                          exec, host memory per VM (used memory over the N, and the
-                                          VMMs' PSS), then all removed and nothing left behind
+    benches/bench.py dense  [--runs 100] [--ksm]  N busybox VMs (--memory 64MB) at once: time until
+                                          all answer exec, host memory per VM (used memory over the
+                                          N, and the VMMs' PSS), then all removed and nothing left
+                                          behind; --ksm turns the host's same-page merging on for
+                                          the run (QEMU marks guest memory mergeable)
 
 Uses target/release/ignite (built when out of date), the cached kernel and test images. Absolute
 times on this machine (2 cores, TCG) are not bare metal: read the ratios.
@@ -463,8 +465,25 @@ def host_leftovers():
     return netns
 
 
-def bench_dense(e, n):
+KSM = "/sys/kernel/mm/ksm/"
+
+
+def bench_dense(e, n, ksm):
+    """`ksm`: the host's same-page merging turned on for the run (and back as it was after)."""
     names = [f"d{i}" for i in range(n)]
+    saved = {f: open(KSM + f).read().strip() for f in ("run", "pages_to_scan", "sleep_millisecs")} if ksm else {}
+    try:
+        for f, v in (("pages_to_scan", "4000"), ("sleep_millisecs", "10"), ("run", "1")) if ksm else ():
+            open(KSM + f, "w").write(v)
+        dense_run(e, names, ksm)
+    finally:
+        for f in ("run", "pages_to_scan", "sleep_millisecs"):
+            if f in saved:
+                open(KSM + f, "w").write(saved[f])
+
+
+def dense_run(e, names, ksm):
+    n = len(names)
     netns0 = host_leftovers()
     # Settle the page cache, then take the baseline.
     subprocess.run(["sync"])
@@ -478,14 +497,21 @@ def bench_dense(e, n):
     ready = time.monotonic() - t0
     for name in names:  # every one answers, all running at once
         e.ig("exec", name, "true")
+    ksm_note = ""
+    if ksm:
+        # Same-page merging of the guests' memory (QEMU marks it mergeable): two full scans.
+        scans0 = int(open(KSM + "full_scans").read())
+        t_end = time.monotonic() + 300
+        while int(open(KSM + "full_scans").read()) < scans0 + 2 and time.monotonic() < t_end:
+            time.sleep(0.5)
+        ksm_note = f", {int(open(KSM + 'pages_sharing').read()) * 4 // 1024} MiB shared by KSM"
     m = meminfo()
     used = (m["MemTotal"] - m["MemAvailable"]) - (used0["MemTotal"] - used0["MemAvailable"])
     uids = [e.ig("inspect", "vm", name, "-t", "{{.UID}}").strip() for name in names]
     pids = vmm_pids(uids)
     pss = [pss_mib(p) for p in pids.values()]
     rss = [rss_mib(p) for p in pids.values()]
-    ksm = open("/sys/kernel/mm/ksm/run").read().strip() if os.path.exists("/sys/kernel/mm/ksm/run") else "absent"
-    print(f"dense: {n} busybox VMs, --memory 64MB each, jailed, TCG (KSM run={ksm})")
+    print(f"dense: {n} busybox VMs, --memory 64MB each, jailed, TCG (KSM {'on' if ksm else 'off'}{ksm_note})")
     print(f"  all started (ignite run x{n}, one after another)   {started:8.1f} s")
     print(f"  all answering exec                                 {ready:8.1f} s")
     print(f"  host used memory over the {n}, per VM              {used / n / 2**20:8.1f} MiB   (issue 15: <= 60 MiB)")
@@ -595,6 +621,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["boot", "jail", "disk", "vmm", "import", "net", "exec", "reconcile", "clone", "dense", "all"])
     ap.add_argument("--runs", type=int)
+    ap.add_argument("--ksm", action="store_true", help="dense: turn on the host's KSM for the run")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks run as root (they boot VMs and apply image layers)")
@@ -619,7 +646,7 @@ def main():
         if a.what in ("clone", "all"):
             bench_clone(e, a.runs or 8)
         if a.what in ("dense", "all"):
-            bench_dense(e, a.runs or 100)
+            bench_dense(e, a.runs or 100, a.ksm)
     finally:
         e.close()
 
