@@ -26,11 +26,12 @@
     benches/bench.py clone  [--runs 8]    ignite run --from-snapshot -> exec works, vs a cold ignite run
                                           -> exec works, alternating (busybox, 128 MB); and what
                                           taking the snapshot costs (the guest's pause, its size)
-    benches/bench.py dense  [--runs 100] [--ksm]  N busybox VMs (--memory 64MB) at once: time until
+    benches/bench.py dense  [--runs 100] [--ksm] [--tcg-cache 16MB]  N busybox VMs (--memory 64MB) at once: time until
                                           all answer exec, host memory per VM (used memory over the
                                           N, and the VMMs' PSS), then all removed and nothing left
                                           behind; --ksm turns the host's same-page merging on for
-                                          the run (QEMU marks guest memory mergeable)
+                                          the run (QEMU marks guest memory mergeable); --tcg-cache
+                                          sets the Configuration's spec.tcgCache
 
 Uses target/release/ignite (built when out of date), the cached kernel and test images. Absolute
 times on this machine (2 cores, TCG) are not bare metal: read the ratios.
@@ -468,21 +469,29 @@ def host_leftovers():
 KSM = "/sys/kernel/mm/ksm/"
 
 
-def bench_dense(e, n, ksm):
-    """`ksm`: the host's same-page merging turned on for the run (and back as it was after)."""
+def bench_dense(e, n, ksm, tcg_cache):
+    """`ksm`: the host's same-page merging turned on for the run (and back as it was after);
+    `tcg_cache`: the Configuration's spec.tcgCache (QEMU's translation cache per VM)."""
     names = [f"d{i}" for i in range(n)]
+    if tcg_cache:
+        path = os.path.join(e.tmp, "config.yaml")
+        with open(path, "w") as f:
+            f.write(f"apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\nmetadata:\n  name: dense\n"
+                    f"spec:\n  tcgCache: {tcg_cache}\n")
+        e.env["IGNITE_CONFIG"] = path
     saved = {f: open(KSM + f).read().strip() for f in ("run", "pages_to_scan", "sleep_millisecs")} if ksm else {}
     try:
         for f, v in (("pages_to_scan", "4000"), ("sleep_millisecs", "10"), ("run", "1")) if ksm else ():
             open(KSM + f, "w").write(v)
-        dense_run(e, names, ksm)
+        dense_run(e, names, ksm, tcg_cache)
     finally:
+        e.env.pop("IGNITE_CONFIG", None)
         for f in ("run", "pages_to_scan", "sleep_millisecs"):
             if f in saved:
                 open(KSM + f, "w").write(saved[f])
 
 
-def dense_run(e, names, ksm):
+def dense_run(e, names, ksm, tcg_cache):
     n = len(names)
     netns0 = host_leftovers()
     # Settle the page cache, then take the baseline.
@@ -511,7 +520,8 @@ def dense_run(e, names, ksm):
     pids = vmm_pids(uids)
     pss = [pss_mib(p) for p in pids.values()]
     rss = [rss_mib(p) for p in pids.values()]
-    print(f"dense: {n} busybox VMs, --memory 64MB each, jailed, TCG (KSM {'on' if ksm else 'off'}{ksm_note})")
+    cache = f"translation cache {tcg_cache}" if tcg_cache else "default translation cache (256MB)"
+    print(f"dense: {n} busybox VMs, --memory 64MB each, jailed, TCG, {cache} (KSM {'on' if ksm else 'off'}{ksm_note})")
     print(f"  all started (ignite run x{n}, one after another)   {started:8.1f} s")
     print(f"  all answering exec                                 {ready:8.1f} s")
     print(f"  host used memory over the {n}, per VM              {used / n / 2**20:8.1f} MiB   (issue 15: <= 60 MiB)")
@@ -622,6 +632,7 @@ def main():
     ap.add_argument("what", choices=["boot", "jail", "disk", "vmm", "import", "net", "exec", "reconcile", "clone", "dense", "all"])
     ap.add_argument("--runs", type=int)
     ap.add_argument("--ksm", action="store_true", help="dense: turn on the host's KSM for the run")
+    ap.add_argument("--tcg-cache", help="dense: the Configuration's spec.tcgCache, e.g. 16MB")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks run as root (they boot VMs and apply image layers)")
@@ -646,7 +657,7 @@ def main():
         if a.what in ("clone", "all"):
             bench_clone(e, a.runs or 8)
         if a.what in ("dense", "all"):
-            bench_dense(e, a.runs or 100, a.ksm)
+            bench_dense(e, a.runs or 100, a.ksm, a.tcg_cache)
     finally:
         e.close()
 

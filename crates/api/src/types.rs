@@ -531,6 +531,11 @@ pub struct ConfigurationSpec {
     /// `IGNITE_QEMU`, `IGNITE_FIRECRACKER` and the CLI's `--firecracker` come first).
     #[serde(default, skip_serializing_if = "VmmBinaries::is_empty")]
     pub vmm_binaries: VmmBinaries,
+    /// QEMU's translation cache per VM under TCG (ignite extension; default 256MB): what the
+    /// VMM keeps of the guest's code translated. Smaller takes less host memory per VM and
+    /// boots slower (it retranslates); no effect under KVM or Firecracker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcg_cache: Option<Size>,
 }
 
 /// Paths of the VMM binaries (ignite extension of the Configuration).

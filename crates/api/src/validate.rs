@@ -92,6 +92,11 @@ pub fn validate_configuration(spec: &ConfigurationSpec) -> Result<(), Validation
         );
     }
     check_vmm(&mut errs, "spec.vmm", spec.vmm.as_deref());
+    if let Some(c) = spec.tcg_cache {
+        if !(8..=4096).contains(&c.mib()) || c.bytes() % (1 << 20) != 0 {
+            errs.push("spec.tcgCache", format!("{c}: use whole MB between 8MB and 4GB"));
+        }
+    }
     check_spec(&mut errs, "spec.vmDefaults", &spec.vm_defaults, false);
     errs.into_result()
 }
@@ -265,5 +270,17 @@ mod tests {
         let e = validate_vm(&vm(&doc)).unwrap_err();
         assert_eq!(e.0.len(), 1, "{e}");
         assert!(e.0[0].field.contains("bad key!"));
+    }
+
+    #[test]
+    fn tcg_cache_is_whole_mb_in_range() {
+        let with = |c: &str| ConfigurationSpec { tcg_cache: Some(c.parse().unwrap()), ..Default::default() };
+        for ok in ["8MB", "16MB", "256MB", "4GB"] {
+            assert!(validate_configuration(&with(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["4MB", "8GB", "1500KB"] {
+            let e = validate_configuration(&with(bad)).unwrap_err();
+            assert!(e.to_string().contains("spec.tcgCache"), "{bad}: {e}");
+        }
     }
 }

@@ -143,7 +143,8 @@ pub fn start_on(
     let nets = (attachment.as_ref(), extra_nics);
     let jail = jail_uid.map(|u| BootJail { uid: u, gid: u });
     let target = (backend.as_ref(), backend_name.as_str(), &binaries, &verdict);
-    let boot = (kernel.as_path(), &root, want, restore.as_ref());
+    let tcg_cache = config.spec.tcg_cache.map(|s| s.mib());
+    let boot = (kernel.as_path(), &root, want, restore.as_ref(), tcg_cache);
     let res = boot_and_spawn(host, store, &mut vm, &dir, boot, target, nets, opts, &leases, jail);
     if res.is_err() {
         host.release_network(&dir);
@@ -286,7 +287,13 @@ fn boot_and_spawn(
     store: &Store,
     vm: &mut Vm,
     dir: &VmDir,
-    (kernel, root, want, restore): (&Path, &crate::rootdisk::Root, u64, Option<&crate::snapshot::Restore>),
+    (kernel, root, want, restore, tcg_cache_mib): (
+        &Path,
+        &crate::rootdisk::Root,
+        u64,
+        Option<&crate::snapshot::Restore>,
+        Option<u64>,
+    ),
     (backend, backend_name, binaries, verdict): (&dyn Backend, &str, &ignite_vmm::Settings, &AccelVerdict),
     (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<Nic>),
     opts: &StartOptions,
@@ -374,6 +381,7 @@ fn boot_and_spawn(
         debug: opts.debug,
         run_dir: dir.to_path_buf(),
         incoming: restore.map(|r| r.dir.join(crate::snapshot::STATE)),
+        tcg_cache_mib,
     };
     if let Some(r) = restore {
         crate::snapshot::check_same_devices(&r.machine, &machine)

@@ -41,6 +41,7 @@ fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
         debug: false,
         run_dir: dir.to_path_buf(),
         incoming: None,
+        tcg_cache_mib: None,
     };
     let boot = BootConfig {
         vmm: "scripted".into(),

@@ -69,6 +69,9 @@ pub struct Machine {
     /// must have the devices of the one it was saved from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incoming: Option<PathBuf>,
+    /// The VMM's translation cache under TCG, MiB (`None`: the backend's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcg_cache_mib: Option<u64>,
 }
 
 /// Smallest guest memory a Linux guest boots in.
@@ -199,6 +202,7 @@ pub(crate) mod tests {
             debug: false,
             run_dir: "/v".into(),
             incoming: None,
+            tcg_cache_mib: None,
         }
     }
 

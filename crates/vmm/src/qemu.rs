@@ -30,7 +30,8 @@ use crate::{
 pub const MACHINE: &str = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off";
 /// QEMU's QMP socket in a VM's run directory.
 pub const QMP_SOCKET: &str = "qmp.sock";
-/// A jailed TCG VMM's translation cache, MiB (bounded: the VMM's memory is limited).
+/// A TCG VMM's translation cache, MiB, unless the machine says (bounded: a jailed VMM's
+/// memory is limited; QEMU's own default reserves up to 1 GiB).
 pub const TB_MIB: u64 = 256;
 /// Most virtio-mmio devices a VM can have: microvm's 8 transports, one of them the IRQ
 /// filler once there are more than four (see [`with_irq_filler`]).
@@ -70,12 +71,13 @@ impl Qemu {
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         push(&["-name", &format!("{}-{}", m.id_prefix, m.uid)]);
         push(&["-M", MACHINE]);
-        match (m.accel, jailed) {
-            (Accel::Kvm, _) => push(&["-accel", "kvm", "-cpu", "host"]),
+        match (m.accel, jailed, m.tcg_cache_mib) {
+            (Accel::Kvm, _, _) => push(&["-accel", "kvm", "-cpu", "host"]),
             // In a jail the VMM's memory is limited: its translation cache too (QEMU's default
             // reserves up to 1 GiB; it is flushed and refilled when full).
-            (Accel::Tcg, true) => push(&["-accel", &format!("tcg,tb-size={TB_MIB}"), "-cpu", "max"]),
-            (Accel::Tcg, false) => push(&["-accel", "tcg", "-cpu", "max"]),
+            (Accel::Tcg, true, None) => push(&["-accel", &format!("tcg,tb-size={TB_MIB}"), "-cpu", "max"]),
+            (Accel::Tcg, _, Some(mib)) => push(&["-accel", &format!("tcg,tb-size={mib}"), "-cpu", "max"]),
+            (Accel::Tcg, false, None) => push(&["-accel", "tcg", "-cpu", "max"]),
         }
         push(&["-smp", &m.vcpus.to_string(), "-m", &format!("{}M", m.memory_mib)]);
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
@@ -180,10 +182,10 @@ impl Qemu {
 
     /// What a jailed QEMU takes besides guest memory (measured: ~70 MiB of its own, plus the
     /// translation cache under TCG), with room to spare.
-    pub fn overhead_mib(accel: Accel) -> u64 {
-        match accel {
+    pub fn overhead_mib(m: &Machine) -> u64 {
+        match m.accel {
             Accel::Kvm => 192,
-            Accel::Tcg => 192 + TB_MIB,
+            Accel::Tcg => 192 + m.tcg_cache_mib.unwrap_or(TB_MIB),
         }
     }
 
@@ -512,7 +514,7 @@ impl Backend for Qemu {
     }
 
     fn jail_profile(&self, m: &Machine) -> JailProfile {
-        JailProfile { overhead_mib: Qemu::overhead_mib(m.accel), seccomp: format!("QEMU -sandbox {SANDBOX}") }
+        JailProfile { overhead_mib: Qemu::overhead_mib(m), seccomp: format!("QEMU -sandbox {SANDBOX}") }
     }
 
     fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf> {
@@ -627,6 +629,23 @@ mod tests {
         for host in ["/k/vmlinux", "/v/", "/base/raw"] {
             assert!(!a.contains(host), "{host} in {a}");
         }
+    }
+
+    #[test]
+    fn the_translation_cache_is_the_machines_and_so_is_the_jails_limit() {
+        let mut m = machine();
+        assert_eq!(Qemu::overhead_mib(&m), 192 + TB_MIB);
+        m.tcg_cache_mib = Some(16);
+        for jailed in [true, false] {
+            let a = Qemu::args(&m, jailed, Fds::default()).join(" ");
+            assert!(a.contains("-accel tcg,tb-size=16 "), "{a}");
+        }
+        assert_eq!(Qemu::overhead_mib(&m), 192 + 16);
+        m.accel = Accel::Kvm;
+        assert!(!Qemu::args(&m, true, Fds::default()).join(" ").contains("tb-size"));
+        // A resume: paused until its state is loaded.
+        m.incoming = Some("/s/state".into());
+        assert!(Qemu::args(&m, false, Fds::default()).join(" ").ends_with("-incoming defer"));
     }
 
     /// A launcher that records what it was asked and starts `true` in place of QEMU.
