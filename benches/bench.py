@@ -392,8 +392,12 @@ def until_exec(e, name, deadline_s=120):
         p = subprocess.run([IGNITE, "exec", "--timeout", "5", name, "true"], env=e.env, capture_output=True)
         if p.returncode == 0:
             return tries
-        if time.monotonic() > t_end:
-            raise SystemExit(f"exec never worked in VM {name}: {p.stderr.decode()}")
+        if time.monotonic() > t_end or b"is not running" in p.stderr:
+            why = subprocess.run([IGNITE, "inspect", "vm", name, "-t", "{{.Status.Exit.Reason}}"], env=e.env,
+                                 capture_output=True, text=True).stdout.strip()
+            log = subprocess.run([IGNITE, "logs", name], env=e.env, capture_output=True).stdout.decode(errors="replace")
+            raise SystemExit(f"exec never worked in VM {name}: {p.stderr.decode()} (ended: {why})\n"
+                             + "\n".join(log.splitlines()[-15:]))
         time.sleep(0.01)
 
 

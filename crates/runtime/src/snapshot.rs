@@ -16,11 +16,12 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ignite_api::{ObjectMeta, Size, Snapshot, SnapshotSpec, Vm};
 use ignite_store::{Store, StoreError};
-use ignite_vmm::{Accel, Machine};
+use ignite_vmm::{Accel, Backend, Machine};
 
 use crate::boot::BootConfig;
 use crate::vmdir::VmDir;
@@ -72,26 +73,7 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
     };
     ignite_api::names::check_dns1123(&name)
         .map_err(|m| SnapshotError::Invalid(format!("snapshot name {name:?}: {m}")))?;
-    let vm = crate::status::observe(store.get::<Vm>(&vm.uid())?);
-    if !vm.status.running {
-        return Err(SnapshotError::NotRunning { name: vm_name });
-    }
-    let dir = VmDir::of(store, &vm.uid());
-    let unsupported = |message: String| SnapshotError::Unsupported { name: vm_name.clone(), message };
-    if !vm.spec.storage.volumes.is_empty() {
-        return Err(unsupported(
-            "it has volumes: a snapshot holds a VM's own disk only, and a clone cannot share a volume".into(),
-        ));
-    }
-    let boot: BootConfig = serde_json::from_slice(
-        &std::fs::read(dir.boot_config()).map_err(|e| unsupported(format!("its boot configuration: {e}")))?,
-    )
-    .map_err(|e| unsupported(format!("its boot configuration: {e}")))?;
-    if boot.machine.agent_port.is_none() {
-        return Err(unsupported("it runs without its guest agent: a clone could not be given its own identity".into()));
-    }
-    // The backend and binary the VM runs on, as its start recorded them.
-    let backend = ignite_vmm::backend(&boot.vmm, &boot.binaries).map_err(|e| unsupported(e.to_string()))?;
+    let (vm, dir, boot, backend) = snapshottable(store, vm)?;
     // One snapshot of a VM at a time; held while its guest may be paused.
     let pause = File::options()
         .create(true)
@@ -166,6 +148,33 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
     Ok(snap)
 }
 
+/// The VM as it runs, its directory, how it was started and its backend, if a snapshot can be
+/// taken of it.
+fn snapshottable(store: &Store, vm: &Vm) -> Result<(Vm, VmDir, BootConfig, Arc<dyn Backend>), SnapshotError> {
+    let vm_name = vm.metadata.name.clone();
+    let vm = crate::status::observe(store.get::<Vm>(&vm.uid())?);
+    if !vm.status.running {
+        return Err(SnapshotError::NotRunning { name: vm_name });
+    }
+    let dir = VmDir::of(store, &vm.uid());
+    let unsupported = |message: String| SnapshotError::Unsupported { name: vm_name.clone(), message };
+    if !vm.spec.storage.volumes.is_empty() {
+        return Err(unsupported(
+            "it has volumes: a snapshot holds a VM's own disk only, and a clone cannot share a volume".into(),
+        ));
+    }
+    let boot: BootConfig = serde_json::from_slice(
+        &std::fs::read(dir.boot_config()).map_err(|e| unsupported(format!("its boot configuration: {e}")))?,
+    )
+    .map_err(|e| unsupported(format!("its boot configuration: {e}")))?;
+    if boot.machine.agent_port.is_none() {
+        return Err(unsupported("it runs without its guest agent: a clone could not be given its own identity".into()));
+    }
+    // The backend and binary the VM runs on, as its start recorded them.
+    let backend = ignite_vmm::backend(&boot.vmm, &boot.binaries).map_err(|e| unsupported(e.to_string()))?;
+    Ok((vm, dir, boot, backend))
+}
+
 /// Resumes the guest of a running VM whose snapshot was abandoned while it was paused (the
 /// process taking it was killed): nothing holds [`PAUSE_LOCK`] any more.
 pub fn resume_if_abandoned(dir: &VmDir) {
@@ -180,11 +189,16 @@ pub fn resume_if_abandoned(dir: &VmDir) {
         .and_then(|b| ignite_vmm::backend(&b.vmm, &b.binaries).ok());
     if let Some(b) = backend {
         match b.resume(dir) {
-            Ok(()) => tracing::warn!(
+            Ok(true) => tracing::warn!(
                 "resumed the guest of {}: a snapshot of it was abandoned while it was paused",
                 dir.display()
             ),
-            Err(e) => tracing::warn!("cannot resume the guest of {} after an abandoned snapshot: {e}", dir.display()),
+            Ok(false) => {}
+            Err(e) => {
+                // Left for the next look.
+                tracing::warn!("cannot resume the guest of {} after an abandoned snapshot: {e}", dir.display());
+                return;
+            }
         }
     }
     let _ = std::fs::remove_file(&path);

@@ -267,8 +267,9 @@ pub trait Backend: Send + Sync + Debug {
     ) -> Result<std::time::Duration, VmmError> {
         Err(VmmError::Unsupported(format!("the {} backend cannot take snapshots yet", self.name())))
     }
-    /// Lets a paused guest run again (one a killed [`Backend::save`] left paused).
-    fn resume(&self, _run_dir: &Path) -> Result<(), VmmError> {
+    /// Lets the guest run again if it is paused (as a killed [`Backend::save`] leaves it);
+    /// whether it was.
+    fn resume(&self, _run_dir: &Path) -> Result<bool, VmmError> {
         Err(VmmError::Unsupported(format!("the {} backend cannot take snapshots yet", self.name())))
     }
     /// Why the VMM ended the VM, from what it left in `run_dir` (its log), when it exited with

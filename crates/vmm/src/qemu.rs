@@ -531,8 +531,13 @@ impl Backend for Qemu {
         Qmp { path: run_dir.join(QMP_SOCKET) }.save(state, memory_mib, while_paused)
     }
 
-    fn resume(&self, run_dir: &Path) -> Result<(), VmmError> {
-        Qmp { path: run_dir.join(QMP_SOCKET) }.execute("cont", None)
+    fn resume(&self, run_dir: &Path) -> Result<bool, VmmError> {
+        let mut q = QmpSession::open(&run_dir.join(QMP_SOCKET), Duration::from_secs(5))?;
+        let status = q.call("query-status", None)?;
+        if status.get("running").and_then(|r| r.as_bool()) == Some(true) {
+            return Ok(false);
+        }
+        q.call("cont", None).map(|_| true)
     }
 
     fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
