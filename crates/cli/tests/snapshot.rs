@@ -1,8 +1,8 @@
 //! Snapshots and clones on real VMs (TCG here): a snapshot of a running VM that runs on, two
 //! clones of it that are machines of their own (hostname, MAC, address, machine-id) and reach
 //! each other, a clone that boots its own disk at its next start, refusals that change
-//! nothing, a snapshot killed while its guest was paused, and a VM resumed from its own
-//! snapshot (`start --from-snapshot`).
+//! nothing, a snapshot killed while its guest was paused, a clone whose `run` was killed, and a
+//! VM resumed from its own snapshot (`start --from-snapshot`).
 
 mod common;
 
@@ -133,6 +133,23 @@ fn a_snapshot_killed_while_its_guest_is_paused_leaves_the_vm_running() {
     });
     ok(&root, &["run", "--from-snapshot", "s", "--name", "clone"]);
     assert_eq!(exec(&root, "clone", "hostname"), "clone");
+
+    // A `run --from-snapshot` killed once the clone's supervisor runs: the clone comes up as
+    // itself all the same (its supervisor gives it its identity before it is running), never
+    // as a second copy of the snapshot's VM.
+    let o = ignite_env(
+        &root,
+        &["run", "--from-snapshot", "s", "--name", "orphan"],
+        &[("IGNITE_FAULT", "start.supervisor-spawned")],
+    );
+    assert!(!o.status.success(), "the fault point was not reached: {}", String::from_utf8_lossy(&o.stderr));
+    until("the orphaned clone running", 60, || field(&root, "orphan", "{{.Status.Running}}") == "true");
+    let ip = field(&root, "orphan", "{{index .Status.Network.IPAddresses 0}}");
+    let guest = exec(&root, "orphan", "hostname; ip -4 -o addr show eth0");
+    assert!(guest.starts_with("orphan\n") && guest.contains(&format!("inet {ip}/")), "{guest}");
+    let uid = field(&root, "orphan", "{{.UID}}");
+    assert!(!root.join("vm").join(&uid).join("restore-from").exists(), "it would resume the snapshot again");
+    ok(&root, &["rm", "-f", "orphan"]);
 
     // `start --from-snapshot`: the VM itself resumed where its snapshot was taken.
     fails(&root, &["start", "clone", "--from-snapshot", "s"], 2, "was taken of VM \"victim\"");

@@ -37,6 +37,9 @@ pub struct BootConfig {
     /// unconfined.
     #[serde(default)]
     pub jail: Option<BootJail>,
+    /// A resumed guest's identity, given before the supervisor reports ready.
+    #[serde(default)]
+    pub identity: Option<crate::snapshot::IdentityPlan>,
 }
 
 /// The backend a VM runs on: its own choice, else the Configuration's, else the default.

@@ -208,6 +208,7 @@ fn spawn_supervisor(root: &Path, dir: &VmDir, uid: &str, name: &str, leases: &[L
         .stdout
         .take()
         .ok_or_else(|| StartError::Supervisor { name: name.to_string(), message: "no readiness pipe".into() })?;
+    ignite_proc::fault::point("start.supervisor-spawned");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();

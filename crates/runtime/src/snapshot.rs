@@ -9,8 +9,9 @@
 //! [`PAUSE_LOCK`] unlocked, and the next look at the VM resumes it, [`resume_if_abandoned`]);
 //! a clone's directory ([`create_clone`]: its own copy of the disk, and [`RESTORE_FROM`], which
 //! makes its next start resume the snapshot instead of booting, [`pending_restore`]); and the
-//! clone's identity, given by the guest agent once it runs ([`give_identity`]: hostname, MAC,
-//! address, machine-id, entropy, wall clock).
+//! identity a resumed guest is given by its supervisor before the start reports it running
+//! ([`IdentityPlan`], [`give_identity`]: hostname, MAC, address, machine-id, entropy, wall
+//! clock).
 //!
 //! A snapshot that a clone not yet started names is in use: [`remove`] refuses it.
 
@@ -64,6 +65,11 @@ pub enum SnapshotError {
     Store(#[from] StoreError),
 }
 
+/// In a VM's directory: where a snapshot of it is made before it appears in the store (the
+/// store's lock is taken for that step only, not while the guest is paused); owned by the
+/// holder of [`PAUSE_LOCK`], and removed by the next one when a taker was killed.
+const STAGING: &str = ".snapshot";
+
 /// Takes a snapshot of the running VM `vm`, named `name` (default `<vm>-<time>`).
 pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, SnapshotError> {
     let vm_name = vm.metadata.name.clone();
@@ -74,78 +80,91 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
     ignite_api::names::check_dns1123(&name)
         .map_err(|m| SnapshotError::Invalid(format!("snapshot name {name:?}: {m}")))?;
     let (vm, dir, boot, backend) = snapshottable(store, vm)?;
-    // One snapshot of a VM at a time; held while its guest may be paused.
-    let pause = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(PAUSE_LOCK))
-        .map_err(|e| SnapshotError::Failed { name: vm_name.clone(), message: e.to_string() })?;
-    match pause.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(SnapshotError::Busy { name: vm_name }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(SnapshotError::Failed { name: vm_name, message: e.to_string() })
+    // Refused before the guest is paused for nothing (and checked again as it appears).
+    if let Some(taken) = store.list::<Snapshot>()?.into_iter().find(|s| s.metadata.name == name) {
+        return Err(StoreError::NameTaken { kind: Snapshot::KIND, name, uid: taken.uid() }.into());
+    }
+    let fail = |message: String| SnapshotError::Failed { name: vm_name.clone(), message };
+    let _pause = PauseLock::take(&dir, &vm_name)?;
+    // The copy of the disk references the image's base: it must not be collected meanwhile.
+    let _gc = crate::gc::hold(store).map_err(|e| fail(e.to_string()))?;
+    let staging = dir.join(STAGING);
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging).map_err(|e| fail(format!("{}: {e}", staging.display())))?;
+    let made = stage(&dir, &staging, &boot, backend.as_ref()).map_err(fail).and_then(|paused| {
+        let spec = SnapshotSpec {
+            vm: vm.uid(),
+            vm_name: vm_name.clone(),
+            vm_spec: vm.spec.clone(),
+            vm_annotations: vm.metadata.annotations.clone(),
+            vmm: boot.vmm.clone(),
+            image: vm.status.image.clone(),
+            kernel: vm.status.kernel.clone(),
+        };
+        let mut snap = Snapshot::new(ObjectMeta { name, ..Default::default() }, spec);
+        let size = |f: &str| std::fs::metadata(staging.join(f)).ok().map(|m| Size::from_bytes(m.len()));
+        snap.status.state_size = size(STATE);
+        snap.status.disk_size = size(DISK);
+        snap.status.paused_ms = paused.as_millis() as u64;
+        // Appears with its files, or not at all (a name taken meanwhile: the store's refusal).
+        let lock = store.lock()?;
+        Ok(store.create_with(&lock, snap, |tmp, _| {
+            for f in [KERNEL, INITRD, MACHINE, DISK, STATE] {
+                std::fs::rename(staging.join(f), tmp.join(f))?;
+            }
+            Ok(())
+        })?)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    made
+}
+
+/// Makes a snapshot's files in `staging`: what a resume needs of the boot, the disk copied
+/// while the guest is paused, and the machine state. Returns how long the guest was paused.
+fn stage(dir: &VmDir, staging: &Path, boot: &BootConfig, backend: &dyn Backend) -> Result<Duration, String> {
+    let m = &boot.machine;
+    link_or_copy(&m.kernel, &staging.join(KERNEL))?;
+    link_or_copy(m.initrd.as_deref().ok_or("its machine has no initramfs")?, &staging.join(INITRD))?;
+    let machine = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
+    ignite_store::write_atomic(&staging.join(MACHINE), &machine).map_err(|e| e.to_string())?;
+    let disk = dir.root_disk();
+    if !disk.is_file() {
+        return Err(format!("its root disk {} is not a qcow2 overlay this backend snapshots", disk.display()));
+    }
+    let mut copy_disk = || {
+        // Paused: the disk is as the saved memory knows it.
+        std::fs::copy(&disk, staging.join(DISK)).map_err(|e| format!("{}: {e}", disk.display()))?;
+        ignite_proc::fault::point("snapshot.paused");
+        Ok(())
+    };
+    backend.save(dir, &staging.join(STATE), m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())
+}
+
+/// [`PAUSE_LOCK`], held: one snapshot of a VM at a time, and a guest paused by a snapshot
+/// being taken is left alone. The file goes with the lock.
+struct PauseLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl PauseLock {
+    fn take(dir: &VmDir, vm_name: &str) -> Result<PauseLock, SnapshotError> {
+        let path = dir.join(PAUSE_LOCK);
+        let fail = |e: std::io::Error| SnapshotError::Failed { name: vm_name.to_string(), message: e.to_string() };
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => Ok(PauseLock { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(SnapshotError::Busy { name: vm_name.to_string() }),
+            Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
         }
     }
-    // The copy of the disk references the image's base: it must not be collected meanwhile.
-    let _gc =
-        crate::gc::hold(store).map_err(|e| SnapshotError::Failed { name: vm_name.clone(), message: e.to_string() })?;
-    let lock = store.lock()?;
-    let spec = SnapshotSpec {
-        vm: vm.uid(),
-        vm_name: vm_name.clone(),
-        vm_spec: vm.spec.clone(),
-        vm_annotations: vm.metadata.annotations.clone(),
-        vmm: boot.vmm.clone(),
-        image: vm.status.image.clone(),
-        kernel: vm.status.kernel.clone(),
-    };
-    let mut failure: Option<String> = None;
-    let mut paused = Duration::ZERO;
-    let made = store.create_with(&lock, Snapshot::new(ObjectMeta { name, ..Default::default() }, spec), |tmp, _| {
-        let res = (|| -> Result<(), String> {
-            let m = &boot.machine;
-            let copy = |from: &Path, to: &str| {
-                std::fs::copy(from, tmp.join(to)).map(|_| ()).map_err(|e| format!("{}: {e}", from.display()))
-            };
-            link_or_copy(&m.kernel, &tmp.join(KERNEL))?;
-            link_or_copy(m.initrd.as_deref().ok_or("its machine has no initramfs")?, &tmp.join(INITRD))?;
-            let machine = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
-            ignite_store::write_atomic(&tmp.join(MACHINE), &machine).map_err(|e| e.to_string())?;
-            let disk = dir.root_disk();
-            if !disk.is_file() {
-                return Err(format!("its root disk {} is not a qcow2 overlay this backend snapshots", disk.display()));
-            }
-            let mut copy_disk = || {
-                // Paused: the disk is as the saved memory knows it.
-                copy(&disk, DISK)?;
-                ignite_proc::fault::point("snapshot.paused");
-                Ok(())
-            };
-            paused = backend.save(&dir, &tmp.join(STATE), m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())?;
-            Ok(())
-        })();
-        res.map_err(|m| {
-            failure = Some(m.clone());
-            std::io::Error::other(m)
-        })
-    });
-    let mut snap = match (made, failure) {
-        (Ok(s), _) => s,
-        (Err(_), Some(message)) => return Err(SnapshotError::Failed { name: vm_name, message }),
-        // The store's own refusal (a name taken), as it is.
-        (Err(e), None) => return Err(e.into()),
-    };
-    let sdir = store.dir::<Snapshot>(&snap.uid());
-    let size = |f: &str| std::fs::metadata(sdir.join(f)).ok().map(|m| Size::from_bytes(m.len()));
-    snap.status.state_size = size(STATE);
-    snap.status.disk_size = size(DISK);
-    snap.status.paused_ms = paused.as_millis() as u64;
-    store.update(&snap)?;
-    drop(lock);
-    let _ = std::fs::remove_file(dir.join(PAUSE_LOCK));
-    Ok(snap)
+}
+
+impl Drop for PauseLock {
+    fn drop(&mut self) {
+        // Removed while held (takers only try the lock, and give up when they cannot take it).
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The VM as it runs, its directory, how it was started and its backend, if a snapshot can be
@@ -201,6 +220,8 @@ pub fn resume_if_abandoned(dir: &VmDir) {
             }
         }
     }
+    // What the killed taker made of the snapshot (never listed: it had not appeared).
+    let _ = std::fs::remove_dir_all(dir.join(STAGING));
     let _ = std::fs::remove_file(&path);
 }
 
@@ -316,11 +337,6 @@ pub fn revert(store: &Store, vm: &Vm, snap: &Snapshot) -> Result<(), SnapshotErr
     Ok(())
 }
 
-/// A start that was to resume a snapshot failed: the next one boots the VM's disk.
-pub fn abandon_restore(dir: &VmDir) {
-    restored(dir)
-}
-
 /// What a start resumes instead of booting.
 #[derive(Debug, Clone)]
 pub struct Restore {
@@ -328,6 +344,8 @@ pub struct Restore {
     pub dir: PathBuf,
     /// The machine the state was saved from.
     pub machine: Machine,
+    /// The snapshot is another VM's: the guest is a clone, a new machine.
+    pub new_machine: bool,
 }
 
 /// The snapshot the VM in `dir` resumes at its next start, if it is a clone not yet started.
@@ -343,7 +361,8 @@ pub fn pending_restore(store: &Store, dir: &VmDir) -> Result<Option<Restore>, St
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| format!("snapshot {:?}: {}: {e}", snap.metadata.name, sdir.join(MACHINE).display()))?;
-    Ok(Some(Restore { snapshot: snap.metadata.name, dir: sdir, machine }))
+    let new_machine = snap.spec.vm != dir.uid();
+    Ok(Some(Restore { snapshot: snap.metadata.name, dir: sdir, machine, new_machine }))
 }
 
 /// Whether `clone` has the devices of the machine `saved` was (QEMU loads a state into the
@@ -366,8 +385,8 @@ pub fn check_same_devices(saved: &Machine, clone: &Machine) -> Result<(), String
     Ok(())
 }
 
-/// The start resumed the snapshot: later starts boot the clone's own disk.
-pub fn restored(dir: &VmDir) {
+/// The VM's next start boots its own disk (it resumed the snapshot, or failed to).
+pub fn clear_restore(dir: &VmDir) {
     let _ = std::fs::remove_file(dir.join(RESTORE_FROM));
 }
 
@@ -389,44 +408,53 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("{}: {e}", from.display()))
 }
 
-fn random_bytes(n: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut b = vec![0u8; n];
-    File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b)
+/// The identity a resumed guest is given before its start reports it running. `start` writes
+/// it into the boot configuration and the supervisor gives it (it owns the agent channel and
+/// outlives a killed `ignite` command): no guest runs on under its snapshot's identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityPlan {
+    pub hostname: String,
+    /// Its own network attachment's MAC, address and gateway.
+    #[serde(default)]
+    pub interface: Option<ignite_agent::proto::InterfaceIdentity>,
+    /// A clone gets a new machine-id; a VM resumed from its own snapshot keeps its.
+    pub new_machine_id: bool,
 }
 
-/// Gives a VM that just resumed a snapshot its identity through its guest agent: its name as
-/// hostname, its own MAC and address (its own network attachment), fresh entropy, the host's
-/// wall clock, and, for a clone (`new_machine`), a new machine-id.
-pub fn give_identity(store: &Store, vm: &Vm, timeout: Duration, new_machine: bool) -> Result<(), SnapshotError> {
-    let dir = VmDir::of(store, &vm.uid());
-    let fail = |message: String| SnapshotError::Clone { name: vm.metadata.name.clone(), message };
-    let interface = match std::fs::read(dir.network_record()) {
-        Ok(b) => {
-            let a: ignite_net::Attachment = serde_json::from_slice(&b).map_err(|e| fail(e.to_string()))?;
-            Some(ignite_agent::proto::InterfaceIdentity {
+impl IdentityPlan {
+    /// The identity of VM `name` resuming `restore`, attached as `att`.
+    pub fn new(name: &str, att: Option<&ignite_net::Attachment>, restore: &Restore) -> IdentityPlan {
+        IdentityPlan {
+            hostname: name.to_string(),
+            interface: att.map(|a| ignite_agent::proto::InterfaceIdentity {
                 name: "eth0".into(),
                 mac: a.mac.clone(),
                 address: format!("{}/{}", a.ip, a.prefix_len),
                 gateway: a.gateway.map(|g| g.to_string()),
-            })
+            }),
+            new_machine_id: restore.new_machine,
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(fail(e.to_string())),
-    };
-    let machine_id: String =
-        random_bytes(16).map_err(|e| fail(e.to_string()))?.iter().map(|b| format!("{b:02x}")).collect();
+    }
+}
+
+/// Gives the guest of the VM in `dir`, just resumed, the identity `plan` through its agent,
+/// with fresh entropy, the host's wall clock, and a new machine-id where the plan says.
+pub fn give_identity(dir: &VmDir, name: &str, plan: &IdentityPlan, timeout: Duration) -> Result<(), String> {
+    let mut random = [0u8; 16 + 64];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())
+        .map_err(|e| format!("getrandom: {e}"))?;
+    let (machine_id, entropy) = random.split_at(16);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let id = ignite_agent::proto::Identity {
-        hostname: Some(vm.metadata.name.clone()),
-        interface,
-        machine_id: new_machine.then_some(machine_id),
-        entropy: random_bytes(64).map_err(|e| fail(e.to_string()))?,
+        hostname: Some(plan.hostname.clone()),
+        interface: plan.interface.clone(),
+        machine_id: plan.new_machine_id.then(|| machine_id.iter().map(|b| format!("{b:02x}")).collect()),
+        entropy: entropy.to_vec(),
         wall_clock_ns: Some(now.as_nanos() as u64),
     };
     let t0 = std::time::Instant::now();
-    let session = crate::agent::Session::connect(&vm.metadata.name, &dir, timeout).map_err(|e| fail(e.to_string()))?;
-    tracing::debug!("clone {:?}: its agent answered after {:?}", vm.metadata.name, t0.elapsed());
-    session.set_identity(&id).map_err(|e| fail(e.to_string()))
+    let session = crate::agent::Session::connect(name, dir, timeout).map_err(|e| e.to_string())?;
+    tracing::debug!("VM {name:?}: its agent answered after {:?}", t0.elapsed());
+    session.set_identity(&id).map_err(|e| e.to_string())
 }

@@ -155,9 +155,6 @@ pub fn start_on(
         });
     }
     let vmm_pid = res?;
-    if restore.is_some() {
-        crate::snapshot::restored(&dir);
-    }
     drop(lock);
     let vm = store.get::<Vm>(&uid)?;
     Ok(Started { vm, accel: verdict, vmm_pid })
@@ -405,6 +402,7 @@ fn boot_and_spawn(
         netns: att.map(|a| a.netns.clone()),
         dhcp: att.and_then(|a| lease_for(a, &name)),
         jail,
+        identity: restore.map(|r| crate::snapshot::IdentityPlan::new(&name, att, r)),
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;

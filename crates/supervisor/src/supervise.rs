@@ -1,6 +1,7 @@
 //! `ignite-spawn`: the one supervisor process per VM (Weave Ignite's ignite-spawn, without a
 //! container). It detaches from the terminal, starts the VMM through its backend (the VMM
-//! dies with it), owns the serial console (rotated log file + attach socket), records the real
+//! dies with it), gives a guest resumed from a snapshot its own identity before anything sees
+//! it running, owns the serial console (rotated log file + attach socket), records the real
 //! state in the store, turns SIGTERM into a graceful guest shutdown and SIGINT into an
 //! immediate stop, and records how the VM ended.
 //!
@@ -26,6 +27,9 @@ use ignite_runtime::vmdir::VmDir;
 
 /// How long the end of a VM waits for the rest of its console to be read.
 const CONSOLE_DRAIN: Duration = Duration::from_secs(2);
+/// How long a resumed guest's agent may take to answer (within the 30 s `start` waits for
+/// the readiness line).
+const IDENTITY_WAIT: Duration = Duration::from_secs(20);
 
 struct Shared {
     /// How the run is ending, as far as known (see [`Ending::refined_by`]).
@@ -99,6 +103,21 @@ pub fn supervise(
         if let Err(e) = crate::mux::start_mux(&dir, guest, crate::mux::DEAD_AFTER) {
             eprintln!("ignite-spawn: the guest agent's socket: {e}");
         }
+    }
+    // A guest resumed from a snapshot is its snapshot's machine until it has its own identity:
+    // given before the VM is reported running, and the VMM stopped if it cannot be.
+    if let Some(plan) = &boot.identity {
+        if let Err(e) = ignite_runtime::snapshot::give_identity(&dir, &vm_name, plan, IDENTITY_WAIT) {
+            let _ = control.force_stop();
+            let _ = instance.child.kill();
+            let _ = instance.wait();
+            if cgroup {
+                release_jail(uid, &dir);
+            }
+            return Err(format!("its guest, resumed from a snapshot, could not be given its identity: {e}"));
+        }
+        ignite_runtime::snapshot::clear_restore(&dir);
+        ignite_proc::fault::point("spawn.identity-given");
     }
     let (stdin, stdout) = instance.take_console().ok_or("no VMM console")?;
     let shared =
@@ -270,25 +289,30 @@ fn launch(
     let mut launcher =
         crate::launch::Jailed::new(vmm_log, uid, j, boot.netns.clone(), cg, (limits.memory_max, limits.cpus), dir)?;
     let instance = backend.launch(machine, &mut launcher).map_err(|e| {
-        // The launch has waited for the jailer; the VMM it killed on its way out may take a
-        // moment more to leave its cgroup. The cgroup the jailer made and the jail's root go
-        // now: no end will be recorded to release them later.
-        let record = dir.cgroup_record();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            ignite_runtime::cgroup::release(&record);
-            if !record.exists() || std::time::Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = std::fs::remove_dir(ignite_runtime::jail::root_for(uid));
+        // The cgroup the jailer made and the jail's root go now: no end will be recorded to
+        // release them later.
+        release_jail(uid, dir);
         match jail_error(&dir.vmm_log(), logged) {
             Some(why) => format!("cannot start the VMM in its jail: {why}"),
             None => e.to_string(),
         }
     })?;
     Ok(Launched { instance, jail: Some(jail), _alive: launcher.alive_writer() })
+}
+
+/// Removes the jail of a VMM that is gone before the VM ran (no end will be recorded to
+/// release it): its cgroup, once the killed VMM has left it (bounded), and its root.
+fn release_jail(uid: &str, dir: &VmDir) {
+    let record = dir.cgroup_record();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        ignite_runtime::cgroup::release(&record);
+        if !record.exists() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(ignite_runtime::jail::root_for(uid));
 }
 
 /// The last error the jailer wrote to `vmm.log` after its first `from` bytes (why it did not

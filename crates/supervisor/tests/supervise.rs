@@ -11,11 +11,9 @@ use ignite_store::Store;
 use ignite_vmm::testing::Scripted;
 use ignite_vmm::{Accel, DiskFormat, Drive, Machine};
 
-/// Runs a VM on `script` to its end; returns the recorded VM, what the control was asked, and
-/// the console log.
-fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
-    let d = tempfile::tempdir().unwrap();
-    let store = Store::open(d.path()).unwrap();
+/// A store with one VM, and the boot configuration that runs it on the scripted backend.
+fn scripted_vm(d: &std::path::Path) -> (Store, String, BootConfig) {
+    let store = Store::open(d).unwrap();
     let mut spec =
         VmSpec { image: ignite_api::OciSpec { oci: Some("busybox".parse().unwrap()) }, ..Default::default() };
     spec.set_defaults();
@@ -51,7 +49,17 @@ fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
         netns: None,
         dhcp: None,
         jail: None,
+        identity: None,
     };
+    (store, uid, boot)
+}
+
+/// Runs a VM on `script` to its end; returns the recorded VM, what the control was asked, and
+/// the console log.
+fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
+    let d = tempfile::tempdir().unwrap();
+    let (store, uid, boot) = scripted_vm(d.path());
+    let dir = VmDir::of(&store, &uid);
     let asked = Arc::new(Mutex::new(Vec::new()));
     let backend = Arc::new(Scripted { script, asked: asked.clone() });
     let mut ready = Vec::new();
@@ -64,6 +72,35 @@ fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
     let vm = store.get::<Vm>(&uid).unwrap();
     let asked = asked.lock().unwrap().clone();
     (vm, asked, console, ready)
+}
+
+#[test]
+fn a_resumed_guest_that_cannot_be_given_its_identity_is_stopped_not_reported_running() {
+    // The scripted guest has no agent: the identity cannot be given. Its VMM would run on as a
+    // copy of the snapshot's machine.
+    let d = tempfile::tempdir().unwrap();
+    let (store, uid, mut boot) = scripted_vm(d.path());
+    boot.identity = Some(ignite_runtime::snapshot::IdentityPlan {
+        hostname: "clone".into(),
+        interface: None,
+        new_machine_id: true,
+    });
+    let dir = VmDir::of(&store, &uid);
+    std::fs::write(dir.join(ignite_runtime::snapshot::RESTORE_FROM), "0123456789abcdef").unwrap();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let backend = Arc::new(Scripted { script: "exec sleep 600", asked: asked.clone() });
+    let mut ready = Vec::new();
+    let started = std::time::Instant::now();
+    let err = ignite_supervisor::supervise::supervise(&store, &uid, &boot, backend, &mut ready).unwrap_err();
+    assert!(err.contains("could not be given its identity"), "{err}");
+    // Returned once its VMM had exited (the supervisor waits for it): stopped, not left.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "it waited for the VMM to end by itself");
+    assert_eq!(asked.lock().unwrap().clone(), ["force_stop"]);
+    assert!(ready.is_empty(), "reported ready: {}", String::from_utf8_lossy(&ready));
+    let vm = store.get::<Vm>(&uid).unwrap();
+    assert!(!vm.status.running, "recorded running");
+    // Its next start resumes the snapshot again.
+    assert!(dir.join(ignite_runtime::snapshot::RESTORE_FROM).exists());
 }
 
 #[test]

@@ -84,6 +84,23 @@ fn usage<T, E: std::fmt::Display>(flag: &str, r: Result<T, E>) -> anyhow::Result
     r.map_err(|e| UsageError(format!("invalid {flag}: {e}")).into())
 }
 
+/// The `--ports` flags' mappings.
+pub fn port_flags(ports: &[String]) -> anyhow::Result<Vec<PortMapping>> {
+    ports.iter().map(|p| usage::<PortMapping, _>("--ports", p.parse())).collect()
+}
+
+/// The `--label KEY=VALUE` flags' labels.
+pub fn label_flags(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| {
+            let (k, v) =
+                l.split_once('=').ok_or_else(|| UsageError(format!("invalid --label {l:?}: expected KEY=VALUE")))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// Only the fields the user set: the rest stay unset so lower layers show through.
 pub fn flags_to_spec(g: &crate::cli::Global, a: &CreateArgs) -> anyhow::Result<(ObjectMeta, VmSpec)> {
     let mut spec = VmSpec::default();
@@ -111,9 +128,7 @@ pub fn flags_to_spec(g: &crate::cli::Global, a: &CreateArgs) -> anyhow::Result<(
         }
         spec.kernel.cmd_line = k.clone();
     }
-    for p in &a.ports {
-        spec.network.ports.push(usage::<PortMapping, _>("--ports", p.parse())?);
-    }
+    spec.network.ports.extend(port_flags(&a.ports)?);
     for c in &a.copy_files {
         let (h, v) = c
             .split_once(':')
@@ -159,13 +174,7 @@ pub fn flags_to_spec(g: &crate::cli::Global, a: &CreateArgs) -> anyhow::Result<(
     if let Some(n) = &a.name {
         meta.name = n.clone();
     }
-    let mut labels = BTreeMap::new();
-    for l in &a.labels {
-        let (k, v) =
-            l.split_once('=').ok_or_else(|| UsageError(format!("invalid --label {l:?}: expected KEY=VALUE")))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
-    meta.labels = labels;
+    meta.labels = label_flags(&a.labels)?;
     if let Some(np) = network_plugin {
         meta.annotations.insert(ignite_runtime::network::PLUGIN_ANNOTATION.into(), np);
     }

@@ -19,7 +19,26 @@ pub fn start_options(accel: Option<&str>, ignore_preflight: &[String], debug: bo
     Ok(StartOptions { accel, ignore_preflight: ignore_preflight.to_vec(), debug, ..Default::default() })
 }
 
-pub fn report_started(ctx: &Ctx, s: &Started) {
+/// How `run` and `start` end once the VM runs: it is reported (its ID alone with `-q`), and
+/// with `-i` its console attached.
+pub fn started(ctx: &Ctx, store: &ignite_store::Store, s: &Started, interactive: bool) -> anyhow::Result<()> {
+    report_started(ctx, s);
+    if interactive {
+        return super::attach::attach(store, &s.vm);
+    }
+    Ok(())
+}
+
+/// Like [`started`], for a VM started by ignited.
+pub fn started_remote(ctx: &Ctx, vm: &Vm, interactive: bool) -> anyhow::Result<()> {
+    report_started_remote(ctx, vm);
+    if interactive {
+        return super::attach::attach(&ctx.store()?, vm);
+    }
+    Ok(())
+}
+
+fn report_started(ctx: &Ctx, s: &Started) {
     if ctx.global.quiet {
         println!("{}", s.vm.uid());
         return;
@@ -34,8 +53,7 @@ pub fn report_started(ctx: &Ctx, s: &Started) {
     );
 }
 
-/// Like [`report_started`], for a VM started by ignited.
-pub fn report_started_remote(ctx: &Ctx, vm: &Vm) {
+fn report_started_remote(ctx: &Ctx, vm: &Vm) {
     if ctx.global.quiet {
         println!("{}", vm.uid());
         return;
@@ -62,11 +80,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         if !ctx.global.quiet {
             super::create::report(ctx, &vm);
         }
-        report_started_remote(ctx, &vm);
-        if a.interactive {
-            return super::attach::attach(&ctx.store()?, &vm);
-        }
-        return Ok(());
+        return started_remote(ctx, &vm, a.interactive);
     }
     let opts = start_options(a.accel.as_deref(), &a.create.ignore_preflight_checks, a.debug)?;
     if let Some(snap) = &a.from_snapshot {
@@ -76,17 +90,13 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let config = ctx.config()?;
     match ignite_runtime::run::start_new(&store, &config, vm.clone(), &opts) {
-        Ok(started) => {
+        Ok(s) => {
             // Said once the VM runs: a run that fails leaves no VM, and says nothing was made.
-            // (With -q, the ID is printed once, by report_started.)
+            // (With -q, the ID is printed once, by `started`.)
             if !ctx.global.quiet {
                 super::create::report(ctx, &vm);
             }
-            report_started(ctx, &started);
-            if a.interactive {
-                return super::attach::attach(&store, &started.vm);
-            }
-            Ok(())
+            started(ctx, &store, &s, a.interactive)
         }
         // Nothing booted: the create was undone.
         Err(e) => Err(e.into()),
@@ -121,17 +131,8 @@ fn clone(ctx: &Ctx, a: &RunArgs, snap: &str, opts: &StartOptions) -> anyhow::Res
     let store = ctx.store()?;
     let config = ctx.config()?;
     let snapshot = store.resolve::<ignite_api::Snapshot>(snap)?;
-    let mut ports = Vec::new();
-    for p in &c.ports {
-        ports
-            .push(p.parse::<ignite_api::PortMapping>().map_err(|e| UsageError(format!("invalid --ports {p:?}: {e}")))?);
-    }
-    let mut labels = std::collections::BTreeMap::new();
-    for l in &c.labels {
-        let (k, v) =
-            l.split_once('=').ok_or_else(|| UsageError(format!("invalid --label {l:?}: expected KEY=VALUE")))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let ports = super::create::port_flags(&c.ports)?;
+    let labels = super::create::label_flags(&c.labels)?;
     let name = c.name.clone().unwrap_or_default();
     if name.is_empty() && c.require_name {
         return Err(UsageError("--require-name: give the clone a --name".into()).into());
@@ -139,23 +140,11 @@ fn clone(ctx: &Ctx, a: &RunArgs, snap: &str, opts: &StartOptions) -> anyhow::Res
     let t0 = std::time::Instant::now();
     let vm = ignite_runtime::snapshot::create_clone(&store, &snapshot, &name, ports, labels)?;
     tracing::debug!("clone {:?} created in {:?}", vm.metadata.name, t0.elapsed());
-    let started = ignite_runtime::run::start_new(&store, &config, vm.clone(), opts)?;
-    tracing::debug!("clone {:?} resumed at {:?}", vm.metadata.name, t0.elapsed());
-    let identity =
-        ignite_runtime::snapshot::give_identity(&store, &started.vm, std::time::Duration::from_secs(60), true);
-    tracing::debug!("clone {:?} given its identity at {:?}", vm.metadata.name, t0.elapsed());
-    if let Err(e) = identity {
-        // Never usable: not left running as a second copy of the snapshot's machine.
-        let _ = ignite_runtime::stop::kill(&store, started.vm.clone());
-        let _ = ignite_runtime::remove::remove_vm(&store, &vm.uid(), true, |_| Ok(()));
-        return Err(e.into());
-    }
+    // Resumed and given its own identity by its supervisor before the start returns.
+    let s = ignite_runtime::run::start_new(&store, &config, vm.clone(), opts)?;
+    tracing::debug!("clone {:?} running at {:?}", vm.metadata.name, t0.elapsed());
     if !ctx.global.quiet {
         super::create::report(ctx, &vm);
     }
-    report_started(ctx, &started);
-    if a.interactive {
-        return super::attach::attach(&store, &started.vm);
-    }
-    Ok(())
+    started(ctx, &store, &s, a.interactive)
 }

@@ -19,11 +19,7 @@ pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
             return Err(super::UsageError("--from-snapshot resumes on this host: leave out --daemon".into()).into());
         }
         let vm = d.start(&a.vm)?;
-        super::run::report_started_remote(ctx, &vm);
-        if a.interactive {
-            return super::attach::attach(&ctx.store()?, &vm);
-        }
-        return Ok(());
+        return super::run::started_remote(ctx, &vm, a.interactive);
     }
     let store = ctx.store()?;
     let config = ctx.config()?;
@@ -38,25 +34,12 @@ pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
     let opts = super::run::start_options(a.accel.as_deref(), &a.ignore_preflight_checks, a.debug)?;
     let Some(snap) = &a.from_snapshot else {
         let started = start(&store, &config, vm, &opts)?;
-        super::run::report_started(ctx, &started);
-        if a.interactive {
-            return super::attach::attach(&store, &started.vm);
-        }
-        return Ok(());
+        return super::run::started(ctx, &store, &started, a.interactive);
     };
     // Resumed where the snapshot was taken: its address is this start's, its machine-id its own.
     let snapshot = store.resolve::<ignite_api::Snapshot>(snap)?;
     ignite_runtime::snapshot::revert(&store, &vm, &snapshot)?;
     let dir = ignite_runtime::vmdir::VmDir::of(&store, &vm.uid());
-    let started = start(&store, &config, vm, &opts).inspect_err(|_| ignite_runtime::snapshot::abandon_restore(&dir))?;
-    let timeout = std::time::Duration::from_secs(60);
-    if let Err(e) = ignite_runtime::snapshot::give_identity(&store, &started.vm, timeout, false) {
-        let _ = ignite_runtime::stop::kill(&store, started.vm.clone());
-        return Err(e.into());
-    }
-    super::run::report_started(ctx, &started);
-    if a.interactive {
-        return super::attach::attach(&store, &started.vm);
-    }
-    Ok(())
+    let started = start(&store, &config, vm, &opts).inspect_err(|_| ignite_runtime::snapshot::clear_restore(&dir))?;
+    super::run::started(ctx, &store, &started, a.interactive)
 }
