@@ -137,7 +137,10 @@ fn stage(dir: &VmDir, staging: &Path, boot: &BootConfig, backend: &dyn Backend) 
         ignite_proc::fault::point("snapshot.paused");
         Ok(())
     };
-    backend.save(dir, &staging.join(STATE), m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())
+    let paused = backend.save(dir, &staging.join(STATE), m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())?;
+    // Durable before it appears (the state is synced by the save), once the guest runs again.
+    File::open(staging.join(DISK)).and_then(|f| f.sync_all()).map_err(|e| format!("sync the disk's copy: {e}"))?;
+    Ok(paused)
 }
 
 /// [`PAUSE_LOCK`], held: one snapshot of a VM at a time, and a guest paused by a snapshot
