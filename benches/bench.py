@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """ignite benchmarks: print figures, compare against a reference in the same run.
 
-    benches/bench.py boot   [--runs 10]   ignite run -> guest init line, vs bare QEMU microvm with
-                                          the same kernel, initramfs, disk and accelerator; and
-                                          the host-side time from `ignite run` to the VMM's exec
+    benches/bench.py boot   [--runs 10]   ignite run -> guest init (the kernel runs /init) and -> the
+                                          image's ready line, vs bare QEMU microvm with the same
+                                          kernel, command line, initramfs, disk and accelerator;
+                                          and the host-side time from `ignite run` to the VMM's exec
     benches/bench.py jail   [--runs 8]    what the VMM jail costs: ignite run -> VMM exec and -> guest
                                           init, jailed and unjailed, alternating
     benches/bench.py disk   [--runs 10]   VM creation for a 64 MiB and a 1 GiB image (ratio ~1), for
@@ -102,15 +103,19 @@ def wait_text(path, needle, deadline):
     return None
 
 
-def wait_marker(path, deadline):
-    t = wait_text(path, MARKER, deadline)
+def wait_marker(path, deadline, needle=MARKER):
+    t = wait_text(path, needle, deadline)
     if t is None:
-        raise SystemExit(f"no {MARKER!r} in {path}")
+        raise SystemExit(f"no {needle!r} in {path}")
     return t
+
+
+INIT_LINE = b"Run /init as init process"
 
 
 def bench_boot(e, runs):
     ign, bare, host = [], [], []
+    ign_init, bare_init = [], []
     accel = None
     for i in range(runs):
         name = f"boot{i}"
@@ -121,8 +126,10 @@ def bench_boot(e, runs):
                        env=e.env, check=True, capture_output=True)
         uid = e.ig("inspect", "vm", name, "-t", "{{.UID}}").strip()
         vmdir = os.path.join(e.root, "vm", uid)
+        ti = wait_marker(os.path.join(vmdir, "console.log"), time.time() + 120, INIT_LINE)
         t1 = wait_marker(os.path.join(vmdir, "console.log"), time.time() + 120)
         ign.append(t1 - t0)
+        ign_init.append(ti - t0)
         host.append((vmm_exec_ns(vmdir) - t0_wall) / 1e9)
         argv = unjailed_argv(vmdir)
         accel = e.ig("inspect", "vm", name, "-t", "{{.Status.Runtime.Accel}}").strip()
@@ -142,15 +149,20 @@ def bench_boot(e, runs):
         with open(log, "wb") as out:
             t0 = time.monotonic()
             p = subprocess.Popen(bargv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL)
+            ti = wait_marker(log, time.time() + 120, INIT_LINE)
             t1 = wait_marker(log, time.time() + 120)
             bare.append(t1 - t0)
+            bare_init.append(ti - t0)
             p.kill()
             p.wait()
         subprocess.run([IGNITE, "rm", "-f", name], env=e.env, capture_output=True)
     print(f"boot ({accel}, busybox, 256 MB, 1 vCPU), {runs} runs each")
-    print(f"  ignite run -> init line      {fmt(ign)}")
-    print(f"  bare qemu  -> init line      {fmt(bare)}")
-    print(f"  ratio ignite / bare (p50)    {pct(ign, 50) / pct(bare, 50):.3f}   (target <= 1.10)")
+    print(f"  ignite run -> guest init     {fmt(ign_init)}   (the kernel runs /init; target <= 0.6 s under TCG)")
+    print(f"  bare qemu  -> guest init     {fmt(bare_init)}")
+    print(f"  ratio ignite / bare (p50)    {pct(ign_init, 50) / pct(bare_init, 50):.3f}   (target <= 1.05)")
+    print(f"  ignite run -> image's ready line  {fmt(ign)}   (the image's init has run its rcS)")
+    print(f"  bare qemu  -> image's ready line  {fmt(bare)}")
+    print(f"  ratio ignite / bare (p50)    {pct(ign, 50) / pct(bare, 50):.3f}")
     print(f"  ignite run -> VMM exec       {fmt(host)}   (target < 30 ms)")
 
 

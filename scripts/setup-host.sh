@@ -12,7 +12,7 @@ PKGS=(
   qemu-utils           # qemu-img: qcow2 copy-on-write VM disks
   busybox-static       # guest init shim and the busybox test image
   linux-source-6.1     # guest kernel source
-  build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils  # kernel build
+  build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils patch  # kernel build
   docker-registry skopeo umoci   # tests: a real local registry and OCI tooling
   apache2-utils openssl          # tests: htpasswd and a private CA for the registry auth tests
   containernetworking-plugins    # CNI plugins

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the ignite guest kernel (vmlinux) from Debian's linux-source-6.1 and microvm.config.
+# Builds the ignite guest kernel (vmlinux) from Debian's linux-source-6.1, the patches in
+# patches/ (applied in name order) and microvm.config.
 #
 #   images/kernel/build.sh [--print-key] [--out PATH]
 #
 # Cached outside the clone by content: key = sha256 over sha256(microvm.config),
-# sha256(this script) and the linux-source-6.1 package version. A cache hit prints the path
+# sha256(this script), sha256(the patches, concatenated in name order) and the
+# linux-source-6.1 package version. A cache hit prints the path
 # at once; a miss builds (tinyconfig + fragment, a few minutes on 2 cores) under a lock, so
 # concurrent runs build once.
 #
@@ -51,8 +53,11 @@ main() {
     die "$src_tar is missing: install it with 'apt-get install $src_pkg'"
   fi
   frag_sha=$(sha256sum < "$frag" | cut -d' ' -f1)
-  key=$(printf '%s  microvm.config\n%s  build.sh\n%s  %s\n' \
-    "$frag_sha" "$(sha256sum < "$self" | cut -d' ' -f1)" "$ver" "$src_pkg" | sha256sum | cut -d' ' -f1)
+  patches=()
+  for p in "$here"/patches/*.patch; do [ -f "$p" ] && patches+=("$p"); done
+  patches_sha=$(cat /dev/null "${patches[@]}" | sha256sum | cut -d' ' -f1)
+  key=$(printf '%s  microvm.config\n%s  build.sh\n%s  patches\n%s  %s\n' \
+    "$frag_sha" "$(sha256sum < "$self" | cut -d' ' -f1)" "$patches_sha" "$ver" "$src_pkg" | sha256sum | cut -d' ' -f1)
   if [ "$print_key" = 1 ]; then echo "$key"; exit 0; fi
   dest="$cache_root/$key"
 
@@ -81,6 +86,7 @@ main() {
   need perl perl
   need awk mawk
   need flock util-linux
+  need patch patch
   # objtool (x86-64 builds always run it) needs libelf's headers
   [ -f /usr/include/gelf.h ] || [ -f /usr/include/libelf.h ] || die "libelf headers missing: install them with 'apt-get install libelf-dev'"
 
@@ -119,6 +125,10 @@ main() {
   [ "$(sha256sum < "$work/microvm.config" | cut -d' ' -f1)" = "$frag_sha" ] ||
     die "microvm.config changed while this run waited: run it again"
   frag="$work/microvm.config"
+  mkdir "$work/patches"
+  [ ${#patches[@]} -eq 0 ] || cp "${patches[@]}" "$work/patches/"
+  [ "$(cat /dev/null "$work"/patches/*.patch 2>/dev/null | sha256sum | cut -d' ' -f1)" = "$patches_sha" ] ||
+    die "patches/ changed while this run waited: run it again"
 
   start=$(date +%s)
   jobs=$(nproc)
@@ -128,6 +138,12 @@ main() {
   run tar -C "$work" -xf "$src_tar"
   ksrc="$work/linux-source-6.1"
   [ -d "$ksrc" ] || die "$src_tar did not unpack to linux-source-6.1/"
+
+  for p in "$work"/patches/*.patch; do
+    [ -f "$p" ] || continue
+    log "  applying ${p##*/}"
+    patch -d "$ksrc" -p1 --forward --quiet < "$p" || die "patch ${p##*/} does not apply to $src_pkg $ver"
+  done
 
   log "  configuring: tinyconfig + microvm.config + olddefconfig"
   configure() {

@@ -341,14 +341,7 @@ fn boot_and_spawn(
             let mut cmdline = vm.spec.kernel.cmd_line.clone();
             cmdline.push_str(" rdinit=/init");
             if verdict.accel == Accel::Tcg {
-                if let Some(khz) = sys::host_tsc_khz() {
-                    cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-                }
-                // An emulated CPU on a loaded host runs unevenly: the kernel's check that the
-                // timer interrupt ticks during a busy loop then fails and it panics ("IO-APIC
-                // + timer doesn't work!", seen with 30 VMs booting at once on 2 cores).
-                // QEMU's timer works; the check only finds broken hardware.
-                cmdline.push_str(" no_timer_check");
+                cmdline.push_str(&tcg_cmdline(kernel));
             }
             if let Some(a) = att {
                 cmdline.push(' ');
@@ -410,6 +403,45 @@ fn boot_and_spawn(
     host.spawn_supervisor(store.root(), dir, &uid, &name, leases)
 }
 
+/// What a guest booting under TCG (QEMU's emulator) is told beyond its command line: each
+/// saves an emulated guest work, or a failure, that hardware would not cost it.
+fn tcg_cmdline(kernel: &Path) -> String {
+    let mut args = String::new();
+    // The host's TSC frequency: no calibration against the emulated PIT (which sometimes
+    // hangs under TCG; FACTS.md).
+    if let Some(khz) = sys::host_tsc_khz() {
+        args.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    // An emulated CPU on a loaded host runs unevenly: the kernel's check that the timer
+    // interrupt ticks during a busy loop then fails and it panics ("IO-APIC + timer doesn't
+    // work!", seen with 30 VMs booting at once on 2 cores). QEMU's timer works; the check only
+    // finds broken hardware.
+    args.push_str(" no_timer_check");
+    // Two steps ignite's kernel skips when told (images/kernel/patches; another kernel would
+    // pass the words on to init): the local APIC timer's calibration against the PIT (100 ms
+    // of guest time, ~0.3 s here; TCG has no TSC-deadline timer, which lets KVM guests skip
+    // it), given QEMU's APIC timer clock instead (1 GHz: its timer counts nanoseconds); and
+    // the poisoning of the freed init sections (~0.35 s: stores into pages of translated
+    // code). `noapictimer` would skip the calibration too, but an idle guest then costs ~4x
+    // the host CPU (2.1% vs 0.5% of a core, measured).
+    let image = std::fs::read(kernel).unwrap_or_default();
+    if has_param(&image, "lapic_timer_khz") {
+        args.push_str(" lapic_timer_khz=1000000");
+    }
+    if has_param(&image, "keep_initmem") {
+        args.push_str(" keep_initmem");
+    }
+    args
+}
+
+/// Whether a kernel `image` (a vmlinux) handles the boot parameter `name`: its `__setup` or
+/// `early_param` string is in it, NUL-terminated.
+fn has_param(image: &[u8], name: &str) -> bool {
+    let mut needle = name.as_bytes().to_vec();
+    needle.push(0);
+    memchr::memmem::find(image, &needle).is_some()
+}
+
 /// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).
 fn lease_for(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)> {
     let mut mac = [0u8; 6];
@@ -438,4 +470,17 @@ fn lease_for(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::
         hostname: hostname.to_string(),
     };
     Some((lease, server))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_boot_parameter_is_known_by_its_nul_terminated_setup_string() {
+        let image = b"\x7fELF...\0nokaslr\0keep_initmem\0...Keeping memory (keep_initmem)\n";
+        assert!(super::has_param(image, "keep_initmem"));
+        assert!(super::has_param(image, "nokaslr"));
+        let image = b"\x7fELF...\0nokaslr\0...Keeping memory (keep_initmem)\n";
+        assert!(!super::has_param(image, "keep_initmem"), "a message naming it is not the parameter");
+        assert!(!super::has_param(b"", "keep_initmem"));
+    }
 }
