@@ -39,7 +39,37 @@ pub struct BootConfig {
     pub jail: Option<BootJail>,
     /// A resumed guest's identity, given before the supervisor reports ready.
     #[serde(default)]
-    pub identity: Option<crate::snapshot::IdentityPlan>,
+    pub identity: Option<IdentityPlan>,
+}
+
+/// The identity a resumed guest is given before its start reports it running. `start` writes
+/// it into the boot configuration and the supervisor gives it (it owns the agent channel and
+/// outlives a killed `ignite` command): no guest runs on under its snapshot's identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityPlan {
+    pub hostname: String,
+    /// Its own network attachment's MAC, address and gateway.
+    #[serde(default)]
+    pub interface: Option<ignite_agent::proto::InterfaceIdentity>,
+    /// A clone gets a new machine-id; a VM resumed from its own snapshot keeps its.
+    pub new_machine_id: bool,
+}
+
+impl IdentityPlan {
+    /// The identity of VM `name`, attached as `att`, a new machine (a clone) or not.
+    pub fn new(name: &str, att: Option<&ignite_net::Attachment>, new_machine_id: bool) -> IdentityPlan {
+        IdentityPlan {
+            hostname: name.to_string(),
+            interface: att.map(|a| ignite_agent::proto::InterfaceIdentity {
+                name: "eth0".into(),
+                mac: a.mac.clone(),
+                address: format!("{}/{}", a.ip, a.prefix_len),
+                gateway: a.gateway.map(|g| g.to_string()),
+            }),
+            new_machine_id,
+        }
+    }
 }
 
 /// The backend a VM runs on: its own choice, else the Configuration's, else the default.

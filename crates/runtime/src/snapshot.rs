@@ -10,7 +10,7 @@
 //! a clone's directory ([`create_clone`]: its own copy of the disk, and [`RESTORE_FROM`], which
 //! makes its next start resume the snapshot instead of booting, [`pending_restore`]); and the
 //! identity a resumed guest is given by its supervisor before the start reports it running
-//! ([`IdentityPlan`], [`give_identity`]: hostname, MAC, address, machine-id, entropy, wall
+//! ([`crate::boot::IdentityPlan`], [`give_identity`]: hostname, MAC, address, machine-id, entropy, wall
 //! clock).
 //!
 //! A snapshot that a clone not yet started names is in use: [`remove`] refuses it.
@@ -411,39 +411,14 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("{}: {e}", from.display()))
 }
 
-/// The identity a resumed guest is given before its start reports it running. `start` writes
-/// it into the boot configuration and the supervisor gives it (it owns the agent channel and
-/// outlives a killed `ignite` command): no guest runs on under its snapshot's identity.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IdentityPlan {
-    pub hostname: String,
-    /// Its own network attachment's MAC, address and gateway.
-    #[serde(default)]
-    pub interface: Option<ignite_agent::proto::InterfaceIdentity>,
-    /// A clone gets a new machine-id; a VM resumed from its own snapshot keeps its.
-    pub new_machine_id: bool,
-}
-
-impl IdentityPlan {
-    /// The identity of VM `name` resuming `restore`, attached as `att`.
-    pub fn new(name: &str, att: Option<&ignite_net::Attachment>, restore: &Restore) -> IdentityPlan {
-        IdentityPlan {
-            hostname: name.to_string(),
-            interface: att.map(|a| ignite_agent::proto::InterfaceIdentity {
-                name: "eth0".into(),
-                mac: a.mac.clone(),
-                address: format!("{}/{}", a.ip, a.prefix_len),
-                gateway: a.gateway.map(|g| g.to_string()),
-            }),
-            new_machine_id: restore.new_machine,
-        }
-    }
-}
-
 /// Gives the guest of the VM in `dir`, just resumed, the identity `plan` through its agent,
 /// with fresh entropy, the host's wall clock, and a new machine-id where the plan says.
-pub fn give_identity(dir: &VmDir, name: &str, plan: &IdentityPlan, timeout: Duration) -> Result<(), String> {
+pub fn give_identity(
+    dir: &VmDir,
+    name: &str,
+    plan: &crate::boot::IdentityPlan,
+    timeout: Duration,
+) -> Result<(), String> {
     let mut random = [0u8; 16 + 64];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())
         .map_err(|e| format!("getrandom: {e}"))?;

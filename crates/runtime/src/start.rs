@@ -395,7 +395,7 @@ fn boot_and_spawn(
         netns: att.map(|a| a.netns.clone()),
         dhcp: att.and_then(|a| lease_for(a, &name)),
         jail,
-        identity: restore.map(|r| crate::snapshot::IdentityPlan::new(&name, att, r)),
+        identity: restore.map(|r| crate::boot::IdentityPlan::new(&name, att, r.new_machine)),
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;
