@@ -10,8 +10,8 @@
 //! a clone's directory ([`create_clone`]: its own copy of the disk, and [`RESTORE_FROM`], which
 //! makes its next start resume the snapshot instead of booting, [`pending_restore`]); and the
 //! identity a resumed guest is given by its supervisor before the start reports it running
-//! ([`crate::boot::IdentityPlan`], [`give_identity`]: hostname, MAC, address, machine-id, entropy, wall
-//! clock).
+//! ([`crate::boot::IdentityPlan`], [`give_identity`]: hostname, MAC, address, machine-id,
+//! entropy, wall clock).
 //!
 //! A snapshot that a clone not yet started names is in use: [`remove`] refuses it.
 
