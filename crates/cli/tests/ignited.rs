@@ -151,7 +151,8 @@ fn start_gitops(root: &Path, url: &str) -> GitDaemon {
             .arg(root.with_file_name("gitops.sock"))
             .env("IGNITE_ROOT", root)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept beside the state root (each daemon appends): what it did, when a test fails.
+            .stderr(std::fs::File::options().create(true).append(true).open(root.with_file_name("gitops.log")).unwrap())
             .spawn()
             .unwrap(),
     )
@@ -213,12 +214,24 @@ fn gitops_repo_drives_vms_and_gets_their_status_back() {
 /// One HTTP request over the API socket; returns (status, body).
 fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut s = common::until_ok(&format!("the API socket {}", sock.display()), 20, || {
-        std::os::unix::net::UnixStream::connect(sock)
-    });
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: ignited\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let exchange = || {
+        let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: ignited\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        s.write_all(request.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let what = format!("an answer on the API socket {}", sock.display());
+    // Until the socket is served. A GET is retried whole: a daemon being replaced may drop the
+    // connection (one that died for good fails it at the deadline); anything else is sent once.
+    let out = if method == "GET" {
+        common::until_ok(&what, 20, exchange)
+    } else {
+        common::until_ok(&what, 20, || std::os::unix::net::UnixStream::connect(sock));
+        exchange().unwrap()
+    };
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
