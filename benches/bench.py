@@ -40,6 +40,7 @@ times on this machine (2 cores, TCG) are not bare metal: read the ratios.
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess

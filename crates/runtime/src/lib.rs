@@ -15,6 +15,7 @@ pub mod held;
 pub mod host;
 pub mod import;
 pub mod jail;
+pub mod kernel_params;
 pub mod lease;
 pub mod network;
 pub mod preflight;

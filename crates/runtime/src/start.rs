@@ -424,22 +424,15 @@ fn tcg_cmdline(kernel: &Path) -> String {
     // the poisoning of the freed init sections (~0.35 s: stores into pages of translated
     // code). `noapictimer` would skip the calibration too, but an idle guest then costs ~4x
     // the host CPU (2.1% vs 0.5% of a core, measured).
-    let image = std::fs::read(kernel).unwrap_or_default();
-    if has_param(&image, "lapic_timer_khz") {
-        args.push_str(" lapic_timer_khz=1000000");
-    }
-    if has_param(&image, "keep_initmem") {
-        args.push_str(" keep_initmem");
+    if let [timer, keep] = crate::kernel_params::handled(kernel, &["lapic_timer_khz", "keep_initmem"])[..] {
+        if timer {
+            args.push_str(" lapic_timer_khz=1000000");
+        }
+        if keep {
+            args.push_str(" keep_initmem");
+        }
     }
     args
-}
-
-/// Whether a kernel `image` (a vmlinux) handles the boot parameter `name`: its `__setup` or
-/// `early_param` string is in it, NUL-terminated.
-fn has_param(image: &[u8], name: &str) -> bool {
-    let mut needle = name.as_bytes().to_vec();
-    needle.push(0);
-    memchr::memmem::find(image, &needle).is_some()
 }
 
 /// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).
@@ -470,17 +463,4 @@ fn lease_for(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::
         hostname: hostname.to_string(),
     };
     Some((lease, server))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_boot_parameter_is_known_by_its_nul_terminated_setup_string() {
-        let image = b"\x7fELF...\0nokaslr\0keep_initmem\0...Keeping memory (keep_initmem)\n";
-        assert!(super::has_param(image, "keep_initmem"));
-        assert!(super::has_param(image, "nokaslr"));
-        let image = b"\x7fELF...\0nokaslr\0...Keeping memory (keep_initmem)\n";
-        assert!(!super::has_param(image, "keep_initmem"), "a message naming it is not the parameter");
-        assert!(!super::has_param(b"", "keep_initmem"));
-    }
 }
