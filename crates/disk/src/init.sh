@@ -12,8 +12,8 @@
 # ("<device> <mount path>" lines for extra disks) and, optionally, /ignite/agent (the static
 # guest agent, installed as /.ignite/ignite-agent and started before the hand-over).
 
-/bin/busybox mkdir -p /bin /proc /sys /dev /newroot
-/bin/busybox --install -s /bin
+# The applets it runs are linked in /bin by the archive (SHIM_APPLETS in vmboot.rs).
+/bin/busybox mkdir -p /proc /sys /dev /newroot
 export PATH=/bin
 
 fail() {
