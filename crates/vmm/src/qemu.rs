@@ -422,6 +422,7 @@ impl Qmp {
                 .map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
             q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))?;
             q.call("migrate", Some(serde_json::json!({"uri": "fd:ignite-state"})))?;
+            ignite_proc::fault::point("snapshot.saving");
             q.wait_migration("saving the machine's state", migration_budget(memory_mib))?;
             f.sync_all().map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))
         })();
@@ -533,6 +534,24 @@ impl Backend for Qemu {
 
     fn resume(&self, run_dir: &Path) -> Result<bool, VmmError> {
         let mut q = QmpSession::open(&run_dir.join(QMP_SOCKET), Duration::from_secs(5))?;
+        // A state write whose taker was killed may still run: its end would pause the guest
+        // again after a `cont` (seen: a snapshot killed 0.1 s in left the guest in
+        // "postmigrate" for good). It is cancelled, and its end awaited, first.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = q.call("query-migrate", None)?;
+            match m.get("status").and_then(|s| s.as_str()) {
+                Some("setup" | "active" | "pre-switchover" | "device" | "wait-unplug") => {
+                    q.call("migrate_cancel", None)?;
+                }
+                Some("cancelling") => {}
+                _ => break,
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(VmmError::Launch("an abandoned snapshot's state write did not end within 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let status = q.call("query-status", None)?;
         if status.get("running").and_then(|r| r.as_bool()) == Some(true) {
             return Ok(false);
