@@ -50,7 +50,15 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     // The guest's kernel command line, through the agent (no sshd, no key in this VM).
     let o = exec(&root, &["ag", "--", "cat", "/proc/cmdline"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("rdinit=/init"));
+    let cmdline = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(cmdline.contains("rdinit=/init"), "{cmdline}");
+    // Under TCG ignite's kernel is told what QEMU emulates (its patches' parameters: the test
+    // kernel is ignite's); under KVM nothing.
+    let inspect = ok(&root, &["inspect", "vm", "ag"]);
+    let tcg = inspect.contains("\"accel\": \"tcg\"");
+    for arg in ["tsc_early_khz=", "no_timer_check", "lapic_timer_khz=1000000", "keep_initmem"] {
+        assert_eq!(cmdline.contains(arg), tcg, "{arg} in {cmdline} ({inspect})");
+    }
     assert_eq!(exec(&root, &["ag", "--", "sh", "-c", "exit 3"]).status.code(), Some(3));
     let o = exec(&root, &["ag", "--", "sh", "-c", "echo out; echo err >&2; exit 0"]);
     assert_eq!((o.stdout.as_slice(), o.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use ext4::{build_ext4, empty_ext4, fs_size, grow_ext4, size_class_base, Ext4Info, Ext4Options};
 pub use initramfs::Initramfs;
 pub use overlay::{backing_file, create_overlay, overlay_info, OverlayInfo};
-pub use vmboot::{build_vm_initramfs, elf_static, guest_init_script, GuestAgent, VmBoot};
+pub use vmboot::{build_vm_initramfs, guest_init_script, GuestAgent, VmBoot};
 
 /// Disk failures. Variants carry the path (and the command) involved; causes stay in
 /// `#[source]` and are not repeated in the message.

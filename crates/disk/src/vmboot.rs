@@ -29,7 +29,6 @@
 //! The shim takes its parameters from `ignite/env` rather than being generated, so the script
 //! is one static text that tests and reviewers can read as it runs.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::{fs_err, DiskError, Initramfs};
@@ -153,39 +152,11 @@ fn plain_abs(what: &'static str, p: &str) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Whether `path` is a static executable: `None` when it is not a 64-bit little-endian
-/// x86-64 ELF file, `Some(false)` when it names a program interpreter (dynamically linked).
-/// Binaries that go into a guest (busybox, the agent) must be static: images need no libc.
-pub fn elf_static(path: &Path) -> std::io::Result<Option<bool>> {
-    use std::os::unix::fs::FileExt;
-    let mut f = std::fs::File::open(path)?;
-    let mut head = vec![0u8; 64];
-    let n = f.read(&mut head)?;
-    if n < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
-        return Ok(None);
-    }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
-    if u16_at(&head, 18) != 62 {
-        return Ok(None);
-    }
-    let phoff = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes"));
-    let (phentsize, phnum) = (u16_at(&head, 54), u16_at(&head, 56));
-    if phentsize < 4 || phnum > 256 {
-        return Ok(None);
-    }
-    let mut ph = vec![0u8; (phentsize * phnum) as usize];
-    if f.read_exact_at(&mut ph, phoff).is_err() {
-        return Ok(None);
-    }
-    let interp = ph.chunks(phentsize as usize).any(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) == 3);
-    Ok(Some(!interp))
-}
-
 /// Refuses a dynamically linked busybox: the initramfs has no libc for it, and the kernel
 /// would only say "No working init found". Anything that is not an x86-64 ELF is left to the
 /// kernel.
 fn check_static(busybox: &Path) -> Result<(), DiskError> {
-    if elf_static(busybox).map_err(fs_err("read", busybox))? == Some(false) {
+    if ignite_proc::elf::static_x86_64(busybox).map_err(fs_err("read", busybox))? == Some(false) {
         return Err(invalid(
             "busybox",
             &busybox.display().to_string(),

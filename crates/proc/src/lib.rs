@@ -11,6 +11,7 @@
 //! Also here: [`fault`], the named kill points of the fault-injection drill.
 #![deny(unsafe_code)]
 
+pub mod elf;
 pub mod fault;
 
 use std::io::{Read, Write};

@@ -90,9 +90,9 @@ fn write_embedded(root: &Path) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Whether `p` is a static x86-64 executable (see [`ignite_disk::elf_static`]).
+/// Whether `p` is a static x86-64 executable.
 pub fn check_static(p: &Path) -> Result<(), String> {
-    match ignite_disk::elf_static(p) {
+    match ignite_proc::elf::static_x86_64(p) {
         Ok(Some(true)) => Ok(()),
         Ok(Some(false)) => Err(format!(
             "{}: dynamically linked (it needs a C library the image may not have); build it with -C target-feature=+crt-static",

@@ -5,7 +5,7 @@ use std::path::Path;
 use ignite_store::Store;
 
 use crate::config::LoadedConfig;
-use crate::preflight::{is_static_elf, tool, vmm_check, Check, Level};
+use crate::preflight::{tool, vmm_check, Check, Level};
 use ignite_vmm::accel::{self, Accel, AccelChoice};
 
 /// Runs every check.
@@ -16,22 +16,7 @@ pub fn run_checks(store: &Store, config: &LoadedConfig) -> Vec<Check> {
         tool("qemu-img", "qemu-img", "qemu-utils", Level::Error),
         tool("ssh-keygen", "ssh-keygen", "openssh-client", Level::Warn),
     ];
-    let bb = crate::provision::busybox();
-    out.push(match std::fs::read(&bb) {
-        Ok(b) if is_static_elf(&b) => {
-            Check { name: "busybox-static", level: Level::Ok, detail: bb.display().to_string() }
-        }
-        Ok(_) => Check {
-            name: "busybox-static",
-            level: Level::Error,
-            detail: format!("{} is dynamically linked: apt-get install busybox-static", bb.display()),
-        },
-        Err(_) => Check {
-            name: "busybox-static",
-            level: Level::Error,
-            detail: format!("{} missing (the guest init shim needs it): apt-get install busybox-static", bb.display()),
-        },
-    });
+    out.push(crate::preflight::busybox());
     let cni = ["/opt/cni/bin/bridge", "/usr/lib/cni/bridge"].iter().find(|p| Path::new(p).is_file());
     out.push(match cni {
         Some(p) => Check { name: "cni-plugins", level: Level::Ok, detail: (*p).into() },

@@ -15,7 +15,6 @@ pub mod held;
 pub mod host;
 pub mod import;
 pub mod jail;
-pub mod kernel_params;
 pub mod lease;
 pub mod network;
 pub mod preflight;

@@ -68,18 +68,7 @@ pub fn tool(name: &'static str, bin: &str, package: &str, level_if_missing: Leve
 pub fn preflight(plugin: &str, jailed: bool, backend: &dyn Backend) -> Vec<(Check, &'static str)> {
     let mut out =
         vec![(vmm_found(backend), "BinaryInPath"), (tool("ip", "ip", "iproute2", Level::Error), "BinaryInPath")];
-    let bb = crate::provision::busybox();
-    let busybox = match std::fs::read(&bb) {
-        Ok(b) if is_static_elf(&b) => {
-            Check { name: "busybox-static", level: Level::Ok, detail: bb.display().to_string() }
-        }
-        _ => Check {
-            name: "busybox-static",
-            level: Level::Error,
-            detail: format!("{} is missing or dynamically linked: apt-get install busybox-static", bb.display()),
-        },
-    };
-    out.push((busybox, "ExistingFile"));
+    out.push((busybox(), "ExistingFile"));
     if jailed {
         out.push((
             match crate::jail::host_support() {
@@ -114,16 +103,19 @@ pub fn preflight(plugin: &str, jailed: bool, backend: &dyn Backend) -> Vec<(Chec
     out
 }
 
-/// An ELF64 file without a PT_INTERP program header (statically linked).
-pub fn is_static_elf(b: &[u8]) -> bool {
-    let u16_at = |o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]) as usize);
-    let u64_at = |o: usize| b.get(o..o + 8).map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])) as usize);
-    if !b.starts_with(b"\x7fELF") || b.get(4) != Some(&2) {
-        return false;
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else { return false };
-    (0..phnum).all(|i| {
-        let o = phoff + i * phentsize;
-        b.get(o..o + 4).map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != 3).unwrap_or(false)
-    })
+/// The static busybox the guest init shim runs (the initramfs has no C library for it).
+pub fn busybox() -> Check {
+    let bb = crate::provision::busybox();
+    let (level, detail) = match ignite_proc::elf::static_x86_64(&bb) {
+        Ok(Some(true)) => (Level::Ok, bb.display().to_string()),
+        Ok(_) => (
+            Level::Error,
+            format!("{} is not a static x86-64 executable: apt-get install busybox-static", bb.display()),
+        ),
+        Err(e) => (
+            Level::Error,
+            format!("{}: {e} (the guest init shim needs it): apt-get install busybox-static", bb.display()),
+        ),
+    };
+    Check { name: "busybox-static", level, detail }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ignite_api::{Kernel, Vm};
 use ignite_store::Store;
 
-use ignite_vmm::{Accel, AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, Machine, Nic};
+use ignite_vmm::{AccelChoice, AccelVerdict, Backend, DiskFormat, Drive, Machine, Nic};
 
 use crate::boot::{BootConfig, BootJail};
 use crate::config::LoadedConfig;
@@ -21,7 +21,6 @@ use crate::lease::Lease;
 use crate::recover::refresh_on;
 use crate::start_error::prep;
 pub use crate::start_error::StartError;
-use crate::sys;
 use crate::vmdir::VmDir;
 
 /// The kernel file inside a kernel object's directory.
@@ -340,9 +339,7 @@ fn boot_and_spawn(
                 .map_err(prep(&name, "cannot build the VM's initramfs"))?;
             let mut cmdline = vm.spec.kernel.cmd_line.clone();
             cmdline.push_str(" rdinit=/init");
-            if verdict.accel == Accel::Tcg {
-                cmdline.push_str(&tcg_cmdline(kernel));
-            }
+            cmdline.push_str(&backend.guest_args(store.root(), verdict.accel, kernel));
             if let Some(a) = att {
                 cmdline.push(' ');
                 cmdline.push_str(&a.kernel_ip_arg(&name));
@@ -401,38 +398,6 @@ fn boot_and_spawn(
     ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;
     ignite_proc::fault::point("start.before-spawn");
     host.spawn_supervisor(store.root(), dir, &uid, &name, leases)
-}
-
-/// What a guest booting under TCG (QEMU's emulator) is told beyond its command line: each
-/// saves an emulated guest work, or a failure, that hardware would not cost it.
-fn tcg_cmdline(kernel: &Path) -> String {
-    let mut args = String::new();
-    // The host's TSC frequency: no calibration against the emulated PIT (which sometimes
-    // hangs under TCG; FACTS.md).
-    if let Some(khz) = sys::host_tsc_khz() {
-        args.push_str(&format!(" tsc_early_khz={khz}"));
-    }
-    // An emulated CPU on a loaded host runs unevenly: the kernel's check that the timer
-    // interrupt ticks during a busy loop then fails and it panics ("IO-APIC + timer doesn't
-    // work!", seen with 30 VMs booting at once on 2 cores). QEMU's timer works; the check only
-    // finds broken hardware.
-    args.push_str(" no_timer_check");
-    // Two steps ignite's kernel skips when told (images/kernel/patches; another kernel would
-    // pass the words on to init): the local APIC timer's calibration against the PIT (100 ms
-    // of guest time, ~0.3 s here; TCG has no TSC-deadline timer, which lets KVM guests skip
-    // it), given QEMU's APIC timer clock instead (1 GHz: its timer counts nanoseconds); and
-    // the poisoning of the freed init sections (~0.35 s: stores into pages of translated
-    // code). `noapictimer` would skip the calibration too, but an idle guest then costs ~4x
-    // the host CPU (2.1% vs 0.5% of a core, measured).
-    if let [timer, keep] = crate::kernel_params::handled(kernel, &["lapic_timer_khz", "keep_initmem"])[..] {
-        if timer {
-            args.push_str(" lapic_timer_khz=1000000");
-        }
-        if keep {
-            args.push_str(" keep_initmem");
-        }
-    }
-    args
 }
 
 /// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).

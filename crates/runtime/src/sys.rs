@@ -211,12 +211,3 @@ pub fn host_memory_mib() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024)
 }
-
-/// The host TSC frequency in kHz, for `tsc_early_khz=` (under TCG a guest that calibrates
-/// against the emulated PIT sometimes hangs; see FACTS.md). From the kernel's refined
-/// calibration when readable, else /proc/cpuinfo's "cpu MHz".
-pub fn host_tsc_khz() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = s.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
-    Some((mhz * 1000.0) as u64)
-}

@@ -6,12 +6,15 @@
 //! used with `auto`, the backend boots it under KVM with a probe initramfs whose /init prints
 //! [`PROBE_MARKER`] and powers off, within [`PROBE_BUDGET`]. The verdict is cached in
 //! `<state dir>/accel.json`, keyed by the backend's key (kernel path, size, mtime, VMM
-//! binary), so the probe runs once per host, VMM and kernel.
+//! binary), so the probe runs once per host, VMM and kernel. [`cached`] is that cache, for
+//! other facts about a kernel too (what it handles).
 
 use std::path::Path;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How guest CPUs execute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,9 +62,10 @@ pub struct AccelVerdict {
     pub reason: String,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct Cache {
-    entries: Vec<(String, AccelVerdict)>,
+/// A cache file's contents: (key, value), oldest first.
+#[derive(Serialize, Deserialize)]
+struct Cache<T> {
+    entries: Vec<(String, T)>,
 }
 
 /// Marker the probe's init prints.
@@ -100,28 +104,50 @@ pub fn choose_cached(
     if let Err(e) = kvm_device_usable() {
         return Ok(AccelVerdict { accel: Accel::Tcg, reason: format!("KVM unavailable ({e}): software emulation") });
     }
-    let cache_path = state_dir.join("accel.json");
-    let mut cache: Cache =
-        std::fs::read(&cache_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    cached(&state_dir.join("accel.json"), key, || {
+        let dir = state_dir.join(format!(".accel-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let initrd = dir.join("probe.cpio");
+        let verdict = probe_initrd(&initrd).map(|()| probe(&initrd));
+        let _ = std::fs::remove_dir_all(&dir);
+        verdict
+    })
+}
+
+/// Entries a cache file keeps (the oldest go first): one per kernel and VMM in use.
+const CACHE_ENTRIES: usize = 64;
+
+/// The entry `key` of the JSON cache file at `path`, else `compute`'s answer, stored there
+/// (an error is not). The file is replaced atomically: a reader sees the old cache or the new
+/// one; of two writers at once one entry may be lost, and computed again the next time.
+pub fn cached<T: Serialize + DeserializeOwned + Clone, E>(
+    path: &Path,
+    key: &str,
+    compute: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut cache: Cache<T> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| Cache { entries: Vec::new() });
     if let Some((_, v)) = cache.entries.iter().find(|(k, _)| k == key) {
         return Ok(v.clone());
     }
-    let dir = state_dir.join(format!(".accel-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let initrd = dir.join("probe.cpio");
-    let verdict = probe_initrd(&initrd).map(|()| probe(&initrd));
-    let _ = std::fs::remove_dir_all(&dir);
-    let verdict = verdict?;
+    let value = compute()?;
     cache.entries.retain(|(k, _)| k != key);
-    cache.entries.push((key.to_string(), verdict.clone()));
+    cache.entries.push((key.to_string(), value.clone()));
+    let excess = cache.entries.len().saturating_sub(CACHE_ENTRIES);
+    cache.entries.drain(..excess);
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    // Named as the store's atomic writes are, so that a killed writer's file is swept.
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp =
+        path.with_file_name(format!(".{file}.tmp-{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     if let Ok(bytes) = serde_json::to_vec_pretty(&cache) {
-        // Atomic: a reader sees the old cache or the new one.
-        let tmp = state_dir.join(format!(".accel.json.tmp-{}", std::process::id()));
-        if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &cache_path)).is_err() {
+        if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
     }
-    Ok(verdict)
+    Ok(value)
 }
 
 /// A cache key naming the kernel by path, size and mtime, and the VMM binary.

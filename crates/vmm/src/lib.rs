@@ -20,6 +20,7 @@
 
 pub mod accel;
 pub mod firecracker;
+pub mod kernel;
 pub mod machine;
 pub mod qemu;
 #[cfg(feature = "testing")]
@@ -247,6 +248,12 @@ pub trait Backend: Send + Sync + Debug {
         kernel: &Path,
         probe_initrd: &dyn Fn(&Path) -> Result<(), String>,
     ) -> Result<AccelVerdict, String>;
+    /// What a guest booting `kernel` under `accel` is told beyond its command line, for what
+    /// this VMM emulates differently from hardware (each word with a leading space; empty
+    /// when nothing). `state_dir` holds the caches of facts about kernels ([`kernel`]).
+    fn guest_args(&self, _state_dir: &Path, _accel: Accel, _kernel: &Path) -> String {
+        String::new()
+    }
     /// How it is confined in a jail.
     fn jail_profile(&self, machine: &Machine) -> JailProfile;
     /// Files it may leave in a run directory (stale ones are removed before a launch and after

@@ -40,6 +40,17 @@ pub const MAX_DEVICES: usize = 7;
 /// no scheduler or affinity changes.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/// The clock of QEMU's emulated local APIC timer, kHz: it counts nanoseconds (1 GHz) with a
+/// divider of 1.
+pub const APIC_TIMER_KHZ: u64 = 1_000_000;
+
+/// The host TSC frequency in kHz, for `tsc_early_khz=`, from /proc/cpuinfo's "cpu MHz".
+fn host_tsc_khz() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = s.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
 /// The QEMU backend.
 #[derive(Debug, Clone)]
 pub struct Qemu {
@@ -512,6 +523,42 @@ impl Backend for Qemu {
         accel::choose_cached(state_dir, choice, &key, probe_initrd, |initrd| {
             Qemu::probe(&self.found().unwrap_or_else(|_| self.binary.clone()), kernel, initrd)
         })
+    }
+
+    /// Under TCG each argument saves an emulated guest work, or a failure, that hardware would
+    /// not cost it; under KVM none is needed.
+    fn guest_args(&self, state_dir: &Path, accel: Accel, kernel: &Path) -> String {
+        if accel != Accel::Tcg {
+            return String::new();
+        }
+        let mut args = String::new();
+        // The host's TSC frequency: no calibration against the emulated PIT (which sometimes
+        // hangs under TCG; FACTS.md).
+        if let Some(khz) = host_tsc_khz() {
+            args.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        // An emulated CPU on a loaded host runs unevenly: the kernel's check that the timer
+        // interrupt ticks during a busy loop then fails and it panics ("IO-APIC + timer
+        // doesn't work!", seen with 30 VMs booting at once on 2 cores). QEMU's timer works;
+        // the check only finds broken hardware.
+        args.push_str(" no_timer_check");
+        // Two steps ignite's kernel skips when told (images/kernel/patches; another kernel
+        // would pass the words on to init, so they are given only to a kernel that has them):
+        // the local APIC timer's calibration against the PIT (100 ms of guest time, ~0.3 s
+        // here; TCG has no TSC-deadline timer, which lets KVM guests skip it), given QEMU's
+        // APIC timer clock instead ([`APIC_TIMER_KHZ`]); and the poisoning of the freed init
+        // sections (~0.35 s: stores into pages of translated code). `noapictimer` would skip
+        // the calibration too, but an idle guest then costs ~4x the host CPU (2.1% vs 0.5% of
+        // a core, measured).
+        if let [timer, keep] = crate::kernel::handled(state_dir, kernel, &["lapic_timer_khz", "keep_initmem"])[..] {
+            if timer {
+                args.push_str(&format!(" lapic_timer_khz={APIC_TIMER_KHZ}"));
+            }
+            if keep {
+                args.push_str(" keep_initmem");
+            }
+        }
+        args
     }
 
     fn jail_profile(&self, m: &Machine) -> JailProfile {

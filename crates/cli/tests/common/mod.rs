@@ -253,7 +253,7 @@ pub fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         for e in rd.flatten() {
             let p = e.path();
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name == ".lock" || name == "tmp" || name == "accel.json" {
+            if name == ".lock" || name == "tmp" || name == "accel.json" || name == ignite_vmm::kernel::CACHE_FILE {
                 continue;
             }
             if p.is_dir() {
