@@ -104,6 +104,22 @@ pub fn supervise(
             eprintln!("ignite-spawn: the guest agent's socket: {e}");
         }
     }
+    // The console is read from the start: a guest that writes more than a pipe holds would
+    // otherwise stall until it is.
+    let (stdin, stdout) = instance.take_console().ok_or("no VMM console")?;
+    let shared =
+        Arc::new(Shared { end: Mutex::new(None), clients: Mutex::new(Vec::new()), stdin: Mutex::new(Some(stdin)) });
+    // Console: VMM stdout -> log, attached clients, event scanner. It says when it has read
+    // the console to its end.
+    let (console_done, console_read) = std::sync::mpsc::channel::<()>();
+    {
+        let shared = shared.clone();
+        let control = control.clone();
+        std::thread::spawn(move || {
+            console_pump(stdout, log, &shared, control.as_ref());
+            let _ = console_done.send(());
+        });
+    }
     // A guest resumed from a snapshot is its snapshot's machine until it has its own identity:
     // given before the VM is reported running, and the VMM stopped if it cannot be.
     if let Some(plan) = &boot.identity {
@@ -111,6 +127,7 @@ pub fn supervise(
             let _ = control.force_stop();
             let _ = instance.child.kill();
             let _ = instance.wait();
+            let _ = console_read.recv_timeout(CONSOLE_DRAIN);
             if cgroup {
                 release_jail(uid, &dir);
             }
@@ -119,9 +136,6 @@ pub fn supervise(
         ignite_runtime::snapshot::clear_restore(&dir);
         ignite_proc::fault::point("spawn.identity-given");
     }
-    let (stdin, stdout) = instance.take_console().ok_or("no VMM console")?;
-    let shared =
-        Arc::new(Shared { end: Mutex::new(None), clients: Mutex::new(Vec::new()), stdin: Mutex::new(Some(stdin)) });
 
     // Record the running state before reporting ready: `start` returns a VM that is running.
     let my_pid = std::process::id();
@@ -144,17 +158,6 @@ pub fn supervise(
     let _ = ready_out.flush();
     eprintln!("ignite-spawn: VM {vm_name} ({uid}): {} pid {vmm_pid}", backend.name());
 
-    // Console: VMM stdout -> log, attached clients, event scanner. It says when it has read
-    // the console to its end.
-    let (console_done, console_read) = std::sync::mpsc::channel::<()>();
-    {
-        let shared = shared.clone();
-        let control = control.clone();
-        std::thread::spawn(move || {
-            console_pump(stdout, log, &shared, control.as_ref());
-            let _ = console_done.send(());
-        });
-    }
     serve_attach(listener, &shared);
     if let (Some(ns), Some((lease, server))) = (boot.netns.clone(), boot.dhcp.clone()) {
         serve_dhcp(ns, lease, server);
