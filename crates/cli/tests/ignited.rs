@@ -214,8 +214,8 @@ fn gitops_repo_drives_vms_and_gets_their_status_back() {
 /// One HTTP request over the API socket; returns (status, body).
 fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let exchange = || {
-        let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    let connect = || std::os::unix::net::UnixStream::connect(sock);
+    let exchange = |mut s: std::os::unix::net::UnixStream| {
         let request =
             format!("{method} {path} HTTP/1.1\r\nHost: ignited\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         s.write_all(request.as_bytes())?;
@@ -225,12 +225,12 @@ fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     };
     let what = format!("an answer on the API socket {}", sock.display());
     // Until the socket is served. A GET is retried whole: a daemon being replaced may drop the
-    // connection (one that died for good fails it at the deadline); anything else is sent once.
+    // connection (one that died for good fails it at the deadline); anything else is sent once,
+    // on the first connection accepted.
     let out = if method == "GET" {
-        common::until_ok(&what, 20, exchange)
+        common::until_ok(&what, 20, || connect().and_then(exchange))
     } else {
-        common::until_ok(&what, 20, || std::os::unix::net::UnixStream::connect(sock));
-        exchange().unwrap()
+        exchange(common::until_ok(&what, 20, connect)).unwrap()
     };
     let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
