@@ -225,16 +225,16 @@ fn configure_interface(sock: &OwnedFd, i: &InterfacePlan) -> Result<(), String> 
     let name = &i.name;
     let mac = i.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     let set_mac_failed = |e: std::io::Error| format!("set the MAC of {name} to {mac}: {e}");
-    match set_mac(sock, name, i.mac) {
-        Ok(()) => {}
-        // A device that cannot change its address while up: take it down (brought up below).
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            let flags = get_flags(sock, name).map_err(set_mac_failed)?;
-            set_flags(sock, name, flags & !(libc::IFF_UP as c_short)).map_err(set_mac_failed)?;
-            set_mac(sock, name, i.mac).map_err(set_mac_failed)?;
-        }
-        Err(e) => return Err(set_mac_failed(e)),
+    // Down first: a MAC changed while the link is up leaves the IPv6 link-local address made
+    // from the old one (the snapshot's, which every clone would share: duplicate address
+    // detection fails on the bridge); down drops it, up makes it again from the new MAC. Some
+    // devices also refuse a new MAC while up (EBUSY). Its IPv4 address stays; its routes go,
+    // and are made again below.
+    let flags = get_flags(sock, name).map_err(set_mac_failed)?;
+    if flags & libc::IFF_UP as c_short != 0 {
+        set_flags(sock, name, flags & !(libc::IFF_UP as c_short)).map_err(set_mac_failed)?;
     }
+    set_mac(sock, name, i.mac).map_err(set_mac_failed)?;
     set_addr(sock, name, libc::SIOCSIFADDR, i.address)
         .map_err(|e| format!("set the address of {name} to {}: {e}", i.address))?;
     set_addr(sock, name, libc::SIOCSIFNETMASK, i.netmask)

@@ -58,6 +58,11 @@ fn two_clones_of_one_snapshot_are_machines_of_their_own() {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         let clock: i64 = l[5].parse().unwrap();
         assert!((clock - now).abs() < 30, "the guest's clock was stepped: {clock} vs {now}");
+        // Its IPv6 link-local address is made from its own MAC (not the snapshot's, which
+        // every clone would share on the bridge).
+        let inet6 = exec(&root, c, "cat /proc/net/if_inet6");
+        let link_local = inet6.lines().find(|l| l.starts_with("fe80") && l.ends_with(" eth0")).map(|l| &l[..32]);
+        assert_eq!(link_local, Some(eui64_link_local(l[1]).as_str()), "eth0's link-local address: {inet6}");
         seen.push((l[1].to_string(), ip, l[3].to_string()));
     }
     let (a, b) = (&seen[0], &seen[1]);
@@ -175,4 +180,11 @@ fn a_snapshot_killed_while_its_guest_is_paused_leaves_the_vm_running() {
     ok(&root, &["start", "victim"]);
     until_exec_works(&root, "victim", 120);
     assert_eq!(exec(&root, "victim", "cat /root/mark"), "at-snapshot");
+}
+
+/// The IPv6 link-local address (as /proc/net/if_inet6 writes it) made from `mac` (EUI-64).
+fn eui64_link_local(mac: &str) -> String {
+    let b: Vec<u8> = mac.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    let id = [b[0] ^ 2, b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]];
+    format!("fe80000000000000{}", id.iter().map(|x| format!("{x:02x}")).collect::<String>())
 }
