@@ -94,7 +94,9 @@ pub fn supervise(
     let listener =
         UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
 
+    let t0 = std::time::Instant::now();
     let Launched { mut instance, jail: jail_status, _alive } = launch(uid, &dir, boot, backend.as_ref(), vmm_log)?;
+    eprintln!("ignite-spawn: timing launched_ms={}", t0.elapsed().as_millis());
     let cgroup = jail_status.is_some();
     let vmm_pid = instance.pid();
     let control = instance.control.clone();
@@ -133,6 +135,7 @@ pub fn supervise(
             }
             return Err(format!("its guest, resumed from a snapshot, could not be given its identity: {e}"));
         }
+        eprintln!("ignite-spawn: timing identity_given_ms={}", t0.elapsed().as_millis());
         ignite_runtime::snapshot::clear_restore(&dir);
         ignite_proc::fault::point("spawn.identity-given");
     }
