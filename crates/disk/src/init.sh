@@ -13,6 +13,9 @@
 # guest agent, installed as /.ignite/ignite-agent and started before the hand-over).
 
 # The applets it runs are linked in /bin by the archive (SHIM_APPLETS in vmboot.rs).
+# The first line of the guest's own on its console (the kernel's informational lines are not
+# shown there: images/kernel/microvm.config).
+echo "ignite-init: started"
 /bin/busybox mkdir -p /proc /sys /dev /newroot
 export PATH=/bin
 
