@@ -119,6 +119,10 @@ pub struct SnapshotStatus {
     /// How long the VM was paused while it was taken, milliseconds.
     #[serde(default)]
     pub paused_ms: u64,
+    /// The SSH host key files its guest had (e.g. `/etc/ssh/ssh_host_ed25519_key`): each clone
+    /// gets new keys of these types in their place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_keys: Vec<String>,
 }
 
 impl Snapshot {

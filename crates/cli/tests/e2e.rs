@@ -390,6 +390,38 @@ fn debian_systemd_image_boots_with_ssh_key_and_keeps_its_disk() {
     assert_eq!(field(&root, "deb", "{{.Status.Exit.Reason}}"), "stopped");
     ok(&root, &["start", "deb"]);
     wait_for_log(&root, "deb", "IGNITE-DEBIAN-READY hostname=deb boot=2 keys=1", 240);
+
+    // A clone is an SSH server of its own: new host keys of the types its source had (the
+    // running sshd serves them without a restart), and its own `--ssh` key, not its source's.
+    common::until_exec_works(&root, "deb", 120);
+    let host_key = |vm: &str| ok(&root, &["exec", vm, "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub"]);
+    let source_key = host_key("deb");
+    ok(&root, &["snapshot", "create", "deb", "debsnap"]);
+    let snap = ok(&root, &["inspect", "snapshot", "debsnap"]);
+    for t in ["rsa", "ecdsa", "ed25519"] {
+        assert!(snap.contains(&format!("/etc/ssh/ssh_host_{t}_key")), "{snap}");
+    }
+    ok(&root, &["run", "--from-snapshot", "debsnap", "--name", "debclone"]);
+    let clone_key = host_key("debclone");
+    assert_ne!(clone_key, source_key);
+    assert!(clone_key.trim_end().ends_with(" root@debclone"), "{clone_key}");
+    let ip = field(&root, "debclone", "{{index .Status.Network.IPAddresses 0}}");
+    let scan = common::until_ok("the clone's sshd", 60, || {
+        let o = std::process::Command::new("ssh-keyscan").args(["-T", "5", "-t", "ed25519", &ip]).output()?;
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if out.contains("ssh-ed25519") {
+            Ok(out)
+        } else {
+            Err(std::io::Error::other(out))
+        }
+    });
+    let material = clone_key.split_whitespace().nth(1).unwrap();
+    assert!(scan.contains(material), "sshd serves {scan}, not the clone's new key {clone_key}");
+    assert_eq!(ok(&root, &["ssh", "debclone", "--timeout", "60", "--", "hostname"]).trim(), "debclone");
+    let o = common::ignite(&root, &["exec", "-i", k, "debclone", "--", "true"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "the source's key opened its clone");
+    ok(&root, &["rm", "-f", "debclone"]);
+    ok(&root, &["snapshot", "rm", "debsnap"]);
     ok(&root, &["rm", "-f", "deb"]);
     assert!(procs(&format!("ignite-{uid}")).is_empty());
 }

@@ -54,6 +54,14 @@ pub struct IdentityPlan {
     pub interface: Option<ignite_agent::proto::InterfaceIdentity>,
     /// A clone gets a new machine-id; a VM resumed from its own snapshot keeps its.
     pub new_machine_id: bool,
+    /// The guest's SSH host key files to replace with new keys of their types (a clone's:
+    /// those its snapshot's guest had).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_keys: Vec<String>,
+    /// The contents of the guest's `/root/.ssh/authorized_keys` (the VM's own `--ssh` key, as
+    /// its init shim writes them at a boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<String>,
 }
 
 impl IdentityPlan {
@@ -68,6 +76,8 @@ impl IdentityPlan {
                 gateway: a.gateway.map(|g| g.to_string()),
             }),
             new_machine_id,
+            ssh_host_keys: Vec::new(),
+            authorized_keys: None,
         }
     }
 }

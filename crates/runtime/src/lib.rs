@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod boot;
 pub mod cgroup;
+pub mod clone_ssh;
 pub mod config;
 pub mod create;
 pub mod doctor;

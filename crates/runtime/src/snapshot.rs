@@ -69,6 +69,8 @@ pub enum SnapshotError {
 /// store's lock is taken for that step only, not while the guest is paused); owned by the
 /// holder of [`PAUSE_LOCK`], and removed by the next one when a taker was killed.
 const STAGING: &str = ".snapshot";
+/// How long a snapshot waits for the running guest's agent to answer.
+const AGENT_WAIT: Duration = Duration::from_secs(30);
 
 /// Takes a snapshot of the running VM `vm`, named `name` (default `<vm>-<time>`).
 pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, SnapshotError> {
@@ -86,6 +88,8 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
     }
     let fail = |message: String| SnapshotError::Failed { name: vm_name.clone(), message };
     let _pause = PauseLock::take(&dir, &vm_name)?;
+    // Asked of the running guest before it is paused: its clones get new keys of these types.
+    let ssh_host_keys = crate::clone_ssh::host_key_files(&dir, &vm_name, AGENT_WAIT).map_err(fail)?;
     // The copy of the disk references the image's base: it must not be collected meanwhile.
     let _gc = crate::gc::hold(store).map_err(|e| fail(e.to_string()))?;
     let staging = dir.join(STAGING);
@@ -106,6 +110,7 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
         snap.status.state_size = size(STATE);
         snap.status.disk_size = size(DISK);
         snap.status.paused_ms = paused.as_millis() as u64;
+        snap.status.ssh_host_keys = ssh_host_keys;
         // Appears with its files, or not at all (a name taken meanwhile: the store's refusal).
         let lock = store.lock()?;
         Ok(store.create_with(&lock, snap, |tmp, _| {
@@ -349,6 +354,8 @@ pub struct Restore {
     pub machine: Machine,
     /// The snapshot is another VM's: the guest is a clone, a new machine.
     pub new_machine: bool,
+    /// The SSH host key files of the saved guest.
+    pub ssh_host_keys: Vec<String>,
 }
 
 /// The snapshot the VM in `dir` resumes at its next start, if it is a clone not yet started.
@@ -365,7 +372,13 @@ pub fn pending_restore(store: &Store, dir: &VmDir) -> Result<Option<Restore>, St
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| format!("snapshot {:?}: {}: {e}", snap.metadata.name, sdir.join(MACHINE).display()))?;
     let new_machine = snap.spec.vm != dir.uid();
-    Ok(Some(Restore { snapshot: snap.metadata.name, dir: sdir, machine, new_machine }))
+    Ok(Some(Restore {
+        snapshot: snap.metadata.name,
+        dir: sdir,
+        machine,
+        new_machine,
+        ssh_host_keys: snap.status.ssh_host_keys,
+    }))
 }
 
 /// Whether `clone` has the devices of the machine `saved` was (QEMU loads a state into the
@@ -412,7 +425,8 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 /// Gives the guest of the VM in `dir`, just resumed, the identity `plan` through its agent,
-/// with fresh entropy, the host's wall clock, and a new machine-id where the plan says.
+/// with fresh entropy, the host's wall clock, and a new machine-id, new SSH host keys and its
+/// own authorized key where the plan says.
 pub fn give_identity(
     dir: &VmDir,
     name: &str,
@@ -431,8 +445,19 @@ pub fn give_identity(
         entropy: entropy.to_vec(),
         wall_clock_ns: Some(now.as_nanos() as u64),
     };
+    // Made on the host while the guest is reached.
+    let keys = crate::clone_ssh::make_host_keys(dir, &plan.hostname, &plan.ssh_host_keys);
     let t0 = std::time::Instant::now();
-    let session = crate::agent::Session::connect(name, dir, timeout).map_err(|e| e.to_string())?;
-    tracing::debug!("VM {name:?}: its agent answered after {:?}", t0.elapsed());
-    session.set_identity(&id).map_err(|e| e.to_string())
+    let given = crate::agent::Session::connect(name, dir, timeout).and_then(|session| {
+        tracing::debug!("VM {name:?}: its agent answered after {:?}", t0.elapsed());
+        session.set_identity(&id)
+    });
+    let ssh = plan.authorized_keys.as_deref();
+    match given {
+        Ok(()) => crate::clone_ssh::give(dir, name, ssh, keys, timeout),
+        Err(e) => {
+            crate::clone_ssh::abandon(dir, keys);
+            Err(e.to_string())
+        }
+    }
 }

@@ -392,12 +392,30 @@ fn boot_and_spawn(
         netns: att.map(|a| a.netns.clone()),
         dhcp: att.and_then(|a| lease_for(a, &name)),
         jail,
-        identity: restore.map(|r| crate::boot::IdentityPlan::new(&name, att, r.new_machine)),
+        identity: restore.map(|r| identity_plan(store, vm, r, att)).transpose()?,
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;
     ignite_proc::fault::point("start.before-spawn");
     host.spawn_supervisor(store.root(), dir, &uid, &name, leases)
+}
+
+/// The identity a resumed guest is given: a clone's own (new SSH host keys of the types its
+/// snapshot's guest had, its own `--ssh` key), or its own VM's.
+fn identity_plan(
+    store: &Store,
+    vm: &Vm,
+    r: &crate::snapshot::Restore,
+    att: Option<&ignite_net::Attachment>,
+) -> Result<crate::boot::IdentityPlan, StartError> {
+    let name = &vm.metadata.name;
+    let mut plan = crate::boot::IdentityPlan::new(name, att, r.new_machine);
+    if r.new_machine {
+        plan.ssh_host_keys = r.ssh_host_keys.clone();
+        plan.authorized_keys =
+            crate::provision::ensure_ssh_key(store, vm).map_err(prep(name, "cannot make the VM's SSH key"))?;
+    }
+    Ok(plan)
 }
 
 /// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).

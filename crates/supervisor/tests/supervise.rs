@@ -80,8 +80,7 @@ fn a_resumed_guest_that_cannot_be_given_its_identity_is_stopped_not_reported_run
     // copy of the snapshot's machine.
     let d = tempfile::tempdir().unwrap();
     let (store, uid, mut boot) = scripted_vm(d.path());
-    boot.identity =
-        Some(ignite_runtime::boot::IdentityPlan { hostname: "clone".into(), interface: None, new_machine_id: true });
+    boot.identity = Some(ignite_runtime::boot::IdentityPlan::new("clone", None, true));
     let dir = VmDir::of(&store, &uid);
     std::fs::write(dir.join(ignite_runtime::snapshot::RESTORE_FROM), "0123456789abcdef").unwrap();
     let asked = Arc::new(Mutex::new(Vec::new()));
