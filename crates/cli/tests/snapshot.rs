@@ -61,8 +61,9 @@ fn two_clones_of_one_snapshot_are_machines_of_their_own() {
         // Its IPv6 link-local address is made from its own MAC (not the snapshot's, which
         // every clone would share on the bridge).
         let inet6 = exec(&root, c, "cat /proc/net/if_inet6");
-        let link_local = inet6.lines().find(|l| l.starts_with("fe80") && l.ends_with(" eth0")).map(|l| &l[..32]);
-        assert_eq!(link_local, Some(eui64_link_local(l[1]).as_str()), "eth0's link-local address: {inet6}");
+        let link_local: Vec<&str> =
+            inet6.lines().filter(|l| l.starts_with("fe80") && l.ends_with(" eth0")).map(|l| &l[..32]).collect();
+        assert_eq!(link_local, [eui64_link_local(l[1])], "eth0's link-local addresses: {inet6}");
         seen.push((l[1].to_string(), ip, l[3].to_string()));
     }
     let (a, b) = (&seen[0], &seen[1]);
