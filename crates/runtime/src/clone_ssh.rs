@@ -51,8 +51,9 @@ pub fn host_key_files(dir: &VmDir, name: &str, timeout: Duration) -> Result<Vec<
     Ok(files)
 }
 
-/// Gives the resumed guest of the VM in `dir` its SSH identity from `plan`: new host keys in
-/// place of the files `plan.ssh_host_keys` (made meanwhile by `keys`) and its authorized keys.
+/// Gives the resumed guest of the VM in `dir` its SSH identity: the new host keys `keys` makes
+/// (see [`make_host_keys`]) over its own, and `authorized_keys` as its root's. The scratch
+/// copies on the host are removed whatever happens.
 pub fn give(
     dir: &VmDir,
     name: &str,
