@@ -108,10 +108,12 @@ pub fn busybox() -> Check {
     let bb = crate::provision::busybox();
     let (level, detail) = match ignite_proc::elf::static_x86_64(&bb) {
         Ok(Some(true)) => (Level::Ok, bb.display().to_string()),
-        Ok(_) => (
-            Level::Error,
-            format!("{} is not a static x86-64 executable: apt-get install busybox-static", bb.display()),
-        ),
+        Ok(Some(false)) => {
+            (Level::Error, format!("{} is dynamically linked: apt-get install busybox-static", bb.display()))
+        }
+        Ok(None) => {
+            (Level::Error, format!("{} is not an x86-64 executable: apt-get install busybox-static", bb.display()))
+        }
         Err(e) => (
             Level::Error,
             format!("{}: {e} (the guest init shim needs it): apt-get install busybox-static", bb.display()),
