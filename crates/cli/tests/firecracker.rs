@@ -99,8 +99,9 @@ fn a_firecracker_vm_shows_its_kernel_and_how_it_ended() {
     // The guest agent's vsock port, asked through Firecracker's real vsock socket: refused
     // while the guest's agent is not listening; answered once it is (a host where KVM boots).
     let early = vsock_connect(&files.join("agent-vmm.sock"));
-    let console = wait_for_log(&root, "fc", "Linux version", 180);
-    assert!(console.contains("Command line:"), "{console}");
+    // The kernel's banner, then its command line (notices: on the console of ignite's kernel).
+    let console = wait_for_log(&root, "fc", "Kernel command line:", 180);
+    assert!(console.contains("Linux version"), "{console}");
     let reason = until_ok("the VM to boot or to end", 180, || {
         if field(&root, "fc", "{{.Status.Running}}") == "false" {
             return Ok(Err(field(&root, "fc", "{{.Status.Exit.Reason}}")));
