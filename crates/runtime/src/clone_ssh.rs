@@ -3,7 +3,7 @@
 //! Owns: asking a running guest which SSH host key files it has, when a snapshot of it is
 //! taken ([`host_key_files`]; what the guest answers is checked: only
 //! `/etc/ssh/ssh_host_{rsa,ecdsa,ed25519}_key` are taken), and, when a clone of it is
-//! resumed, making new keys of those types on the host (`ssh-keygen`, fast on the host where
+//! resumed, making new keys of those types on the host (`provision::ssh_keygen`, fast on the host where
 //! an emulated guest would take seconds for RSA) and writing them over the guest's, with the
 //! clone's own authorized key, through the guest agent ([`give`]). sshd re-reads its host keys
 //! for each connection, so the running one serves the new keys without a restart.
@@ -110,18 +110,8 @@ pub fn make_host_keys(dir: &VmDir, hostname: &str, files: &[String]) -> Option<K
             .into_iter()
             .map(|t| {
                 let key = scratch.join(format!("ssh_host_{t}_key"));
-                let mut cmd = std::process::Command::new("ssh-keygen");
-                cmd.args(["-q", "-t", t, "-N", "", "-C", &format!("root@{hostname}"), "-f"]).arg(&key);
-                let out = ignite_proc::output(&mut cmd, None, ignite_proc::QUICK).map_err(|e| {
-                    let hint = if e.is_not_found() { " (install openssh-client)" } else { "" };
-                    format!("cannot make the clone's SSH host keys: ssh-keygen: {e}{hint}")
-                })?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "cannot make the clone's SSH host keys: ssh-keygen -t {t}: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
+                crate::provision::ssh_keygen(t, &format!("root@{hostname}"), &key)
+                    .map_err(|e| format!("cannot make the clone's SSH host keys: {e}"))?;
                 Ok(key)
             })
             .collect()

@@ -118,23 +118,24 @@ pub fn ensure_ssh_key(store: &Store, vm: &Vm) -> Result<Option<String>, std::io:
             let key = dir.ssh_key();
             let pubkey = key.with_extension("pub");
             if !pubkey.is_file() {
-                let mut cmd = Command::new("ssh-keygen");
-                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C"])
-                    .arg(format!("ignite-{}", vm.uid()))
-                    .arg("-f")
-                    .arg(&key);
-                let out = ignite_proc::output(&mut cmd, None, ignite_proc::QUICK).map_err(|e| {
-                    let hint = if e.is_not_found() { " (install openssh-client)" } else { "" };
-                    std::io::Error::other(format!("ssh-keygen: {e}{hint}"))
-                })?;
-                if !out.status.success() {
-                    return Err(std::io::Error::other(format!(
-                        "ssh-keygen failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
+                ssh_keygen("ed25519", &format!("ignite-{}", vm.uid()), &key).map_err(std::io::Error::other)?;
             }
             std::fs::read_to_string(&pubkey).map(Some)
         }
     }
+}
+
+/// Makes an SSH key pair of type `kind` without a passphrase: `key` (0600) and `key.pub`,
+/// commented `comment` (the host's `ssh-keygen`, with a deadline).
+pub fn ssh_keygen(kind: &str, comment: &str, key: &Path) -> Result<(), String> {
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"]).arg(key);
+    let out = ignite_proc::output(&mut cmd, None, ignite_proc::QUICK).map_err(|e| {
+        let hint = if e.is_not_found() { " (install openssh-client)" } else { "" };
+        format!("ssh-keygen: {e}{hint}")
+    })?;
+    if !out.status.success() {
+        return Err(format!("ssh-keygen -t {kind} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
 }
