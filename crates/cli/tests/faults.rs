@@ -165,6 +165,44 @@ fn a_start_killed_at_any_step_leaks_nothing() {
     assert!(left.is_empty(), "after rm -f: {left:?}");
 }
 
+/// A `run` whose supervisor is killed after the VMM started fails, and the VM it removes
+/// leaves nothing: not its network, not its jail's cgroup and root (recorded in the VM's
+/// directory only). A clone's supervisor is killed while its resumed guest runs (seen: each
+/// such `run` left the clone's cgroup and jail root, removed with the directory unreleased).
+#[test]
+fn a_run_whose_supervisor_is_killed_leaves_no_cgroup_or_jail_root() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "src", "--memory", "128MB"]);
+    common::until_exec_works(&root, "src", 120);
+    ok(&root, &["snapshot", "create", "src", "s"]);
+    for args in [
+        &["run", "busybox", "--name", "gone", "--memory", "128MB"][..],
+        &["run", "--from-snapshot", "s", "--name", "gone"],
+    ] {
+        let o = ignite_env(&root, args, &[("IGNITE_FAULT", "spawn.vmm-started")]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("supervisor"), "{args:?}: {err}");
+        // The VM's ID, from the error's pointer to its supervisor's log (vm/<uid>/spawn.log).
+        let uid = err.split("/vm/").nth(1).and_then(|r| r.get(..16)).expect("the VM's ID in the error").to_string();
+        assert_eq!(ok(&root, &["ps", "-a", "-q"]).lines().count(), 1, "{args:?}: the failed run's VM was not removed");
+        let left: Vec<std::path::PathBuf> = common::vm_cgroups().into_iter().filter(|p| p.ends_with(&uid)).collect();
+        assert!(left.is_empty(), "{args:?}: cgroups left: {left:?}");
+        assert!(!Path::new(&format!("/run/ignite/jail/{uid}")).exists(), "{args:?}: the jail's root outlived the VM");
+        assert!(leftovers(&uid, &BTreeSet::new()).is_empty(), "{args:?}");
+        common::until_ok("no process of the VM", 30, || {
+            let left = common::procs(&uid);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:#?}"))
+            }
+        });
+    }
+    ok(&root, &["rm", "-f", "src"]);
+    ok(&root, &["snapshot", "rm", "s"]);
+}
+
 /// Every blob in the store is one that some image or kernel records, and no temporary file
 /// of a dead process is left.
 fn blobs_are_all_referenced(root: &Path) {
