@@ -25,6 +25,13 @@ fn two_clones_of_one_snapshot_are_machines_of_their_own() {
     ok(&root, &["run", "busybox", "--name", "src", "--memory", "128MB"]);
     until_exec_works(&root, "src", 120);
     exec(&root, "src", "echo before > /root/mark");
+    // Its network gives IPv4 only: IPv6 is off on eth0 (as Docker has it), on loopback not.
+    let inet6 = exec(&root, "src", "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 /proc/net/if_inet6");
+    assert!(inet6.starts_with('1') && !inet6.contains(" eth0") && inet6.contains(" lo"), "{inet6}");
+    // An image may turn it on again (systemd-networkd does): then eth0 has a link-local
+    // address, made from the MAC, that its clones must not share.
+    exec(&root, "src", "echo 0 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6");
+    until("a link-local address on src's eth0", 60, || exec(&root, "src", "cat /proc/net/if_inet6").contains(" eth0"));
     let out = String::from_utf8_lossy(&ignite(&root, &["snapshot", "create", "src", "s1"]).stderr).into_owned();
     assert!(out.contains("Created snapshot \"s1\"") && out.contains("VM paused"), "{out}");
     assert!(ok(&root, &["snapshot", "ls"]).lines().any(|l| l.contains(" s1 ") && l.contains(" src ")));

@@ -8,7 +8,8 @@
 #
 # Parameters: /ignite/env (IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_INIT; IGNITE_UPPER, the VM's
 # writable layer when its root is the image's read-only base under overlayfs;
-# IGNITE_AGENT_VSOCK, the agent's vsock port when it is reached over vsock), /ignite/mounts
+# IGNITE_AGENT_VSOCK, the agent's vsock port when it is reached over vsock; IGNITE_IPV4_ONLY,
+# the interfaces whose network gives no IPv6 address), /ignite/mounts
 # ("<device> <mount path>" lines for extra disks) and, optionally, /ignite/agent (the static
 # guest agent, installed as /.ignite/ignite-agent and started before the hand-over).
 
@@ -31,6 +32,13 @@ fail() {
 
 mount -t proc proc /proc || fail "cannot mount /proc"
 mount -t sysfs sysfs /sys || fail "cannot mount /sys"
+# IPv6 off on the interfaces of IPv4-only networks, as Docker does for a container's: no
+# link-local address, duplicate address detection or router solicitations (the kernel's ip=
+# brought eth0 up already; its link-local address goes).
+for i in $IGNITE_IPV4_ONLY; do
+	f=/proc/sys/net/ipv6/conf/$i/disable_ipv6
+	[ ! -w "$f" ] || echo 1 >"$f" || echo "ignite-init: warning: cannot turn IPv6 off on $i"
+done
 devtmpfs=1
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || devtmpfs=0
 

@@ -17,7 +17,7 @@
 //! bin/<applet>           -> busybox, for each of SHIM_APPLETS
 //! init                   the shim (0755)
 //! ignite/env             IGNITE_HOSTNAME, IGNITE_ROOT, IGNITE_UPPER, IGNITE_INIT,
-//!                        IGNITE_AGENT_VSOCK (shell-quoted)
+//!                        IGNITE_AGENT_VSOCK, IGNITE_IPV4_ONLY (shell-quoted)
 //! ignite/mounts          "<device> <guest path>" per extra disk
 //! ignite/agent           the static guest agent, when the VM has one (0755)
 //! ignite/files/etc/hostname, etc/hosts
@@ -61,6 +61,11 @@ pub struct VmBoot {
     /// The static guest agent to install at `/.ignite/ignite-agent` and start before the
     /// hand-over.
     pub agent: Option<GuestAgent>,
+    /// The guest interfaces whose network gives no IPv6 address: the shim turns IPv6 off on
+    /// them (`disable_ipv6`), as Docker does on a container's interface of an IPv4-only
+    /// network. No link-local address, duplicate address detection or router solicitation;
+    /// an image that wants IPv6 there turns it on again (systemd-networkd does).
+    pub ipv4_only: Vec<String>,
 }
 
 /// The guest agent and its channel.
@@ -86,6 +91,7 @@ impl Default for VmBoot {
             root_upper: None,
             mounts: Vec::new(),
             agent: None,
+            ipv4_only: Vec::new(),
         }
     }
 }
@@ -177,6 +183,16 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
     if let Some(u) = &spec.root_upper {
         plain_abs("writable layer device", u)?;
     }
+    for name in &spec.ipv4_only {
+        if name.is_empty()
+            || name.len() > 15
+            || name == "."
+            || name == ".."
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        {
+            return Err(invalid("interface name", name, "use 1 to 15 letters, digits, `-`, `.` or `_`"));
+        }
+    }
     check_static(&spec.busybox)?;
 
     let mut i = Initramfs::new();
@@ -191,12 +207,13 @@ pub fn build_vm_initramfs(spec: &VmBoot, out: &Path) -> Result<(), DiskError> {
     }
     i.add_file("init", guest_init_script().as_bytes(), 0o755)?;
     let env = format!(
-        "IGNITE_HOSTNAME={}\nIGNITE_ROOT={}\nIGNITE_UPPER={}\nIGNITE_INIT={}\nIGNITE_AGENT_VSOCK={}\n",
+        "IGNITE_HOSTNAME={}\nIGNITE_ROOT={}\nIGNITE_UPPER={}\nIGNITE_INIT={}\nIGNITE_AGENT_VSOCK={}\nIGNITE_IPV4_ONLY={}\n",
         sh_quote(h),
         sh_quote(&spec.root_device),
         sh_quote(spec.root_upper.as_deref().unwrap_or_default()),
         sh_quote(&spec.init),
         spec.agent.as_ref().and_then(|a| a.vsock_port).map(|p| p.to_string()).unwrap_or_default(),
+        sh_quote(&spec.ipv4_only.join(" ")),
     );
     i.add_file("ignite/env", env.as_bytes(), 0o644)?;
     let mut mounts = String::new();
@@ -299,6 +316,9 @@ mod tests {
             VmBoot { root_device: "/dev/vda other".into(), ..ok.clone() },
             VmBoot { copy_files: vec![("/etc/hostname".into(), "/../x".into())], ..ok.clone() },
             VmBoot { mounts: vec![("/dev/vdb".into(), "/mnt/a b".into())], ..ok.clone() },
+            VmBoot { ipv4_only: vec!["eth0/../all".into()], ..ok.clone() },
+            VmBoot { ipv4_only: vec!["..".into()], ..ok.clone() },
+            VmBoot { ipv4_only: vec!["eth0 lo".into()], ..ok.clone() },
             VmBoot { busybox: d.path().join("missing"), ..ok.clone() },
         ] {
             assert!(build_vm_initramfs(&bad, &out).is_err(), "{bad:?}");

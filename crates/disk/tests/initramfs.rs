@@ -129,6 +129,7 @@ fn vm_initramfs_holds_busybox_shim_and_files() {
         authorized_keys: Some("ssh-ed25519 AAAA test\n".into()),
         copy_files: vec![(host.clone(), "/opt/data/".into()), (d.path().join("single-link"), "/etc/single".into())],
         mounts: vec![("/dev/vdb".into(), "/mnt/data".into())],
+        ipv4_only: vec!["eth0".into()],
         ..VmBoot::default()
     };
     let out = d.path().join("initrd.cpio");
@@ -144,7 +145,7 @@ fn vm_initramfs_holds_busybox_shim_and_files() {
     assert_eq!(std::fs::metadata(f("init")).unwrap().mode() & 0o7777, 0o755);
     assert_eq!(
         std::fs::read_to_string(f("ignite/env")).unwrap(),
-        "IGNITE_HOSTNAME='vm1'\nIGNITE_ROOT='/dev/vda'\nIGNITE_UPPER=''\nIGNITE_INIT='/sbin/init'\nIGNITE_AGENT_VSOCK=\n"
+        "IGNITE_HOSTNAME='vm1'\nIGNITE_ROOT='/dev/vda'\nIGNITE_UPPER=''\nIGNITE_INIT='/sbin/init'\nIGNITE_AGENT_VSOCK=\nIGNITE_IPV4_ONLY='eth0'\n"
     );
     assert_eq!(std::fs::read_to_string(f("ignite/mounts")).unwrap(), "/dev/vdb /mnt/data\n");
     assert_eq!(std::fs::read_to_string(f("ignite/files/etc/hostname")).unwrap(), "vm1\n");

@@ -63,6 +63,12 @@ pub fn vm_initramfs(
         Vec::new()
     };
     let (root_device, root_upper) = crate::rootdisk::guest_root(layout);
+    // The CNI attachment's network: IPv6 is off on its interface when it gives no IPv6 address.
+    let ipv4_only = if !ips.is_empty() && ips.iter().all(std::net::IpAddr::is_ipv4) {
+        vec![ignite_net::attach::IFNAME.to_string()]
+    } else {
+        Vec::new()
+    };
     let boot = VmBoot {
         busybox: busybox(),
         hostname: name.clone(),
@@ -78,6 +84,7 @@ pub fn vm_initramfs(
             binary,
             vsock_port: (channel == ignite_vmm::AgentChannel::Vsock).then_some(ignite_vmm::AGENT_VSOCK_PORT),
         }),
+        ipv4_only,
     };
     build_vm_initramfs(&boot, out)
 }
