@@ -168,7 +168,9 @@ fn a_start_killed_at_any_step_leaks_nothing() {
 /// A `run` whose supervisor is killed after the VMM started fails, and the VM it removes
 /// leaves nothing: not its network, not its jail's cgroup and root (recorded in the VM's
 /// directory only). A clone's supervisor is killed while its resumed guest runs (seen: each
-/// such `run` left the clone's cgroup and jail root, removed with the directory unreleased).
+/// such `run` left the clone's cgroup and jail root, removed with the directory unreleased),
+/// while it attaches the clone's network (CNI ADD runs in it, beside the VMM's start), and
+/// once it has.
 #[test]
 fn a_run_whose_supervisor_is_killed_leaves_no_cgroup_or_jail_root() {
     let d = tempfile::tempdir().unwrap();
@@ -176,20 +178,31 @@ fn a_run_whose_supervisor_is_killed_leaves_no_cgroup_or_jail_root() {
     ok(&root, &["run", "busybox", "--name", "src", "--memory", "128MB"]);
     common::until_exec_works(&root, "src", 120);
     ok(&root, &["snapshot", "create", "src", "s"]);
-    for args in [
-        &["run", "busybox", "--name", "gone", "--memory", "128MB"][..],
-        &["run", "--from-snapshot", "s", "--name", "gone"],
+    let clone = &["run", "--from-snapshot", "s", "--name", "gone"][..];
+    for (args, fault) in [
+        (&["run", "busybox", "--name", "gone", "--memory", "128MB"][..], "spawn.vmm-started"),
+        (clone, "spawn.vmm-started"),
+        (clone, "cni.added-bridge"),
+        (clone, "spawn.network-attached"),
     ] {
-        let o = ignite_env(&root, args, &[("IGNITE_FAULT", "spawn.vmm-started")]);
+        let o = ignite_env(&root, args, &[("IGNITE_FAULT", fault)]);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains("supervisor"), "{args:?}: {err}");
+        assert!(!o.status.success() && err.contains("supervisor"), "{args:?} {fault}: {err}");
         // The VM's ID, from the error's pointer to its supervisor's log (vm/<uid>/spawn.log).
         let uid = err.split("/vm/").nth(1).and_then(|r| r.get(..16)).expect("the VM's ID in the error").to_string();
-        assert_eq!(ok(&root, &["ps", "-a", "-q"]).lines().count(), 1, "{args:?}: the failed run's VM was not removed");
+        assert_eq!(
+            ok(&root, &["ps", "-a", "-q"]).lines().count(),
+            1,
+            "{args:?} {fault}: the failed run's VM was not removed"
+        );
         let left: Vec<std::path::PathBuf> = common::vm_cgroups().into_iter().filter(|p| p.ends_with(&uid)).collect();
-        assert!(left.is_empty(), "{args:?}: cgroups left: {left:?}");
-        assert!(!Path::new(&format!("/run/ignite/jail/{uid}")).exists(), "{args:?}: the jail's root outlived the VM");
-        assert!(leftovers(&uid, &BTreeSet::new()).is_empty(), "{args:?}");
+        assert!(left.is_empty(), "{args:?} {fault}: cgroups left: {left:?}");
+        assert!(
+            !Path::new(&format!("/run/ignite/jail/{uid}")).exists(),
+            "{args:?} {fault}: the jail's root outlived the VM"
+        );
+        let left = leftovers(&uid, &BTreeSet::new());
+        assert!(left.is_empty(), "{args:?} {fault}: {left:?}");
         common::until_ok("no process of the VM", 30, || {
             let left = common::procs(&uid);
             if left.is_empty() {

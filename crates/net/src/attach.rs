@@ -37,7 +37,7 @@ pub struct AttachOptions {
 }
 
 /// A VM's network attachment; saved so that it can be torn down after a crash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub container_id: String,
     pub netns: String,
@@ -159,36 +159,80 @@ pub fn attach(id: &str, opts: &AttachOptions) -> Result<Attachment, NetError> {
 
 /// Allocates what `att` (from [`plan`]) describes: namespace, CNI ADD, tap and redirects.
 /// On failure everything allocated so far is released again.
-pub fn attach_planned(mut att: Attachment, opts: &AttachOptions) -> Result<Attachment, NetError> {
+pub fn attach_planned(att: Attachment, opts: &AttachOptions) -> Result<Attachment, NetError> {
     let list = opts.cni.load(Some(&att.network))?;
+    let ns = make_netns(&att, &list)?;
+    // The tap needs nothing from CNI: made in the namespace while the plugins run.
+    let (added, tap) = std::thread::scope(|s| {
+        let tap = s.spawn(|| make_tap(&ns, opts));
+        let added = list.add(&opts.cni, &att.invocation(&netns_path(&ns)));
+        (added, tap.join().unwrap_or_else(|_| Err(panicked("ip -batch (tap)"))))
+    });
+    match added.and_then(|r| tap.map(|_| r)) {
+        Ok(r) => connect(att, r, &opts.cni),
+        Err(e) => {
+            // What some plugins allocated before one failed: released from the IPAM's leases.
+            let _ = detach(&att, &opts.cni);
+            Err(e)
+        }
+    }
+}
+
+/// The first half of [`attach_planned`], for a VMM that must start before the address is
+/// known (a guest resumed from a snapshot, told its address once it runs): the namespace and
+/// the tap, nothing from CNI. [`complete`] does the rest. On failure, what it made is released.
+pub fn prepare(att: &Attachment, opts: &AttachOptions) -> Result<(), NetError> {
+    let list = opts.cni.load(Some(&att.network))?;
+    let ns = make_netns(att, &list)?;
+    make_tap(&ns, opts).inspect_err(|_| {
+        let _ = detach(att, &opts.cni);
+    })
+}
+
+/// The second half of [`attach_planned`] after [`prepare`]: CNI ADD, then the address moved to
+/// the guest and the redirects. On failure everything is released, the namespace included.
+pub fn complete(att: Attachment, opts: &AttachOptions) -> Result<Attachment, NetError> {
+    let added = opts
+        .cni
+        .load(Some(&att.network))
+        .and_then(|list| list.add(&opts.cni, &att.invocation(&netns_path(&att.netns))));
+    match added {
+        Ok(r) => connect(att, r, &opts.cni),
+        Err(e) => {
+            let _ = detach(&att, &opts.cni);
+            Err(e)
+        }
+    }
+}
+
+/// The VM's namespace, made afresh (one left by a crash is removed first: its CNI state is
+/// released by recovery), after the bridge has a MAC.
+fn make_netns(att: &Attachment, list: &crate::cni::NetworkList) -> Result<String, NetError> {
     for p in &list.plugins {
         if p["type"] == "bridge" {
             ensure_bridge_mac(p["bridge"].as_str().unwrap_or("cni0"))?;
         }
     }
     let ns = att.netns.clone();
-    // A namespace left by a crash: remove it first (its CNI state is released by recovery).
     if std::path::Path::new(&netns_path(&ns)).exists() {
         let _ = run("ip", &["netns", "del", &ns], None);
     }
     crate::netns::create(&ns)?;
-    let path = netns_path(&ns);
-    // The tap needs nothing from CNI: made in the namespace while the plugins run.
+    Ok(ns)
+}
+
+/// The VMM's tap in namespace `ns` (owned by the VMM's uid when it is jailed), and loopback up.
+fn make_tap(ns: &str, opts: &AttachOptions) -> Result<(), NetError> {
     let owner = opts.tap_owner.map(|u| format!(" user {u} group {u}")).unwrap_or_default();
     let tapcmds = format!("link set lo up\ntuntap add dev {TAP} mode tap{owner}\nlink set {TAP} up\n");
-    let (added, tap) = std::thread::scope(|s| {
-        let tap = s.spawn(|| run("ip", &["-n", &ns, "-batch", "-"], Some(&tapcmds)));
-        let added = list.add(&opts.cni, &att.invocation(&path));
-        (added, tap.join().unwrap_or_else(|_| Err(panicked("ip -batch (tap)"))))
-    });
-    let result = match added.and_then(|r| tap.map(|_| r)) {
-        Ok(r) => r,
-        Err(e) => {
-            // What some plugins allocated before one failed: released from the IPAM's leases.
-            let _ = detach(&att, &opts.cni);
-            return Err(e);
-        }
-    };
+    run("ip", &["-n", ns, "-batch", "-"], Some(&tapcmds)).map(|_| ())
+}
+
+/// Takes CNI's `result` into `att`, moves the address from the veth to the guest (the tap
+/// carries the gateway address as the DHCP server's) and redirects every frame between veth
+/// and tap. On failure everything is released.
+fn connect(mut att: Attachment, result: Value, cni: &CniConfig) -> Result<Attachment, NetError> {
+    let ns = att.netns.clone();
     att.result = result.clone();
     let finish = (|| {
         let (ip, prefix, gw, mac, dns) = parse_result(&result)?;
@@ -219,7 +263,7 @@ pub fn attach_planned(mut att: Attachment, opts: &AttachOptions) -> Result<Attac
         Ok::<(), NetError>(())
     })();
     if let Err(e) = finish {
-        let _ = detach(&att, &opts.cni);
+        let _ = detach(&att, cni);
         return Err(e);
     }
     Ok(att)

@@ -40,6 +40,11 @@ pub struct BootConfig {
     /// A resumed guest's identity, given before the supervisor reports ready.
     #[serde(default)]
     pub identity: Option<IdentityPlan>,
+    /// A resumed guest's CNI attachment as planned (and recorded) by `start`: its supervisor
+    /// makes the namespace and tap, and runs CNI ADD while the VMM loads the snapshot; the
+    /// address it gets is the guest's identity's (see [`crate::network::prepare`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<ignite_net::Attachment>,
 }
 
 /// The identity a resumed guest is given before its start reports it running. `start` writes
@@ -69,17 +74,53 @@ impl IdentityPlan {
     pub fn new(name: &str, att: Option<&ignite_net::Attachment>, new_machine_id: bool) -> IdentityPlan {
         IdentityPlan {
             hostname: name.to_string(),
-            interface: att.map(|a| ignite_agent::proto::InterfaceIdentity {
-                name: "eth0".into(),
-                mac: a.mac.clone(),
-                address: format!("{}/{}", a.ip, a.prefix_len),
-                gateway: a.gateway.map(|g| g.to_string()),
-            }),
+            interface: att.map(interface_identity),
             new_machine_id,
             ssh_host_keys: Vec::new(),
             authorized_keys: None,
         }
     }
+}
+
+/// The guest's interface as attachment `a` configures it: its MAC, address and gateway.
+pub fn interface_identity(a: &ignite_net::Attachment) -> ignite_agent::proto::InterfaceIdentity {
+    ignite_agent::proto::InterfaceIdentity {
+        name: ignite_net::attach::IFNAME.into(),
+        mac: a.mac.clone(),
+        address: format!("{}/{}", a.ip, a.prefix_len),
+        gateway: a.gateway.map(|g| g.to_string()),
+    }
+}
+
+/// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives),
+/// and the server's address.
+pub fn dhcp_lease(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<u8> = a.mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    mac.copy_from_slice(&parts);
+    let server = a.gateway?;
+    let mut dns: Vec<std::net::Ipv4Addr> = a.dns.iter().filter_map(|d| d.parse().ok()).collect();
+    if dns.is_empty() {
+        dns = crate::provision::host_resolv_conf()
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|v| v.trim().parse::<std::net::Ipv4Addr>().ok())
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+    }
+    let lease = ignite_net::dhcp::Lease {
+        mac,
+        ip: a.ip,
+        prefix_len: a.prefix_len,
+        gateway: a.gateway,
+        dns,
+        hostname: hostname.to_string(),
+    };
+    Some((lease, server))
 }
 
 /// The backend a VM runs on: its own choice, else the Configuration's, else the default.

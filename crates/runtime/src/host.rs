@@ -52,6 +52,15 @@ pub trait Host: Sync {
         jail_uid: Option<u32>,
         extra_ifs: &[String],
     ) -> Result<(ignite_net::Attachment, Vec<Nic>), StartError>;
+    /// Plans the VM's CNI attachment and records it in `dir`, allocating nothing: the
+    /// supervisor of a resumed VM attaches it while its VMM loads the snapshot.
+    fn plan_network(
+        &self,
+        store: &Store,
+        dir: &VmDir,
+        vm: &Vm,
+        jail_uid: Option<u32>,
+    ) -> Result<ignite_net::Attachment, StartError>;
     /// Releases the network recorded in `dir`, if any.
     fn release_network(&self, dir: &VmDir);
     /// Runs the VM's supervisor (`ignite-spawn`), handing it `leases`, and waits for its
@@ -98,6 +107,16 @@ impl Host for System {
         attach_cni(store, dir, vm, jail_uid, extra_ifs)
     }
 
+    fn plan_network(
+        &self,
+        store: &Store,
+        dir: &VmDir,
+        vm: &Vm,
+        jail_uid: Option<u32>,
+    ) -> Result<ignite_net::Attachment, StartError> {
+        plan_cni(store, dir, vm, jail_uid).map(|(plan, _)| plan)
+    }
+
     fn release_network(&self, dir: &VmDir) {
         crate::network::release(dir)
     }
@@ -136,19 +155,10 @@ fn attach_cni(
     jail_uid: Option<u32>,
     extra_ifs: &[String],
 ) -> Result<(ignite_net::Attachment, Vec<Nic>), StartError> {
-    let (uid, name) = (vm.uid(), vm.metadata.name.clone());
+    let name = vm.metadata.name.clone();
     let mut extra_nics = Vec::new();
-    let mut opts =
-        crate::network::options_for(vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
-    opts.tap_owner = jail_uid;
-    crate::network::check_ports(store, vm).map_err(|m| StartError::Network { name: name.clone(), message: m })?;
     let t = std::time::Instant::now();
-    // Recorded before anything is allocated: a kill at any later step leaves a record
-    // that the next start, stop, rm or recovery releases.
-    let plan = ignite_net::plan(&uid, &opts)
-        .map_err(|e| StartError::Network { name: name.clone(), message: e.to_string() })?;
-    crate::network::save(dir, &plan)?;
-    ignite_proc::fault::point("start.network-planned");
+    let (plan, opts) = plan_cni(store, dir, vm, jail_uid)?;
     let att = match ignite_net::attach_planned(plan, &opts) {
         Ok(a) => a,
         Err(e) => {
@@ -181,6 +191,24 @@ fn attach_cni(
         }
     }
     Ok((att, extra_nics))
+}
+
+/// The VM's CNI attachment as planned, and how to attach it; recorded in `dir` before
+/// anything is allocated: a kill at any later step leaves a record that the next start, stop,
+/// rm or recovery releases.
+fn plan_cni(
+    store: &Store,
+    dir: &VmDir,
+    vm: &Vm,
+    jail_uid: Option<u32>,
+) -> Result<(ignite_net::Attachment, ignite_net::AttachOptions), StartError> {
+    let net_err = |message: String| StartError::Network { name: vm.metadata.name.clone(), message };
+    let opts = crate::network::options_for_start(vm, jail_uid).map_err(net_err)?;
+    crate::network::check_ports(store, vm).map_err(net_err)?;
+    let plan = ignite_net::plan(&vm.uid(), &opts).map_err(|e| net_err(e.to_string()))?;
+    crate::network::save(dir, &plan)?;
+    ignite_proc::fault::point("start.network-planned");
+    Ok((plan, opts))
 }
 
 fn spawn_supervisor(root: &Path, dir: &VmDir, uid: &str, name: &str, leases: &[Lease]) -> Result<u32, StartError> {

@@ -85,6 +85,33 @@ pub fn options_for(vm: &Vm) -> Result<AttachOptions, String> {
     Ok(AttachOptions { cni: CniConfig::default(), network: None, ports, ip, netns, tap_owner: None })
 }
 
+/// [`options_for`] with the taps owned by `jail_uid`, the VMM's uid when it runs jailed.
+pub fn options_for_start(vm: &Vm, jail_uid: Option<u32>) -> Result<AttachOptions, String> {
+    let mut opts = options_for(vm)?;
+    opts.tap_owner = jail_uid;
+    Ok(opts)
+}
+
+/// The first half of a resumed VM's attachment, made by its supervisor before the VMM starts:
+/// the namespace and tap of `plan` (recorded by `start`), nothing from CNI yet. Returns how to
+/// [`complete`] it. On failure, what it made is released (the record stays for `start`).
+pub fn prepare(vm: &Vm, jail_uid: Option<u32>, plan: &Attachment) -> Result<AttachOptions, String> {
+    let opts = options_for_start(vm, jail_uid)?;
+    ignite_net::attach::prepare(plan, &opts).map_err(|e| e.to_string())?;
+    Ok(opts)
+}
+
+/// The rest of a resumed VM's attachment (CNI ADD, the redirects), recorded in `dir` once
+/// made; on failure everything is released.
+pub fn complete(dir: &Path, plan: Attachment, opts: &AttachOptions) -> Result<Attachment, String> {
+    let att = ignite_net::attach::complete(plan, opts).map_err(|e| e.to_string())?;
+    if let Err(e) = save(dir, &att) {
+        release(dir);
+        return Err(e.to_string());
+    }
+    Ok(att)
+}
+
 pub fn save(dir: &Path, att: &Attachment) -> Result<(), ignite_store::StoreError> {
     ignite_store::write_json_atomic(&crate::vmdir::VmDir::new(dir).network_record(), att)
 }

@@ -120,14 +120,19 @@ pub fn start_on(
     // Host ports are reserved host-wide (other state roots included) for the VM's life.
     let port_leases = crate::lease::host_ports(store.root(), &vm)
         .map_err(|m| StartError::Network { name: name.clone(), message: m })?;
-    // Network: attach before boot so the guest gets its address on the kernel command line.
+    // Network: attached before a boot, so that the guest gets its address on the kernel
+    // command line. A resumed guest is told its address once it runs: its supervisor attaches
+    // it (planned and recorded here) while the VMM loads the snapshot.
     let mut vm = vm;
-    let (attachment, extra_nics) = match plugin.as_str() {
+    let (attachment, extra_nics, planned) = match plugin.as_str() {
+        "cni" if restore.is_some() && extra_ifs.is_empty() => {
+            (None, Vec::new(), Some(host.plan_network(store, &dir, &vm, jail_uid)?))
+        }
         "cni" => {
             let (att, extra) = host.attach_network(store, &dir, &vm, jail_uid, &extra_ifs)?;
-            (Some(att), extra)
+            (Some(att), extra, None)
         }
-        "none" => (None, Vec::new()),
+        "none" => (None, Vec::new(), None),
         other => {
             return Err(StartError::Network {
                 name,
@@ -139,7 +144,7 @@ pub fn start_on(
     leases.extend(port_leases);
     leases.extend(uid_lease.map(|(l, _)| l));
     // From here on, a failure releases the network again.
-    let nets = (attachment.as_ref(), extra_nics);
+    let nets = (attachment.as_ref(), extra_nics, planned);
     let jail = jail_uid.map(|u| BootJail { uid: u, gid: u });
     let target = (backend.as_ref(), backend_name.as_str(), &binaries, &verdict);
     let tcg_cache = config.spec.tcg_cache.map(|s| s.mib());
@@ -291,7 +296,7 @@ fn boot_and_spawn(
         Option<u64>,
     ),
     (backend, backend_name, binaries, verdict): (&dyn Backend, &str, &ignite_vmm::Settings, &AccelVerdict),
-    (att, extra_nics): (Option<&ignite_net::Attachment>, Vec<Nic>),
+    (att, extra_nics, planned): (Option<&ignite_net::Attachment>, Vec<Nic>, Option<ignite_net::Attachment>),
     opts: &StartOptions,
     leases: &[Lease],
     jail: Option<BootJail>,
@@ -348,6 +353,12 @@ fn boot_and_spawn(
         }
     };
     let mut nics = att.map(|a| vec![Nic { tap: a.tap.clone(), mac: a.mac.clone() }]).unwrap_or_default();
+    if let (Some(p), Some(r)) = (&planned, restore) {
+        // Its MAC is not known yet: the snapshot's, which its saved state gives the NIC anyway
+        // (the guest is given its own with its identity).
+        let mac = r.machine.nics.first().map(|n| n.mac.clone()).unwrap_or_default();
+        nics.push(Nic { tap: p.tap.clone(), mac });
+    }
     nics.extend(extra_nics);
     let mut drives = crate::rootdisk::drives(root);
     for v in &vm.spec.storage.volumes {
@@ -389,10 +400,11 @@ fn boot_and_spawn(
         binaries: binaries.clone(),
         machine,
         stop_grace_secs: opts.stop_grace.as_secs(),
-        netns: att.map(|a| a.netns.clone()),
-        dhcp: att.and_then(|a| lease_for(a, &name)),
+        netns: att.or(planned.as_ref()).map(|a| a.netns.clone()),
+        dhcp: att.and_then(|a| crate::boot::dhcp_lease(a, &name)),
         jail,
         identity: restore.map(|r| identity_plan(store, vm, r, att)).transpose()?,
+        network: planned,
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
     ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;
@@ -416,34 +428,4 @@ fn identity_plan(
             crate::provision::ensure_ssh_key(store, vm).map_err(prep(name, "cannot make the VM's SSH key"))?;
     }
     Ok(plan)
-}
-
-/// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives).
-fn lease_for(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)> {
-    let mut mac = [0u8; 6];
-    let parts: Vec<u8> = a.mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    mac.copy_from_slice(&parts);
-    let server = a.gateway?;
-    let mut dns: Vec<std::net::Ipv4Addr> = a.dns.iter().filter_map(|d| d.parse().ok()).collect();
-    if dns.is_empty() {
-        dns = crate::provision::host_resolv_conf()
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("nameserver"))
-            .filter_map(|v| v.trim().parse::<std::net::Ipv4Addr>().ok())
-            .filter(|ip| !ip.is_loopback())
-            .collect();
-    }
-    let lease = ignite_net::dhcp::Lease {
-        mac,
-        ip: a.ip,
-        prefix_len: a.prefix_len,
-        gateway: a.gateway,
-        dns,
-        hostname: hostname.to_string(),
-    };
-    Some((lease, server))
 }

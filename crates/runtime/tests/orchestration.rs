@@ -77,6 +77,25 @@ impl Scripted {
     }
 }
 
+/// The attachment the scripted host gives VM `vm`.
+fn attachment(vm: &Vm) -> ignite_net::Attachment {
+    ignite_net::Attachment {
+        container_id: vm.uid(),
+        netns: format!("ignite-{}", vm.uid()),
+        network: "ignite-cni-bridge".into(),
+        conflist: "/etc/cni/net.d/10-ignite.conflist".into(),
+        cni_args: String::new(),
+        ports: vec![],
+        result: serde_json::Value::Null,
+        tap: "tap0".into(),
+        mac: "02:00:0a:3d:00:07".into(),
+        ip: "10.61.0.7".parse().unwrap(),
+        prefix_len: 16,
+        gateway: Some("10.61.0.1".parse().unwrap()),
+        dns: vec!["10.61.0.1".into()],
+    }
+}
+
 impl Host for Scripted {
     fn backend(&self, name: &str, _: &ignite_vmm::Settings) -> Result<Arc<dyn Backend>, VmmError> {
         self.call(format!("backend {name}"));
@@ -99,22 +118,22 @@ impl Host for Scripted {
     ) -> Result<(ignite_net::Attachment, Vec<Nic>), StartError> {
         self.call("attach".into());
         self.attached.lock().unwrap().push(dir.display().to_string());
-        let att = ignite_net::Attachment {
-            container_id: vm.uid(),
-            netns: format!("ignite-{}", vm.uid()),
-            network: "ignite-cni-bridge".into(),
-            conflist: "/etc/cni/net.d/10-ignite.conflist".into(),
-            cni_args: String::new(),
-            ports: vec![],
+        Ok((attachment(vm), vec![]))
+    }
+    fn plan_network(
+        &self,
+        _: &Store,
+        dir: &VmDir,
+        vm: &Vm,
+        _: Option<u32>,
+    ) -> Result<ignite_net::Attachment, StartError> {
+        self.call("plan".into());
+        self.attached.lock().unwrap().push(dir.display().to_string());
+        Ok(ignite_net::Attachment {
             result: serde_json::Value::Null,
-            tap: "tap0".into(),
-            mac: "02:00:0a:3d:00:07".into(),
-            ip: "10.61.0.7".parse().unwrap(),
-            prefix_len: 16,
-            gateway: Some("10.61.0.1".parse().unwrap()),
-            dns: vec!["10.61.0.1".into()],
-        };
-        Ok((att, vec![]))
+            ip: std::net::Ipv4Addr::UNSPECIFIED,
+            ..attachment(vm)
+        })
     }
     fn release_network(&self, dir: &VmDir) {
         let mut a = self.attached.lock().unwrap();

@@ -1,7 +1,7 @@
 //! `ignite-spawn`: the one supervisor process per VM (Weave Ignite's ignite-spawn, without a
 //! container). It detaches from the terminal, starts the VMM through its backend (the VMM
-//! dies with it), gives a guest resumed from a snapshot its own identity before anything sees
-//! it running, owns the serial console (rotated log file + attach socket), records the real
+//! dies with it), attaches a guest resumed from a snapshot to its network while the VMM loads
+//! it and gives it its own identity before anything sees it running, owns the serial console (rotated log file + attach socket), records the real
 //! state in the store, turns SIGTERM into a graceful guest shutdown and SIGINT into an
 //! immediate stop, and records how the VM ended.
 //!
@@ -95,7 +95,21 @@ pub fn supervise(
         UnixListener::bind(&attach_path).map_err(|e| format!("attach socket {}: {e}", attach_path.display()))?;
 
     let t0 = std::time::Instant::now();
-    let Launched { mut instance, jail: jail_status, _alive } = launch(uid, &dir, boot, backend.as_ref(), vmm_log)?;
+    // A resumed guest's network: the namespace and tap now (the VMM needs them), CNI ADD
+    // while the VMM starts and loads the snapshot (the guest is told its address after).
+    let attaching = match &boot.network {
+        Some(plan) => {
+            let vm = store.get::<Vm>(uid).map_err(|e| e.to_string())?;
+            let opts = ignite_runtime::network::prepare(&vm, boot.jail.map(|j| j.uid), plan)
+                .map_err(|e| format!("cannot attach its network: {e}"))?;
+            let (plan, dir) = (plan.clone(), dir.to_path_buf());
+            Some(std::thread::spawn(move || ignite_runtime::network::complete(&dir, plan, &opts)))
+        }
+        None => None,
+    };
+    let launched = launch(uid, &dir, boot, backend.as_ref(), vmm_log);
+    let attached = attaching.map(|a| a.join().unwrap_or_else(|_| Err("the thread attaching it panicked".into())));
+    let Launched { mut instance, jail: jail_status, _alive } = launched?;
     eprintln!("ignite-spawn: timing launched_ms={}", t0.elapsed().as_millis());
     let cgroup = jail_status.is_some();
     let vmm_pid = instance.pid();
@@ -122,18 +136,43 @@ pub fn supervise(
             let _ = console_done.send(());
         });
     }
-    // A guest resumed from a snapshot is its snapshot's machine until it has its own identity:
-    // given before the VM is reported running, and the VMM stopped if it cannot be.
-    if let Some(plan) = &boot.identity {
-        if let Err(e) = ignite_runtime::snapshot::give_identity(&dir, &vm_name, plan, IDENTITY_WAIT) {
-            let _ = control.force_stop();
-            let _ = instance.child.kill();
-            let _ = instance.wait();
-            let _ = console_read.recv_timeout(CONSOLE_DRAIN);
-            if cgroup {
-                release_jail(uid, &dir);
+    // A VMM whose guest never became this VM: stopped, its jail released, the start failed.
+    let abandon = |instance: &mut ignite_vmm::Instance, why: String| {
+        let _ = control.force_stop();
+        let _ = instance.child.kill();
+        let _ = instance.wait();
+        let _ = console_read.recv_timeout(CONSOLE_DRAIN);
+        if cgroup {
+            release_jail(uid, &dir);
+        }
+        Err(why)
+    };
+    let mut dhcp = boot.dhcp.clone();
+    let mut identity = boot.identity.clone();
+    match attached {
+        Some(Ok(att)) => {
+            let status =
+                ignite_api::NetworkStatus { plugin: "cni".into(), ip_addresses: vec![std::net::IpAddr::V4(att.ip)] };
+            if let Err(e) = store.modify::<Vm, _>(uid, |v| v.status.network = Some(status)) {
+                return abandon(&mut instance, format!("cannot record its network: {e}"));
             }
-            return Err(format!("its guest, resumed from a snapshot, could not be given its identity: {e}"));
+            if let Some(plan) = identity.as_mut() {
+                plan.interface = Some(ignite_runtime::boot::interface_identity(&att));
+            }
+            dhcp = ignite_runtime::boot::dhcp_lease(&att, &vm_name);
+            ignite_proc::fault::point("spawn.network-attached");
+        }
+        Some(Err(e)) => return abandon(&mut instance, format!("cannot attach its network: {e}")),
+        None => {}
+    }
+    // A resumed guest is its snapshot's machine until it has its own identity:
+    // given before the VM is reported running, and the VMM stopped if it cannot be.
+    if let Some(plan) = &identity {
+        if let Err(e) = ignite_runtime::snapshot::give_identity(&dir, &vm_name, plan, IDENTITY_WAIT) {
+            return abandon(
+                &mut instance,
+                format!("its guest, resumed from a snapshot, could not be given its identity: {e}"),
+            );
         }
         eprintln!("ignite-spawn: timing identity_given_ms={}", t0.elapsed().as_millis());
         ignite_runtime::snapshot::clear_restore(&dir);
@@ -162,7 +201,7 @@ pub fn supervise(
     eprintln!("ignite-spawn: VM {vm_name} ({uid}): {} pid {vmm_pid}", backend.name());
 
     serve_attach(listener, &shared);
-    if let (Some(ns), Some((lease, server))) = (boot.netns.clone(), boot.dhcp.clone()) {
+    if let (Some(ns), Some((lease, server))) = (boot.netns.clone(), dhcp) {
         serve_dhcp(ns, lease, server);
     }
     handle_signals(signals, &shared, control.clone(), vmm_pid);

@@ -50,6 +50,7 @@ fn scripted_vm(d: &std::path::Path) -> (Store, String, BootConfig) {
         dhcp: None,
         jail: None,
         identity: None,
+        network: None,
     };
     (store, uid, boot)
 }
