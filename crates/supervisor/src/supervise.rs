@@ -1,9 +1,10 @@
 //! `ignite-spawn`: the one supervisor process per VM (Weave Ignite's ignite-spawn, without a
 //! container). It detaches from the terminal, starts the VMM through its backend (the VMM
 //! dies with it), attaches a guest resumed from a snapshot to its network while the VMM loads
-//! it and gives it its own identity before anything sees it running, owns the serial console (rotated log file + attach socket), records the real
-//! state in the store, turns SIGTERM into a graceful guest shutdown and SIGINT into an
-//! immediate stop, and records how the VM ended.
+//! it and gives it its own identity before anything sees it running, owns the serial console
+//! (rotated log file + attach socket), records the real state in the store, turns SIGTERM
+//! into a graceful guest shutdown and SIGINT into an immediate stop, and records how the VM
+//! ended.
 //!
 //! Protocol with the process that started it: one line on stdout, `ready <vmm-pid>` or
 //! `error: <message>`, then stdout is not used again. Diagnostics go to stderr
