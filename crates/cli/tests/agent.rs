@@ -59,6 +59,20 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     for arg in ["tsc_early_khz=", "no_timer_check", "lapic_timer_khz=1000000", "keep_initmem"] {
         assert_eq!(cmdline.contains(arg), tcg, "{arg} in {cmdline} ({inspect})");
     }
+    // Ignite's kernel takes a TSC frequency given by tsc_early_khz= as known (patch 0003): the
+    // `tsc` clocksource is chosen while the kernel boots, not by a refined calibration a
+    // second after; and its RNG is ready at boot where the CPU has RDRAND (RANDOM_TRUST_CPU).
+    let o = exec(&root, &["ag", "--", "sh", "-c", "grep -c rdrand /proc/cpuinfo; dmesg"]);
+    let log = String::from_utf8_lossy(&o.stdout).into_owned();
+    let at = |needle: &str| log.lines().position(|l| l.trim_end().ends_with(needle));
+    let init = at("Run /init as init process").expect("the kernel's log");
+    if tcg {
+        let switched = at("Switched to clocksource tsc");
+        assert!(switched.is_some_and(|i| i < init), "the tsc clocksource chosen before init: {log}");
+    }
+    if !log.starts_with('0') {
+        assert!(at("random: crng init done").is_some_and(|i| i < init), "the RNG ready before init: {log}");
+    }
     assert_eq!(exec(&root, &["ag", "--", "sh", "-c", "exit 3"]).status.code(), Some(3));
     let o = exec(&root, &["ag", "--", "sh", "-c", "echo out; echo err >&2; exit 0"]);
     assert_eq!((o.stdout.as_slice(), o.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
