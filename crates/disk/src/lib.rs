@@ -223,6 +223,14 @@ impl TmpFile {
         &self.path
     }
 
+    /// Renames the file to `out`, unsynced: for a file that is made again before each use,
+    /// which a crash may leave empty but never half-replaced under its name while the host runs.
+    pub(crate) fn commit_unsynced(mut self, out: &Path) -> Result<(), DiskError> {
+        std::fs::rename(&self.path, out).map_err(fs_err("rename into place", out))?;
+        self.armed = false;
+        Ok(())
+    }
+
     /// Syncs the file, renames it to `out` and syncs `out`'s directory.
     pub(crate) fn commit(mut self, out: &Path) -> Result<(), DiskError> {
         File::open(&self.path).and_then(|f| f.sync_all()).map_err(fs_err("sync", &self.path))?;

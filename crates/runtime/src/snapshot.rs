@@ -143,8 +143,11 @@ fn stage(dir: &VmDir, staging: &Path, boot: &BootConfig, backend: &dyn Backend) 
         Ok(())
     };
     let paused = backend.save(dir, &staging.join(STATE), m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())?;
-    // Durable before it appears (the state is synced by the save), once the guest runs again.
-    File::open(staging.join(DISK)).and_then(|f| f.sync_all()).map_err(|e| format!("sync the disk's copy: {e}"))?;
+    // Durable before it appears (the state is synced by the save), once the guest runs again;
+    // the initramfs too (a start writes it unsynced: it makes it again for each boot).
+    for (f, what) in [(DISK, "the disk's copy"), (INITRD, "the initramfs")] {
+        File::open(staging.join(f)).and_then(|f| f.sync_all()).map_err(|e| format!("sync {what}: {e}"))?;
+    }
     Ok(paused)
 }
 
