@@ -168,14 +168,7 @@ pub fn attach_planned(att: Attachment, opts: &AttachOptions) -> Result<Attachmen
         let added = list.add(&opts.cni, &att.invocation(&netns_path(&ns)));
         (added, tap.join().unwrap_or_else(|_| Err(panicked("ip -batch (tap)"))))
     });
-    match added.and_then(|r| tap.map(|_| r)) {
-        Ok(r) => connect(att, r, &opts.cni),
-        Err(e) => {
-            // What some plugins allocated before one failed: released from the IPAM's leases.
-            let _ = detach(&att, &opts.cni);
-            Err(e)
-        }
-    }
+    connect_added(att, added.and_then(|r| tap.map(|_| r)), &opts.cni)
 }
 
 /// The first half of [`attach_planned`], for a VMM that must start before the address is
@@ -196,10 +189,16 @@ pub fn complete(att: Attachment, opts: &AttachOptions) -> Result<Attachment, Net
         .cni
         .load(Some(&att.network))
         .and_then(|list| list.add(&opts.cni, &att.invocation(&netns_path(&att.netns))));
+    connect_added(att, added, &opts.cni)
+}
+
+/// [`connect`]s what CNI ADD gave; when it failed, what some plugins allocated before one
+/// failed is released (found from the IPAM's leases), the namespace with it.
+fn connect_added(att: Attachment, added: Result<Value, NetError>, cni: &CniConfig) -> Result<Attachment, NetError> {
     match added {
-        Ok(r) => connect(att, r, &opts.cni),
+        Ok(r) => connect(att, r, cni),
         Err(e) => {
-            let _ = detach(&att, &opts.cni);
+            let _ = detach(&att, cni);
             Err(e)
         }
     }
