@@ -1,8 +1,11 @@
 //! A CNI 1.0 runtime: loads a network configuration list and runs its plugins in order for
 //! ADD (each receiving the previous result), in reverse for DEL, and CHECK.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -88,14 +91,7 @@ impl CniConfig {
             })
             .unwrap_or_default();
         if files.is_empty() {
-            std::fs::create_dir_all(&self.conf_dir)
-                .map_err(|source| NetError::Io { path: self.conf_dir.clone(), source })?;
-            let p = self.conf_dir.join(DEFAULT_CONFLIST);
-            let tmp = p.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&default_conflist()).unwrap_or_default())
-                .and_then(|_| std::fs::rename(&tmp, &p))
-                .map_err(|source| NetError::Io { path: p.clone(), source })?;
-            files.push(p);
+            files.push(install_default(&self.conf_dir)?);
         }
         files.sort();
         for f in files {
@@ -122,6 +118,31 @@ impl CniConfig {
             dirs: self.bin_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":"),
         })
     }
+}
+
+/// Puts the default conflist into `dir` unless a file of its name is there. Parallel first
+/// runs on a fresh host all get here: each writes a temporary of its own (process and call)
+/// and links it into place, which never replaces a file, so one wins and the others find its
+/// complete file there. (One shared temporary renamed into place made the losers fail with
+/// "No such file or directory": their temporary had been renamed away by the winner.)
+fn install_default(dir: &Path) -> Result<PathBuf, NetError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir).map_err(|source| NetError::Io { path: dir.into(), source })?;
+    let path = dir.join(DEFAULT_CONFLIST);
+    let tmp =
+        dir.join(format!(".{DEFAULT_CONFLIST}.{}-{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let res = (|| {
+        let mut f = File::create_new(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&default_conflist()).unwrap_or_default())?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, &path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    res.map_err(|source| NetError::Io { path: path.clone(), source })?;
+    Ok(path)
 }
 
 fn parse_list(path: &Path) -> Result<NetworkList, NetError> {
@@ -269,6 +290,33 @@ mod tests {
         assert!(d.path().join("net.d").join(DEFAULT_CONFLIST).is_file());
         std::fs::write(d.path().join("net.d/00-broken.conflist"), b"{ not json").unwrap();
         assert!(matches!(cfg.load(None), Err(NetError::Config { .. })));
+    }
+
+    #[test]
+    fn parallel_first_loads_all_get_the_one_default_list() {
+        // Rounds of eight first loads let loose at once on a fresh directory each.
+        for _ in 0..50 {
+            let d = tempfile::tempdir().unwrap();
+            let cfg = CniConfig { conf_dir: d.path().join("net.d"), bin_dirs: vec![] };
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let loads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (cfg, start) = (cfg.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        cfg.load(None).map(|l| l.name)
+                    })
+                })
+                .collect();
+            for l in loads {
+                assert_eq!(l.join().unwrap().unwrap(), DEFAULT_NETWORK);
+            }
+            let left: Vec<_> = std::fs::read_dir(&cfg.conf_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+            assert_eq!(left, [DEFAULT_CONFLIST], "one list, no temporaries");
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(cfg.conf_dir.join(DEFAULT_CONFLIST)).unwrap()).unwrap();
+            assert_eq!(v, default_conflist());
+        }
     }
 
     #[test]

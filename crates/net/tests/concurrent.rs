@@ -25,11 +25,16 @@ fn twenty_at_once_get_distinct_addresses_and_leave_nothing() {
             std::thread::spawn(move || attach(&id, &AttachOptions { cni: CniConfig::default(), ..Default::default() }))
         })
         .collect();
-    let atts: Vec<_> = handles.into_iter().map(|h| h.join().unwrap().expect("attach")).collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // What did attach is detached before anything is asserted: a failing run leaves nothing.
+    let atts: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let detached: Vec<_> = atts.iter().map(|a| detach(a, &cni)).collect();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of 20 attachments failed: {failed:?}", failed.len());
     let ips: HashSet<_> = atts.iter().map(|a| a.ip).collect();
     assert_eq!(ips.len(), 20, "duplicate addresses: {:?}", atts.iter().map(|a| a.ip).collect::<Vec<_>>());
-    for a in &atts {
-        detach(a, &cni).expect("detach");
+    for d in detached {
+        d.expect("detach");
     }
     let netns = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);
