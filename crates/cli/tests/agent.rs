@@ -73,6 +73,14 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     if !log.starts_with('0') {
         assert!(at("random: crng init done").is_some_and(|i| i < init), "the RNG ready before init: {log}");
     }
+    // The agent runs from a tmpfs of its own at /.ignite: nothing of it is in the VM's disk
+    // (under the mount, through a bind mount of / without its submounts, the directory is
+    // empty).
+    let o = exec(
+        &root,
+        &["ag", "--", "sh", "-c", "df /.ignite | tail -1 | cut -d' ' -f1; mkdir -p /tmp/r && mount --bind / /tmp/r && ls -A /tmp/r/.ignite; umount /tmp/r"],
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ignite-agent\n", "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(exec(&root, &["ag", "--", "sh", "-c", "exit 3"]).status.code(), Some(3));
     let o = exec(&root, &["ag", "--", "sh", "-c", "echo out; echo err >&2; exit 0"]);
     assert_eq!((o.stdout.as_slice(), o.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));

@@ -11,13 +11,14 @@
 # IGNITE_AGENT_VSOCK, the agent's vsock port when it is reached over vsock; IGNITE_IPV4_ONLY,
 # the interfaces whose network gives no IPv6 address), /ignite/mounts
 # ("<device> <mount path>" lines for extra disks) and, optionally, /ignite/agent (the static
-# guest agent, installed as /.ignite/ignite-agent and started before the hand-over).
+# guest agent, copied to /.ignite/ignite-agent on a tmpfs and started before the hand-over).
 
-# The applets it runs are linked in /bin by the archive (SHIM_APPLETS in vmboot.rs).
+# The applets it runs are linked in /bin by the archive (SHIM_APPLETS in vmboot.rs), which
+# also holds its mount points. Each applet is a process (under TCG a fork costs 5-15 ms):
+# builtins where they do.
 # The first line of the guest's own on its console (the kernel's informational lines are not
 # shown there: images/kernel/microvm.config).
 echo "ignite-init: started"
-/bin/busybox mkdir -p /proc /sys /dev /newroot
 export PATH=/bin
 
 fail() {
@@ -144,7 +145,8 @@ if [ -s /ignite/mounts ]; then
 	done </ignite/mounts
 fi
 
-# The guest agent (ignite exec/cp without sshd): installed into the VM's own layer, started
+# The guest agent (ignite exec/cp without sshd): copied onto a tmpfs of its own at /.ignite
+# (nothing written to the VM's disk, nothing to compare or sync at the next boot), started
 # below, chrooted into the VM's root, so that it outlives the hand-over to the image's init.
 agent_port=
 if [ -f /ignite/agent ] && [ -n "$IGNITE_AGENT_VSOCK" ]; then
@@ -154,21 +156,25 @@ if [ -f /ignite/agent ]; then
 	j=0
 	while [ -z "$agent_port" ] && [ $j -lt 40 ]; do
 		for p in /sys/class/virtio-ports/*; do
-			[ "$(cat "$p/name" 2>/dev/null)" = org.ignite.agent.0 ] && agent_port=/dev/${p##*/}
+			n=
+			read -r n 2>/dev/null <"$p/name"
+			[ "$n" = org.ignite.agent.0 ] && agent_port=/dev/${p##*/}
 		done
 		[ -n "$agent_port" ] || sleep 0.05
 		j=$((j + 1))
 	done
 	if [ -z "$agent_port" ]; then
 		echo "ignite-init: warning: no virtio-serial port org.ignite.agent.0: the guest agent is not started"
-	elif ! cmp -s /ignite/agent /newroot/.ignite/ignite-agent; then
+	else
 		# Never through a link the image may have put there.
 		[ -L /newroot/.ignite ] && rm -f /newroot/.ignite
-		rm -f /newroot/.ignite/ignite-agent.new 2>/dev/null
-		if ! { mkdir -p /newroot/.ignite && chmod 0700 /newroot/.ignite &&
-			cp /ignite/agent /newroot/.ignite/ignite-agent.new &&
-			mv -f /newroot/.ignite/ignite-agent.new /newroot/.ignite/ignite-agent; }; then
-			echo "ignite-init: warning: cannot install the guest agent"
+		if ! { { [ -d /newroot/.ignite ] || mkdir /newroot/.ignite; } &&
+			mount -t tmpfs -o mode=0700,nodev,nosuid,size=16m ignite-agent /newroot/.ignite; }; then
+			echo "ignite-init: warning: cannot mount a tmpfs at /.ignite for the guest agent: it is not started"
+			agent_port=
+		elif ! cp /ignite/agent /newroot/.ignite/ignite-agent; then
+			echo "ignite-init: warning: cannot copy the guest agent to /.ignite: it is not started"
+			umount /newroot/.ignite
 			agent_port=
 		fi
 	fi
