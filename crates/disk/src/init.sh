@@ -72,30 +72,31 @@ else
 		fail "cannot mount $IGNITE_ROOT (ext4) as the VM's root filesystem"
 fi
 
-# Prints the path that $1 ends at inside /newroot, following symlinks in its last component
-# the way the guest will see them (absolute targets relative to /newroot).
+# Sets $target to the path that $1 ends at inside /newroot, following symlinks in its last
+# component the way the guest will see them (absolute targets relative to /newroot). Not
+# called as $(resolve): a command substitution is one more process.
 resolve() {
-	p=$1
+	target=$1
 	n=0
-	while [ -L "/newroot$p" ]; do
+	while [ -L "/newroot$target" ]; do
 		n=$((n + 1))
 		[ $n -le 40 ] || return 1
-		t=$(readlink "/newroot$p")
+		t=$(readlink "/newroot$target")
 		case $t in
-		/*) p=$t ;;
-		*) p=${p%/*}/$t ;;
+		/*) target=$t ;;
+		*) target=${target%/*}/$t ;;
 		esac
 	done
-	echo "$p"
 }
 
-if ! target=$(resolve "$IGNITE_INIT") || [ ! -f "/newroot$target" ] || [ ! -x "/newroot$target" ]; then
+if ! resolve "$IGNITE_INIT" || [ ! -f "/newroot$target" ] || [ ! -x "/newroot$target" ]; then
 	umount /newroot
 	fail "$IGNITE_INIT is missing or not executable in the VM's root filesystem ($IGNITE_ROOT): the image needs an init"
 fi
 
 # The VM's files: directories the image has stay as they are; missing ones are copied whole;
-# files replace what is there (a symlink is removed first, never written through).
+# files replace what is there (a symlink is removed first, never written through; `rm` only
+# where there is something to remove: each applet is a process).
 if [ -d /ignite/files ]; then
 	cd /ignite/files || fail "cannot read /ignite/files"
 	find . -mindepth 1 >/ignite/list || fail "cannot list /ignite/files"
@@ -109,20 +110,20 @@ if [ -d /ignite/files ]; then
 		d=/newroot/$p
 		if [ -d "$p" ] && [ ! -L "$p" ]; then
 			[ -d "$d" ] && continue
-			rm -f "$d"
+			[ ! -e "$d" ] && [ ! -L "$d" ] || rm -f "$d"
 			cp -a "$p" "$d" || fail "cannot copy /$p into the VM's root filesystem"
 			skip=$p
 		elif [ -d "$d" ] && [ ! -L "$d" ]; then
 			echo "ignite-init: warning: /$p is a directory in the image: not replaced"
 		else
-			rm -f "$d"
+			[ ! -e "$d" ] && [ ! -L "$d" ] || rm -f "$d"
 			cp -a "$p" "$d" || fail "cannot copy /$p into the VM's root filesystem"
 		fi
 	done </ignite/list
 	cd /
 	# The resolver configuration only where the image has none (or a dangling link).
 	if [ -f /ignite/files/etc/resolv.conf ]; then
-		if ! target=$(resolve /etc/resolv.conf) || [ ! -e "/newroot$target" ]; then
+		if ! resolve /etc/resolv.conf || [ ! -e "/newroot$target" ]; then
 			mkdir -p /newroot/etc
 			rm -f /newroot/etc/resolv.conf
 			cp -a /ignite/files/etc/resolv.conf /newroot/etc/resolv.conf ||
@@ -180,7 +181,7 @@ if [ -f /ignite/agent ]; then
 	fi
 fi
 
-hostname "$IGNITE_HOSTNAME" || echo "ignite-init: warning: cannot set the hostname $IGNITE_HOSTNAME"
+echo "$IGNITE_HOSTNAME" >/proc/sys/kernel/hostname || echo "ignite-init: warning: cannot set the hostname $IGNITE_HOSTNAME"
 sync
 echo "ignite-init: provisioned $IGNITE_HOSTNAME"
 

@@ -107,7 +107,6 @@ pub const SHIM_APPLETS: &[&str] = &[
     "chroot",
     "cp",
     "find",
-    "hostname",
     "mdev",
     "mkdir",
     "mount",
