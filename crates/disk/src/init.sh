@@ -124,8 +124,8 @@ if [ -d /ignite/files ]; then
 	# The resolver configuration only where the image has none (or a dangling link).
 	if [ -f /ignite/files/etc/resolv.conf ]; then
 		if ! resolve /etc/resolv.conf || [ ! -e "/newroot$target" ]; then
-			mkdir -p /newroot/etc
-			rm -f /newroot/etc/resolv.conf
+			[ -d /newroot/etc ] || mkdir -p /newroot/etc
+			[ ! -L /newroot/etc/resolv.conf ] || rm -f /newroot/etc/resolv.conf
 			cp -a /ignite/files/etc/resolv.conf /newroot/etc/resolv.conf ||
 				fail "cannot copy /etc/resolv.conf into the VM's root filesystem"
 		fi
