@@ -5,7 +5,6 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -85,11 +84,14 @@ impl CniConfig {
     /// Loads the network named `name` (first `*.conflist` in the directory when `None`),
     /// writing the default conflist if the directory holds none.
     pub fn load(&self, name: Option<&str>) -> Result<NetworkList, NetError> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.conf_dir)
-            .map(|rd| {
-                rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "conflist")).collect()
-            })
-            .unwrap_or_default();
+        let entries: Vec<PathBuf> =
+            std::fs::read_dir(&self.conf_dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        let default_tmp = format!(".{DEFAULT_CONFLIST}.tmp-");
+        if entries.iter().any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&default_tmp))) {
+            ignite_proc::temp::sweep(&self.conf_dir.join(DEFAULT_CONFLIST));
+        }
+        let mut files: Vec<PathBuf> =
+            entries.into_iter().filter(|p| p.extension().is_some_and(|x| x == "conflist")).collect();
         if files.is_empty() {
             files.push(install_default(&self.conf_dir)?);
         }
@@ -121,16 +123,16 @@ impl CniConfig {
 }
 
 /// Puts the default conflist into `dir` unless a file of its name is there. Parallel first
-/// runs on a fresh host all get here: each writes a temporary of its own (process and call)
-/// and links it into place, which never replaces a file, so one wins and the others find its
-/// complete file there. (One shared temporary renamed into place made the losers fail with
-/// "No such file or directory": their temporary had been renamed away by the winner.)
+/// runs on a fresh host all get here: each writes a temporary of its own and links it into
+/// place, which never replaces a file, so one wins and the others find its complete file
+/// there. (One shared temporary renamed into place made the losers fail with "No such file
+/// or directory": their temporary had been renamed away by the winner.) A temporary left by a
+/// writer killed before it removed its own is swept here or by the next [`CniConfig::load`].
 fn install_default(dir: &Path) -> Result<PathBuf, NetError> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     std::fs::create_dir_all(dir).map_err(|source| NetError::Io { path: dir.into(), source })?;
     let path = dir.join(DEFAULT_CONFLIST);
-    let tmp =
-        dir.join(format!(".{DEFAULT_CONFLIST}.{}-{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    ignite_proc::temp::sweep(&path);
+    let tmp = ignite_proc::temp::path_for(&path);
     let res = (|| {
         let mut f = File::create_new(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(&default_conflist()).unwrap_or_default())?;
@@ -317,6 +319,19 @@ mod tests {
                 serde_json::from_slice(&std::fs::read(cfg.conf_dir.join(DEFAULT_CONFLIST)).unwrap()).unwrap();
             assert_eq!(v, default_conflist());
         }
+    }
+
+    #[test]
+    fn a_killed_writers_temporary_is_swept_and_never_loaded() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = CniConfig { conf_dir: d.path().into(), bin_dirs: vec![] };
+        // Written by a process that no longer runs (pid_max is at most 2^22), after another
+        // writer's list was in place.
+        let left = d.path().join(format!(".{DEFAULT_CONFLIST}.tmp-4194305-0"));
+        std::fs::write(&left, b"{ half").unwrap();
+        std::fs::write(d.path().join(DEFAULT_CONFLIST), serde_json::to_vec(&default_conflist()).unwrap()).unwrap();
+        assert_eq!(cfg.load(None).unwrap().name, DEFAULT_NETWORK);
+        assert!(!left.exists());
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! A tool also dies with the thread that runs it (a parent-death signal), so a killed `ignite`
 //! leaves no plugin finishing an allocation behind its back.
 //!
-//! Also here: [`fault`], the named kill points of the fault-injection drill.
+//! Also here: [`fault`], the named kill points of the fault-injection drill; [`temp`], the
+//! temporaries of parallel writers and their sweeping.
 #![deny(unsafe_code)]
 
 pub mod elf;
 pub mod fault;
+pub mod temp;
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;

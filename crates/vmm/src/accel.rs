@@ -10,7 +10,6 @@
 //! other facts about a kernel too (what it handles).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -137,11 +136,9 @@ pub fn cached<T: Serialize + DeserializeOwned + Clone, E>(
     cache.entries.push((key.to_string(), value.clone()));
     let excess = cache.entries.len().saturating_sub(CACHE_ENTRIES);
     cache.entries.drain(..excess);
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    // Named as the store's atomic writes are, so that a killed writer's file is swept.
-    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp =
-        path.with_file_name(format!(".{file}.tmp-{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
+    // Of this writer alone; a killed writer's is swept by the next.
+    ignite_proc::temp::sweep(path);
+    let tmp = ignite_proc::temp::path_for(path);
     if let Ok(bytes) = serde_json::to_vec_pretty(&cache) {
         if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
             let _ = std::fs::remove_file(&tmp);
