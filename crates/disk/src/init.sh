@@ -94,9 +94,13 @@ if ! resolve "$IGNITE_INIT" || [ ! -f "/newroot$target" ] || [ ! -x "/newroot$ta
 	fail "$IGNITE_INIT is missing or not executable in the VM's root filesystem ($IGNITE_ROOT): the image needs an init"
 fi
 
+# Removes $1 (a file or a link, never followed) if there is one: `rm` is a process.
+remove_if_there() {
+	[ ! -e "$1" ] && [ ! -L "$1" ] || rm -f "$1"
+}
+
 # The VM's files: directories the image has stay as they are; missing ones are copied whole;
-# files replace what is there (a symlink is removed first, never written through; `rm` only
-# where there is something to remove: each applet is a process).
+# files replace what is there (a symlink is removed first, never written through).
 if [ -d /ignite/files ]; then
 	cd /ignite/files || fail "cannot read /ignite/files"
 	find . -mindepth 1 >/ignite/list || fail "cannot list /ignite/files"
@@ -110,13 +114,13 @@ if [ -d /ignite/files ]; then
 		d=/newroot/$p
 		if [ -d "$p" ] && [ ! -L "$p" ]; then
 			[ -d "$d" ] && continue
-			[ ! -e "$d" ] && [ ! -L "$d" ] || rm -f "$d"
+			remove_if_there "$d"
 			cp -a "$p" "$d" || fail "cannot copy /$p into the VM's root filesystem"
 			skip=$p
 		elif [ -d "$d" ] && [ ! -L "$d" ]; then
 			echo "ignite-init: warning: /$p is a directory in the image: not replaced"
 		else
-			[ ! -e "$d" ] && [ ! -L "$d" ] || rm -f "$d"
+			remove_if_there "$d"
 			cp -a "$p" "$d" || fail "cannot copy /$p into the VM's root filesystem"
 		fi
 	done </ignite/list
@@ -125,7 +129,7 @@ if [ -d /ignite/files ]; then
 	if [ -f /ignite/files/etc/resolv.conf ]; then
 		if ! resolve /etc/resolv.conf || [ ! -e "/newroot$target" ]; then
 			[ -d /newroot/etc ] || mkdir -p /newroot/etc
-			[ ! -L /newroot/etc/resolv.conf ] || rm -f /newroot/etc/resolv.conf
+			remove_if_there /newroot/etc/resolv.conf
 			cp -a /ignite/files/etc/resolv.conf /newroot/etc/resolv.conf ||
 				fail "cannot copy /etc/resolv.conf into the VM's root filesystem"
 		fi
