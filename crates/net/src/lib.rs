@@ -63,8 +63,9 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// An error and its causes, joined by ": ".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, joined by ": " (what callers that turn a [`NetError`] into a
+/// message show: its `Display` alone drops the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

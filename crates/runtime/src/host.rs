@@ -163,7 +163,7 @@ fn attach_cni(
         Ok(a) => a,
         Err(e) => {
             crate::network::release(dir);
-            return Err(StartError::Network { name: name.clone(), message: crate::errors::chain(&e) });
+            return Err(StartError::Network { name: name.clone(), message: ignite_net::error_chain(&e) });
         }
     };
     tracing::debug!(
@@ -186,7 +186,7 @@ fn attach_cni(
             Ok(mac) => extra_nics.push(Nic { tap: format!("tap{}", i + 1), mac }),
             Err(e) => {
                 crate::network::release(dir);
-                return Err(StartError::Network { name: name.clone(), message: crate::errors::chain(&e) });
+                return Err(StartError::Network { name: name.clone(), message: ignite_net::error_chain(&e) });
             }
         }
     }
@@ -205,7 +205,7 @@ fn plan_cni(
     let net_err = |message: String| StartError::Network { name: vm.metadata.name.clone(), message };
     let opts = crate::network::options_for_start(vm, jail_uid).map_err(net_err)?;
     crate::network::check_ports(store, vm).map_err(net_err)?;
-    let plan = ignite_net::plan(&vm.uid(), &opts).map_err(|e| net_err(crate::errors::chain(&e)))?;
+    let plan = ignite_net::plan(&vm.uid(), &opts).map_err(|e| net_err(ignite_net::error_chain(&e)))?;
     crate::network::save(dir, &plan)?;
     ignite_proc::fault::point("start.network-planned");
     Ok((plan, opts))

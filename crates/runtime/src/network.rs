@@ -97,14 +97,14 @@ pub fn options_for_start(vm: &Vm, jail_uid: Option<u32>) -> Result<AttachOptions
 /// [`complete`] it. On failure, what it made is released (the record stays for `start`).
 pub fn prepare(vm: &Vm, jail_uid: Option<u32>, plan: &Attachment) -> Result<AttachOptions, String> {
     let opts = options_for_start(vm, jail_uid)?;
-    ignite_net::attach::prepare(plan, &opts).map_err(|e| crate::errors::chain(&e))?;
+    ignite_net::attach::prepare(plan, &opts).map_err(|e| ignite_net::error_chain(&e))?;
     Ok(opts)
 }
 
 /// The rest of a resumed VM's attachment (CNI ADD, the redirects), recorded in `dir` once
 /// made; on failure everything is released.
 pub fn complete(dir: &Path, plan: Attachment, opts: &AttachOptions) -> Result<Attachment, String> {
-    let att = ignite_net::attach::complete(plan, opts).map_err(|e| crate::errors::chain(&e))?;
+    let att = ignite_net::attach::complete(plan, opts).map_err(|e| ignite_net::error_chain(&e))?;
     if let Err(e) = save(dir, &att) {
         release(dir);
         return Err(e.to_string());
