@@ -11,16 +11,17 @@
 //! pseudo-terminal in its own session), unpacks a tar stream (`Put`) or sends one (`Get`),
 //! or gives a clone its identity (`Identity`, see [`identity`]), with per-channel flow
 //! control, signals and window sizes, and ends with one `Exit` frame.
-#![allow(unsafe_code)] // a pre_exec hook (TTY sessions), the vsock socket calls and the network ioctls of `identity`, each with its SAFETY argument
+#![allow(unsafe_code)] // posix_spawn (`spawn`), waitpid, the vsock socket calls and the network ioctls of `identity`, each with its SAFETY argument
 
 mod identity;
+mod spawn;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -395,40 +396,30 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
         agent.send(&Frame::exit(chan, &Exit::failed("no command given")));
         return;
     };
-    let mut cmd = Command::new(program);
-    cmd.args(&r.argv[1..]);
     let home = root_home();
-    cmd.env_clear().env("PATH", DEFAULT_PATH).env("HOME", &home).env("USER", "root");
+    let mut env: Vec<(&str, &str)> = vec![("PATH", DEFAULT_PATH), ("HOME", &home), ("USER", "root")];
     if r.tty {
-        cmd.env("TERM", "xterm");
+        env.push(("TERM", "xterm"));
     }
     for (k, v) in &r.env {
-        cmd.env(k, v);
+        env.retain(|(old, _)| old != k);
+        env.push((k, v));
     }
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     // As over SSH: in the user's home unless told otherwise.
     let cwd =
         r.cwd.clone().unwrap_or_else(|| if std::path::Path::new(&home).is_dir() { home.clone() } else { "/".into() });
-    cmd.current_dir(cwd);
-    // The agent may have been started with SIGINT and SIGQUIT ignored (an asynchronous
-    // command of the init shim); a command must start with every signal at its default and
-    // none blocked, as under a container runtime.
-    // SAFETY: runs in the child between fork and exec; signal(2) and sigprocmask(2) are
-    // async-signal-safe, and the closure allocates nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(|| {
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            Ok(())
-        });
-    }
+    let cannot_run = |e: std::io::Error| {
+        let code = match e.kind() {
+            std::io::ErrorKind::NotFound => Some(127),
+            std::io::ErrorKind::PermissionDenied => Some(126),
+            _ => None,
+        };
+        Exit { code, signal: None, error: Some(format!("cannot run {program:?}: {e}")) }
+    };
+    // The child's ends of its standard streams (closed here once it runs), and the agent's.
     let mut pty_master = None;
-    if r.tty {
+    let (spawned, stdin_sink, outputs): (_, Sink, Vec<(Kind, Source)>) = if r.tty {
         let (master, slave) = match open_pty(r.rows, r.cols) {
             Ok(p) => p,
             Err(e) => {
@@ -436,75 +427,45 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
                 return;
             }
         };
-        let (s1, s2) = match (slave.try_clone(), slave.try_clone()) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => {
-                agent.send(&Frame::exit(chan, &Exit::failed("cannot duplicate the pseudo-terminal")));
-                return;
-            }
+        let (Ok(w), Ok(rd), Ok(name)) = (
+            master.try_clone(),
+            master.try_clone(),
+            rustix::pty::ptsname(&master, Vec::new()).map_err(std::io::Error::from),
+        ) else {
+            agent.send(&Frame::exit(chan, &Exit::failed("cannot duplicate the pseudo-terminal")));
+            return;
         };
-        cmd.stdin(Stdio::from(slave)).stdout(Stdio::from(s1)).stderr(Stdio::from(s2));
-        // SAFETY: runs in the child between fork and exec; setsid(2) and ioctl(TIOCSCTTY) on
-        // fd 0 (already the terminal's slave side) are async-signal-safe syscalls made
-        // through rustix, with no allocation and no locks.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::setsid().map_err(std::io::Error::from)?;
-                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin()).map_err(std::io::Error::from)
-            });
-        }
+        let tty = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        let spec = spawn::Spec { argv: &r.argv, env: &env, cwd: &cwd, stdio: spawn::ChildStdio::Terminal(&tty) };
+        let spawned = spawn::spawn(&spec);
+        drop(slave);
         pty_master = Some(Arc::new(master));
+        (spawned, Box::new(File::from(w)), vec![(Kind::Stdout, Box::new(File::from(rd)) as Source)])
     } else {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+        let pipes = (std::io::pipe(), std::io::pipe(), std::io::pipe());
+        let (Ok((in_r, in_w)), Ok((out_r, out_w)), Ok((err_r, err_w))) = pipes else {
+            agent.send(&Frame::exit(chan, &Exit::failed("cannot make the command's pipes")));
+            return;
+        };
+        let stdio = spawn::ChildStdio::Fds([in_r.as_fd(), out_w.as_fd(), err_w.as_fd()]);
+        let spawned = spawn::spawn(&spawn::Spec { argv: &r.argv, env: &env, cwd: &cwd, stdio });
+        (spawned, Box::new(in_w), vec![(Kind::Stdout, Box::new(out_r) as Source), (Kind::Stderr, Box::new(err_r))])
+    };
+    let pid = match spawned {
+        Ok(pid) => pid,
         Err(e) => {
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => Some(127),
-                std::io::ErrorKind::PermissionDenied => Some(126),
-                _ => None,
-            };
-            let exit = Exit { code, signal: None, error: Some(format!("cannot run {program:?}: {e}")) };
-            agent.send(&Frame::exit(chan, &exit));
+            agent.send(&Frame::exit(chan, &cannot_run(e)));
             return;
         }
     };
-    drop(cmd); // the parent's copies of the terminal's slave side
     let credit = Credit::new(WINDOW);
     let (tx, rx) = channel::<Vec<u8>>();
-    agent.chans.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        chan,
-        Chan { input: Some(tx), credit: credit.clone(), pgid: Some(child.id() as i32), pty: pty_master.clone() },
-    );
+    agent
+        .chans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(chan, Chan { input: Some(tx), credit: credit.clone(), pgid: Some(pid), pty: pty_master.clone() });
     let mut pumps = Vec::new();
-    let (stdin_sink, outputs): (Sink, Vec<(Kind, Source)>) = match &pty_master {
-        Some(m) => match (m.as_fd().try_clone_to_owned(), m.as_fd().try_clone_to_owned()) {
-            (Ok(w), Ok(r)) => {
-                (Box::new(File::from(w)), vec![(Kind::Stdout, Box::new(File::from(r)) as Box<dyn Read + Send>)])
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                agent.finish(chan, Exit::failed("cannot duplicate the pseudo-terminal"));
-                return;
-            }
-        },
-        None => {
-            let w: Box<dyn Write + Send> = match child.stdin.take() {
-                Some(s) => Box::new(s),
-                None => Box::new(std::io::sink()),
-            };
-            let mut outs: Vec<(Kind, Box<dyn Read + Send>)> = Vec::new();
-            if let Some(o) = child.stdout.take() {
-                outs.push((Kind::Stdout, Box::new(o)));
-            }
-            if let Some(e) = child.stderr.take() {
-                outs.push((Kind::Stderr, Box::new(e)));
-            }
-            (w, outs)
-        }
-    };
     {
         let agent = agent.clone();
         std::thread::spawn(move || input_pump(&agent, chan, rx, stdin_sink));
@@ -530,7 +491,7 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
     }
     let agent = agent.clone();
     std::thread::spawn(move || {
-        let status = child.wait();
+        let status = wait(pid);
         if pty_master.is_some() {
             // Output still buffered in the terminal arrives before EIO; a background job that
             // keeps the terminal open must not hold the exit back forever.
@@ -545,6 +506,21 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
         };
         agent.finish(chan, exit);
     });
+}
+
+/// Waits for the child `pid` to end.
+fn wait(pid: libc::pid_t) -> std::io::Result<std::process::ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid(2) on our own child; `status` is a valid out pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Hands input to the process (or consumer) and returns credit as it is taken.
