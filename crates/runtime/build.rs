@@ -21,6 +21,7 @@ fn main() {
     println!("cargo:rustc-env=IGNITE_EMBEDDED_AGENT={}", dest.display());
     if std::env::var_os("IGNITE_BUILD_NO_AGENT").is_some_and(|v| !v.is_empty() && v != "0") {
         std::fs::write(&dest, b"").expect("write the empty agent");
+        println!("cargo:rustc-env=IGNITE_EMBEDDED_AGENT_SHA256=");
         return;
     }
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -55,4 +56,9 @@ fn main() {
     assert!(status.success(), "building the static guest agent failed (set IGNITE_BUILD_NO_AGENT=1 to skip it)");
     let built = agent_target.join(&triple).join("release").join("ignite-agent");
     std::fs::copy(&built, &dest).expect("copy the guest agent");
+    // Its hash names the copy `ignite` writes under the state root; computed here, not in
+    // every `ignite` process that starts a VM (1.5 ms each).
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(std::fs::read(&dest).expect("read the guest agent"));
+    println!("cargo:rustc-env=IGNITE_EMBEDDED_AGENT_SHA256={hash:x}");
 }

@@ -38,6 +38,8 @@ pub enum AgentError {
 /// The static guest agent built with this ignite (by `build.rs`; empty when the build was told
 /// to leave it out).
 const EMBEDDED: &[u8] = include_bytes!(env!("IGNITE_EMBEDDED_AGENT"));
+/// Its SHA-256 (hexadecimal), computed by the build script; empty when nothing is embedded.
+const EMBEDDED_SHA256: &str = env!("IGNITE_EMBEDDED_AGENT_SHA256");
 
 /// The static agent binary to inject: `$IGNITE_AGENT`, else the one built into ignite (written
 /// once to `<state root>/agent/ignite-agent-<hash>`), else `ignite-agent` next to the running
@@ -75,10 +77,8 @@ pub fn find_binary(root: &Path) -> Result<PathBuf, String> {
 
 /// The built-in agent as a file under the state root, written atomically the first time.
 fn write_embedded(root: &Path) -> std::io::Result<PathBuf> {
-    use sha2::Digest;
-    let hash = format!("{:x}", sha2::Sha256::digest(EMBEDDED));
     let dir = root.join("agent");
-    let path = dir.join(format!("ignite-agent-{}", &hash[..16]));
+    let path = dir.join(format!("ignite-agent-{}", &EMBEDDED_SHA256[..16]));
     if !path.is_file() {
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".ignite-agent.tmp-{}", std::process::id()));
@@ -322,6 +322,16 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_scripts_hash_is_the_embedded_agents() {
+        use sha2::Digest;
+        if EMBEDDED.is_empty() {
+            assert_eq!(EMBEDDED_SHA256, "");
+        } else {
+            assert_eq!(EMBEDDED_SHA256, format!("{:x}", sha2::Sha256::digest(EMBEDDED)));
+        }
+    }
 
     #[test]
     fn only_static_executables_qualify_as_the_agent() {
