@@ -212,6 +212,22 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     println!("FIGURE exec works again {took:?} after a garbage flood");
     assert_eq!(ok(&root, &["inspect", "vm", "ag", "-t", "{{.Status.Running}}"]).trim(), "true");
 
+    // An image whose init mounts neither /proc nor /sys (as a container image's busybox,
+    // which has no rcS): a command run through the agent finds them all the same, as in a
+    // container (the shim moves its own into the image's root).
+    let o = exec(&root, &["ag", "--", "sed", "-i", "/mount -t proc/d; /mount -t sysfs/d", "/etc/init.d/rcS"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&root, &["stop", "ag"]);
+    ok(&root, &["start", "ag"]);
+    common::wait_for_log(&root, "ag", "boot=2", 120);
+    let script = "cat /proc/1/comm; cat /sys/class/net/eth0/address; grep -c mount /etc/init.d/rcS";
+    let o = exec(&root, &["ag", "--", "sh", "-c", script]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!((lines[0], lines[2]), ("init", "1"), "{out}");
+    assert!(lines[1].len() == 17 && lines[1].matches(':').count() == 5, "eth0's MAC from /sys: {out}");
+
     // A stopped VM.
     ok(&root, &["stop", "ag"]);
     fails(&root, &["exec", "ag", "--", "true"], 1, "is not running");

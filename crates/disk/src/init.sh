@@ -189,7 +189,14 @@ echo "$IGNITE_HOSTNAME" >/proc/sys/kernel/hostname || echo "ignite-init: warning
 sync
 echo "ignite-init: provisioned $IGNITE_HOSTNAME"
 
-umount /proc /sys
+# /proc and /sys stay, moved into the image's root as /dev is: a command that `ignite exec`
+# runs before the image's init has mounted them, or in an image whose init never does (a
+# container image's busybox has no rcS), sees them, as in a container. An init that mounts
+# them again stacks a second instance over them (harmless); systemd, OpenRC and sysvinit's
+# mountkernfs skip what is mounted. Never through a link the image put there.
+for m in /proc /sys; do
+	if [ -d /newroot$m ] && [ ! -L /newroot$m ]; then mount -o move $m /newroot$m; else umount $m; fi
+done
 if [ $devtmpfs = 1 ]; then
 	if [ -d /newroot/dev ]; then mount -o move /dev /newroot/dev; else umount /dev; fi
 fi
