@@ -11,7 +11,7 @@
 //! pseudo-terminal in its own session), unpacks a tar stream (`Put`) or sends one (`Get`),
 //! or gives a clone its identity (`Identity`, see [`identity`]), with per-channel flow
 //! control, signals and window sizes, and ends with one `Exit` frame.
-#![allow(unsafe_code)] // posix_spawn (`spawn`), waitpid, the vsock socket calls and the network ioctls of `identity`, each with its SAFETY argument
+#![allow(unsafe_code)] // posix_spawn (`spawn`), the vsock socket calls and the network ioctls of `identity`, each with its SAFETY argument
 
 mod identity;
 mod spawn;
@@ -343,7 +343,7 @@ fn handle(agent: &Arc<Agent>, f: Frame) {
     }
 }
 
-fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, std::path::PathBuf)> {
     use rustix::pty::OpenptFlags;
     let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
     let master = match rustix::pty::openpt(flags) {
@@ -369,13 +369,11 @@ fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     rustix::pty::grantpt(&master)?;
     rustix::pty::unlockpt(&master)?;
     let name = rustix::pty::ptsname(&master, Vec::new())?;
-    let slave: OwnedFd =
-        std::fs::OpenOptions::new().read(true).write(true).open(std::ffi::OsStr::from_bytes(name.as_bytes()))?.into();
     if rows > 0 && cols > 0 {
         let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         let _ = rustix::termios::tcsetwinsize(&master, ws);
     }
-    Ok((master, slave))
+    Ok((master, std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name.as_bytes()))))
 }
 
 /// root's home directory, from /etc/passwd (`/root` when it says nothing usable).
@@ -420,25 +418,20 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
     // The child's ends of its standard streams (closed here once it runs), and the agent's.
     let mut pty_master = None;
     let (spawned, stdin_sink, outputs): (_, Sink, Vec<(Kind, Source)>) = if r.tty {
-        let (master, slave) = match open_pty(r.rows, r.cols) {
+        let (master, tty) = match open_pty(r.rows, r.cols) {
             Ok(p) => p,
             Err(e) => {
                 agent.send(&Frame::exit(chan, &Exit::failed(format!("cannot allocate a pseudo-terminal: {e}"))));
                 return;
             }
         };
-        let (Ok(w), Ok(rd), Ok(name)) = (
-            master.try_clone(),
-            master.try_clone(),
-            rustix::pty::ptsname(&master, Vec::new()).map_err(std::io::Error::from),
-        ) else {
+        let (Ok(w), Ok(rd)) = (master.try_clone(), master.try_clone()) else {
             agent.send(&Frame::exit(chan, &Exit::failed("cannot duplicate the pseudo-terminal")));
             return;
         };
-        let tty = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(name.as_bytes()));
+        // The slave side is opened by the child only (its controlling terminal).
         let spec = spawn::Spec { argv: &r.argv, env: &env, cwd: &cwd, stdio: spawn::ChildStdio::Terminal(&tty) };
         let spawned = spawn::spawn(&spec);
-        drop(slave);
         pty_master = Some(Arc::new(master));
         (spawned, Box::new(File::from(w)), vec![(Kind::Stdout, Box::new(File::from(rd)) as Source)])
     } else {
@@ -510,15 +503,14 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
 
 /// Waits for the child `pid` to end.
 fn wait(pid: libc::pid_t) -> std::io::Result<std::process::ExitStatus> {
-    let mut status = 0;
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("no such child"))?;
     loop {
-        // SAFETY: waitpid(2) on our own child; `status` is a valid out pointer.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
-            return Ok(std::process::ExitStatus::from_raw(status));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Ok(std::process::ExitStatus::from_raw(status.as_raw())),
+            Err(rustix::io::Errno::INTR) => {}
+            // Without WNOHANG the kernel answers with a status or an error.
+            Ok(None) => return Err(std::io::Error::other("waitpid returned no status")),
+            Err(e) => return Err(e.into()),
         }
     }
 }

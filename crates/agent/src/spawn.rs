@@ -237,10 +237,9 @@ mod tests {
         drop(w);
         let mut out = String::new();
         r.read_to_string(&mut out).unwrap();
-        let mut status = 0;
-        // SAFETY: waits for our own child; `status` is a valid out pointer.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        (out, libc::WEXITSTATUS(status))
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap().unwrap();
+        (out, status.exit_status().unwrap_or(-1))
     }
 
     #[test]
