@@ -45,8 +45,10 @@ fn cstring(what: &str, s: impl Into<Vec<u8>>) -> io::Result<CString> {
 /// is the working directory). NotFound when there is none; PermissionDenied when there are
 /// files of that name but none may be executed.
 pub fn find_program(program: &str, path: &str, cwd: &str) -> io::Result<PathBuf> {
+    // Docker's words for the same two cases.
+    let not_found = || io::Error::new(io::ErrorKind::NotFound, "executable file not found in $PATH");
     if program.is_empty() {
-        return Err(io::ErrorKind::NotFound.into());
+        return Err(not_found());
     }
     if program.contains('/') {
         return Ok(Path::new(cwd).join(program));
@@ -63,7 +65,11 @@ pub fn find_program(program: &str, path: &str, cwd: &str) -> io::Result<PathBuf>
             Err(_) => denied = true,
         }
     }
-    Err(if denied { io::ErrorKind::PermissionDenied } else { io::ErrorKind::NotFound }.into())
+    Err(if denied {
+        io::Error::new(io::ErrorKind::PermissionDenied, "permission denied (in $PATH, but not executable)")
+    } else {
+        not_found()
+    })
 }
 
 /// Starts `spec` (its program found on the `PATH` of its environment); the child's pid.
@@ -219,7 +225,8 @@ mod tests {
         assert_eq!(find_program("tool", "/nonexistent:", dir).unwrap(), exe);
         assert_eq!(find_program("./tool", "", dir).unwrap(), d.path().join("./tool"));
         assert_eq!(find_program("/x/y", "", "/").unwrap(), Path::new("/x/y"));
-        assert_eq!(find_program("nope", dir, "/").unwrap_err().kind(), io::ErrorKind::NotFound);
+        let e = find_program("nope", dir, "/").unwrap_err();
+        assert_eq!((e.kind(), e.to_string().as_str()), (io::ErrorKind::NotFound, "executable file not found in $PATH"));
         assert_eq!(find_program("adir", dir, "/").unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(find_program("", dir, "/").unwrap_err().kind(), io::ErrorKind::NotFound);
         // Tests run as root, for whom access(X_OK) is true of any file with an x bit: the

@@ -91,7 +91,10 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     assert_eq!(exec(&root, &["-w", "relative", "ag", "--", "true"]).status.code(), Some(2));
     let o = exec(&root, &["ag", "--", "no-such-command"]);
     assert_eq!(o.status.code(), Some(127));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot run \"no-such-command\""));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot run \"no-such-command\": executable file not found in $PATH"), "{err}");
+    let o = exec(&root, &["ag", "--", "/etc/passwd"]);
+    assert_eq!(o.status.code(), Some(126), "{}", String::from_utf8_lossy(&o.stderr));
 
     // Stdin is streamed.
     let mut child = Command::new(common::bin())
