@@ -163,6 +163,29 @@ fn a_start_killed_at_any_step_leaks_nothing() {
     ok(&root, &["rm", "-f", "victim"]);
     let left = leftovers(&uid, &ips);
     assert!(left.is_empty(), "after rm -f: {left:?}");
+
+    // Killed inside the bridge plugin's ADD, after its lease and before its masquerading rules
+    // (made here: killed after the bridge's ADD, its nat rules then removed). The bridge's DEL
+    // fails on the missing chain after releasing the lease: nothing is left, and `rm -f` says
+    // nothing about it (it warned "CNI plugin bridge failed (DEL)" to every such user).
+    ok(&root, &["create", "busybox", "--name", "victim2", "--memory", "128MB"]);
+    let uid = field(&root, "victim2", "{{.UID}}");
+    let o = ignite_env(&root, &["start", "victim2"], &[("IGNITE_FAULT", "cni.added-bridge")]);
+    assert_eq!(o.status.signal(), Some(9), "not killed after the bridge's ADD: {}", String::from_utf8_lossy(&o.stderr));
+    let ips = leases(&uid);
+    assert_eq!(ips.len(), 1, "the bridge's ADD leased one address");
+    let nat = sh(&format!(
+        "iptables-save -t nat | grep -F 'id: \\\"{uid}\\\"' | grep '^-A ' | sed 's/^-A /-D /' | \
+         while read -r l; do eval iptables -t nat $l --wait; echo \"$l\"; done | grep -o ' -j CNI-[0-9a-f]*' | \
+         while read -r _ c; do iptables -t nat -F $c --wait && iptables -t nat -X $c --wait && echo $c; done"
+    ));
+    assert!(nat.contains("CNI-"), "no masquerading chain of {uid} found to remove");
+    assert!(!sh("iptables-save -t nat").contains(&uid), "nat rules of {uid} left after removing them");
+    let o = common::ignite(&root, &["rm", "-f", "victim2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("WARN") && !err.contains("failed"), "rm -f: {err}");
+    let left = leftovers(&uid, &ips);
+    assert!(left.is_empty(), "after rm -f: {left:?}");
 }
 
 /// A `run` whose supervisor is killed after the VMM started fails, and the VM it removes

@@ -391,7 +391,31 @@ pub fn detach(att: &Attachment, cni: &CniConfig) -> Result<(), NetError> {
     // Whatever a plugin could not remove (e.g. its namespace was already gone after a crash):
     // NAT rules are tagged with the container id in their comment.
     scrub_nat_rules(&att.container_id);
-    del
+    match del {
+        // A DEL that failed on what an interrupted ADD never made (a run killed during CNI ADD:
+        // the bridge plugin's masquerading chain does not exist, and its DEL stops there after
+        // releasing the lease) left nothing behind once scrubbed: no lease, no namespace, no
+        // tagged rule. Anything still there keeps the error (and the record, for a retry).
+        Err(e) if left_nothing(att, cni) => {
+            tracing::debug!("CNI DEL of {} failed on what was never made, nothing is left: {e}", att.container_id);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Whether nothing of `att` is left on the host: its namespace is gone, the IPAM holds no
+/// lease for it, and no nat-table rule names it.
+fn left_nothing(att: &Attachment, cni: &CniConfig) -> bool {
+    if std::path::Path::new(&netns_path(&att.netns)).exists() {
+        return false;
+    }
+    let Ok(list) = cni.load(Some(&att.network)) else { return false };
+    if !leased(&list, &att.container_id).is_empty() {
+        return false;
+    }
+    let tag = format!("id: \\\"{}\\\"", att.container_id);
+    run("iptables-save", &["-t", "nat"], None).is_ok_and(|dump| !dump.lines().any(|l| l.contains(&tag)))
 }
 
 /// The addresses (with the subnet's prefix length) that the host-local IPAM of `list` has
