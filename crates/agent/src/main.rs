@@ -253,6 +253,7 @@ fn serve_stream(dev: File, ends_at_eof: bool) -> i32 {
             return 1;
         }
     };
+    let host = if ends_at_eof { None } else { HostSignal::arm(&reader) };
     let agent = Arc::new(Agent { out: Mutex::new(dev), chans: Mutex::new(HashMap::new()) });
     agent.send(&Frame::json(Kind::Hello, 0, &Hello { version: PROTOCOL_VERSION, pid: std::process::id() }));
     let mut frames = FrameReader::new(reader);
@@ -262,7 +263,10 @@ fn serve_stream(dev: File, ends_at_eof: bool) -> i32 {
             Err(ReadError::Eof) if ends_at_eof => return 0,
             // No host end connected: reads see end of file until one is.
             Err(ReadError::Eof) => {
-                std::thread::sleep(Duration::from_millis(50));
+                match &host {
+                    Some(h) => h.wait(HOST_WAIT),
+                    None => std::thread::sleep(HOST_WAIT),
+                }
                 continue;
             }
             Err(e) => {
@@ -271,6 +275,73 @@ fn serve_stream(dev: File, ends_at_eof: bool) -> i32 {
             }
         };
         handle(&agent, f);
+    }
+}
+
+/// The longest wait for the host end of the port between two reads.
+const HOST_WAIT: Duration = Duration::from_millis(50);
+
+/// The host end of a virtio-serial port connecting, as a signal: the guest's virtio_console
+/// raises SIGIO on a port opened `O_ASYNC` when its host end connects or goes, and when data
+/// comes. Reads see end of file while no host end is connected, and cannot wait for one
+/// (`poll` reports the hang-up at once); without the signal the worker found out by reading
+/// again every 50 ms, so a guest resumed from a snapshot (whose new supervisor connects once
+/// the VMM runs) answered it 0-50 ms late.
+struct HostSignal {
+    set: libc::sigset_t,
+}
+
+/// `struct f_owner_ex` and its constants (Linux's `asm-generic/fcntl.h`; not in the libc
+/// crate for this target).
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+const F_SETOWN_EX: libc::c_int = 15;
+const F_OWNER_TID: libc::c_int = 0;
+
+impl HostSignal {
+    /// Asks for SIGIO on `port`, aimed at the calling thread, which blocks it (it is only
+    /// ever taken by [`HostSignal::wait`], never delivered). None where the port cannot
+    /// signal; the caller then reads again after a pause.
+    fn arm(port: &File) -> Option<HostSignal> {
+        let fd = port.as_raw_fd();
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid sigset_t; SIGIO is blocked in this thread only, before the port may
+        // raise it (its default action ends the process). Children get an empty mask (`spawn`).
+        let blocked = unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGIO);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0
+        };
+        if !blocked {
+            return None;
+        }
+        // SAFETY: gettid(2) takes no argument and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
+        let owner = FOwnerEx { kind: F_OWNER_TID, pid: tid };
+        // SAFETY: F_SETOWN_EX takes a pointer to a struct f_owner_ex, valid for the call.
+        if unsafe { libc::fcntl(fd, F_SETOWN_EX, &owner) } < 0 {
+            return None;
+        }
+        // SAFETY: F_GETFL and F_SETFL on a valid descriptor, with integer arguments.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) } < 0 {
+            return None;
+        }
+        Some(HostSignal { set })
+    }
+
+    /// Waits until the port signals (a signal already pending returns at once) or `max` has
+    /// passed.
+    fn wait(&self, max: Duration) {
+        let ts = libc::timespec { tv_sec: max.as_secs() as libc::time_t, tv_nsec: max.subsec_nanos() as libc::c_long };
+        // SAFETY: a valid sigset_t holding SIGIO (blocked in this thread) and a valid timespec;
+        // no siginfo is asked for. A timeout or an interruption only ends the wait.
+        unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
     }
 }
 
