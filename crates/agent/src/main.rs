@@ -319,9 +319,7 @@ impl HostSignal {
         if !blocked {
             return None;
         }
-        // SAFETY: gettid(2) takes no argument and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
-        let owner = FOwnerEx { kind: F_OWNER_TID, pid: tid };
+        let owner = FOwnerEx { kind: F_OWNER_TID, pid: rustix::thread::gettid().as_raw_nonzero().get() };
         // SAFETY: F_SETOWN_EX takes a pointer to a struct f_owner_ex, valid for the call.
         if unsafe { libc::fcntl(fd, F_SETOWN_EX, &owner) } < 0 {
             return None;

@@ -377,45 +377,35 @@ pub fn detach(att: &Attachment, cni: &CniConfig) -> Result<(), NetError> {
         let cidr = format!("{ip}/{prefix_len}");
         let _ = run("ip", &["-n", &att.netns, "addr", "add", &cidr, "dev", IFNAME], None);
     }
-    let del = match list {
+    // Whether a failed DEL still holds the IPAM's lease (looked at only when it failed).
+    let (del, lease_held) = match list {
         Ok(list) => {
             // Plugins accept DEL of a namespace that is gone; pass it only if it exists.
             let p = if ns_exists { path.clone() } else { String::new() };
-            list.del(cni, &att.invocation(&p), (!result.is_null()).then_some(&result))
+            let del = list.del(cni, &att.invocation(&p), (!result.is_null()).then_some(&result));
+            let held = del.is_err() && !leased(&list, &att.container_id).is_empty();
+            (del, held)
         }
-        Err(e) => Err(e),
+        Err(e) => (Err(e), true),
     };
     if ns_exists {
         run("ip", &["netns", "del", &att.netns], None)?;
     }
     // Whatever a plugin could not remove (e.g. its namespace was already gone after a crash):
     // NAT rules are tagged with the container id in their comment.
-    scrub_nat_rules(&att.container_id);
+    let nat_clean = scrub_nat_rules(&att.container_id);
     match del {
-        // A DEL that failed on what an interrupted ADD never made (a run killed during CNI ADD:
-        // the bridge plugin's masquerading chain does not exist, and its DEL stops there after
-        // releasing the lease) left nothing behind once scrubbed: no lease, no namespace, no
-        // tagged rule. Anything still there keeps the error (and the record, for a retry).
-        Err(e) if left_nothing(att, cni) => {
+        // A DEL that failed on what an interrupted ADD never made (a run killed inside the
+        // bridge plugin's ADD: its DEL releases the lease, then fails on the masquerading chain
+        // that was never made) left nothing once scrubbed: the namespace is gone (above), no
+        // lease, no tagged rule. Anything still there keeps the error (and the record, for a
+        // retry).
+        Err(e) if !lease_held && nat_clean => {
             tracing::debug!("CNI DEL of {} failed on what was never made, nothing is left: {e}", att.container_id);
             Ok(())
         }
         other => other,
     }
-}
-
-/// Whether nothing of `att` is left on the host: its namespace is gone, the IPAM holds no
-/// lease for it, and no nat-table rule names it.
-fn left_nothing(att: &Attachment, cni: &CniConfig) -> bool {
-    if std::path::Path::new(&netns_path(&att.netns)).exists() {
-        return false;
-    }
-    let Ok(list) = cni.load(Some(&att.network)) else { return false };
-    if !leased(&list, &att.container_id).is_empty() {
-        return false;
-    }
-    let tag = format!("id: \\\"{}\\\"", att.container_id);
-    run("iptables-save", &["-t", "nat"], None).is_ok_and(|dump| !dump.lines().any(|l| l.contains(&tag)))
 }
 
 /// The addresses (with the subnet's prefix length) that the host-local IPAM of `list` has
@@ -450,19 +440,20 @@ pub fn leased(list: &crate::cni::NetworkList, container_id: &str) -> Vec<(Ipv4Ad
 }
 
 /// Deletes nat-table rules and chains whose comment names container `id` (as the bridge and
-/// portmap plugins tag them).
-pub fn scrub_nat_rules(id: &str) {
+/// portmap plugins tag them). Returns whether none is left: every one found was deleted.
+pub fn scrub_nat_rules(id: &str) -> bool {
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return;
+        return false;
     }
-    let Ok(dump) = run("iptables-save", &["-t", "nat"], None) else { return };
+    let Ok(dump) = run("iptables-save", &["-t", "nat"], None) else { return false };
+    let mut clean = true;
     let tag = format!("id: \\\"{id}\\\"");
     let mut chains = Vec::new();
     for line in dump.lines().filter(|l| l.starts_with("-A ") && l.contains(&tag)) {
         let spec: Vec<String> = shell_split(&line[3..]);
         let mut args = vec!["-t", "nat", "-D"];
         args.extend(spec.iter().map(String::as_str));
-        let _ = run("iptables", &args, None);
+        clean &= run("iptables", &args, None).is_ok();
         if let Some(i) = spec.iter().position(|a| *a == "-j") {
             if let Some(c) = spec.get(i + 1).filter(|c| c.starts_with("CNI-") && !c.starts_with("CNI-HOSTPORT")) {
                 chains.push(c.to_string());
@@ -470,9 +461,10 @@ pub fn scrub_nat_rules(id: &str) {
         }
     }
     for c in chains {
-        let _ = run("iptables", &["-t", "nat", "-F", &c], None);
-        let _ = run("iptables", &["-t", "nat", "-X", &c], None);
+        clean &= run("iptables", &["-t", "nat", "-F", &c], None).is_ok();
+        clean &= run("iptables", &["-t", "nat", "-X", &c], None).is_ok();
     }
+    clean
 }
 
 /// Splits an iptables-save rule into arguments (double quotes group, `\"` escapes).
