@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import statistics
+import random
 import subprocess
 import sys
 import tempfile
@@ -179,12 +180,22 @@ def bench_boot(e, runs):
     print(f"boot ({accel}, busybox, 256 MB, 1 vCPU), {runs} runs each, taking turns at going first")
     print(f"  ignite run -> guest init     {fmt(ign_init)}   (the init shim runs; target <= 0.6 s under TCG)")
     print(f"  bare qemu  -> guest init     {fmt(bare_init)}")
-    print(f"  ratio ignite / bare (p50)    {pct(ign_init, 50) / pct(bare_init, 50):.3f}   (target <= 1.05)")
+    lo, hi = ratio_interval(ign_init, bare_init)
+    print(f"  ratio ignite / bare (p50)    {pct(ign_init, 50) / pct(bare_init, 50):.3f}   (target <= 1.05; "
+          f"90% bootstrap interval {lo:.3f}-{hi:.3f})")
     print(f"  ignite run -> image's ready line  {fmt(ign)}   (the image's init has run its rcS)")
     print(f"  bare qemu  -> image's ready line  {fmt(bare)}")
     print(f"  ratio ignite / bare (p50)    {pct(ign, 50) / pct(bare, 50):.3f}")
     print(f"  ignite run -> VMM exec       {fmt(host)}   (target < 30 ms)")
     print(f"  ignite's VMM exec -> guest init  {fmt([a - b for a, b in zip(ign_init, host)])}   (the guest's part, next to bare qemu's)")
+
+
+def ratio_interval(a, b, rounds=2000):
+    """A 90% bootstrap interval of p50(a) / p50(b): how far this run's ratio could be from
+    another run's on this host, given the spread of its samples."""
+    rng = random.Random(0)
+    rs = sorted(pct(rng.choices(a, k=len(a)), 50) / pct(rng.choices(b, k=len(b)), 50) for _ in range(rounds))
+    return rs[int(rounds * 0.05)], rs[int(rounds * 0.95)]
 
 
 def vmm_exec_ns(vmdir):

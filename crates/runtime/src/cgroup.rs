@@ -64,26 +64,34 @@ fn own_paths() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The v1 mount point of `controller` (from /proc/self/mountinfo).
-fn v1_mount(controller: &str) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mut post = post.split_whitespace();
-        if post.next()? != "cgroup" {
-            return None;
-        }
-        let opts = post.nth(1)?;
-        let mount_point = pre.split_whitespace().nth(4)?;
-        opts.split(',').any(|o| o == controller).then(|| PathBuf::from(mount_point))
-    })
+/// The cgroup v1 mounts: (mount point, super options), from /proc/self/mountinfo, read once
+/// by each caller (it is ~3 KB of procfs text, read in small pieces).
+fn v1_mounts() -> Vec<(PathBuf, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split_whitespace();
+            if post.next()? != "cgroup" {
+                return None;
+            }
+            let opts = post.nth(1)?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            Some((PathBuf::from(mount_point), opts.to_string()))
+        })
+        .collect()
+}
+
+/// The v1 mount point of `controller` among `mounts`.
+fn v1_mount(mounts: &[(PathBuf, String)], controller: &str) -> Option<PathBuf> {
+    mounts.iter().find(|(_, opts)| opts.split(',').any(|o| o == controller)).map(|(m, _)| m.clone())
 }
 
 /// The v1 controllers a VM gets a directory in: memory, cpu, pids, and cpuacct (accounting
 /// only) where it is a hierarchy of its own.
-fn v1_controllers() -> Vec<&'static str> {
+fn v1_controllers(mounts: &[(PathBuf, String)]) -> Vec<&'static str> {
     let mut c = vec!["memory", "cpu", "pids"];
-    if v1_mount("cpuacct").is_some_and(|m| Some(&m) != v1_mount("cpu").as_ref()) {
+    if v1_mount(mounts, "cpuacct").is_some_and(|m| Some(&m) != v1_mount(mounts, "cpu").as_ref()) {
         c.push("cpuacct");
     }
     c
@@ -100,8 +108,9 @@ pub fn describe() -> Result<String, String> {
     if let Some(r) = v2_root() {
         return Ok(format!("cgroup v2 at {} (VMs under ignite.slice)", r.display()));
     }
+    let mounts = v1_mounts();
     let found: Vec<String> =
-        ["memory", "cpu", "pids"].iter().filter(|c| v1_mount(c).is_some()).map(|c| c.to_string()).collect();
+        ["memory", "cpu", "pids"].iter().filter(|c| v1_mount(&mounts, c).is_some()).map(|c| c.to_string()).collect();
     if found.len() == 3 {
         Ok("cgroup v1 (memory, cpu, pids), VMs nested under the supervisor's own cgroups".into())
     } else {
@@ -129,13 +138,20 @@ pub fn write_runtime_file(path: &Path, data: &[u8]) -> Result<(), String> {
 
 /// The directories VM `uid`'s cgroup will have.
 fn plan(uid: &str) -> Result<VmCgroup, String> {
+    plan_controllers(uid).map(|(cg, _)| cg)
+}
+
+/// [`plan`], and under cgroup v1 the controller of each directory.
+fn plan_controllers(uid: &str) -> Result<(VmCgroup, Vec<&'static str>), String> {
     if let Some(root) = v2_root() {
-        return Ok(VmCgroup { dirs: vec![root.join("ignite.slice").join(uid)], v2: true });
+        return Ok((VmCgroup { dirs: vec![root.join("ignite.slice").join(uid)], v2: true }, Vec::new()));
     }
     let own = own_paths();
+    let mounts = v1_mounts();
+    let controllers = v1_controllers(&mounts);
     let mut dirs = Vec::new();
-    for controller in v1_controllers() {
-        let mount = v1_mount(controller).ok_or_else(|| format!("no cgroup v1 {controller} hierarchy"))?;
+    for &controller in &controllers {
+        let mount = v1_mount(&mounts, controller).ok_or_else(|| format!("no cgroup v1 {controller} hierarchy"))?;
         let path = own
             .iter()
             .find(|(c, _)| c.split(',').any(|x| x == controller))
@@ -143,7 +159,7 @@ fn plan(uid: &str) -> Result<VmCgroup, String> {
             .unwrap_or_default();
         dirs.push(mount.join(path).join("ignite").join(uid));
     }
-    Ok(VmCgroup { dirs, v2: false })
+    Ok((VmCgroup { dirs, v2: false }, controllers))
 }
 
 /// Removes the cgroup directories `record` lists (those already gone, or still busy, are
@@ -165,7 +181,7 @@ pub fn release(record: &Path) {
 /// Creates VM `uid`'s cgroup with `limits` (the jailer does, while the VMM's jail is set up):
 /// the directories [`plan_and_record`] recorded.
 pub fn make(uid: &str, limits: Limits) -> Result<VmCgroup, String> {
-    let cg = plan(uid)?;
+    let (cg, controllers) = plan_controllers(uid)?;
     let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()));
     if cg.v2 {
         let dir = &cg.dirs[0];
@@ -181,7 +197,7 @@ pub fn make(uid: &str, limits: Limits) -> Result<VmCgroup, String> {
         write(&dir.join("pids.max"), &PIDS_MAX.to_string())?;
         return Ok(cg);
     }
-    for (controller, dir) in v1_controllers().into_iter().zip(&cg.dirs) {
+    for (controller, dir) in controllers.into_iter().zip(&cg.dirs) {
         mkdir(dir)?;
         match controller {
             "memory" => {

@@ -407,7 +407,9 @@ fn boot_and_spawn(
         network: planned,
     };
     let boot_json = serde_json::to_vec_pretty(&boot).map_err(prep(&name, "cannot encode the boot configuration"))?;
-    ignite_store::write_atomic(&dir.boot_config(), &boot_json)?;
+    // Made again at every start and read only while this start's supervisor runs (by it, and
+    // by a snapshot of the running VM): not synced (two fsyncs, ~0.4 ms of every start).
+    ignite_store::write_atomic_unsynced(&dir.boot_config(), &boot_json)?;
     ignite_proc::fault::point("start.before-spawn");
     host.spawn_supervisor(store.root(), dir, &uid, &name, leases)
 }

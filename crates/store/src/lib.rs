@@ -363,6 +363,18 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Sto
 
 /// Replaces `path` with `data` atomically.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    replace(path, data, true)
+}
+
+/// Replaces `path` with `data` atomically for readers while the host runs (temporary file,
+/// rename), without syncing: for a file made again before each use, which a power loss may
+/// leave empty or old but never half-written under its name (e.g. a VM's boot
+/// configuration, which describes one run of its supervisor, and a power loss ends that run).
+pub fn write_atomic_unsynced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    replace(path, data, false)
+}
+
+fn replace(path: &Path, data: &[u8], sync: bool) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -372,9 +384,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let res = (|| {
         let mut f = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
         f.write_all(data).map_err(io_err("cannot write", &tmp))?;
-        f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+        if sync {
+            f.sync_all().map_err(io_err("cannot sync", &tmp))?;
+        }
         fs::rename(&tmp, path).map_err(io_err("cannot rename into place", path))?;
-        fsync_dir(dir)
+        if sync {
+            fsync_dir(dir)?;
+        }
+        Ok(())
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);

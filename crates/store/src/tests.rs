@@ -130,3 +130,20 @@ fn modify_is_read_modify_write() {
     assert!(v.status.running);
     assert!(s.get::<Vm>(&uid).unwrap().status.running);
 }
+
+#[test]
+fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("boot.json");
+    for (i, write) in [write_atomic as fn(&Path, &[u8]) -> _, write_atomic_unsynced].into_iter().enumerate() {
+        write(&p, format!("first {i}").as_bytes()).unwrap();
+        write(&p, format!("second {i}").as_bytes()).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), format!("second {i}"));
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("boot.json")]);
+    }
+    // A directory that does not exist: an error, nothing made.
+    let missing = d.path().join("no/such/boot.json");
+    assert!(write_atomic_unsynced(&missing, b"x").is_err());
+    assert!(!d.path().join("no").exists());
+}
