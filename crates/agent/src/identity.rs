@@ -304,6 +304,14 @@ fn eui64_link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
 /// Removes `name`'s IPv6 link-local addresses and gives it the one made from `mac`; nothing
 /// when it has none (no IPv6 in the guest, or none on the interface).
 fn replace_link_local(name: &str, mac: [u8; 6]) -> std::io::Result<()> {
+    // IPv6 off on the interface (an IPv4-only network's: the init shim turns it off) leaves it
+    // no address, and its switch is quicker to read than the kernel's address table (the
+    // guest's first read of either runs cold after a resume); no switch, no IPv6 in the guest.
+    match std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6")) {
+        Ok(off) if off.trim() == "1" => return Ok(()),
+        Err(_) => return Ok(()),
+        Ok(_) => {}
+    }
     let Ok(table) = std::fs::read_to_string("/proc/net/if_inet6") else { return Ok(()) };
     let new = eui64_link_local(mac);
     let old = link_locals(&table, name);
