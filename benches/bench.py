@@ -43,10 +43,10 @@ times on this machine (2 cores, TCG) are not bare metal: read the ratios.
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import statistics
-import random
 import subprocess
 import sys
 import tempfile
