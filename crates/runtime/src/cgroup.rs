@@ -123,17 +123,9 @@ pub fn describe() -> Result<String, String> {
 pub fn plan_and_record(uid: &str, record: &Path) -> Result<VmCgroup, String> {
     let planned = plan(uid)?;
     let json = serde_json::to_vec(&planned.dirs).map_err(|e| e.to_string())?;
-    write_runtime_file(record, &json)?;
+    // About what runs now, which a host crash makes moot (cgroups do not survive one either).
+    ignite_store::write_atomic_unsynced(record, &json).map_err(|e| ignite_net::error_chain(&e))?;
     Ok(planned)
-}
-
-/// Replaces `path` whole (write, rename), without syncing: a file about what runs now, which a
-/// host crash makes moot (cgroups do not survive one either).
-pub fn write_runtime_file(path: &Path, data: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, data)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// The directories VM `uid`'s cgroup will have.

@@ -368,8 +368,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 
 /// Replaces `path` with `data` atomically for readers while the host runs (temporary file,
 /// rename), without syncing: for a file made again before each use, which a power loss may
-/// leave empty or old but never half-written under its name (e.g. a VM's boot
-/// configuration, which describes one run of its supervisor, and a power loss ends that run).
+/// leave empty or old but never half-written under its name. A VM's files about one run of
+/// its supervisor (its boot configuration, its jail's instructions, where its cgroup is),
+/// which a power loss ends.
 pub fn write_atomic_unsynced(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     replace(path, data, false)
 }

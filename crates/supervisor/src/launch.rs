@@ -204,7 +204,9 @@ impl Launcher for Jailed {
         // The VMM's own command line, as the jailer will exec it.
         eprintln!("ignite-spawn: jailed vmm argv {}", serde_json::to_string(&spec.argv).unwrap_or_default());
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| VmmError::Launch(e.to_string()))?;
-        ignite_runtime::cgroup::write_runtime_file(&self.spec_path, &json).map_err(VmmError::Launch)?;
+        // Made again at every launch and read by the jailer it starts: not synced.
+        ignite_store::write_atomic_unsynced(&self.spec_path, &json)
+            .map_err(|e| VmmError::Launch(ignite_runtime::errors::chain(&e)))?;
         let me = std::env::current_exe().map_err(|e| VmmError::Launch(format!("cannot find ignite-spawn: {e}")))?;
         let mut cmd = Command::new(me);
         cmd.arg("--jailer").arg(&self.spec_path);
