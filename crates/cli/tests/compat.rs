@@ -91,6 +91,23 @@ fn id_prefix_names_the_vmm_and_the_namespace() {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
         stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)).unwrap_or("").to_string()
     };
+    // Waited for: `run` returns once the supervisor has started the VMM's jail, whose PID 1
+    // execs the VMM a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut found = false;
+    while !found && std::time::Instant::now() < deadline {
+        found = vmm_below(&pid, &uid, &ppid_of);
+        if !found {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    assert!(found, "no VMM process named e2e-test-{uid} within 10 s");
+    ok(&root, &["rm", "-f", "prefixed"]);
+    assert!(!Path::new(&format!("/run/netns/e2e-test-{uid}")).exists());
+}
+
+/// Whether a process named `-name e2e-test-<uid>` runs below `pid` (at most four levels).
+fn vmm_below(pid: &str, uid: &str, ppid_of: &dyn Fn(&str) -> String) -> bool {
     let mut found = false;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let me = e.file_name().to_string_lossy().to_string();
@@ -111,9 +128,7 @@ fn id_prefix_names_the_vmm_and_the_namespace() {
             p = ppid_of(&p);
         }
     }
-    assert!(found, "no VMM process named e2e-test-{uid}");
-    ok(&root, &["rm", "-f", "prefixed"]);
-    assert!(!Path::new(&format!("/run/netns/e2e-test-{uid}")).exists());
+    found
 }
 
 /// Ignite's TestVMpsWithOutdatedStatus: a record that says "stopped" while the VM runs is
