@@ -10,8 +10,8 @@
 //! a clone's directory ([`create_clone`]: its own copy of the disk, and [`RESTORE_FROM`], which
 //! makes its next start resume the snapshot instead of booting, [`pending_restore`]); and the
 //! identity a resumed guest is given by its supervisor before the start reports it running
-//! ([`crate::boot::IdentityPlan`], [`give_identity`]: hostname, MAC, address, machine-id,
-//! entropy, wall clock).
+//! ([`crate::boot::IdentityPlan`]; [`reach_agent`], while the network attaches, then
+//! [`give_identity`]: hostname, MAC, address, machine-id, entropy, wall clock).
 //!
 //! A snapshot that a clone not yet started names is in use: [`remove`] refuses it.
 
@@ -427,18 +427,56 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("{}: {e}", from.display()))
 }
 
-/// Gives the guest of the VM in `dir`, just resumed, the identity `plan` through its agent,
-/// with fresh entropy, the host's wall clock, and a new machine-id, new SSH host keys and its
-/// own authorized key where the plan says.
+/// A resumed guest's agent being reached: its first step of being given its identity, taken
+/// while the VM's network is still being attached (the interface part of the identity needs
+/// that attachment; reaching the agent does not). Made by [`reach_agent`], used by
+/// [`give_identity`], or [`Reaching::abandon`]ed.
+pub struct Reaching {
+    /// The clone's new SSH host keys, made on the host meanwhile.
+    keys: Option<crate::clone_ssh::KeyMaker>,
+    session: Result<crate::agent::Session, crate::agent::AgentError>,
+}
+
+impl std::fmt::Debug for Reaching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaching").field("answered", &self.session.is_ok()).finish_non_exhaustive()
+    }
+}
+
+impl Reaching {
+    /// The identity will not be given: the keys' scratch copies are removed.
+    pub fn abandon(self, dir: &VmDir) {
+        crate::clone_ssh::abandon(dir, self.keys);
+    }
+}
+
+/// Starts making the SSH host keys `plan` asks for and waits (up to `timeout`) for the agent
+/// of the guest of the VM in `dir`, just resumed, to answer.
+pub fn reach_agent(dir: &VmDir, name: &str, plan: &crate::boot::IdentityPlan, timeout: Duration) -> Reaching {
+    let keys = crate::clone_ssh::make_host_keys(dir, &plan.hostname, &plan.ssh_host_keys);
+    let t0 = std::time::Instant::now();
+    let session = crate::agent::Session::connect(name, dir, timeout);
+    if session.is_ok() {
+        tracing::debug!("VM {name:?}: its agent answered after {:?}", t0.elapsed());
+    }
+    Reaching { keys, session }
+}
+
+/// Gives the guest of the VM in `dir`, just resumed and its agent `reaching`, the identity
+/// `plan`, with fresh entropy, the host's wall clock, and a new machine-id, new SSH host keys
+/// and its own authorized key where the plan says.
 pub fn give_identity(
     dir: &VmDir,
     name: &str,
     plan: &crate::boot::IdentityPlan,
+    reaching: Reaching,
     timeout: Duration,
 ) -> Result<(), String> {
     let mut random = [0u8; 16 + 64];
-    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())
-        .map_err(|e| format!("getrandom: {e}"))?;
+    if let Err(e) = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty()) {
+        reaching.abandon(dir);
+        return Err(format!("getrandom: {e}"));
+    }
     let (machine_id, entropy) = random.split_at(16);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let id = ignite_agent::proto::Identity {
@@ -448,13 +486,8 @@ pub fn give_identity(
         entropy: entropy.to_vec(),
         wall_clock_ns: Some(now.as_nanos() as u64),
     };
-    // Made on the host while the guest is reached.
-    let keys = crate::clone_ssh::make_host_keys(dir, &plan.hostname, &plan.ssh_host_keys);
-    let t0 = std::time::Instant::now();
-    let given = crate::agent::Session::connect(name, dir, timeout).and_then(|session| {
-        tracing::debug!("VM {name:?}: its agent answered after {:?}", t0.elapsed());
-        session.set_identity(&id)
-    });
+    let Reaching { keys, session } = reaching;
+    let given = session.and_then(|session| session.set_identity(&id));
     let ssh = plan.authorized_keys.as_deref();
     match given {
         Ok(()) => crate::clone_ssh::give(dir, name, ssh, keys, timeout),

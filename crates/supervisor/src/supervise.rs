@@ -68,6 +68,28 @@ pub fn read_boot(store: &Store, uid: &str) -> Result<BootConfig, String> {
     .map_err(|e| format!("invalid {}: {e}", dir.boot_config().display()))
 }
 
+/// The thread attaching a resumed VM's network (CNI ADD) while its VMM starts. Joined when
+/// dropped too: no early return leaves it attaching a network that the failed start's
+/// clean-up is releasing.
+struct Attaching(Option<std::thread::JoinHandle<Result<ignite_net::Attachment, String>>>);
+
+impl Attaching {
+    fn join(mut self) -> Result<ignite_net::Attachment, String> {
+        match self.0.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err("the thread attaching it panicked".into())),
+            None => Err("its network was already attached".into()),
+        }
+    }
+}
+
+impl Drop for Attaching {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Supervises VM `uid` on `backend` until it ends, and records how it ended: its VMM started
 /// (jailed or not), "ready <pid>" written to `ready_out` once the store says running, the
 /// console logged and served, TERM/INT turned into a graceful or an immediate stop.
@@ -104,12 +126,11 @@ pub fn supervise(
             let opts = ignite_runtime::network::prepare(&vm, boot.jail.map(|j| j.uid), plan)
                 .map_err(|e| format!("cannot attach its network: {e}"))?;
             let (plan, dir) = (plan.clone(), dir.to_path_buf());
-            Some(std::thread::spawn(move || ignite_runtime::network::complete(&dir, plan, &opts)))
+            Some(Attaching(Some(std::thread::spawn(move || ignite_runtime::network::complete(&dir, plan, &opts)))))
         }
         None => None,
     };
     let launched = launch(uid, &dir, boot, backend.as_ref(), vmm_log);
-    let attached = attaching.map(|a| a.join().unwrap_or_else(|_| Err("the thread attaching it panicked".into())));
     let Launched { mut instance, jail: jail_status, _alive } = launched?;
     eprintln!("ignite-spawn: timing launched_ms={}", t0.elapsed().as_millis());
     let cgroup = jail_status.is_some();
@@ -150,12 +171,21 @@ pub fn supervise(
     };
     let mut dhcp = boot.dhcp.clone();
     let mut identity = boot.identity.clone();
-    match attached {
+    // A resumed guest's agent is reached while its network attaches (each takes tens of ms).
+    let mut reaching =
+        identity.as_ref().map(|plan| ignite_runtime::snapshot::reach_agent(&dir, &vm_name, plan, IDENTITY_WAIT));
+    let mut give_up = |instance: &mut ignite_vmm::Instance, why: String| {
+        if let Some(r) = reaching.take() {
+            r.abandon(&dir);
+        }
+        abandon(instance, why)
+    };
+    match attaching.map(Attaching::join) {
         Some(Ok(att)) => {
             let status =
                 ignite_api::NetworkStatus { plugin: "cni".into(), ip_addresses: vec![std::net::IpAddr::V4(att.ip)] };
             if let Err(e) = store.modify::<Vm, _>(uid, |v| v.status.network = Some(status)) {
-                return abandon(&mut instance, format!("cannot record its network: {e}"));
+                return give_up(&mut instance, format!("cannot record its network: {e}"));
             }
             if let Some(plan) = identity.as_mut() {
                 plan.interface = Some(ignite_runtime::boot::interface_identity(&att));
@@ -163,13 +193,13 @@ pub fn supervise(
             dhcp = ignite_runtime::boot::dhcp_lease(&att, &vm_name);
             ignite_proc::fault::point("spawn.network-attached");
         }
-        Some(Err(e)) => return abandon(&mut instance, format!("cannot attach its network: {e}")),
+        Some(Err(e)) => return give_up(&mut instance, format!("cannot attach its network: {e}")),
         None => {}
     }
     // A resumed guest is its snapshot's machine until it has its own identity:
     // given before the VM is reported running, and the VMM stopped if it cannot be.
-    if let Some(plan) = &identity {
-        if let Err(e) = ignite_runtime::snapshot::give_identity(&dir, &vm_name, plan, IDENTITY_WAIT) {
+    if let (Some(plan), Some(reaching)) = (&identity, reaching.take()) {
+        if let Err(e) = ignite_runtime::snapshot::give_identity(&dir, &vm_name, plan, reaching, IDENTITY_WAIT) {
             return abandon(
                 &mut instance,
                 format!("its guest, resumed from a snapshot, could not be given its identity: {e}"),
