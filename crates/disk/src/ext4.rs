@@ -343,7 +343,7 @@ pub fn size_class_base(image_dir: &Path, base: &Path, size: u64) -> Result<PathB
         return Ok(out); // built while we waited
     }
     // Leftovers of a builder that died: nobody else builds this file while we hold the lock.
-    let prefix = crate::tmp_prefix(&out);
+    let prefix = ignite_proc::temp::prefix(&out);
     if let Ok(rd) = std::fs::read_dir(image_dir) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().starts_with(&prefix) {

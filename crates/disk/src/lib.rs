@@ -40,7 +40,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use ext4::{build_ext4, empty_ext4, fs_size, grow_ext4, size_class_base, Ext4Info, Ext4Options};
 pub use initramfs::Initramfs;
@@ -193,21 +192,6 @@ pub(crate) fn run_tool(
     run_tool_ok(tool, package, path, cmd, &[])
 }
 
-/// A hidden temporary path beside `out`, unique per process and call:
-/// `.<name>.tmp-<pid>-<n>`.
-pub(crate) fn tmp_beside(out: &Path) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    out.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-/// The prefix every temporary file of `out` starts with (for sweeping leftovers).
-pub(crate) fn tmp_prefix(out: &Path) -> String {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    format!(".{name}.tmp-")
-}
-
 /// Removes a temporary file when dropped, unless it was committed.
 pub(crate) struct TmpFile {
     path: PathBuf,
@@ -216,7 +200,7 @@ pub(crate) struct TmpFile {
 
 impl TmpFile {
     pub(crate) fn beside(out: &Path) -> TmpFile {
-        TmpFile { path: tmp_beside(out), armed: true }
+        TmpFile { path: ignite_proc::temp::path_for(out), armed: true }
     }
 
     pub(crate) fn path(&self) -> &Path {

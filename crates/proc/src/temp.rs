@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-fn prefix(path: &Path) -> String {
+/// What the name of every temporary of `path` starts with: `.<file>.tmp-`.
+pub fn prefix(path: &Path) -> String {
     format!(".{}.tmp-", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
 }
 

@@ -81,7 +81,8 @@ fn write_embedded(root: &Path) -> std::io::Result<PathBuf> {
     let path = dir.join(format!("ignite-agent-{}", &EMBEDDED_SHA256[..16]));
     if !path.is_file() {
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".ignite-agent.tmp-{}", std::process::id()));
+        // Unique per call: two threads of the daemon may write it at once.
+        let tmp = ignite_proc::temp::path_for(&path);
         std::fs::write(&tmp, EMBEDDED)?;
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         std::fs::rename(&tmp, &path)?;

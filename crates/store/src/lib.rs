@@ -377,11 +377,8 @@ pub fn write_atomic_unsynced(path: &Path, data: &[u8]) -> Result<(), StoreError>
 
 fn replace(path: &Path, data: &[u8], sync: bool) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
+    // Unique per call: two threads of one process may replace the same file at once.
+    let tmp = ignite_proc::temp::path_for(path);
     let res = (|| {
         let mut f = File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
         f.write_all(data).map_err(io_err("cannot write", &tmp))?;

@@ -147,3 +147,30 @@ fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
     assert!(write_atomic_unsynced(&missing, b"x").is_err());
     assert!(!d.path().join("no").exists());
 }
+
+#[test]
+fn threads_replacing_one_file_at_once_each_write_it_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("jail.json");
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    // A temporary per call: with one per process, a thread renamed another's
+                    // half-written file into place, or found its own gone.
+                    let body = format!("{t}:{i}:").repeat(64);
+                    write_atomic_unsynced(&p, body.as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let body = fs::read_to_string(&p).unwrap();
+    let first = body.split_inclusive(':').take(2).collect::<String>();
+    assert_eq!(body, first.repeat(64), "a whole write of one thread");
+    let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("jail.json")]);
+}
