@@ -392,7 +392,10 @@ impl QmpSession {
                     let _ = self.call("migrate_cancel", None);
                     return Err(VmmError::Launch(format!("{what} did not finish within {}s", budget.as_secs())));
                 }
-                _ => std::thread::sleep(Duration::from_millis(5)),
+                // Asked every millisecond (one short QMP round trip each): time waited past
+                // the migration's end is time a clone's guest does not run yet, or a
+                // snapshot's guest stays paused.
+                _ => std::thread::sleep(Duration::from_millis(1)),
             }
         }
     }
