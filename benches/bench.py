@@ -27,7 +27,7 @@
                                           to `ignite run` of the same VM
     benches/bench.py all
 
-    benches/bench.py clone  [--runs 16]   ignite run --from-snapshot -> exec works, vs a cold ignite run
+    benches/bench.py clone  [--runs 32]   ignite run --from-snapshot -> exec works, vs a cold ignite run
                                           -> exec works, alternating (busybox, 128 MB); and what
                                           taking the snapshot costs (the guest's pause, its size)
     benches/bench.py dense  [--runs 100] [--ksm] [--tcg-cache 16MB]  N busybox VMs (--memory 64MB) at once: time until
@@ -718,7 +718,7 @@ def main():
         if a.what in ("reconcile", "all"):
             bench_reconcile(e, a.runs or 5)
         if a.what in ("clone", "all"):
-            bench_clone(e, a.runs or 16)
+            bench_clone(e, a.runs or 32)
         if a.what in ("dense", "all"):
             bench_dense(e, a.runs or 100, a.ksm, a.tcg_cache)
     finally:
