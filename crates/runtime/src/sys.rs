@@ -161,20 +161,42 @@ pub fn detach_session() -> std::io::Result<()> {
 }
 
 /// Whether `pid` is a live ignite supervisor for VM `uid` (guards against PID reuse by checking
-/// the command line).
+/// the command line). A supervisor is alive until it has let go of everything it holds (the
+/// VM's supervisor lease, a file lock): while it exits, its memory goes first (its command
+/// line reads empty) and its open files after; a group leader that exited before its other
+/// threads is a zombie while they, holding the files, still exit. Either was taken for dead,
+/// and `ignite kill VM && ignite start VM` was refused ("already running") now and then.
 pub fn is_supervisor_alive(pid: u32, uid: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_spawn = args.first().map(|a| a.ends_with(b"ignite-spawn")).unwrap_or(false);
-    let has_uid = args.contains(&uid.as_bytes());
-    if !(is_spawn && has_uid) {
+    let proc = std::path::Path::new("/proc").join(pid.to_string());
+    let (Ok(stat), Ok(cmdline)) = (std::fs::read_to_string(proc.join("stat")), std::fs::read(proc.join("cmdline")))
+    else {
+        return false;
+    };
+    let threads = || {
+        let status = std::fs::read_to_string(proc.join("status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+    };
+    supervisor_state(&stat, &cmdline, threads, uid)
+}
+
+/// [`is_supervisor_alive`] from a process's `/proc/<pid>/stat` and `cmdline`, and its count of
+/// threads (asked only of a zombie).
+fn supervisor_state(stat: &str, cmdline: &[u8], threads: impl FnOnce() -> Option<u32>, uid: &str) -> bool {
+    const SPAWN: &str = "ignite-spawn";
+    let Some((head, rest)) = stat.rsplit_once(')') else { return false };
+    if head.split_once('(').map(|(_, comm)| comm) != Some(SPAWN) {
         return false;
     }
-    // A zombie is dead for our purposes.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false),
-        Err(_) => false,
+    if !cmdline.is_empty() {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_spawn = args.first().is_some_and(|a| a.ends_with(SPAWN.as_bytes()));
+        if !(is_spawn && args.contains(&uid.as_bytes())) {
+            return false;
+        }
     }
+    // An empty command line: a supervisor exiting (its memory released), whose files are not
+    // yet; or a zombie, dead once no thread of it is left.
+    !rest.trim_start().starts_with('Z') || threads().is_some_and(|n| n > 1)
 }
 
 /// Whether any process with `pid` exists.
@@ -210,4 +232,34 @@ pub fn host_memory_mib() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::supervisor_state;
+
+    const UID: &str = "0123456789abcdef";
+
+    fn cmdline(args: &[&str]) -> Vec<u8> {
+        args.iter().flat_map(|a| a.bytes().chain([0])).collect()
+    }
+
+    #[test]
+    fn a_supervisor_is_alive_until_no_thread_of_it_is_left() {
+        let ours = cmdline(&["/usr/lib/ignite/ignite-spawn", "--root", "/var/lib/ignite", UID]);
+        let never = || -> Option<u32> { panic!("threads asked of a process that is not a zombie") };
+        assert!(supervisor_state("42 (ignite-spawn) S 1 42", &ours, never, UID));
+        // Exiting: its memory is gone (empty command line), its files are not yet.
+        assert!(supervisor_state("42 (ignite-spawn) R 1 42", b"", never, UID));
+        // A zombie leader whose other threads still exit, then one with none left.
+        assert!(supervisor_state("42 (ignite-spawn) Z 1 42", b"", || Some(3), UID));
+        assert!(!supervisor_state("42 (ignite-spawn) Z 1 42", b"", || Some(1), UID));
+        assert!(!supervisor_state("42 (ignite-spawn) Z 1 42", &ours, || None, UID));
+        // Another VM's supervisor, or another program, with that pid.
+        let other = cmdline(&["/usr/lib/ignite/ignite-spawn", "fedcba9876543210"]);
+        assert!(!supervisor_state("42 (ignite-spawn) S 1 42", &other, never, UID));
+        assert!(!supervisor_state("42 (sleep) S 1 42", &cmdline(&["sleep", UID]), never, UID));
+        assert!(!supervisor_state("42 (x) ignite-spawn) S 1 42", b"", never, UID));
+        assert!(!supervisor_state("", b"", never, UID));
+    }
 }
