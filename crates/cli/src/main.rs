@@ -26,12 +26,7 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = format!("error: {e}");
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
+            let msg = format!("error: {}", ignite_runtime::errors::chain(e.as_ref()));
             // Whatever an image, a guest or a tool put into the message: never terminal controls.
             let msg: String = msg
                 .chars()

@@ -93,15 +93,7 @@ fn id_prefix_names_the_vmm_and_the_namespace() {
     };
     // Waited for: `run` returns once the supervisor has started the VMM's jail, whose PID 1
     // execs the VMM a moment later.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut found = false;
-    while !found && std::time::Instant::now() < deadline {
-        found = vmm_below(&pid, &uid, &ppid_of);
-        if !found {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-    assert!(found, "no VMM process named e2e-test-{uid} within 10 s");
+    until(&format!("a VMM process named e2e-test-{uid}"), 10, || vmm_below(&pid, &uid, &ppid_of));
     ok(&root, &["rm", "-f", "prefixed"]);
     assert!(!Path::new(&format!("/run/netns/e2e-test-{uid}")).exists());
 }

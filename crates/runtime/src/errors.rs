@@ -40,10 +40,9 @@ impl Class {
     }
 }
 
-/// An error and its causes, as one line (`invalid VM "x": spec.cpus: must be …`).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(Some(e), |c| c.source()).map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
-}
+/// An error and its causes, as one line (`invalid VM "x": spec.cpus: must be …`): the one
+/// helper for that, `ignite-net`'s (the lowest crate with errors of several causes).
+pub use ignite_net::error_chain as chain;
 
 /// Classifies an error by the first cause in its chain that says what it is.
 pub fn classify(e: &(dyn std::error::Error + 'static)) -> Class {
