@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """ignite benchmarks: print figures, compare against a reference in the same run.
 
-    benches/bench.py boot   [--runs 40]   ignite run -> guest init (the kernel runs /init) and -> the
+    benches/bench.py boot   [--runs 100]  ignite run -> guest init (the kernel runs /init) and -> the
                                           image's ready line, vs bare QEMU microvm with the same
                                           kernel, command line, initramfs, disk and accelerator
                                           (and a 90% bootstrap interval of the ratio: TCG boots
-                                          on this host spread widely; with 40 runs each the
-                                          interval is still about +-4-7%);
+                                          on this host spread widely; with 100 runs each the
+                                          interval is still about +-3-5%, at 40 +-4-7%);
                                           and the host-side time from `ignite run` to the VMM's exec
                                           (BENCH_RAW=FILE writes every run's figures as JSON)
     benches/bench.py jail   [--runs 8]    what the VMM jail costs: ignite run -> VMM exec and -> guest
@@ -713,7 +713,7 @@ def main():
     e = Env()
     try:
         if a.what in ("boot", "all"):
-            bench_boot(e, a.runs or 40)
+            bench_boot(e, a.runs or 100)
         if a.what in ("jail", "all"):
             bench_jail(e, a.runs or 8)
         if a.what in ("disk", "all"):
