@@ -197,7 +197,7 @@ def bench_boot(e, runs):
     guest = [a - b for a, b in zip(ign_init, host)]
     print(f"  ignite's VMM exec -> guest init  {fmt(guest)}   (the guest's part, next to bare qemu's)")
     # The ratio's scatter from run to run is the guest's (TCG boots here spread +-15%, both sides
-    # alike); what ignite adds is its host side, measured to a fraction of a ms, and whatever its
+    # alike); what ignite adds is its host side, steady to about a ms from run to run, and whatever its
     # jail costs the guest (the means of the guest's part and of bare qemu, over all runs).
     print(f"  ignite's own time: host side p50 {pct(host, 50) * 1000:.1f} ms = "
           f"{pct(host, 50) / pct(bare_init, 50) * 100:.1f}% of bare qemu's p50; guest part mean "
