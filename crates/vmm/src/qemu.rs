@@ -377,27 +377,71 @@ impl QmpSession {
         }
     }
 
-    /// Waits for the migration in progress (outgoing or incoming) to complete.
+    /// Asks QEMU to announce each change of a migration's state (its `MIGRATION` event), so
+    /// that [`QmpSession::wait_migration`] wakes when it ends instead of polling for it.
+    fn announce_migration(&mut self) -> Result<(), VmmError> {
+        let events = serde_json::json!({"capabilities": [{"capability": "events", "state": true}]});
+        self.call("migrate-set-capabilities", Some(events)).map(|_| ())
+    }
+
+    /// Waits for the migration in progress (outgoing or incoming) to complete: asks once, then
+    /// reads QEMU's `MIGRATION` events (see [`QmpSession::announce_migration`]) and asks again
+    /// only when none came for a while. Events sent before an answer are skipped by
+    /// [`QmpSession::call`], but that answer already gives the state they announced, so no end
+    /// is missed.
     fn wait_migration(&mut self, what: &str, budget: Duration) -> Result<(), VmmError> {
+        const ASK_AGAIN: Duration = Duration::from_millis(200);
         let deadline = Instant::now() + budget;
-        loop {
-            let r = self.call("query-migrate", None)?;
-            match r.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-                "completed" => return Ok(()),
-                s @ ("failed" | "cancelled") => {
+        let ctl = |path: &Path, source| VmmError::Control { path: path.to_path_buf(), source };
+        let mut status = self.call("query-migrate", None)?.get("status").and_then(|s| s.as_str()).map(str::to_string);
+        let mut line = Vec::new();
+        let ended = loop {
+            match status.as_deref().unwrap_or("") {
+                "completed" => break Ok(()),
+                "failed" | "cancelled" => {
+                    // The reason is in the state QEMU keeps, not in the event.
+                    let r = self.call("query-migrate", None)?;
+                    let s = r.get("status").and_then(|s| s.as_str()).unwrap_or("failed");
                     let why = r.get("error-desc").and_then(|d| d.as_str()).unwrap_or(s);
-                    return Err(VmmError::Launch(format!("{what} failed: {why}")));
+                    break Err(VmmError::Launch(format!("{what} failed: {why}")));
                 }
-                _ if Instant::now() > deadline => {
-                    let _ = self.call("migrate_cancel", None);
-                    return Err(VmmError::Launch(format!("{what} did not finish within {}s", budget.as_secs())));
-                }
-                // Asked every millisecond (one short QMP round trip each): time waited past
-                // the migration's end is time a clone's guest does not run yet, or a
-                // snapshot's guest stays paused.
-                _ => std::thread::sleep(Duration::from_millis(1)),
+                _ => {}
             }
-        }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let _ = self.r.get_ref().set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = self.call("migrate_cancel", None);
+                return Err(VmmError::Launch(format!("{what} did not finish within {}s", budget.as_secs())));
+            }
+            self.r.get_ref().set_read_timeout(Some(left.min(ASK_AGAIN))).map_err(|e| ctl(&self.path, e))?;
+            status = match self.r.read_until(b'\n', &mut line) {
+                Ok(0) => {
+                    break Err(ctl(&self.path, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QMP closed")))
+                }
+                Ok(_) if line.ends_with(b"\n") => {
+                    let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+                    line.clear();
+                    match (v.get("event").and_then(|e| e.as_str()), v.pointer("/data/status").and_then(|s| s.as_str()))
+                    {
+                        (Some("MIGRATION"), Some(s)) => Some(s.to_string()),
+                        _ => status,
+                    }
+                }
+                Ok(_) => status,
+                // Nothing for a while, and no line begun: ask (an answer to a question never
+                // interleaves with a half-read line).
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    if !line.is_empty() {
+                        continue;
+                    }
+                    self.r.get_ref().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| ctl(&self.path, e))?;
+                    self.call("query-migrate", None)?.get("status").and_then(|s| s.as_str()).map(str::to_string)
+                }
+                Err(e) => break Err(ctl(&self.path, e)),
+            };
+        };
+        self.r.get_ref().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| ctl(&self.path, e))?;
+        ended
     }
 }
 
@@ -435,6 +479,7 @@ impl Qmp {
                 .open(state)
                 .map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
             q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))?;
+            q.announce_migration()?;
             q.call("migrate", Some(serde_json::json!({"uri": "fd:ignite-state"})))?;
             ignite_proc::fault::point("snapshot.saving");
             q.wait_migration("saving the machine's state", migration_budget(memory_mib))?;
@@ -453,6 +498,7 @@ impl Qmp {
         let f = std::fs::File::open(state).map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
         let mut q = QmpSession::open(&self.path, Duration::from_secs(30)).map_err(|e| exited(child, e))?;
         q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))
+            .and_then(|_| q.announce_migration())
             .and_then(|_| q.call("migrate-incoming", Some(serde_json::json!({"uri": "fd:ignite-state"}))))
             .and_then(|_| q.wait_migration("loading the snapshot's machine state", migration_budget(memory_mib)))
             .and_then(|_| q.call("cont", None))
