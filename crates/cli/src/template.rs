@@ -28,7 +28,7 @@
 //! # Values and their text form
 //!
 //! Templates run over the object's JSON, which does not say what Go type a value had: `VM`,
-//! `IMAGE` and `KERNEL` below (the schema, chosen by the object's `kind`) are that type
+//! `IMAGE`, `KERNEL` and `SNAPSHOT` below (the schema, chosen by the object's `kind`) are that type
 //! information, in one place: each Ignite struct with its Go field names, JSON names and Go
 //! types, plus ignite's own extension fields (`Spec.VMM`, `Spec.Agent`, `Status.Runtime.PID`,
 //! `Status.Runtime.Accel`, `Status.Exit`). A test checks that every field ignite writes is in
@@ -405,12 +405,25 @@ static KERNEL: Ty = st!(
     ],
 );
 
+/// ignite's Snapshot: its metadata as every object's (`.Name`, `.UID`, `.Created`), its spec
+/// and status untyped (an ignite kind, which Weave Ignite's templates never saw).
+static SNAPSHOT: Ty = st!(
+    "v1alpha4.Snapshot",
+    &[
+        embed("TypeMeta", "", &TYPE_META),
+        embed("ObjectMeta", "metadata", &OBJECT_META),
+        f("Spec", "spec", &ANY),
+        f("Status", "status", &ANY),
+    ],
+);
+
 /// The type of an object, by its `kind`.
 fn root_ty(v: &Value) -> &'static Ty {
     match v.get("kind").and_then(Value::as_str) {
         Some("VM") => &VM,
         Some("Image") => &IMAGE,
         Some("Kernel") => &KERNEL,
+        Some("Snapshot") => &SNAPSHOT,
         _ => &ANY,
     }
 }
@@ -2807,6 +2820,13 @@ mod tests {
         let k = json!({"kind": "Kernel", "metadata": {"name": "k"}, "status": {"version": "6.1.0"}});
         assert_eq!(render("{{.Name}} {{.Status.Version}}", &k).unwrap(), "k 6.1.0");
         assert!(render("{{.Status.Nope}}", &k).unwrap_err().to_string().contains("Nope in type v1alpha4.KernelStatus"));
+        // A snapshot's metadata reads as every object's; its spec and status are untyped.
+        let snap = json!({"kind": "Snapshot", "metadata": {"name": "s", "uid": "0123456789abcdef"},
+                          "spec": {"vmName": "src"}, "status": {"pausedMs": 130}});
+        assert_eq!(
+            render("{{.Name}} {{.UID}} {{.Spec.VmName}} {{.Status.PausedMs}} {{.Status.nope}}", &snap).unwrap(),
+            "s 0123456789abcdef src 130 <no value>"
+        );
         let other = json!({"a": {"b": [1, 2]}});
         assert_eq!(render("{{.A.B}} {{.a.c}}", &other).unwrap(), "[1 2] <no value>");
     }
