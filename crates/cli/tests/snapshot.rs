@@ -118,6 +118,17 @@ fn what_cannot_be_snapshotted_or_cloned_is_refused_and_changes_nothing() {
     fails(&root, &["run", "--from-snapshot", "s", "--memory", "256MB"], 2, "--memory cannot change it");
     fails(&root, &["run", "--from-snapshot", "s", "busybox"], 2, "an IMAGE cannot change it");
     assert_eq!(vm_names(&root), before, "a refused clone leaves no VM");
+    // A machine state QEMU cannot load (a damaged file): the clone fails with QEMU's own
+    // reason, leaves no VM, and the snapshot, made whole again, still clones.
+    let uid = ok(&root, &["inspect", "snapshot", "s", "-t", "{{.UID}}"]);
+    let state = root.join("snapshot").join(uid.trim()).join("state");
+    let whole = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &whole[..whole.len() / 2]).unwrap();
+    fails(&root, &["run", "--from-snapshot", "s", "--name", "damaged"], 1, "while loading the snapshot's state");
+    assert_eq!(vm_names(&root), before, "a failed clone leaves no VM");
+    std::fs::write(&state, &whole).unwrap();
+    ok(&root, &["run", "--from-snapshot", "s", "--name", "whole"]);
+    until_exec_works(&root, "whole", 60);
     // The source was paused for the snapshot and runs on.
     until_exec_works(&root, "live", 30);
 }

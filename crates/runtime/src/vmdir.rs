@@ -95,7 +95,7 @@ impl VmDir {
         self.0.join("spawn.log")
     }
     pub fn vmm_log(&self) -> PathBuf {
-        self.0.join("vmm.log")
+        self.0.join(ignite_vmm::VMM_LOG)
     }
     pub fn attach_socket(&self) -> PathBuf {
         self.0.join("attach.sock")

@@ -50,6 +50,10 @@ pub const JAIL_DISKS: &str = "/disks";
 /// connects to it).
 pub const AGENT_VMM_SOCKET: &str = "agent-vmm.sock";
 
+/// The VMM's standard error, in its VM's directory (written by the supervisor; read back for
+/// the VMM's own word on why it failed).
+pub const VMM_LOG: &str = "vmm.log";
+
 /// How a VM's root disk is laid out on the host. Create asks the backend which one to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -395,28 +395,30 @@ impl QmpSession {
         let ctl = |path: &Path, source| VmmError::Control { path: path.to_path_buf(), source };
         let mut status = self.call("query-migrate", None)?.get("status").and_then(|s| s.as_str()).map(str::to_string);
         let mut line = Vec::new();
-        let ended = loop {
+        loop {
             match status.as_deref().unwrap_or("") {
-                "completed" => break Ok(()),
+                "completed" => return Ok(()),
                 "failed" | "cancelled" => {
                     // The reason is in the state QEMU keeps, not in the event.
                     let r = self.call("query-migrate", None)?;
                     let s = r.get("status").and_then(|s| s.as_str()).unwrap_or("failed");
                     let why = r.get("error-desc").and_then(|d| d.as_str()).unwrap_or(s);
-                    break Err(VmmError::Launch(format!("{what} failed: {why}")));
+                    return Err(VmmError::Launch(format!("{what} failed: {why}")));
                 }
                 _ => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let _ = self.r.get_ref().set_read_timeout(Some(Duration::from_secs(5)));
                 let _ = self.call("migrate_cancel", None);
                 return Err(VmmError::Launch(format!("{what} did not finish within {}s", budget.as_secs())));
             }
             self.r.get_ref().set_read_timeout(Some(left.min(ASK_AGAIN))).map_err(|e| ctl(&self.path, e))?;
-            status = match self.r.read_until(b'\n', &mut line) {
+            let read = self.r.read_until(b'\n', &mut line);
+            // Questions asked from here on get QMP's usual time to answer.
+            self.r.get_ref().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| ctl(&self.path, e))?;
+            status = match read {
                 Ok(0) => {
-                    break Err(ctl(&self.path, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QMP closed")))
+                    return Err(ctl(&self.path, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "QMP closed")))
                 }
                 Ok(_) if line.ends_with(b"\n") => {
                     let v: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
@@ -434,14 +436,11 @@ impl QmpSession {
                     if !line.is_empty() {
                         continue;
                     }
-                    self.r.get_ref().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| ctl(&self.path, e))?;
                     self.call("query-migrate", None)?.get("status").and_then(|s| s.as_str()).map(str::to_string)
                 }
-                Err(e) => break Err(ctl(&self.path, e)),
+                Err(e) => return Err(ctl(&self.path, e)),
             };
-        };
-        self.r.get_ref().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| ctl(&self.path, e))?;
-        ended
+        }
     }
 }
 
@@ -494,25 +493,48 @@ impl Qmp {
 
     /// Loads the machine state `state` into a QEMU started with `-incoming defer`, then lets
     /// the guest run.
-    fn restore(&self, state: &Path, memory_mib: u64, child: &mut std::process::Child) -> Result<(), VmmError> {
+    fn restore(
+        &self,
+        state: &Path,
+        memory_mib: u64,
+        child: &mut std::process::Child,
+        run_dir: &Path,
+    ) -> Result<(), VmmError> {
         let f = std::fs::File::open(state).map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
-        let mut q = QmpSession::open(&self.path, Duration::from_secs(30)).map_err(|e| exited(child, e))?;
+        let mut q = QmpSession::open(&self.path, Duration::from_secs(30)).map_err(|e| exited(child, run_dir, e))?;
         q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))
             .and_then(|_| q.announce_migration())
             .and_then(|_| q.call("migrate-incoming", Some(serde_json::json!({"uri": "fd:ignite-state"}))))
             .and_then(|_| q.wait_migration("loading the snapshot's machine state", migration_budget(memory_mib)))
             .and_then(|_| q.call("cont", None))
             .map(|_| ())
-            .map_err(|e| exited(child, e))
+            .map_err(|e| exited(child, run_dir, e))
     }
 }
 
-/// `e`, or, when QEMU has exited meanwhile, that (its reason is in its log).
-fn exited(child: &mut std::process::Child, e: VmmError) -> VmmError {
-    match child.try_wait() {
-        Ok(Some(status)) => VmmError::Launch(format!("QEMU exited ({status}) while resuming the snapshot: {e}")),
-        _ => e,
-    }
+/// `e`, or, when QEMU has exited meanwhile, that with QEMU's own reason from `vmm.log` (a state
+/// it cannot load: "load of migration failed: Invalid argument"). A lost control connection
+/// means QEMU is on its way out: it is given a moment to be seen gone.
+fn exited(child: &mut std::process::Child, run_dir: &Path, e: VmmError) -> VmmError {
+    let deadline =
+        Instant::now() + if matches!(e, VmmError::Control { .. }) { Duration::from_secs(3) } else { Duration::ZERO };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => return e,
+        }
+    };
+    let log = std::fs::read(run_dir.join(crate::VMM_LOG)).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log[log.len().saturating_sub(16 * 1024)..]).into_owned();
+    // QEMU's own lines: "qemu-system-x86_64: <what>" (its program name first).
+    let said: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(": ").filter(|(p, _)| p.contains("qemu-system")).map(|(_, m)| m))
+        .collect();
+    let why = said.iter().rev().take(2).rev().copied().collect::<Vec<_>>().join("; ");
+    let why: String = if why.is_empty() { e.to_string() } else { why.chars().take(400).collect() };
+    VmmError::Launch(format!("QEMU exited ({status}) while loading the snapshot's state: {why}"))
 }
 
 impl Control for Qmp {
@@ -686,7 +708,7 @@ impl Backend for Qemu {
         let mut child = launcher.spawn(cmd)?;
         let qmp = Qmp { path: qmp_path };
         if let Some(state) = &m.incoming {
-            if let Err(e) = qmp.restore(state, m.memory_mib, &mut child) {
+            if let Err(e) = qmp.restore(state, m.memory_mib, &mut child, &m.run_dir) {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(e);
