@@ -67,6 +67,10 @@ pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
     Ok(store.dir::<Kernel>(&k.uid()).join(VMLINUX))
 }
 
+/// How long a start waits for the supervisor of the VM's previous run, its end recorded, to
+/// exit (it stops its VMM and joins its threads first).
+const LEAVING_WAIT: Duration = Duration::from_secs(10);
+
 /// Starts `vm` and returns once its supervisor runs the VMM.
 pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) -> Result<Started, StartError> {
     start_on(&System, store, config, vm, opts)
@@ -95,6 +99,15 @@ pub fn start_on(
     let vm = refresh_on(host, store, store.get::<Vm>(&uid)?)?;
     if vm.status.running {
         return Err(StartError::AlreadyRunning { name });
+    }
+    // A supervisor that has recorded its VM's end (the guest powered off or rebooted, the VMM
+    // died) still lets go of its files, the lease among them, as it exits: that is waited for,
+    // as `stop` and `kill` wait for it, not refused as running.
+    if let Some(pid) = crate::status::supervisor_pid(&vm).filter(|_| crate::status::outdated_on(host, &vm)) {
+        let deadline = std::time::Instant::now() + LEAVING_WAIT;
+        while host.supervisor_alive(pid, &uid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     // No supervisor may live while this start allocates: one whose start was killed before it
     // reported ready may still be on its way to running.
