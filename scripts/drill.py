@@ -43,6 +43,7 @@ START_POINTS = [
     "cni.added-firewall",
     "start.network-attached",
     "start.before-spawn",
+    "start.supervisor-waiting",
     "spawn.vmm-started",
 ]
 CREATE_POINTS = ["create.base-ready", "create.disk-written"]

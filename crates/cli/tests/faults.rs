@@ -123,6 +123,8 @@ fn a_start_killed_at_any_step_leaks_nothing() {
         ("start.network-attached", "KILL"),
         ("start.network-attached", "TERM"),
         ("start.before-spawn", "KILL"),
+        // Its supervisor runs, waiting for the initramfs: it gives up, no VMM boots.
+        ("start.supervisor-waiting", "KILL"),
         ("spawn.vmm-started", "KILL"),
     ] {
         let o = ignite_env(&root, &["start", "victim"], &[("IGNITE_FAULT", point), ("IGNITE_FAULT_SIGNAL", signal)]);

@@ -5,7 +5,7 @@
 //! failure, when a stop escalates) are tested without a VM, next to the real-VM tests.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use crate::lease::Lease;
 use crate::preflight::Check;
 use crate::start_error::{prep, StartError};
 use crate::vmdir::VmDir;
+
+/// The line on a supervisor's stdin that lets it start the VMM (see [`Host::spawn_supervisor`]).
+pub const GO_AHEAD: &[u8] = b"boot\n";
 
 /// How long a start waits for a VM's extra interfaces to appear in its network namespace.
 const EXTRA_INTERFACE_WAIT: Duration = Duration::from_secs(120);
@@ -63,8 +66,11 @@ pub trait Host: Sync {
     ) -> Result<ignite_net::Attachment, StartError>;
     /// Releases the network recorded in `dir`, if any.
     fn release_network(&self, dir: &VmDir);
-    /// Runs the VM's supervisor (`ignite-spawn`), handing it `leases`, and waits for its
-    /// readiness line; returns its pid.
+    /// Runs the VM's supervisor (`ignite-spawn`), handing it `leases`; runs `prepare` (the
+    /// boot's files that only its VMM reads: the initramfs) while the supervisor starts, which
+    /// waits for it before it starts the VMM; then waits for its readiness line and returns
+    /// the pid it gives. When `prepare` fails, the supervisor is stopped before it started
+    /// anything, and that error is returned.
     fn spawn_supervisor(
         &self,
         root: &Path,
@@ -72,6 +78,7 @@ pub trait Host: Sync {
         uid: &str,
         name: &str,
         leases: &[Lease],
+        prepare: &mut dyn FnMut() -> Result<(), StartError>,
     ) -> Result<u32, StartError>;
     /// Whether `pid` is the live supervisor of VM `uid`.
     fn supervisor_alive(&self, pid: u32, uid: &str) -> bool;
@@ -128,8 +135,9 @@ impl Host for System {
         uid: &str,
         name: &str,
         leases: &[Lease],
+        prepare: &mut dyn FnMut() -> Result<(), StartError>,
     ) -> Result<u32, StartError> {
-        spawn_supervisor(root, dir, uid, name, leases)
+        spawn_supervisor(root, dir, uid, name, leases, prepare)
     }
 
     fn supervisor_alive(&self, pid: u32, uid: &str) -> bool {
@@ -211,7 +219,14 @@ fn plan_cni(
     Ok((plan, opts))
 }
 
-fn spawn_supervisor(root: &Path, dir: &VmDir, uid: &str, name: &str, leases: &[Lease]) -> Result<u32, StartError> {
+fn spawn_supervisor(
+    root: &Path,
+    dir: &VmDir,
+    uid: &str,
+    name: &str,
+    leases: &[Lease],
+    prepare: &mut dyn FnMut() -> Result<(), StartError>,
+) -> Result<u32, StartError> {
     let log_path = dir.spawn_log();
     let log = File::options()
         .create(true)
@@ -227,15 +242,30 @@ fn spawn_supervisor(root: &Path, dir: &VmDir, uid: &str, name: &str, leases: &[L
     crate::sys::inherit_fds(&mut cmd, fds);
     let mut child = cmd
         .arg(uid)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .map_err(prep(name, "cannot run ignite-spawn (install it beside ignite, or set IGNITE_SPAWN)"))?;
+    // The go-ahead: one line on the supervisor's stdin once the boot's files are whole. Its
+    // end without that line (an error here, this process killed) makes it exit before it
+    // starts anything.
+    let go_ahead = child.stdin.take();
     let out = child
         .stdout
         .take()
         .ok_or_else(|| StartError::Supervisor { name: name.to_string(), message: "no readiness pipe".into() })?;
+    ignite_proc::fault::point("start.supervisor-waiting");
+    if let Err(e) = prepare() {
+        drop(go_ahead);
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    if let Some(mut go) = go_ahead {
+        // A supervisor that failed already has closed its end: its readiness line says why.
+        let _ = go.write_all(GO_AHEAD);
+    }
     ignite_proc::fault::point("start.supervisor-spawned");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -68,7 +68,8 @@ pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
 }
 
 /// How long a start waits for the supervisor of the VM's previous run, its end recorded, to
-/// exit (it stops its VMM and joins its threads first).
+/// exit (it stops its VMM and joins its threads first), or for one not recorded yet to run
+/// the VM or give up.
 const LEAVING_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts `vm` and returns once its supervisor runs the VMM.
@@ -110,10 +111,18 @@ pub fn start_on(
         }
     }
     // No supervisor may live while this start allocates: one whose start was killed before it
-    // reported ready may still be on its way to running.
-    let supervisor_lease = crate::lease::supervisor(&dir)
-        .map_err(prep(&name, "cannot take the VM's supervisor lease"))?
-        .ok_or_else(|| StartError::AlreadyRunning { name: name.clone() })?;
+    // reported ready may still be on its way to running, or on its way out (killed before its
+    // go-ahead): that is waited for, as long as it is not recorded running.
+    let deadline = std::time::Instant::now() + LEAVING_WAIT;
+    let supervisor_lease = loop {
+        match crate::lease::supervisor(&dir).map_err(prep(&name, "cannot take the VM's supervisor lease"))? {
+            Some(l) => break l,
+            None if std::time::Instant::now() >= deadline || store.get::<Vm>(&uid)?.status.running => {
+                return Err(StartError::AlreadyRunning { name })
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
     // Nothing runs for this VM now: what a killed start or a crash left allocated is released
     // before anything is allocated anew.
     host.release_network(&dir);
@@ -353,8 +362,6 @@ fn boot_and_spawn(
         }
         None => {
             let with_agent = agent.is_some();
-            crate::provision::vm_initramfs(store, vm, &initrd, root.layout, agent.map(|a| (a, channel)))
-                .map_err(prep(&name, "cannot build the VM's initramfs"))?;
             let mut cmdline = vm.spec.kernel.cmd_line.clone();
             cmdline.push_str(" rdinit=/init");
             cmdline.push_str(&backend.guest_args(store.root(), verdict.accel, kernel));
@@ -388,7 +395,7 @@ fn boot_and_spawn(
         vcpus: vm.spec.cpus,
         memory_mib: want,
         kernel,
-        initrd: Some(initrd),
+        initrd: Some(initrd.clone()),
         cmdline,
         drives,
         nics,
@@ -424,7 +431,16 @@ fn boot_and_spawn(
     // by a snapshot of the running VM): not synced (two fsyncs, ~0.4 ms of every start).
     ignite_store::write_atomic_unsynced(&dir.boot_config(), &boot_json)?;
     ignite_proc::fault::point("start.before-spawn");
-    host.spawn_supervisor(store.root(), dir, &uid, &name, leases)
+    // A boot's initramfs (~3 ms: busybox and the agent copied in) is written while the
+    // supervisor starts; it waits for it before it starts the VMM.
+    let mut agent = agent.map(|a| (a, channel));
+    let vm: &Vm = vm;
+    let mut prepare = || match restore {
+        Some(_) => Ok(()),
+        None => crate::provision::vm_initramfs(store, vm, &initrd, root.layout, agent.take())
+            .map_err(prep(&name, "cannot build the VM's initramfs")),
+    };
+    host.spawn_supervisor(store.root(), dir, &uid, &name, leases, &mut prepare)
 }
 
 /// The identity a resumed guest is given: a clone's own (new SSH host keys of the types its

@@ -141,9 +141,18 @@ impl Host for Scripted {
         a.retain(|d| *d != dir.display().to_string());
         self.call(if a.len() < before { "release (attached)" } else { "release (nothing)" }.into());
     }
-    fn spawn_supervisor(&self, _: &Path, _: &VmDir, uid: &str, _: &str, leases: &[Lease]) -> Result<u32, StartError> {
+    fn spawn_supervisor(
+        &self,
+        _: &Path,
+        _: &VmDir,
+        uid: &str,
+        _: &str,
+        leases: &[Lease],
+        prepare: &mut dyn FnMut() -> Result<(), StartError>,
+    ) -> Result<u32, StartError> {
         let what: Vec<&str> = leases.iter().map(|l| l.what.as_str()).collect();
         self.call(format!("spawn holding {}", what.join(",")));
+        prepare()?;
         if let Some(message) = self.spawn_fails.lock().unwrap().clone() {
             return Err(StartError::Supervisor { name: "a".into(), message });
         }
@@ -267,16 +276,38 @@ fn a_start_that_fails_after_its_network_releases_it_and_can_be_started_again() {
 }
 
 #[test]
-fn a_start_refuses_before_allocating_when_a_supervisor_holds_the_vm() {
+fn a_start_waits_for_a_supervisor_not_yet_recorded_and_refuses_once_it_runs_the_vm() {
     let s = setup();
     let host = Scripted::new(&s.store, Guest::Obeys);
-    // A supervisor whose start was killed before it reported ready may still come up.
-    let held = ignite_runtime::lease::supervisor(&VmDir::of(&s.store, &s.vm.uid())).unwrap().unwrap();
+    let dir = VmDir::of(&s.store, &s.vm.uid());
+    // A supervisor whose start was killed before it reported ready may still come up: once it
+    // records the VM running, the start is refused, nothing released or allocated under it.
+    let held = ignite_runtime::lease::supervisor(&dir).unwrap().unwrap();
+    let comes_up = {
+        let store = s.store.clone();
+        let uid = s.vm.uid();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let runtime = RuntimeStatus { id: uid.clone(), pid: Some(std::process::id()), ..Default::default() };
+            store.modify::<Vm, _>(&uid, |v| v.status.record_running(runtime, chrono::Utc::now())).unwrap();
+            held
+        })
+    };
     let err = start(&s, &host).unwrap_err();
     assert!(matches!(err, StartError::AlreadyRunning { .. }), "{err}");
     assert!(host.take().is_empty(), "nothing released or allocated under a live supervisor");
-    drop(held);
-    assert!(start(&s, &host).is_ok());
+    drop(comes_up.join().unwrap());
+    s.store.modify::<Vm, _>(&s.vm.uid(), |v| v.status.running = false).unwrap();
+
+    // One that gives up (its start was killed before its go-ahead) lets go of the lease as it
+    // exits: the start waits for that, then starts.
+    let held = ignite_runtime::lease::supervisor(&dir).unwrap().unwrap();
+    let gives_up = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+    });
+    assert!(start(&s, &host).unwrap().status.running);
+    gives_up.join().unwrap();
 }
 
 #[test]

@@ -6,11 +6,14 @@
 //! into a graceful guest shutdown and SIGINT into an immediate stop, and records how the VM
 //! ended.
 //!
-//! Protocol with the process that started it: one line on stdout, `ready <vmm-pid>` or
-//! `error: <message>`, then stdout is not used again. Diagnostics go to stderr
-//! (`vm/<uid>/spawn.log`).
+//! Protocol with the process that started it: it writes the boot's last files (the
+//! initramfs) while this process starts, then one line on its stdin, the go-ahead
+//! (`ignite_runtime::host::GO_AHEAD`); the VMM is started only after it (stdin's end
+//! without it: the start failed or was killed, and this process exits having started
+//! nothing). Then one line on stdout, `ready <vmm-pid>` or `error: <message>`, then stdout
+//! is not used again. Diagnostics go to stderr (`vm/<uid>/spawn.log`).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::ChildStdin;
@@ -46,7 +49,7 @@ pub fn run(root: &Path, uid: &str) -> i32 {
         let store = Store::open(root).map_err(|e| e.to_string())?;
         let boot = read_boot(&store, uid)?;
         let backend = ignite_vmm::backend(&boot.vmm, &boot.binaries).map_err(|e| e.to_string())?;
-        supervise(&store, uid, &boot, backend, &mut ready_out)
+        supervise(&store, uid, &boot, backend, &mut ready_out, &mut read_go_ahead)
     });
     match res {
         Ok(code) => code,
@@ -56,6 +59,17 @@ pub fn run(root: &Path, uid: &str) -> i32 {
             eprintln!("ignite-spawn: {e}");
             1
         }
+    }
+}
+
+/// Waits for the go-ahead of the start that ran this process, on stdin.
+fn read_go_ahead() -> Result<(), String> {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    if line.as_bytes() == ignite_runtime::host::GO_AHEAD {
+        Ok(())
+    } else {
+        Err("the start that ran this supervisor ended before the VM's boot files were ready".into())
     }
 }
 
@@ -92,13 +106,15 @@ impl Drop for Attaching {
 
 /// Supervises VM `uid` on `backend` until it ends, and records how it ended: its VMM started
 /// (jailed or not), "ready <pid>" written to `ready_out` once the store says running, the
-/// console logged and served, TERM/INT turned into a graceful or an immediate stop.
+/// console logged and served, TERM/INT turned into a graceful or an immediate stop. The VMM
+/// is started once `go_ahead` returns (an error: it is not, and that is the error).
 pub fn supervise(
     store: &Store,
     uid: &str,
     boot: &BootConfig,
     backend: std::sync::Arc<dyn ignite_vmm::Backend>,
     ready_out: &mut impl Write,
+    go_ahead: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<i32, String> {
     let dir = VmDir::of(store, uid);
     let machine = &boot.machine;
@@ -130,7 +146,7 @@ pub fn supervise(
         }
         None => None,
     };
-    let launched = launch(uid, &dir, boot, backend.as_ref(), vmm_log);
+    let launched = go_ahead().and_then(|()| launch(uid, &dir, boot, backend.as_ref(), vmm_log));
     let Launched { mut instance, jail: jail_status, _alive } = launched?;
     eprintln!("ignite-spawn: timing launched_ms={}", t0.elapsed().as_millis());
     let cgroup = jail_status.is_some();

@@ -64,7 +64,8 @@ fn supervise(script: &'static str) -> (Vm, Vec<&'static str>, String, String) {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let backend = Arc::new(Scripted { script, asked: asked.clone() });
     let mut ready = Vec::new();
-    let code = ignite_supervisor::supervise::supervise(&store, &uid, &boot, backend, &mut ready).unwrap();
+    let code =
+        ignite_supervisor::supervise::supervise(&store, &uid, &boot, backend, &mut ready, &mut || Ok(())).unwrap();
     assert_eq!(code, 0);
     let ready = String::from_utf8(ready).unwrap();
     assert!(ready.starts_with("ready "), "{ready}");
@@ -88,7 +89,8 @@ fn a_resumed_guest_that_cannot_be_given_its_identity_is_stopped_not_reported_run
     let backend = Arc::new(Scripted { script: "exec sleep 600", asked: asked.clone() });
     let mut ready = Vec::new();
     let started = std::time::Instant::now();
-    let err = ignite_supervisor::supervise::supervise(&store, &uid, &boot, backend, &mut ready).unwrap_err();
+    let err =
+        ignite_supervisor::supervise::supervise(&store, &uid, &boot, backend, &mut ready, &mut || Ok(())).unwrap_err();
     assert!(err.contains("could not be given its identity"), "{err}");
     // Returned once its VMM had exited (the supervisor waits for it): stopped, not left.
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "it waited for the VMM to end by itself");
@@ -130,4 +132,27 @@ fn the_guests_own_words_explain_its_end() {
     assert_eq!(vm.status.exit.as_ref().unwrap().reason, "guest init failed: /sbin/init not found");
     let (vm, _, _, _) = supervise("echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'; exit 0");
     assert_eq!(vm.status.exit.as_ref().unwrap().reason, "guest kernel panic: VFS: Unable to mount root fs");
+}
+
+#[test]
+fn no_vmm_runs_without_the_go_ahead_of_its_start() {
+    // The start that ran the supervisor failed (or was killed) while it wrote the boot's
+    // initramfs: its VMM must not boot a half-written one. Started, this "VMM" would end at
+    // once and the supervisor would report its run.
+    let d = tempfile::tempdir().unwrap();
+    let (store, uid, boot) = scripted_vm(d.path());
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let backend = Arc::new(Scripted { script: "echo 'Linux version 6.1 (test)'; exit 0", asked: asked.clone() });
+    let mut ready = Vec::new();
+    let err = ignite_supervisor::supervise::supervise(&store, &uid, &boot, backend, &mut ready, &mut || {
+        Err("the start ended before the VM's boot files were ready".into())
+    })
+    .unwrap_err();
+    assert!(err.contains("boot files were ready"), "{err}");
+    assert!(ready.is_empty(), "reported ready: {}", String::from_utf8_lossy(&ready));
+    let console = std::fs::read_to_string(VmDir::of(&store, &uid).console_log()).unwrap_or_default();
+    assert!(!console.contains("Linux version"), "the VMM ran: {console}");
+    let vm = store.get::<Vm>(&uid).unwrap();
+    assert!(!vm.status.running && vm.status.start_time.is_none(), "recorded as run: {:?}", vm.status);
+    assert!(asked.lock().unwrap().is_empty());
 }
