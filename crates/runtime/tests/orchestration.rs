@@ -275,39 +275,58 @@ fn a_start_that_fails_after_its_network_releases_it_and_can_be_started_again() {
     assert!(start(&s, &host).unwrap().status.running);
 }
 
+/// Returns once a start holds the VM's start lock (it then checks the VM, then takes the
+/// supervisor lease).
+fn until_a_start_holds_the_vm(dir: &VmDir) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let f = std::fs::File::options().create(true).truncate(false).write(true).open(dir.start_lock()).unwrap();
+        match f.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) => return,
+            Err(std::fs::TryLockError::Error(e)) => panic!("{e}"),
+            Ok(()) => drop(f),
+        }
+        assert!(Instant::now() < deadline, "no start took the VM's start lock");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_start_waits_for_a_supervisor_not_yet_recorded_and_refuses_once_it_runs_the_vm() {
     let s = setup();
     let host = Scripted::new(&s.store, Guest::Obeys);
     let dir = VmDir::of(&s.store, &s.vm.uid());
+    let uid = s.vm.uid();
     // A supervisor whose start was killed before it reported ready may still come up: once it
     // records the VM running, the start is refused, nothing released or allocated under it.
     let held = ignite_runtime::lease::supervisor(&dir).unwrap().unwrap();
-    let comes_up = {
-        let store = s.store.clone();
-        let uid = s.vm.uid();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let runtime = RuntimeStatus { id: uid.clone(), pid: Some(std::process::id()), ..Default::default() };
-            store.modify::<Vm, _>(&uid, |v| v.status.record_running(runtime, chrono::Utc::now())).unwrap();
-            held
-        })
-    };
-    let err = start(&s, &host).unwrap_err();
+    let pid = std::process::id();
+    let err = std::thread::scope(|t| {
+        t.spawn(|| {
+            until_a_start_holds_the_vm(&dir);
+            host.live.lock().unwrap().insert(pid, uid.clone());
+            let runtime = RuntimeStatus { id: uid.clone(), pid: Some(pid), ..Default::default() };
+            s.store.modify::<Vm, _>(&uid, |v| v.status.record_running(runtime, chrono::Utc::now())).unwrap();
+        });
+        start(&s, &host).unwrap_err()
+    });
     assert!(matches!(err, StartError::AlreadyRunning { .. }), "{err}");
     assert!(host.take().is_empty(), "nothing released or allocated under a live supervisor");
-    drop(comes_up.join().unwrap());
-    s.store.modify::<Vm, _>(&s.vm.uid(), |v| v.status.running = false).unwrap();
+    drop(held);
+    host.live.lock().unwrap().remove(&pid);
+    s.store.modify::<Vm, _>(&uid, |v| v.status.running = false).unwrap();
 
     // One that gives up (its start was killed before its go-ahead) lets go of the lease as it
     // exits: the start waits for that, then starts.
     let held = ignite_runtime::lease::supervisor(&dir).unwrap().unwrap();
-    let gives_up = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        drop(held);
+    let started = std::thread::scope(|t| {
+        t.spawn(|| {
+            until_a_start_holds_the_vm(&dir);
+            drop(held);
+        });
+        start(&s, &host).unwrap()
     });
-    assert!(start(&s, &host).unwrap().status.running);
-    gives_up.join().unwrap();
+    assert!(started.status.running);
 }
 
 #[test]
