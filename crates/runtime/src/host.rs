@@ -137,7 +137,67 @@ impl Host for System {
         leases: &[Lease],
         prepare: &mut dyn FnMut() -> Result<(), StartError>,
     ) -> Result<u32, StartError> {
-        spawn_supervisor(root, dir, uid, name, leases, prepare)
+        let log_path = dir.spawn_log();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(prep(name, format!("cannot open {}", log_path.display())))?;
+        let mut cmd = Command::new(spawn_binary());
+        cmd.arg("--root").arg(root);
+        let fds: Vec<i32> = leases.iter().map(crate::lease::Lease::fd).collect();
+        for fd in &fds {
+            cmd.arg("--hold-fd").arg(fd.to_string());
+        }
+        crate::sys::inherit_fds(&mut cmd, fds);
+        let mut child = cmd
+            .arg(uid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(prep(name, "cannot run ignite-spawn (install it beside ignite, or set IGNITE_SPAWN)"))?;
+        // The go-ahead: one line on the supervisor's stdin once the boot's files are whole. Its
+        // end without that line (an error here, this process killed) makes it exit before it
+        // starts anything.
+        let go_ahead = child.stdin.take();
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| StartError::Supervisor { name: name.to_string(), message: "no readiness pipe".into() })?;
+        ignite_proc::fault::point("start.supervisor-waiting");
+        if let Err(e) = prepare() {
+            drop(go_ahead);
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        if let Some(mut go) = go_ahead {
+            // A supervisor that failed already has closed its end: its readiness line says why.
+            let _ = go.write_all(GO_AHEAD);
+        }
+        ignite_proc::fault::point("start.supervisor-spawned");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let line = line.trim();
+        if let Some(pid) = line.strip_prefix("ready ") {
+            return pid.parse().map_err(|_| StartError::Supervisor {
+                name: name.into(),
+                message: format!("bad readiness line {line:?}"),
+            });
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let message = match line.strip_prefix("error: ") {
+            Some(m) => m.to_string(),
+            None => format!("it exited without reporting (see {})", log_path.display()),
+        };
+        Err(StartError::Supervisor { name: name.into(), message })
     }
 
     fn supervisor_alive(&self, pid: u32, uid: &str) -> bool {
@@ -217,77 +277,6 @@ fn plan_cni(
     crate::network::save(dir, &plan)?;
     ignite_proc::fault::point("start.network-planned");
     Ok((plan, opts))
-}
-
-fn spawn_supervisor(
-    root: &Path,
-    dir: &VmDir,
-    uid: &str,
-    name: &str,
-    leases: &[Lease],
-    prepare: &mut dyn FnMut() -> Result<(), StartError>,
-) -> Result<u32, StartError> {
-    let log_path = dir.spawn_log();
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(prep(name, format!("cannot open {}", log_path.display())))?;
-    let mut cmd = Command::new(spawn_binary());
-    cmd.arg("--root").arg(root);
-    let fds: Vec<i32> = leases.iter().map(crate::lease::Lease::fd).collect();
-    for fd in &fds {
-        cmd.arg("--hold-fd").arg(fd.to_string());
-    }
-    crate::sys::inherit_fds(&mut cmd, fds);
-    let mut child = cmd
-        .arg(uid)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map_err(prep(name, "cannot run ignite-spawn (install it beside ignite, or set IGNITE_SPAWN)"))?;
-    // The go-ahead: one line on the supervisor's stdin once the boot's files are whole. Its
-    // end without that line (an error here, this process killed) makes it exit before it
-    // starts anything.
-    let go_ahead = child.stdin.take();
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| StartError::Supervisor { name: name.to_string(), message: "no readiness pipe".into() })?;
-    ignite_proc::fault::point("start.supervisor-waiting");
-    if let Err(e) = prepare() {
-        drop(go_ahead);
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
-    }
-    if let Some(mut go) = go_ahead {
-        // A supervisor that failed already has closed its end: its readiness line says why.
-        let _ = go.write_all(GO_AHEAD);
-    }
-    ignite_proc::fault::point("start.supervisor-spawned");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-    let line = line.trim();
-    if let Some(pid) = line.strip_prefix("ready ") {
-        return pid.parse().map_err(|_| StartError::Supervisor {
-            name: name.into(),
-            message: format!("bad readiness line {line:?}"),
-        });
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let message = match line.strip_prefix("error: ") {
-        Some(m) => m.to_string(),
-        None => format!("it exited without reporting (see {})", log_path.display()),
-    };
-    Err(StartError::Supervisor { name: name.into(), message })
 }
 
 /// Path of the supervisor binary: `$IGNITE_SPAWN`, else `ignite-spawn` beside the running
