@@ -101,18 +101,11 @@ pub fn start_on(
     if vm.status.running {
         return Err(StartError::AlreadyRunning { name });
     }
-    // A supervisor that has recorded its VM's end (the guest powered off or rebooted, the VMM
-    // died) still lets go of its files, the lease among them, as it exits: that is waited for,
-    // as `stop` and `kill` wait for it, not refused as running.
-    if let Some(pid) = crate::status::supervisor_pid(&vm).filter(|_| crate::status::outdated_on(host, &vm)) {
-        let deadline = std::time::Instant::now() + LEAVING_WAIT;
-        while host.supervisor_alive(pid, &uid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    // No supervisor may live while this start allocates: one whose start was killed before it
-    // reported ready may still be on its way to running, or on its way out (killed before its
-    // go-ahead): that is waited for, as long as it is not recorded running.
+    // No supervisor may live while this start allocates. One that has recorded its VM's end
+    // (the guest powered off or rebooted, the VMM died) still holds the lease while it stops
+    // its VMM and exits; one whose start was killed before it reported ready may still be on
+    // its way to running, or on its way out (killed before its go-ahead). All are waited for,
+    // as long as the VM is not recorded running.
     let deadline = std::time::Instant::now() + LEAVING_WAIT;
     let supervisor_lease = loop {
         match crate::lease::supervisor(&dir).map_err(prep(&name, "cannot take the VM's supervisor lease"))? {
