@@ -56,8 +56,15 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     // kernel is ignite's); under KVM nothing.
     let inspect = ok(&root, &["inspect", "vm", "ag"]);
     let tcg = inspect.contains("\"accel\": \"tcg\"");
-    for arg in ["tsc_early_khz=", "no_timer_check", "lapic_timer_khz=1000000", "keep_initmem"] {
+    for arg in ["tsc_early_khz=", "no_timer_check", "noreplace-smp", "lapic_timer_khz=1000000", "keep_initmem"] {
         assert_eq!(cmdline.contains(arg), tcg, "{arg} in {cmdline} ({inspect})");
+    }
+    // Under TCG the guest's CPU has no fast `rep movsb` (ERMS, FSRM): TCG runs that one byte
+    // per step, so the guest copies memory with wider moves.
+    if tcg {
+        let o = exec(&root, &["ag", "--", "sh", "-c", "grep -m1 ^flags /proc/cpuinfo"]);
+        let flags = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(flags.contains(" sse2") && !flags.contains(" erms") && !flags.contains(" fsrm"), "{flags}");
     }
     // Ignite's kernel takes a TSC frequency given by tsc_early_khz= as known (patch 0003): the
     // `tsc` clocksource is chosen while the kernel boots, not by a refined calibration a
