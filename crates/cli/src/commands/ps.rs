@@ -69,16 +69,21 @@ pub fn run(ctx: &Ctx, a: PsArgs) -> anyhow::Result<()> {
 }
 
 fn row(vm: &Vm, wide: bool) -> Vec<String> {
+    let outdated = ignite_runtime::status::outdated(vm);
     let status = match vm.state() {
-        _ if ignite_runtime::status::outdated(vm) => format!("*Up {}", since(vm.status.start_time)),
+        _ if outdated => format!("*Up {}", since(vm.status.start_time)),
         VmState::Running => format!("Up {}", since(vm.status.start_time)),
         VmState::Stopped => "Stopped".to_string(),
         VmState::Created => "Created".to_string(),
     };
+    // Only a running VM holds an address: a start killed after its network was attached
+    // leaves the address in the record until recovery releases it (the next mutating
+    // command), and `ps` must not show it as the VM's meanwhile.
     let ips = vm
         .status
         .network
         .as_ref()
+        .filter(|_| outdated || vm.state() == VmState::Running)
         .map(|n| n.ip_addresses.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))
         .unwrap_or_default();
     let ports = vm.spec.network.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
@@ -107,4 +112,26 @@ fn row(vm: &Vm, wide: bool) -> Vec<String> {
         r.push(vm.metadata.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_running_vm_shows_its_addresses() {
+        let mut vm = Vm::new(Default::default(), Default::default());
+        // A start killed after its network was attached: the address is still recorded.
+        vm.status.network =
+            Some(ignite_api::NetworkStatus { plugin: "cni".into(), ip_addresses: vec!["10.61.0.5".parse().unwrap()] });
+        let ips = |vm: &Vm| row(vm, false)[8].clone();
+        assert_eq!(vm.state(), VmState::Created);
+        assert_eq!(ips(&vm), "");
+        vm.status.running = true;
+        assert_eq!(ips(&vm), "10.61.0.5");
+        vm.status.running = false;
+        vm.status.start_time = Some(chrono::Utc::now());
+        assert_eq!(vm.state(), VmState::Stopped);
+        assert_eq!(ips(&vm), "");
+    }
 }
