@@ -56,7 +56,14 @@ fn exec_and_cp_through_the_agent_on_an_image_without_sshd() {
     // kernel is ignite's); under KVM nothing.
     let inspect = ok(&root, &["inspect", "vm", "ag"]);
     let tcg = inspect.contains("\"accel\": \"tcg\"");
-    for arg in ["tsc_early_khz=", "no_timer_check", "noreplace-smp", "lapic_timer_khz=1000000", "keep_initmem"] {
+    for arg in [
+        "tsc_early_khz=",
+        "no_timer_check",
+        "noreplace-smp",
+        "lapic_timer_khz=1000000",
+        "keep_initmem",
+        "zero_freed_initmem",
+    ] {
         assert_eq!(cmdline.contains(arg), tcg, "{arg} in {cmdline} ({inspect})");
     }
     // Under TCG the guest's CPU has no fast `rep movsb` (ERMS, FSRM): TCG runs that one byte

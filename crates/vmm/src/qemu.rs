@@ -627,9 +627,11 @@ impl Backend for Qemu {
         // `load_new_mm_cr3`). TCG with one vCPU runs a locked instruction as an unlocked one,
         // so keeping them costs nothing. An upstream x86 parameter; asked of the kernel all the
         // same, as a kernel without SMP would hand it on to init.
-        let [timer, keep, smp] =
-            crate::kernel::handled(state_dir, kernel, &["lapic_timer_khz", "keep_initmem", "noreplace-smp"])[..]
-        else {
+        let [timer, keep, smp, zero] = crate::kernel::handled(
+            state_dir,
+            kernel,
+            &["lapic_timer_khz", "keep_initmem", "noreplace-smp", "zero_freed_initmem"],
+        )[..] else {
             return args;
         };
         if smp {
@@ -648,6 +650,13 @@ impl Backend for Qemu {
         }
         if keep {
             args.push_str(" keep_initmem");
+        }
+        // The boot memory the kernel frees (the initrd, the kernel image's gaps: ~6 MiB) filled
+        // with zeroes, not 0xcc: a snapshot then carries those pages as zero pages (nothing
+        // to load, nothing made resident in a clone) — they were a third of a busybox
+        // snapshot's memory. Another patch of ignite's kernel.
+        if zero {
+            args.push_str(" zero_freed_initmem");
         }
         args
     }
