@@ -528,3 +528,34 @@ fn kernels_and_images_in_use_are_not_removed_without_force() {
     ok(&root, &["rmk", "localhost/ignite-kernel:6.1"]);
     assert!(ok(&root, &["kernels", "-q"]).trim().is_empty());
 }
+
+/// A supervisor binary called otherwise (`IGNITE_SPAWN` naming a copy under another name) is
+/// still known as the VM's supervisor by every later command, whatever their environment: the
+/// VM is up in `ps`, `stop` stops it gracefully, and it starts again.
+#[test]
+fn a_supervisor_binary_under_another_name_still_supervises_its_vm() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    let spawn = Path::new(common::bin()).with_file_name("ignite-spawn");
+    let copy = d.path().join("my-supervisor");
+    std::fs::copy(&spawn, &copy).unwrap();
+    let env = [("IGNITE_SPAWN", copy.to_str().unwrap())];
+    let o = common::ignite_env(&root, &["run", "busybox", "--name", "renamed", "--network-plugin", "none"], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_for_log(&root, "renamed", "IGNITE-BUSYBOX-READY", 120);
+    // Commands without IGNITE_SPAWN (another shell) see it running under its supervisor.
+    let ps = ok(&root, &["ps"]);
+    assert!(ps.lines().any(|l| l.contains("renamed") && l.contains("Up ")), "{ps}");
+    assert_eq!(field(&root, "renamed", "{{.Status.Running}}"), "true");
+    let pid = field(&root, "renamed", "{{.Status.Runtime.Pid}}");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "ignite-spawn");
+    ok(&root, &["stop", "renamed"]);
+    wait_stopped(&root, "renamed", 60);
+    // Stopped through its supervisor, not taken for dead ("supervisor died").
+    assert_eq!(field(&root, "renamed", "{{.Status.Exit.Reason}}"), "stopped");
+    let o = common::ignite_env(&root, &["start", "renamed"], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(field(&root, "renamed", "{{.Status.Running}}"), "true");
+    ok(&root, &["rm", "-f", "renamed"]);
+}

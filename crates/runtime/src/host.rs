@@ -144,6 +144,10 @@ impl Host for System {
             .open(&log_path)
             .map_err(prep(name, format!("cannot open {}", log_path.display())))?;
         let mut cmd = Command::new(spawn_binary());
+        // Known by this name whatever its file is called (`IGNITE_SPAWN` may name a copy under
+        // another): liveness checks look for it (`sys::is_supervisor_alive`), and so does the
+        // supervisor's own process name, which it sets itself.
+        std::os::unix::process::CommandExt::arg0(&mut cmd, crate::sys::SUPERVISOR_NAME);
         cmd.arg("--root").arg(root);
         let fds: Vec<i32> = leases.iter().map(crate::lease::Lease::fd).collect();
         for fd in &fds {

@@ -160,6 +160,16 @@ pub fn detach_session() -> std::io::Result<()> {
     rustix::process::setsid().map(|_| ()).map_err(std::io::Error::from)
 }
 
+/// The supervisor's process name and `argv[0]`, whatever its binary is called: its spawner
+/// passes it as `argv[0]` and the supervisor sets it as its name ([`name_this_process`]).
+pub const SUPERVISOR_NAME: &str = "ignite-spawn";
+
+/// Gives this process (its main thread) the supervisor's name, [`SUPERVISOR_NAME`]: the kernel
+/// names a process after its binary's file, which `IGNITE_SPAWN` may call otherwise.
+pub fn name_this_process() -> std::io::Result<()> {
+    rustix::thread::set_name(c"ignite-spawn").map_err(std::io::Error::from)
+}
+
 /// Whether `pid` is a live ignite supervisor for VM `uid` (guards against PID reuse by checking
 /// the command line). A supervisor is alive until it has let go of everything it holds (the
 /// VM's supervisor lease, a file lock): while it exits, its memory goes first (its command
@@ -182,7 +192,7 @@ pub fn is_supervisor_alive(pid: u32, uid: &str) -> bool {
 /// [`is_supervisor_alive`] from a process's `/proc/<pid>/stat` and `cmdline`, and its count of
 /// threads (asked only of a zombie).
 fn supervisor_state(stat: &str, cmdline: &[u8], threads: impl FnOnce() -> Option<u32>, uid: &str) -> bool {
-    const SPAWN: &str = "ignite-spawn";
+    const SPAWN: &str = SUPERVISOR_NAME;
     let Some((head, rest)) = stat.rsplit_once(')') else { return false };
     if head.split_once('(').map(|(_, comm)| comm) != Some(SPAWN) {
         return false;

@@ -31,6 +31,11 @@ fn main() {
         }
     }
     let (Some(root), Some(uid)) = (root, uid) else { usage() };
+    // Its name before it records anything: liveness checks look for it, and the binary's file
+    // may be called otherwise (IGNITE_SPAWN).
+    if let Err(e) = ignite_runtime::sys::name_this_process() {
+        eprintln!("ignite-spawn: cannot set its process name: {e}");
+    }
     // Nothing this process inherited goes on to the VMM but what it passes on purpose.
     ignite_runtime::sys::close_inherited_on_exec();
     // The leases stay open (never closed) for this process's life, and are not passed on.
