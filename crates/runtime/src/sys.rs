@@ -167,7 +167,8 @@ pub const SUPERVISOR_NAME: &str = "ignite-spawn";
 /// Gives this process (its main thread) the supervisor's name, [`SUPERVISOR_NAME`]: the kernel
 /// names a process after its binary's file, which `IGNITE_SPAWN` may call otherwise.
 pub fn name_this_process() -> std::io::Result<()> {
-    rustix::thread::set_name(c"ignite-spawn").map_err(std::io::Error::from)
+    let name = std::ffi::CString::new(SUPERVISOR_NAME).map_err(std::io::Error::other)?;
+    rustix::thread::set_name(&name).map_err(std::io::Error::from)
 }
 
 /// Whether `pid` is a live ignite supervisor for VM `uid` (guards against PID reuse by checking
