@@ -193,14 +193,13 @@ pub fn is_supervisor_alive(pid: u32, uid: &str) -> bool {
 /// [`is_supervisor_alive`] from a process's `/proc/<pid>/stat` and `cmdline`, and its count of
 /// threads (asked only of a zombie).
 fn supervisor_state(stat: &str, cmdline: &[u8], threads: impl FnOnce() -> Option<u32>, uid: &str) -> bool {
-    const SPAWN: &str = SUPERVISOR_NAME;
     let Some((head, rest)) = stat.rsplit_once(')') else { return false };
-    if head.split_once('(').map(|(_, comm)| comm) != Some(SPAWN) {
+    if head.split_once('(').map(|(_, comm)| comm) != Some(SUPERVISOR_NAME) {
         return false;
     }
     if !cmdline.is_empty() {
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_spawn = args.first().is_some_and(|a| a.ends_with(SPAWN.as_bytes()));
+        let is_spawn = args.first().is_some_and(|a| a.ends_with(SUPERVISOR_NAME.as_bytes()));
         if !(is_spawn && args.contains(&uid.as_bytes())) {
             return false;
         }

@@ -621,42 +621,37 @@ impl Backend for Qemu {
         // doesn't work!", seen with 30 VMs booting at once on 2 cores). QEMU's timer works;
         // the check only finds broken hardware.
         args.push_str(" no_timer_check");
-        // A guest with one vCPU rewrites every `lock` prefix of its kernel text (~4000 here)
-        // into a no-op prefix at boot, each through `text_poke` with a switch of page tables,
-        // which flushes TCG's TLB: ~0.1 s of a TCG boot (sampled: `__text_poke`,
-        // `load_new_mm_cr3`). TCG with one vCPU runs a locked instruction as an unlocked one,
-        // so keeping them costs nothing. An upstream x86 parameter; asked of the kernel all the
-        // same, as a kernel without SMP would hand it on to init.
-        let [timer, keep, smp, zero] = crate::kernel::handled(
-            state_dir,
-            kernel,
-            &["lapic_timer_khz", "keep_initmem", "noreplace-smp", "zero_freed_initmem"],
-        )[..] else {
-            return args;
-        };
-        if smp {
-            args.push_str(" noreplace-smp");
-        }
-        // Two steps ignite's kernel skips when told (images/kernel/patches; another kernel
-        // would pass the words on to init, so they are given only to a kernel that has them):
-        // the local APIC timer's calibration against the PIT (100 ms of guest time, ~0.3 s
-        // here; TCG has no TSC-deadline timer, which lets KVM guests skip it), given QEMU's
-        // APIC timer clock instead ([`APIC_TIMER_KHZ`]); and the poisoning of the freed init
-        // sections (~0.35 s: stores into pages of translated code). `noapictimer` would skip
-        // the calibration too, but an idle guest then costs ~4x the host CPU (2.1% vs 0.5% of
-        // a core, measured).
-        if timer {
-            args.push_str(&format!(" lapic_timer_khz={APIC_TIMER_KHZ}"));
-        }
-        if keep {
-            args.push_str(" keep_initmem");
-        }
-        // The boot memory the kernel frees (the initrd, the kernel image's gaps: ~6 MiB) filled
-        // with zeroes, not 0xcc: a snapshot then carries those pages as zero pages (nothing
-        // to load, nothing made resident in a clone; a busybox VM's state 25.2 → 20.9 MB).
-        // Another patch of ignite's kernel.
-        if zero {
-            args.push_str(" zero_freed_initmem");
+        // Parameters given only to a kernel that registers them (another would hand the words
+        // on to init), in this order: (the name it registers, what ignite passes).
+        // - `noreplace-smp` (upstream): a one-vCPU kernel rewrites every `lock` prefix of its
+        //   text (~4000 here) into a no-op prefix at boot, each through `text_poke` with a
+        //   switch of page tables, which flushes TCG's TLB: ~0.1 s of a TCG boot (sampled:
+        //   `__text_poke`, `load_new_mm_cr3`). TCG runs a locked instruction of a one-vCPU
+        //   machine as a plain one, so keeping them costs nothing.
+        // - `lapic_timer_khz=` (images/kernel/patches): the local APIC timer's clock, QEMU's
+        //   ([`APIC_TIMER_KHZ`]), instead of its calibration against the PIT (100 ms of guest
+        //   time, ~0.3 s here; TCG has no TSC-deadline timer, which lets KVM guests skip it).
+        //   `noapictimer` would skip it too, but an idle guest then costs ~4x the host CPU
+        //   (2.1% vs 0.5% of a core, measured).
+        // - `keep_initmem` (patch): no poisoning of the freed init sections (~0.35 s: stores
+        //   into pages of translated code).
+        // - `zero_freed_initmem` (patch): the boot memory the kernel frees (the initrd, the
+        //   image's gaps, ~6 MiB) filled with zeroes, not 0xcc: a snapshot carries them as zero
+        //   pages (nothing to load or make resident in a clone; a busybox VM's state 25.2 →
+        //   20.9 MB).
+        let timer = format!(" lapic_timer_khz={APIC_TIMER_KHZ}");
+        let patched = [
+            ("noreplace-smp", " noreplace-smp"),
+            ("lapic_timer_khz", timer.as_str()),
+            ("keep_initmem", " keep_initmem"),
+            ("zero_freed_initmem", " zero_freed_initmem"),
+        ];
+        let names: Vec<&str> = patched.iter().map(|(name, _)| *name).collect();
+        let handled = crate::kernel::handled(state_dir, kernel, &names);
+        for ((_, arg), has) in patched.iter().zip(handled) {
+            if has {
+                args.push_str(arg);
+            }
         }
         args
     }
