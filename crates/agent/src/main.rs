@@ -10,10 +10,12 @@
 //! worker sends `Hello`, then serves requests: each `Open` runs a command (pipes, or a
 //! pseudo-terminal in its own session), unpacks a tar stream (`Put`) or sends one (`Get`),
 //! or gives a clone its identity (`Identity`, see [`identity`]), with per-channel flow
-//! control, signals and window sizes, and ends with one `Exit` frame.
+//! control, signals and window sizes, and ends with one `Exit` frame. The blocking work of
+//! each (pumps, waits, files) runs on the kept worker threads of [`pool`].
 #![allow(unsafe_code)] // posix_spawn (`spawn`), the vsock socket calls and the network ioctls of `identity`, each with its SAFETY argument
 
 mod identity;
+mod pool;
 mod spawn;
 
 use std::collections::HashMap;
@@ -530,12 +532,12 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
     let mut pumps = Vec::new();
     {
         let agent = agent.clone();
-        std::thread::spawn(move || input_pump(&agent, chan, rx, stdin_sink));
+        pool::POOL.run(move || input_pump(&agent, chan, rx, stdin_sink));
     }
     for (kind, mut r) in outputs {
         let agent = agent.clone();
         let credit = credit.clone();
-        pumps.push(std::thread::spawn(move || {
+        pumps.push(pool::POOL.run(move || {
             let mut buf = vec![0u8; 32 * 1024];
             loop {
                 match r.read(&mut buf) {
@@ -552,7 +554,7 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
         }));
     }
     let agent = agent.clone();
-    std::thread::spawn(move || {
+    pool::POOL.run(move || {
         let status = wait(pid);
         if pty_master.is_some() {
             // Output still buffered in the terminal arrives before EIO; a background job that
@@ -560,7 +562,7 @@ fn exec(agent: &Arc<Agent>, chan: u32, r: ExecRequest) {
             std::thread::sleep(Duration::from_millis(20));
         }
         for p in pumps {
-            let _ = p.join();
+            p.wait();
         }
         let exit = match status {
             Ok(s) => Exit { code: s.code(), signal: s.signal(), error: None },
@@ -636,7 +638,7 @@ fn put(agent: &Arc<Agent>, chan: u32, path: String) {
         .unwrap_or_else(|e| e.into_inner())
         .insert(chan, Chan { input: Some(tx), credit, pgid: None, pty: None });
     let agent = agent.clone();
-    std::thread::spawn(move || {
+    pool::POOL.run(move || {
         let mut r = ChanReader { agent: agent.clone(), chan, rx, buf: Vec::new(), pos: 0 };
         let exit = match archive::unpack(&mut r, std::path::Path::new(&path), archive::Receiver::Guest) {
             Ok(_) => {
@@ -678,7 +680,7 @@ fn get(agent: &Arc<Agent>, chan: u32, path: String) {
         .unwrap_or_else(|e| e.into_inner())
         .insert(chan, Chan { input: None, credit: credit.clone(), pgid: None, pty: None });
     let agent = agent.clone();
-    std::thread::spawn(move || {
+    pool::POOL.run(move || {
         let w = ChanWriter { agent: agent.clone(), chan, credit };
         let exit = match archive::pack(std::path::Path::new(&path), w) {
             Ok(()) => Exit { code: Some(0), ..Default::default() },
@@ -696,7 +698,7 @@ fn set_identity(agent: &Arc<Agent>, chan: u32, id: Identity) {
         .unwrap_or_else(|e| e.into_inner())
         .insert(chan, Chan { input: None, credit: Credit::new(0), pgid: None, pty: None });
     let agent = agent.clone();
-    std::thread::spawn(move || {
+    pool::POOL.run(move || {
         let exit = identity::apply(&id);
         agent.finish(chan, exit);
     });
