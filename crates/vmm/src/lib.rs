@@ -267,7 +267,8 @@ pub trait Backend: Send + Sync + Debug {
     fn launch(&self, machine: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError>;
     /// Saves a running VM's machine state (memory and devices) to `state`, with the guest
     /// paused from before `while_paused` runs (the caller copies the VM's disks then) until
-    /// the state is written; the guest runs on afterwards. Returns how long it was paused.
+    /// the state is written (not synced: the caller makes it durable once the guest runs
+    /// again); the guest runs on afterwards. Returns how long it was paused.
     /// A machine started with [`Machine::incoming`] set to that file resumes from it.
     fn save(
         &self,

@@ -452,6 +452,9 @@ impl QmpSession {
     }
 }
 
+/// A migration's bandwidth limit that is no limit: 1 TiB/s.
+const UNTHROTTLED: u64 = 1 << 40;
+
 /// How long saving or loading a machine's state may take: generous, for a slow disk and a
 /// large guest.
 fn migration_budget(memory_mib: u64) -> Duration {
@@ -466,7 +469,8 @@ impl Qmp {
 
     /// Pauses the guest, runs `while_paused` (the caller copies the disks), writes the machine's
     /// state (memory and devices, QEMU's migration stream) to `state`, and resumes the guest
-    /// whatever happened. Returns how long the guest was paused.
+    /// whatever happened. Returns how long the guest was paused. The state is written, not
+    /// synced: making it durable is the caller's, once the guest runs again.
     pub fn save(
         &self,
         state: &Path,
@@ -487,10 +491,13 @@ impl Qmp {
                 .map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
             q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))?;
             q.announce_migration()?;
+            // QEMU throttles a migration to 128 MiB/s unless told otherwise (a live migration
+            // must leave the network to others); to a local file, with the guest paused, that
+            // throttle was the pause: 21 MB written in ~110 ms, ~25 ms without it (measured).
+            q.call("migrate-set-parameters", Some(serde_json::json!({"max-bandwidth": UNTHROTTLED})))?;
             q.call("migrate", Some(serde_json::json!({"uri": "fd:ignite-state"})))?;
             ignite_proc::fault::point("snapshot.saving");
-            q.wait_migration("saving the machine's state", migration_budget(memory_mib))?;
-            f.sync_all().map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))
+            q.wait_migration("saving the machine's state", migration_budget(memory_mib))
         })();
         let resumed = q.call("cont", None);
         let paused = t0.elapsed();
