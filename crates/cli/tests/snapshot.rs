@@ -14,6 +14,17 @@ fn exec(root: &Path, vm: &str, script: &str) -> String {
     ok(root, &["exec", vm, "--", "sh", "-c", script]).trim().to_string()
 }
 
+/// The bridge ports on which the host has learnt `mac` (`bridge fdb`: one per bridge).
+fn ports_of(mac: &str) -> Vec<String> {
+    let out = std::process::Command::new("bridge").args(["fdb", "show"]).output().expect("bridge fdb show");
+    assert!(out.status.success(), "bridge fdb show: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{mac} ")) && l.contains(" master "))
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "dev").nth(1).map(str::to_string))
+        .collect()
+}
+
 fn vm_names(root: &Path) -> Vec<String> {
     ok(root, &["ps", "-a", "-q"]).lines().map(str::to_string).collect()
 }
@@ -39,6 +50,12 @@ fn two_clones_of_one_snapshot_are_machines_of_their_own() {
     assert_eq!(vm_of.trim(), "src qemu");
     // The source runs on after its snapshot; what it writes now is not in the snapshot.
     exec(&root, "src", "echo after > /root/mark");
+    // The bridge knows the source's MAC on the source's port (it has sent a frame), and
+    // nothing the source does moves it meanwhile (it is idle).
+    let src_mac = exec(&root, "src", "cat /sys/class/net/eth0/address");
+    exec(&root, "src", "ping -c 1 -W 5 $(ip route | awk '/^default/ {print $3}')");
+    let src_port = ports_of(&src_mac);
+    assert_eq!(src_port.len(), 1, "the source's MAC {src_mac} on the bridge: {src_port:?}");
 
     for c in ["ca", "cb"] {
         let o = ignite(&root, &["run", "--from-snapshot", "s1", "--name", c]);
@@ -46,6 +63,9 @@ fn two_clones_of_one_snapshot_are_machines_of_their_own() {
         assert!(o.status.success(), "run --from-snapshot: {err}");
         assert!(err.contains("resumed from snapshot \"s1\""), "{err}");
     }
+    // A clone never speaks as its source: no frame from the source's MAC came from a clone's
+    // port (QEMU's announcements after a load did, before the clone had its own MAC).
+    assert_eq!(ports_of(&src_mac), src_port, "a clone claimed its source's MAC {src_mac} on the bridge");
     // `run` returned once the clone had its identity: exec works at once, without retries.
     let mut seen = Vec::new();
     for c in ["ca", "cb"] {

@@ -164,7 +164,7 @@ pub fn attach_planned(att: Attachment, opts: &AttachOptions) -> Result<Attachmen
     let ns = make_netns(&att, &list)?;
     // The tap needs nothing from CNI: made in the namespace while the plugins run.
     let (added, tap) = std::thread::scope(|s| {
-        let tap = s.spawn(|| make_tap(&ns, opts));
+        let tap = s.spawn(|| make_tap(&ns, opts, true));
         let added = list.add(&opts.cni, &att.invocation(&netns_path(&ns)));
         (added, tap.join().unwrap_or_else(|_| Err(panicked("ip -batch (tap)"))))
     });
@@ -174,12 +174,23 @@ pub fn attach_planned(att: Attachment, opts: &AttachOptions) -> Result<Attachmen
 /// The first half of [`attach_planned`], for a VMM that must start before the address is
 /// known (a guest resumed from a snapshot, told its address once it runs): the namespace and
 /// the tap, nothing from CNI. [`complete`] does the rest. On failure, what it made is released.
+///
+/// The tap is left down, so that nothing the guest sends reaches the network, nor anything
+/// the guest, until [`open`]: a resumed guest is its snapshot's machine, MAC and address
+/// included, until it is given its own, and what it had pending when the snapshot was taken
+/// (an IPv6 router solicitation, say) would otherwise go out under its source's MAC, which
+/// the bridge then learns on the wrong port.
 pub fn prepare(att: &Attachment, opts: &AttachOptions) -> Result<(), NetError> {
     let list = opts.cni.load(Some(&att.network))?;
     let ns = make_netns(att, &list)?;
-    make_tap(&ns, opts).inspect_err(|_| {
+    make_tap(&ns, opts, false).inspect_err(|_| {
         let _ = detach(att, &opts.cni);
     })
+}
+
+/// Brings the tap of a [`prepare`]d attachment up: the guest's frames flow from now on.
+pub fn open(att: &Attachment) -> Result<(), NetError> {
+    run("ip", &["-n", &att.netns, "link", "set", TAP, "up"], None).map(|_| ())
 }
 
 /// The second half of [`attach_planned`] after [`prepare`]: CNI ADD, then the address moved to
@@ -220,10 +231,12 @@ fn make_netns(att: &Attachment, list: &crate::cni::NetworkList) -> Result<String
     Ok(ns)
 }
 
-/// The VMM's tap in namespace `ns` (owned by the VMM's uid when it is jailed), and loopback up.
-fn make_tap(ns: &str, opts: &AttachOptions) -> Result<(), NetError> {
+/// The VMM's tap in namespace `ns` (owned by the VMM's uid when it is jailed), up or not, and
+/// loopback up.
+fn make_tap(ns: &str, opts: &AttachOptions, up: bool) -> Result<(), NetError> {
     let owner = opts.tap_owner.map(|u| format!(" user {u} group {u}")).unwrap_or_default();
-    let tapcmds = format!("link set lo up\ntuntap add dev {TAP} mode tap{owner}\nlink set {TAP} up\n");
+    let up = if up { format!("link set {TAP} up\n") } else { String::new() };
+    let tapcmds = format!("link set lo up\ntuntap add dev {TAP} mode tap{owner}\n{up}");
     run("ip", &["-n", ns, "-batch", "-"], Some(&tapcmds)).map(|_| ())
 }
 

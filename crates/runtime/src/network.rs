@@ -112,6 +112,12 @@ pub fn complete(dir: &Path, plan: Attachment, opts: &AttachOptions) -> Result<At
     Ok(att)
 }
 
+/// Lets a resumed VM's frames flow (see `ignite_net::attach::open`), once its guest has its
+/// own identity.
+pub fn open(att: &Attachment) -> Result<(), String> {
+    ignite_net::attach::open(att).map_err(|e| ignite_net::error_chain(&e))
+}
+
 pub fn save(dir: &Path, att: &Attachment) -> Result<(), ignite_store::StoreError> {
     ignite_store::write_json_atomic(&crate::vmdir::VmDir::new(dir).network_record(), att)
 }

@@ -196,6 +196,8 @@ pub fn supervise(
         }
         abandon(instance, why)
     };
+    // A resumed guest's network, attached but closed until the guest is given its identity.
+    let mut closed = None;
     match attaching.map(Attaching::join) {
         Some(Ok(att)) => {
             let status =
@@ -207,6 +209,7 @@ pub fn supervise(
                 plan.interface = Some(ignite_runtime::boot::interface_identity(&att));
             }
             dhcp = ignite_runtime::boot::dhcp_lease(&att, &vm_name);
+            closed = Some(att);
             ignite_proc::fault::point("spawn.network-attached");
         }
         Some(Err(e)) => return give_up(&mut instance, format!("cannot attach its network: {e}")),
@@ -224,6 +227,11 @@ pub fn supervise(
         eprintln!("ignite-spawn: timing identity_given_ms={}", t0.elapsed().as_millis());
         ignite_runtime::snapshot::clear_restore(&dir);
         ignite_proc::fault::point("spawn.identity-given");
+    }
+    if let Some(att) = closed {
+        if let Err(e) = ignite_runtime::network::open(&att) {
+            return abandon(&mut instance, format!("cannot connect its network: {e}"));
+        }
     }
 
     // Record the running state before reporting ready: `start` returns a VM that is running.

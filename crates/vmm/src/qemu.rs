@@ -519,6 +519,12 @@ impl Qmp {
         let mut q = QmpSession::open(&self.path, Duration::from_secs(30)).map_err(|e| exited(child, run_dir, e))?;
         q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))
             .and_then(|_| q.announce_migration())
+            // No self-announcement once loaded: QEMU would send RARPs with the saved MAC, and
+            // ask the guest to send gratuitous ARPs, 5 times over ~0.5 s, the first before
+            // its agent has given it its own MAC and address: a clone claimed its source's
+            // MAC and IPv4 address on the bridge (seen on ignite0), and every round is work
+            // for a guest that has just resumed. Its new address is learnt as any VM's is.
+            .and_then(|_| q.call("migrate-set-parameters", Some(serde_json::json!({"announce-rounds": 0}))))
             .and_then(|_| q.call("migrate-incoming", Some(serde_json::json!({"uri": "fd:ignite-state"}))))
             .and_then(|_| q.wait_migration("loading the snapshot's machine state", migration_budget(memory_mib)))
             .and_then(|_| q.call("cont", None))
