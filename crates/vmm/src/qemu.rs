@@ -452,6 +452,20 @@ impl QmpSession {
     }
 }
 
+impl QmpSession {
+    /// Waits (up to `budget`) until QEMU is out of its `finish-migrate` run state.
+    fn until_finalized(&mut self, budget: Duration) -> Result<(), VmmError> {
+        let deadline = Instant::now() + budget;
+        loop {
+            let status = self.call("query-status", None)?;
+            if status.get("status").and_then(|s| s.as_str()) != Some("finish-migrate") || Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// A migration's bandwidth limit that is no limit: 1 TiB/s.
 const UNTHROTTLED: u64 = 1 << 40;
 
@@ -499,6 +513,10 @@ impl Qmp {
             ignite_proc::fault::point("snapshot.saving");
             q.wait_migration("saving the machine's state", migration_budget(memory_mib))
         })();
+        // QEMU announces the end before it leaves its finish-migrate state, and refuses `cont`
+        // until it has ("Migration is not finalized yet": seen once the state's sync no longer
+        // came in between).
+        let _ = q.until_finalized(Duration::from_secs(10));
         let resumed = q.call("cont", None);
         let paused = t0.elapsed();
         saved?;
