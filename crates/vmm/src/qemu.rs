@@ -450,10 +450,11 @@ impl QmpSession {
             };
         }
     }
-}
 
-impl QmpSession {
-    /// Waits (up to `budget`) until QEMU is out of its `finish-migrate` run state.
+    /// Waits (up to `budget`) until QEMU is out of its `finish-migrate` run state. QEMU
+    /// announces a saved state's end before it leaves that state, and refuses `cont` until it
+    /// has ("Migration is not finalized yet"): every `cont` after an outgoing migration waits
+    /// for this first.
     fn until_finalized(&mut self, budget: Duration) -> Result<(), VmmError> {
         let deadline = Instant::now() + budget;
         loop {
@@ -725,6 +726,8 @@ impl Backend for Qemu {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        // A write that completed may not have left finish-migrate yet (see `until_finalized`).
+        q.until_finalized(Duration::from_secs(10))?;
         let status = q.call("query-status", None)?;
         if status.get("running").and_then(|r| r.as_bool()) == Some(true) {
             return Ok(false);
