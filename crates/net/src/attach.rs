@@ -7,7 +7,7 @@
 //! exactly like the container the plugins configured.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -188,9 +188,17 @@ pub fn prepare(att: &Attachment, opts: &AttachOptions) -> Result<(), NetError> {
     })
 }
 
-/// Brings the tap of a [`prepare`]d attachment up: the guest's frames flow from now on.
+/// Brings the tap of a [`prepare`]d attachment up: the guest's frames flow from now on. In
+/// process ([`crate::link`]: it is on a clone's way to running); by `ip` if that fails, which
+/// says why when it fails too.
 pub fn open(att: &Attachment) -> Result<(), NetError> {
-    run("ip", &["-n", &att.netns, "link", "set", TAP, "up"], None).map(|_| ())
+    match crate::link::set_up(Path::new(&netns_path(&att.netns)), TAP) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::debug!("bringing {TAP} up in {} in process failed ({e}); by `ip`", att.netns);
+            run("ip", &["-n", &att.netns, "link", "set", TAP, "up"], None).map(|_| ())
+        }
+    }
 }
 
 /// The second half of [`attach_planned`] after [`prepare`]: CNI ADD, then the address moved to

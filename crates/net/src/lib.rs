@@ -9,11 +9,14 @@
 //!   the saved attachment after a crash.
 //! - [`netns`]: named network namespaces made in-process (the crate's only `unsafe`, one
 //!   `unshare(CLONE_NEWNET)` in a thread of its own), `ip netns add` as the fallback.
+//! - [`link`]: an interface of a namespace brought up by one rtnetlink request, in process
+//!   (a resumed guest's tap, once it has its identity), `ip` as the fallback.
 #![deny(unsafe_code)]
 
 pub mod attach;
 pub mod cni;
 pub mod dhcp;
+pub mod link;
 pub mod netns;
 
 use std::path::PathBuf;

@@ -197,14 +197,15 @@ pub fn supervise(
         abandon(instance, why)
     };
     // A resumed guest's network, attached but closed until the guest is given its identity.
+    // Its address is recorded with its running state (one store write less on its way).
     let mut closed = None;
+    let mut network_status = None;
     match attaching.map(Attaching::join) {
         Some(Ok(att)) => {
-            let status =
-                ignite_api::NetworkStatus { plugin: "cni".into(), ip_addresses: vec![std::net::IpAddr::V4(att.ip)] };
-            if let Err(e) = store.modify::<Vm, _>(uid, |v| v.status.network = Some(status)) {
-                return give_up(&mut instance, format!("cannot record its network: {e}"));
-            }
+            network_status = Some(ignite_api::NetworkStatus {
+                plugin: "cni".into(),
+                ip_addresses: vec![std::net::IpAddr::V4(att.ip)],
+            });
             if let Some(plan) = identity.as_mut() {
                 plan.interface = Some(ignite_runtime::boot::interface_identity(&att));
             }
@@ -249,6 +250,9 @@ pub fn supervise(
                 jail: jail_status,
             };
             vm.status.record_running(runtime, started);
+            if let Some(n) = network_status {
+                vm.status.network = Some(n);
+            }
         })
         .map_err(|e| e.to_string())?;
     let _ = writeln!(ready_out, "ready {vmm_pid}");
