@@ -1,9 +1,9 @@
 //! Bringing an interface of a named network namespace up without starting `ip`: one rtnetlink
 //! request (`RTM_NEWLINK`, `IFF_UP`, the interface named by `IFLA_IFNAME`) sent from a
 //! short-lived thread that has entered the namespace, and the kernel's acknowledgement read.
-//! On a clone's way to running, where its tap is opened after its identity is given, an
-//! `ip -n <ns> link set tap0 up` took 5–11 ms on this host (measured); this takes well under
-//! one. Safe code only: the request is built byte by byte.
+//! On a clone's way to running, where its tap is opened after its identity is given, the
+//! supervisor's step took 5–11 ms with `ip -n <ns> link set tap0 up`, 1–3 ms this way
+//! (measured on this host, 8 clones each). Safe code only: the request is built byte by byte.
 
 use std::os::fd::AsFd;
 use std::path::Path;
