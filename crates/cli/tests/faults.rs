@@ -241,6 +241,79 @@ fn a_run_whose_supervisor_is_killed_leaves_no_cgroup_or_jail_root() {
     ok(&root, &["snapshot", "rm", "s"]);
 }
 
+/// `ignite rm -f` of a VM whose `run` is under way, the run held at a step (its CLI once it
+/// attached the network; a clone's supervisor once its VMM runs): the removal waits for the
+/// start to end, then stops the VM and removes it, and nothing of it is left. (It did not
+/// wait: it removed the directory of a VM whose supervisor went on to run its VMM and attach
+/// its network, and the VM's cgroup was left behind, seen with a clone's run slowed by strace.)
+#[test]
+fn a_vm_removed_while_it_starts_is_removed_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let root = prepared_root(d.path());
+    ok(&root, &["run", "busybox", "--name", "src", "--memory", "128MB"]);
+    common::until_exec_works(&root, "src", 120);
+    ok(&root, &["snapshot", "create", "src", "s"]);
+    let spawn = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(common::bin());
+        c.args(args).env("IGNITE_ROOT", &*root).env("IGNITE_AGENT", common::agent()).env_remove("IGNITE_CONFIG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ignite")
+    };
+    let cold = &["run", "busybox", "--name", "gone", "--memory", "128MB"][..];
+    let clone = &["run", "--from-snapshot", "s", "--name", "gone"][..];
+    for (args, point, held_by_supervisor) in
+        [(cold, "start.network-attached", false), (clone, "spawn.vmm-started", true)]
+    {
+        let trace = d.path().join("rm.trace");
+        let _ = std::fs::remove_file(&trace);
+        let run = spawn(args, &[("IGNITE_FAULT", point), ("IGNITE_FAULT_SIGNAL", "STOP")]);
+        let uid = common::until_ok("the VM created", 60, || {
+            let o = common::ignite(&root, &["inspect", "vm", "gone", "-t", "{{.UID}}"]);
+            let uid = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if o.status.success() && uid.len() == 16 {
+                Ok(uid)
+            } else {
+                Err(String::from_utf8_lossy(&o.stderr).into_owned())
+            }
+        });
+        let held = if held_by_supervisor { common::pid_with_args(&["--hold-fd", &uid]) } else { run.id() };
+        common::until(&format!("{args:?} held at {point}"), 60, || {
+            common::status_field(held, "State").starts_with('T')
+        });
+        let rm = spawn(&["rm", "-f", "gone"], &[("IGNITE_FAULT_TRACE", &trace.to_string_lossy())]);
+        common::until("the removal waiting for the start", 60, || {
+            std::fs::read_to_string(&trace).unwrap_or_default().contains("rm.start-in-progress")
+        });
+        assert!(Command::new("kill").args(["-CONT", &held.to_string()]).status().unwrap().success());
+        let run = run.wait_with_output().unwrap();
+        let rm = rm.wait_with_output().unwrap();
+        assert!(run.status.success(), "{args:?}: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(rm.status.success(), "{args:?}: rm -f: {}", String::from_utf8_lossy(&rm.stderr));
+        assert_eq!(ok(&root, &["ps", "-a", "-q"]).lines().count(), 1, "{args:?}: the VM was not removed");
+        let left: Vec<std::path::PathBuf> = common::vm_cgroups().into_iter().filter(|p| p.ends_with(&uid)).collect();
+        assert!(left.is_empty(), "{args:?}: cgroups left: {left:?}");
+        assert!(!Path::new(&format!("/run/ignite/jail/{uid}")).exists(), "{args:?}: the jail's root is left");
+        let left = leftovers(&uid, &BTreeSet::new());
+        assert!(left.is_empty(), "{args:?}: {left:?}");
+        common::until_ok("no process of the VM", 30, || {
+            let left = common::procs(&uid);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:#?}"))
+            }
+        });
+    }
+    ok(&root, &["rm", "-f", "src"]);
+    ok(&root, &["snapshot", "rm", "s"]);
+}
+
 /// Every blob in the store is one that some image or kernel records, and no temporary file
 /// of a dead process is left.
 fn blobs_are_all_referenced(root: &Path) {

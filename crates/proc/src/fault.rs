@@ -3,7 +3,9 @@
 //!
 //! `IGNITE_FAULT=<point>[,<point>...]` makes the process SIGKILL itself when it reaches one of
 //! those points — the same as a `kill -9` from outside at exactly that step, replayable.
-//! `IGNITE_FAULT_SIGNAL=TERM` sends SIGTERM instead (what `kill` and systemd send first).
+//! `IGNITE_FAULT_SIGNAL=TERM` sends SIGTERM instead (what `kill` and systemd send first);
+//! `IGNITE_FAULT_SIGNAL=STOP` stops the process there (SIGSTOP) and lets it go on once it is
+//! continued: a test holds an operation at that step while it races another against it.
 //! `IGNITE_FAULT_TRACE=<file>` appends the name of every point reached (the drill learns the
 //! points of an operation this way). Without these variables a point costs one environment
 //! lookup.
@@ -19,7 +21,13 @@ pub fn point(name: &str) {
     }
     let Some(want) = std::env::var_os("IGNITE_FAULT") else { return };
     if want.to_string_lossy().split(',').any(|p| p.trim() == name) {
-        let _ = std::io::stderr().write_all(format!("ignite: fault injection: killed at {name}\n").as_bytes());
+        let stop = std::env::var("IGNITE_FAULT_SIGNAL").as_deref() == Ok("STOP");
+        let what = if stop { "stopped" } else { "killed" };
+        let _ = std::io::stderr().write_all(format!("ignite: fault injection: {what} at {name}\n").as_bytes());
+        if stop {
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+            return;
+        }
         let sig = match std::env::var("IGNITE_FAULT_SIGNAL").as_deref() {
             Ok("TERM") => rustix::process::Signal::TERM,
             _ => rustix::process::Signal::KILL,

@@ -70,7 +70,7 @@ pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
 /// How long a start waits for the supervisor of the VM's previous run, its end recorded, to
 /// exit (it stops its VMM and joins its threads first), or for one not recorded yet to run
 /// the VM or give up.
-const LEAVING_WAIT: Duration = Duration::from_secs(10);
+pub const LEAVING_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts `vm` and returns once its supervisor runs the VMM.
 pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) -> Result<Started, StartError> {
