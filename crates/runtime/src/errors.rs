@@ -73,7 +73,9 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Class {
                 _ => Class::BadInput,
             };
         }
-        if let Some(crate::RemoveError::Running { .. }) = cause.downcast_ref::<crate::RemoveError>() {
+        if let Some(crate::RemoveError::Running { .. } | crate::RemoveError::Starting { .. }) =
+            cause.downcast_ref::<crate::RemoveError>()
+        {
             return Class::State;
         }
         if let Some(crate::start::StartError::AlreadyRunning { .. }) = cause.downcast_ref::<crate::start::StartError>()
@@ -95,4 +97,19 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Class {
         }
     }
     Class::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_refused_for_the_vms_state_is_a_state_error() {
+        let running = crate::RemoveError::Running { name: "a".into() };
+        let starting = crate::RemoveError::Starting { name: "a".into(), secs: 180 };
+        let stop = crate::RemoveError::Stop { name: "a".into(), source: "gone".into() };
+        assert_eq!(classify(&running), Class::State);
+        assert_eq!(classify(&starting), Class::State);
+        assert_eq!(classify(&stop), Class::Failed);
+    }
 }
