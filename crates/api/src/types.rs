@@ -110,10 +110,11 @@ pub struct SnapshotSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SnapshotStatus {
-    /// Size of the saved machine state (memory and devices).
+    /// What the saved machine state (memory and devices) takes on the host's disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_size: Option<Size>,
-    /// Size of the copy of the VM's writable disk layer.
+    /// What the copy of the VM's writable disk layer takes on the host's disk (a sparse
+    /// layer's holes take nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size: Option<Size>,
     /// How long the VM was paused while it was taken, milliseconds.

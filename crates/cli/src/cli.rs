@@ -303,7 +303,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub accel: Option<String>,
     /// Resume the VM from a snapshot of it instead of booting: its disk becomes the snapshot's
-    /// (the one it had is kept as disk.before-snapshot.qcow2 in its directory)
+    /// (the one it had is kept in its directory: disk.before-snapshot.qcow2, or
+    /// upper.before-snapshot.ext4 under Firecracker)
     #[arg(long, value_name = "SNAPSHOT", conflicts_with = "accel")]
     pub from_snapshot: Option<String>,
 }

@@ -9,6 +9,8 @@
 //! - [`overlay`]: a VM's root disk is a qcow2 overlay whose raw backing file is that shared
 //!   base. The header and empty tables are written here in Rust (no process), so creating one
 //!   costs the same for a 64 MiB or a 1 GiB image; `qemu-img info` reads them back.
+//! - [`sparse`]: a file copied with its holes kept ([`copy_sparse`]: a snapshot's and a
+//!   clone's copy of a sparse writable layer).
 //! - [`initramfs`]: a cpio "newc" archive writer ([`Initramfs`]).
 //! - [`vmboot`]: a VM's per-boot initramfs ([`build_vm_initramfs`]) carrying a static busybox,
 //!   the init shim ([`guest_init_script`]) and the VM's own files, which the shim copies into
@@ -34,6 +36,7 @@
 pub mod ext4;
 pub mod initramfs;
 pub mod overlay;
+pub mod sparse;
 pub mod vmboot;
 
 use std::ffi::OsStr;
@@ -44,6 +47,7 @@ use std::process::{Command, Output};
 pub use ext4::{build_ext4, empty_ext4, fs_size, grow_ext4, size_class_base, Ext4Info, Ext4Options};
 pub use initramfs::Initramfs;
 pub use overlay::{backing_file, create_overlay, overlay_info, OverlayInfo};
+pub use sparse::copy_sparse;
 pub use vmboot::{build_vm_initramfs, guest_init_script, GuestAgent, VmBoot};
 
 /// Disk failures. Variants carry the path (and the command) involved; causes stay in

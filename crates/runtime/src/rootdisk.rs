@@ -125,6 +125,16 @@ pub fn base_of(dir: &VmDir) -> Result<Option<PathBuf>, DiskError> {
     Ok(read(dir)?.and_then(|r| r.base))
 }
 
+/// The files of a root of `layout` in its directory, by name: what a snapshot copies of a VM
+/// (into its own directory, under the same names, where the collector finds the base they
+/// stand on as in a VM's), what a clone is given, what a revert replaces.
+pub fn own_files(layout: RootDisk) -> &'static [&'static str] {
+    match layout {
+        RootDisk::Qcow2Overlay => &[crate::vmdir::QCOW2_DISK],
+        RootDisk::RawLayered => &[crate::vmdir::UPPER_DISK, crate::vmdir::ROOT_RECORD],
+    }
+}
+
 /// How many drives a root of `layout` takes (volumes follow them).
 pub fn drive_count(layout: RootDisk) -> usize {
     match layout {

@@ -1,9 +1,10 @@
 //! Snapshots and clones.
 //!
 //! Owns: a snapshot's directory (`snapshot/<uid>/`, a store object: it appears whole or not at
-//! all, and is removed whole): [`STATE`] (the VMM's saved machine state: memory and devices),
-//! `disk.qcow2` (a point-in-time copy of the VM's writable layer, on the image's shared base),
-//! and what a resume needs of the boot it was taken from ([`KERNEL`], [`INITRD`], [`MACHINE`]);
+//! all, and is removed whole): [`STATE`] (the VMM's saved machine state: devices and memory, and
+//! the other files its backend saves with it, `Backend::saved_files`), a point-in-time copy of
+//! the VM's own root-disk files (`rootdisk::own_files`: QEMU's `disk.qcow2`, Firecracker's
+//! sparse writable layer and its record, on the image's shared base), and what a resume needs of the boot it was taken from ([`KERNEL`], [`INITRD`], [`MACHINE`]);
 //! taking one ([`create`]: the guest is paused from the disk copy to the end of the state
 //! write, and resumed whatever happens; a process killed while the guest is paused leaves
 //! [`PAUSE_LOCK`] unlocked, and the next look at the VM resumes it, [`resume_if_abandoned`]);
@@ -35,8 +36,6 @@ pub const MACHINE: &str = "machine.json";
 pub const KERNEL: &str = "vmlinux";
 /// The initramfs the VMM loaded when the saved guest booted.
 pub const INITRD: &str = "initrd.cpio";
-/// The copy of the VM's writable disk (a qcow2 overlay on the image's base).
-pub const DISK: &str = "disk.qcow2";
 /// In a VM's directory: the snapshot UID its next start resumes.
 pub const RESTORE_FROM: &str = "restore-from";
 /// In a VM's directory: locked by a snapshot being taken of it (the guest may be paused).
@@ -95,7 +94,7 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
     let staging = dir.join(STAGING);
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging).map_err(|e| fail(format!("{}: {e}", staging.display())))?;
-    let made = stage(&dir, &staging, &boot, backend.as_ref()).map_err(fail).and_then(|paused| {
+    let made = stage(&dir, &staging, &boot, backend.as_ref()).map_err(fail).and_then(|staged| {
         let spec = SnapshotSpec {
             vm: vm.uid(),
             vm_name: vm_name.clone(),
@@ -106,16 +105,16 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
             kernel: vm.status.kernel.clone(),
         };
         let mut snap = Snapshot::new(ObjectMeta { name, ..Default::default() }, spec);
-        let size = |f: &str| std::fs::metadata(staging.join(f)).ok().map(|m| Size::from_bytes(m.len()));
-        snap.status.state_size = size(STATE);
-        snap.status.disk_size = size(DISK);
-        snap.status.paused_ms = paused.as_millis() as u64;
+        snap.status.state_size = Some(Size::from_bytes(staged.state_bytes));
+        snap.status.disk_size = Some(Size::from_bytes(staged.disk_bytes));
+        snap.status.paused_ms = staged.paused.as_millis() as u64;
         snap.status.ssh_host_keys = ssh_host_keys;
         // Appears with its files, or not at all (a name taken meanwhile: the store's refusal).
         let lock = store.lock()?;
         Ok(store.create_with(&lock, snap, |tmp, _| {
-            for f in [KERNEL, INITRD, MACHINE, DISK, STATE] {
-                std::fs::rename(staging.join(f), tmp.join(f))?;
+            for f in std::fs::read_dir(&staging)? {
+                let f = f?;
+                std::fs::rename(f.path(), tmp.join(f.file_name()))?;
             }
             Ok(())
         })?)
@@ -124,32 +123,55 @@ pub fn create(store: &Store, vm: &Vm, name: Option<&str>) -> Result<Snapshot, Sn
     made
 }
 
-/// Makes a snapshot's files in `staging`: what a resume needs of the boot, the disk copied
-/// while the guest is paused, and the machine state. Returns how long the guest was paused.
-fn stage(dir: &VmDir, staging: &Path, boot: &BootConfig, backend: &dyn Backend) -> Result<Duration, String> {
+/// What [`stage`] made.
+struct Staged {
+    /// How long the guest was paused.
+    paused: Duration,
+    /// What the machine state and the disk's copy take on the host's disk.
+    state_bytes: u64,
+    disk_bytes: u64,
+}
+
+/// Makes a snapshot's files in `staging` (all of them: every file there becomes the
+/// snapshot's): what a resume needs of the boot, the disk copied while the guest is paused,
+/// and the machine state.
+fn stage(dir: &VmDir, staging: &Path, boot: &BootConfig, backend: &dyn Backend) -> Result<Staged, String> {
     let m = &boot.machine;
     link_or_copy(&m.kernel, &staging.join(KERNEL))?;
     link_or_copy(m.initrd.as_deref().ok_or("its machine has no initramfs")?, &staging.join(INITRD))?;
     let machine = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
     ignite_store::write_atomic(&staging.join(MACHINE), &machine).map_err(|e| e.to_string())?;
-    let disk = dir.root_disk();
-    if !disk.is_file() {
-        return Err(format!("its root disk {} is not a qcow2 overlay this backend snapshots", disk.display()));
-    }
+    let root = crate::rootdisk::read(dir).map_err(|e| e.to_string())?.ok_or("it has no root disk")?;
+    let disk_files = crate::rootdisk::own_files(root.layout);
     let mut copy_disk = || {
-        // Paused: the disk is as the saved memory knows it.
-        std::fs::copy(&disk, staging.join(DISK)).map_err(|e| format!("{}: {e}", disk.display()))?;
+        // Paused: the disk is as the saved memory knows it. Its holes stay holes (a sparse
+        // layer of a 4 GiB disk copies what it holds).
+        for f in disk_files {
+            ignite_disk::copy_sparse(&dir.join(f), &staging.join(f))
+                .map_err(|e| format!("{}: {e}", dir.join(f).display()))?;
+        }
         ignite_proc::fault::point("snapshot.paused");
         Ok(())
     };
-    let paused = backend.save(dir, &staging.join(STATE), m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())?;
+    let state = staging.join(STATE);
+    let paused = backend.save(dir, &state, m.memory_mib, &mut copy_disk).map_err(|e| e.to_string())?;
     // Durable before it appears, synced once the guest runs again: the state's write-back
     // made the pause 30-50 ms longer (measured); the initramfs too (a start writes it
     // unsynced: it makes it again for each boot).
-    for (f, what) in [(STATE, "the machine state"), (DISK, "the disk's copy"), (INITRD, "the initramfs")] {
-        File::open(staging.join(f)).and_then(|f| f.sync_all()).map_err(|e| format!("sync {what}: {e}"))?;
-    }
-    Ok(paused)
+    // What each takes on the host's disk (a sparse copy takes less than its length).
+    let sync = |files: &[PathBuf], what: &str| -> Result<u64, String> {
+        let mut taken = 0;
+        for f in files {
+            let file = File::open(f).map_err(|e| format!("{what}: {}: {e}", f.display()))?;
+            file.sync_all().map_err(|e| format!("sync {what}: {e}"))?;
+            taken += file.metadata().map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).unwrap_or(0);
+        }
+        Ok(taken)
+    };
+    let state_bytes = sync(&backend.saved_files(&state), "the machine state")?;
+    let disk_bytes = sync(&disk_files.iter().map(|f| staging.join(f)).collect::<Vec<_>>(), "the disk's copy")?;
+    File::open(staging.join(INITRD)).and_then(|f| f.sync_all()).map_err(|e| format!("sync the initramfs: {e}"))?;
+    Ok(Staged { paused, state_bytes, disk_bytes })
 }
 
 /// [`PAUSE_LOCK`], held: one snapshot of a VM at a time, and a guest paused by a snapshot
@@ -265,6 +287,7 @@ pub fn create_clone(
 ) -> Result<Vm, SnapshotError> {
     let sdir = store.dir::<Snapshot>(&snap.uid());
     let clone_err = |message: String| SnapshotError::Clone { name: snap.metadata.name.clone(), message };
+    let disk_files = disk_files_of(&sdir).map_err(clone_err)?;
     let mut spec = snap.spec.vm_spec.clone();
     spec.network.ports = ports;
     let _gc = crate::gc::hold(store).map_err(|e| clone_err(e.to_string()))?;
@@ -287,8 +310,13 @@ pub fn create_clone(
     vm.status.id_prefix = "ignite".into();
     let mut failure = None;
     let made = store.create_with(&lock, vm, |tmp, _| {
-        let res = std::fs::copy(sdir.join(DISK), tmp.join(DISK))
-            .map_err(|e| format!("{}: {e}", sdir.join(DISK).display()))
+        let res = disk_files
+            .iter()
+            .try_for_each(|f| {
+                ignite_disk::copy_sparse(&sdir.join(f), &tmp.join(f))
+                    .map(drop)
+                    .map_err(|e| format!("{}: {e}", sdir.join(f).display()))
+            })
             .and_then(|_| {
                 ignite_store::write_atomic(&tmp.join(RESTORE_FROM), snap.uid().as_bytes()).map_err(|e| e.to_string())
             });
@@ -303,11 +331,26 @@ pub fn create_clone(
     })
 }
 
-/// Where `revert` keeps the disk it replaced (one: the last).
-pub const REPLACED_DISK: &str = "disk.before-snapshot.qcow2";
+/// The root-disk files of the snapshot whose directory is `sdir` (its layout is the VM's).
+fn disk_files_of(sdir: &Path) -> Result<&'static [&'static str], String> {
+    match crate::rootdisk::read(&VmDir::new(sdir)) {
+        Ok(Some(root)) => Ok(crate::rootdisk::own_files(root.layout)),
+        Ok(None) => Err(format!("{} holds no copy of a disk", sdir.display())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Where `revert` keeps a root-disk file `name` it replaced (one: the last), in the VM's
+/// directory: `disk.qcow2` -> `disk.before-snapshot.qcow2`.
+pub fn replaced_name(name: &str) -> String {
+    match name.split_once('.') {
+        Some((stem, ext)) => format!("{stem}.before-snapshot.{ext}"),
+        None => format!("{name}.before-snapshot"),
+    }
+}
 
 /// Makes the stopped VM `vm`'s next start resume `snap`, a snapshot of it: its disk becomes
-/// the snapshot's (the one it had is kept as [`REPLACED_DISK`]). Checked before anything
+/// the snapshot's (the files it had are kept, see [`replaced_name`]). Checked before anything
 /// changes: the snapshot is this VM's, the VM is stopped, its machine is the snapshot's.
 pub fn revert(store: &Store, vm: &Vm, snap: &Snapshot) -> Result<(), SnapshotError> {
     let name = vm.metadata.name.clone();
@@ -335,15 +378,22 @@ pub fn revert(store: &Store, vm: &Vm, snap: &Snapshot) -> Result<(), SnapshotErr
     }
     let dir = VmDir::of(store, &vm.uid());
     let fail = |e: String| SnapshotError::Failed { name: name.clone(), message: e };
-    let staged = dir.join(".disk.qcow2.snapshot");
-    std::fs::copy(store.dir::<Snapshot>(&snap.uid()).join(DISK), &staged)
-        .and_then(|_| File::open(&staged)?.sync_all())
-        .map_err(|e| fail(format!("copy the snapshot's disk: {e}")))?;
-    let disk = dir.root_disk();
-    if disk.exists() {
-        std::fs::rename(&disk, dir.join(REPLACED_DISK)).map_err(|e| fail(format!("keep {}: {e}", disk.display())))?;
+    let sdir = store.dir::<Snapshot>(&snap.uid());
+    let files = disk_files_of(&sdir).map_err(fail)?;
+    let staged = |f: &str| dir.join(format!(".{f}.snapshot"));
+    for f in files {
+        ignite_disk::copy_sparse(&sdir.join(f), &staged(f))
+            .and_then(|_| File::open(staged(f))?.sync_all())
+            .map_err(|e| fail(format!("copy the snapshot's {f}: {e}")))?;
     }
-    std::fs::rename(&staged, &disk).map_err(|e| fail(format!("{}: {e}", disk.display())))?;
+    for f in files {
+        let disk = dir.join(f);
+        if disk.exists() {
+            std::fs::rename(&disk, dir.join(replaced_name(f)))
+                .map_err(|e| fail(format!("keep {}: {e}", disk.display())))?;
+        }
+        std::fs::rename(staged(f), &disk).map_err(|e| fail(format!("{}: {e}", disk.display())))?;
+    }
     ignite_store::write_atomic(&dir.join(RESTORE_FROM), snap.uid().as_bytes())?;
     drop(lock);
     Ok(())

@@ -26,6 +26,13 @@ use std::path::{Path, PathBuf};
 use ignite_api::Vm;
 use ignite_store::Store;
 
+/// A `qcow2-overlay` root's overlay (see `rootdisk`).
+pub const QCOW2_DISK: &str = "disk.qcow2";
+/// A `raw-layered` root's writable layer.
+pub const UPPER_DISK: &str = "upper.ext4";
+/// A `raw-layered` root's record of its layout and base.
+pub const ROOT_RECORD: &str = "rootdisk.json";
+
 /// A VM's directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDir(PathBuf);
@@ -52,16 +59,16 @@ impl VmDir {
 
     /// The qcow2 overlay of a `qcow2-overlay` root.
     pub fn root_disk(&self) -> PathBuf {
-        self.0.join("disk.qcow2")
+        self.0.join(QCOW2_DISK)
     }
     /// The writable layer of a `raw-layered` root (see `rootdisk`).
     pub fn upper_disk(&self) -> PathBuf {
-        self.0.join("upper.ext4")
+        self.0.join(UPPER_DISK)
     }
     /// Which layout the root disk has and the base it stands on, for a layout whose files do
     /// not say it themselves (see `rootdisk`).
     pub fn root_record(&self) -> PathBuf {
-        self.0.join("rootdisk.json")
+        self.0.join(ROOT_RECORD)
     }
     pub fn initrd(&self) -> PathBuf {
         self.0.join("initrd.cpio")

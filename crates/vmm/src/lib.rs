@@ -265,7 +265,8 @@ pub trait Backend: Send + Sync + Debug {
     fn runtime_files(&self, run_dir: &Path) -> Vec<PathBuf>;
     /// Starts `machine` (validated against [`Backend::capabilities`] first) through `launcher`.
     fn launch(&self, machine: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError>;
-    /// Saves a running VM's machine state (memory and devices) to `state`, with the guest
+    /// Saves a running VM's machine state (memory and devices) to `state` (and the other
+    /// [`Backend::saved_files`] beside it, made by the caller's uid, readable by all), with the guest
     /// paused from before `while_paused` runs (the caller copies the VM's disks then) until
     /// the state is written (not synced: the caller makes it durable once the guest runs
     /// again); the guest runs on afterwards. Returns how long it was paused.
@@ -278,6 +279,11 @@ pub trait Backend: Send + Sync + Debug {
         _while_paused: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<std::time::Duration, VmmError> {
         Err(VmmError::Unsupported(format!("the {} backend cannot take snapshots yet", self.name())))
+    }
+    /// The files a state saved at `state` by [`Backend::save`] consists of, `state` first (a
+    /// snapshot moves and removes them together).
+    fn saved_files(&self, state: &Path) -> Vec<PathBuf> {
+        vec![state.to_path_buf()]
     }
     /// Lets the guest run again if it is paused (as a killed [`Backend::save`] leaves it);
     /// whether it was.
