@@ -25,7 +25,7 @@ fi
 # Every integration test target belongs to exactly one tier: a new file that is in neither
 # list fails here instead of silently never running.
 TIER1=(cli:cli cli:templates cli:registry_auth disk:ext4 disk:initramfs disk:overlay net:concurrent supervisor:agent_mux supervisor:supervise runtime:orchestration)
-TIER2=(disk:boot cli:e2e cli:agent cli:net cli:ignited cli:faults cli:compat cli:jail cli:firecracker cli:snapshot)
+TIER2=(disk:boot cli:e2e cli:agent cli:net cli:ignited cli:faults cli:compat cli:jail cli:firecracker cli:snapshot vmm:firecracker_snapshot)
 listed=" ${TIER1[*]} ${TIER2[*]} "
 for f in crates/*/tests/*.rs; do
   crate=$(basename "$(dirname "$(dirname "$f")")")

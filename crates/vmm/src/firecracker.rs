@@ -17,6 +17,14 @@
 //!   with `CONNECT <port>`.
 //! - **Stop**: `SendCtrlAltDel` (the guest's i8042) for a graceful stop; Firecracker has no
 //!   "quit" call, so a forced stop is the supervisor's SIGKILL.
+//! - **Snapshots**: `PATCH /vm` Paused, the caller's disk copy, `PUT /snapshot/create` (a full
+//!   snapshot: the device state and the guest memory, two files Firecracker writes by path in
+//!   its files directory, then moved out of the VMM's reach), Resumed. A resume is a new
+//!   Firecracker's `PUT /snapshot/load` of those files (bound read-only in its jail; the
+//!   memory file is mapped, not read, and shared by every clone of a snapshot) with this
+//!   machine's taps and vsock socket in place of the saved ones, then, outside the jail, its
+//!   drives' paths (`PATCH /drives`: the saved state names the source VM's files; jailed,
+//!   they are the same `/disks/<key>` in every VM), then Resumed.
 //! - **Accelerator**: KVM only. No probe: whether KVM boots a Linux guest shows in the
 //!   console and in how the VM ended (Firecracker's reason, from its log).
 //! - **Jail**: ignite's own (see `ignite-supervisor`'s `jail`), as for QEMU: its own uid,
@@ -57,6 +65,15 @@ const API_WAIT: Duration = Duration::from_secs(10);
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of the metrics file's end is read (one object is a few KiB).
 const METRICS_TAIL: u64 = 256 * 1024;
+/// Beside a saved state (see [`Backend::saved_files`]): the guest memory saved with it.
+pub const MEMORY_FILE: &str = "memory";
+/// In [`FILES_DIR`]: where Firecracker writes a snapshot's device state and memory (the one
+/// place a jailed Firecracker can write), before they are moved out.
+const SAVING_STATE: &str = "snapshot.vmstate";
+const SAVING_MEMORY: &str = "snapshot.memory";
+/// Where a jailed Firecracker finds the state and memory it resumes.
+const JAIL_STATE: &str = "/snapshot/vmstate";
+const JAIL_MEMORY: &str = "/snapshot/memory";
 
 /// The Firecracker backend.
 #[derive(Debug, Clone)]
@@ -80,6 +97,37 @@ impl Firecracker {
     /// Where Firecracker's own files are for a VM whose run directory is `run_dir`.
     pub fn files_dir(run_dir: &Path) -> PathBuf {
         run_dir.join(FILES_DIR)
+    }
+
+    /// The memory file saved beside the state `state`.
+    pub fn memory_file(state: &Path) -> PathBuf {
+        state.with_file_name(MEMORY_FILE)
+    }
+
+    /// The `PUT /snapshot/load` that loads `m`'s saved state (its [`Machine::incoming`] is
+    /// `state`) paused, with its own taps and vsock socket in place of the saved machine's; a
+    /// `jailed` Firecracker finds the files at [`JAIL_STATE`] and [`JAIL_MEMORY`].
+    pub fn load_call(m: &Machine, state: &Path, jailed: bool) -> Value {
+        let (state, memory) = match jailed {
+            true => (PathBuf::from(JAIL_STATE), PathBuf::from(JAIL_MEMORY)),
+            false => (state.to_path_buf(), Firecracker::memory_file(state)),
+        };
+        let overrides: Vec<Value> = m
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({"iface_id": format!("eth{i}"), "host_dev_name": n.tap}))
+            .collect();
+        let mut load = json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": memory},
+            "resume_vm": false,
+            "network_overrides": overrides,
+        });
+        if m.agent_port.is_some() {
+            load["vsock_override"] = json!({"uds_path": Firecracker::files_dir(&m.run_dir).join(AGENT_VMM_SOCKET)});
+        }
+        load
     }
 
     /// The API calls that configure `m`, in order: (method, path, body). A `jailed` Firecracker
@@ -151,10 +199,21 @@ impl Firecracker {
 /// One API call over the Unix socket at `sock` (HTTP/1.1, one connection per call). A refusal
 /// carries Firecracker's `fault_message`.
 pub fn api_call(sock: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, VmmError> {
+    api_call_within(sock, method, path, body, API_TIMEOUT)
+}
+
+/// [`api_call`], for a call that may take up to `timeout` (a snapshot's memory written).
+fn api_call_within(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<Value, VmmError> {
     let control = |source| VmmError::Control { path: sock.to_path_buf(), source };
     let mut s = crate::connect_vmm_socket(sock).map_err(control)?;
-    s.set_read_timeout(Some(API_TIMEOUT)).map_err(control)?;
-    s.set_write_timeout(Some(API_TIMEOUT)).map_err(control)?;
+    s.set_read_timeout(Some(timeout)).map_err(control)?;
+    s.set_write_timeout(Some(timeout)).map_err(control)?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -213,6 +272,29 @@ fn read_response(s: &mut UnixStream) -> std::io::Result<(u16, String)> {
     }
     body.truncate(len);
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// How long writing or mapping the state of a guest of `memory_mib` may take: its memory at
+/// 50 MiB/s, beyond the API's own time.
+fn snapshot_budget(memory_mib: u64) -> Duration {
+    API_TIMEOUT + Duration::from_millis(memory_mib.saturating_mul(20))
+}
+
+/// Moves a file the VMM made in its directory (`from`) to `to`, out of its reach: it must be
+/// a regular file with one link (a jailed VMM could have left a symlink or a link to another
+/// file there); it becomes the caller's, readable by all (a resumed VMM reads it as its own
+/// uid, through its jail, where nothing else of the state root is visible).
+fn take_file(from: &Path, to: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fail = |e: String| VmmError::Launch(format!("{}: {e}", from.display()));
+    let meta = std::fs::symlink_metadata(from).map_err(|e| fail(e.to_string()))?;
+    if !meta.file_type().is_file() || meta.nlink() != 1 {
+        return Err(fail("not a regular file of its own: not taken".into()));
+    }
+    std::fs::rename(from, to).map_err(|e| fail(e.to_string()))?;
+    let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    std::os::unix::fs::lchown(to, Some(me.0), Some(me.1)).map_err(|e| fail(format!("chown: {e}")))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644)).map_err(|e| fail(format!("chmod: {e}")))
 }
 
 /// Firecracker's controls.
@@ -297,11 +379,65 @@ impl Backend for Firecracker {
         vec![dir.join(API_SOCKET), dir.join(AGENT_VMM_SOCKET)]
     }
 
+    fn saved_files(&self, state: &Path) -> Vec<PathBuf> {
+        vec![state.to_path_buf(), Firecracker::memory_file(state)]
+    }
+
+    fn save(
+        &self,
+        run_dir: &Path,
+        state: &Path,
+        memory_mib: u64,
+        while_paused: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<Duration, VmmError> {
+        let dir = Firecracker::files_dir(run_dir);
+        let api = dir.join(API_SOCKET);
+        let (vmstate, memory) = (dir.join(SAVING_STATE), dir.join(SAVING_MEMORY));
+        for f in [&vmstate, &memory] {
+            let _ = std::fs::remove_file(f);
+        }
+        let t0 = Instant::now();
+        api_call(&api, "PATCH", "/vm", Some(&json!({"state": "Paused"})))?;
+        let saved = (|| {
+            // Paused: Firecracker has flushed what the guest wrote to its drives.
+            while_paused().map_err(VmmError::Launch)?;
+            let create = json!({"snapshot_type": "Full", "snapshot_path": vmstate, "mem_file_path": memory});
+            api_call_within(&api, "PUT", "/snapshot/create", Some(&create), snapshot_budget(memory_mib))?;
+            ignite_proc::fault::point("snapshot.saving");
+            Ok(())
+        })();
+        let resumed = api_call(&api, "PATCH", "/vm", Some(&json!({"state": "Resumed"})));
+        let paused = t0.elapsed();
+        let taken = saved.and(resumed).and_then(|_| {
+            take_file(&vmstate, state)?;
+            take_file(&memory, &Firecracker::memory_file(state))
+        });
+        if taken.is_err() {
+            for f in [&vmstate, &memory] {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        taken.map(|_| paused)
+    }
+
+    fn resume(&self, run_dir: &Path) -> Result<bool, VmmError> {
+        let dir = Firecracker::files_dir(run_dir);
+        let api = dir.join(API_SOCKET);
+        // (A snapshot being written still: Firecracker answers once it is.)
+        let info = api_call_within(&api, "GET", "/", None, snapshot_budget(64 * 1024))?;
+        let paused = info.get("state").and_then(Value::as_str) == Some("Paused");
+        if paused {
+            api_call(&api, "PATCH", "/vm", Some(&json!({"state": "Resumed"})))?;
+        }
+        // What the abandoned snapshot wrote (the memory is the guest's size).
+        for f in [SAVING_STATE, SAVING_MEMORY] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        Ok(paused)
+    }
+
     fn launch(&self, m: &Machine, launcher: &mut dyn Launcher) -> Result<Instance, VmmError> {
         m.validate(&self.capabilities())?;
-        if m.incoming.is_some() {
-            return Err(VmmError::Unsupported("the firecracker backend cannot resume snapshots yet".into()));
-        }
         let jailed = launcher.jailed();
         let program = self.found()?;
         // A fresh directory each launch: a jailed Firecracker owns it, and whatever a previous
@@ -322,7 +458,11 @@ impl Backend for Firecracker {
         for f in [&log, &metrics] {
             std::fs::write(f, b"").map_err(|e| VmmError::Launch(format!("{}: {e}", f.display())))?;
         }
-        let files = m.jail_files();
+        let mut files = m.jail_files();
+        if let Some(state) = &m.incoming {
+            files.push((state.clone(), JAIL_STATE.to_string()));
+            files.push((Firecracker::memory_file(state), JAIL_MEMORY.to_string()));
+        }
         let disks = m.vmm_disks(true);
         let path = |p: &Path| p.display().to_string();
         let mut args = vec!["--api-sock".into(), path(&api), "--id".into(), format!("{}-{}", m.id_prefix, m.uid)];
@@ -347,6 +487,27 @@ impl Backend for Firecracker {
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some(state) = &m.incoming {
+                let load = Firecracker::load_call(m, state, jailed);
+                api_call_within(&api, "PUT", "/snapshot/load", Some(&load), snapshot_budget(m.memory_mib)).map_err(
+                    |e| match jailed {
+                        true => e,
+                        // It opened the drives the state names before it is told this
+                        // machine's.
+                        false => VmmError::Launch(format!(
+                            "{e}: outside ignite's jail Firecracker opens the saved machine's drives (its files at the time of the snapshot) before it is given this VM's"
+                        )),
+                    },
+                )?;
+                if !jailed {
+                    for (i, d) in m.drives.iter().enumerate() {
+                        let id = format!("disk{i}");
+                        let patch = json!({"drive_id": id, "path_on_host": d.path});
+                        api_call(&api, "PATCH", &format!("/drives/{id}"), Some(&patch))?;
+                    }
+                }
+                return api_call(&api, "PATCH", "/vm", Some(&json!({"state": "Resumed"}))).map(drop);
             }
             for (method, path, body) in Firecracker::configuration(m, jailed) {
                 api_call(&api, method, &path, Some(&body))?;
@@ -473,6 +634,61 @@ mod tests {
         assert_eq!(jailed[2].2["path_on_host"], json!("/disks/disk0"));
         assert_eq!(jailed[3].2["path_on_host"], json!("/disks/disk1"));
         assert_eq!(jailed[5].2, calls[5].2);
+    }
+
+    #[test]
+    fn a_resume_loads_the_state_paused_with_this_machines_taps_and_socket() {
+        let mut m = machine();
+        m.nics = vec![
+            Nic { tap: "tap0".into(), mac: "02:00:00:00:00:01".into() },
+            Nic { tap: "vm-extra1".into(), mac: "02:00:00:00:00:02".into() },
+        ];
+        let state = Path::new("/s/abc/state");
+        assert_eq!(Firecracker::memory_file(state), Path::new("/s/abc/memory"));
+        assert_eq!(
+            Firecracker::new(None).saved_files(state),
+            [PathBuf::from("/s/abc/state"), PathBuf::from("/s/abc/memory")]
+        );
+        let load = Firecracker::load_call(&m, state, false);
+        assert_eq!(load["snapshot_path"], json!("/s/abc/state"));
+        assert_eq!(load["mem_backend"], json!({"backend_type": "File", "backend_path": "/s/abc/memory"}));
+        // Resumed by a call of its own, once its drives are this machine's.
+        assert_eq!(load["resume_vm"], json!(false));
+        assert_eq!(
+            load["network_overrides"],
+            json!([{"iface_id": "eth0", "host_dev_name": "tap0"}, {"iface_id": "eth1", "host_dev_name": "vm-extra1"}])
+        );
+        assert_eq!(load["vsock_override"]["uds_path"], json!(m.run_dir.join("firecracker/agent-vmm.sock")));
+        let jailed = Firecracker::load_call(&m, state, true);
+        assert_eq!(jailed["snapshot_path"], json!(JAIL_STATE));
+        assert_eq!(jailed["mem_backend"]["backend_path"], json!(JAIL_MEMORY));
+        assert_eq!(jailed["vsock_override"], load["vsock_override"]);
+        m.agent_port = None;
+        assert!(Firecracker::load_call(&m, state, true).get("vsock_override").is_none());
+    }
+
+    #[test]
+    fn what_the_vmm_leaves_in_its_directory_is_taken_only_as_a_file_of_its_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("made"), d.path().join("taken"));
+        std::fs::write(&from, b"state").unwrap();
+        std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o600)).unwrap();
+        take_file(&from, &to).unwrap();
+        assert!(!from.exists());
+        assert_eq!(std::fs::read(&to).unwrap(), b"state");
+        assert_eq!(std::fs::metadata(&to).unwrap().permissions().mode() & 0o777, 0o644);
+        // A symlink (to a host file) or a second link to another file is refused, and left.
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, b"host").unwrap();
+        std::os::unix::fs::symlink(&secret, &from).unwrap();
+        let e = take_file(&from, &d.path().join("t2")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file of its own"), "{e}");
+        std::fs::remove_file(&from).unwrap();
+        std::fs::hard_link(&secret, &from).unwrap();
+        assert!(take_file(&from, &d.path().join("t3")).is_err());
+        assert!(!d.path().join("t2").exists() && !d.path().join("t3").exists());
+        assert!(take_file(&d.path().join("none"), &d.path().join("t4")).is_err());
     }
 
     #[test]
