@@ -207,6 +207,22 @@ fn a_snapshot_killed_while_its_guest_is_paused_leaves_the_vm_running() {
     fails(&root, &["start", "victim", "--from-snapshot", "s"], 1, "is running");
     let machine_id = exec(&root, "victim", "cat /etc/machine-id 2>/dev/null || true");
     ok(&root, &["stop", "victim"]);
+    // Where the host's default VMM is another now: refused before anything changes.
+    let fc_default = common::write(
+        d.path(),
+        "fc.yaml",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\nspec:\n  vmm: firecracker\n",
+    );
+    let vdir = root.join("vm").join(field(&root, "victim", "{{.UID}}"));
+    let disk_before = std::fs::read(vdir.join("disk.qcow2")).unwrap();
+    fails(
+        &root,
+        &["--ignite-config", &fc_default, "start", "victim", "--from-snapshot", "s"],
+        2,
+        "was saved by qemu and VM \"victim\" starts on firecracker",
+    );
+    assert_eq!(std::fs::read(vdir.join("disk.qcow2")).unwrap(), disk_before);
+    assert!(!vdir.join("disk.before-snapshot.qcow2").exists() && !vdir.join("restore-from").exists());
     ok(&root, &["start", "victim", "--from-snapshot", "s"]);
     assert_eq!(exec(&root, "victim", "cat /root/mark; hostname"), "at-snapshot\nvictim");
     assert_eq!(exec(&root, "victim", "cat /etc/machine-id 2>/dev/null || true"), machine_id, "its own machine-id");
@@ -274,6 +290,16 @@ fn a_layered_disk_is_snapshotted_cloned_and_reverted_with_its_holes() {
             .clone()
     };
     assert_eq!(base(&cdir), base(&sdir));
+    // A clone resumes on the VMM that saved its snapshot, whatever the host's default.
+    let fc_default = common::write(
+        d.path(),
+        "fc.yaml",
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\nspec:\n  vmm: firecracker\n",
+    );
+    ok(&root, &["--ignite-config", &fc_default, "run", "--from-snapshot", "s", "--name", "pinned"]);
+    assert_eq!(field(&root, "pinned", "{{.Status.Runtime.Name}}"), "qemu");
+    assert_eq!(exec(&root, "pinned", "cat /root/mark"), "at-snapshot");
+    ok(&root, &["rm", "-f", "pinned"]);
     // What the clone writes is its own.
     exec(&root, "clone", "echo clone > /root/mark && sync");
     assert_eq!(exec(&root, "layered", "cat /root/mark"), "later");

@@ -290,6 +290,8 @@ pub fn create_clone(
     let disk_files = disk_files_of(&sdir).map_err(clone_err)?;
     let mut spec = snap.spec.vm_spec.clone();
     spec.network.ports = ports;
+    // It resumes in the VMM that saved the state, whatever the host's default is by then.
+    spec.vmm = Some(snap.spec.vmm.clone());
     let _gc = crate::gc::hold(store).map_err(|e| clone_err(e.to_string()))?;
     let lock = store.lock()?;
     if store.get::<Snapshot>(&snap.uid()).is_err() {
@@ -349,15 +351,43 @@ pub fn replaced_name(name: &str) -> String {
     }
 }
 
-/// Makes the stopped VM `vm`'s next start resume `snap`, a snapshot of it: its disk becomes
-/// the snapshot's (the files it had are kept, see [`replaced_name`]). Checked before anything
-/// changes: the snapshot is this VM's, the VM is stopped, its machine is the snapshot's.
-pub fn revert(store: &Store, vm: &Vm, snap: &Snapshot) -> Result<(), SnapshotError> {
+/// What [`revert`] changed in a VM's directory: undone when the start it prepared fails.
+#[derive(Debug)]
+#[must_use = "a failed start undoes the revert"]
+pub struct Reverted {
+    dir: VmDir,
+    /// (where a file the VM had is kept, its place).
+    kept: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Reverted {
+    /// The VM has the disk files it had again, and its next start boots them.
+    pub fn undo(self) {
+        clear_restore(&self.dir);
+        for (kept, disk) in self.kept {
+            if let Err(e) = std::fs::rename(&kept, &disk) {
+                tracing::warn!("cannot put {} back as {}: {e}", kept.display(), disk.display());
+            }
+        }
+    }
+}
+
+/// Makes the stopped VM `vm`'s next start resume `snap`, a snapshot of it, on the VMM `vmm`:
+/// its disk becomes the snapshot's (the files it had are kept, see [`replaced_name`]).
+/// Checked before anything changes: the snapshot is this VM's and was saved by `vmm`, the VM
+/// is stopped, its machine is the snapshot's.
+pub fn revert(store: &Store, vm: &Vm, snap: &Snapshot, vmm: &str) -> Result<Reverted, SnapshotError> {
     let name = vm.metadata.name.clone();
     if snap.spec.vm != vm.uid() {
         return Err(SnapshotError::Invalid(format!(
             "snapshot {:?} was taken of VM {:?}, not {name:?}: `ignite run --from-snapshot {}` clones it",
             snap.metadata.name, snap.spec.vm_name, snap.metadata.name
+        )));
+    }
+    if snap.spec.vmm != vmm {
+        return Err(SnapshotError::Invalid(format!(
+            "snapshot {:?} was saved by {} and VM {name:?} starts on {vmm}: a saved machine resumes on the VMM that saved it",
+            snap.metadata.name, snap.spec.vmm
         )));
     }
     let lock = store.lock()?;
@@ -382,21 +412,28 @@ pub fn revert(store: &Store, vm: &Vm, snap: &Snapshot) -> Result<(), SnapshotErr
     let files = disk_files_of(&sdir).map_err(fail)?;
     let staged = |f: &str| dir.join(format!(".{f}.snapshot"));
     for f in files {
-        ignite_disk::copy_sparse(&sdir.join(f), &staged(f))
-            .and_then(|_| File::open(staged(f))?.sync_all())
-            .map_err(|e| fail(format!("copy the snapshot's {f}: {e}")))?;
+        let copied =
+            ignite_disk::copy_sparse(&sdir.join(f), &staged(f)).and_then(|_| File::open(staged(f))?.sync_all());
+        if let Err(e) = copied {
+            for f in files {
+                let _ = std::fs::remove_file(staged(f));
+            }
+            return Err(fail(format!("copy the snapshot's {f}: {e}")));
+        }
     }
+    let mut reverted = Reverted { dir: dir.clone(), kept: Vec::new() };
     for f in files {
         let disk = dir.join(f);
         if disk.exists() {
-            std::fs::rename(&disk, dir.join(replaced_name(f)))
-                .map_err(|e| fail(format!("keep {}: {e}", disk.display())))?;
+            let kept = dir.join(replaced_name(f));
+            std::fs::rename(&disk, &kept).map_err(|e| fail(format!("keep {}: {e}", disk.display())))?;
+            reverted.kept.push((kept, disk.clone()));
         }
         std::fs::rename(staged(f), &disk).map_err(|e| fail(format!("{}: {e}", disk.display())))?;
     }
     ignite_store::write_atomic(&dir.join(RESTORE_FROM), snap.uid().as_bytes())?;
     drop(lock);
-    Ok(())
+    Ok(reverted)
 }
 
 /// What a start resumes instead of booting.
@@ -406,6 +443,8 @@ pub struct Restore {
     pub dir: PathBuf,
     /// The machine the state was saved from.
     pub machine: Machine,
+    /// The backend that saved it (the one that can load it).
+    pub vmm: String,
     /// The snapshot is another VM's: the guest is a clone, a new machine.
     pub new_machine: bool,
     /// The SSH host key files of the saved guest.
@@ -430,6 +469,7 @@ pub fn pending_restore(store: &Store, dir: &VmDir) -> Result<Option<Restore>, St
         snapshot: snap.metadata.name,
         dir: sdir,
         machine,
+        vmm: snap.spec.vmm,
         new_machine,
         ssh_host_keys: snap.status.ssh_host_keys,
     }))

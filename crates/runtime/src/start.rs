@@ -249,6 +249,15 @@ fn check(
     backend.binary()?;
     let restore = crate::snapshot::pending_restore(store, dir)
         .map_err(|message| StartError::Machine { name: name.clone(), message })?;
+    if let Some(r) = restore.as_ref().filter(|r| r.vmm != backend_name) {
+        return Err(StartError::Machine {
+            name,
+            message: format!(
+                "its snapshot {:?} was saved by {} and it would start on {backend_name}: a saved machine resumes on the VMM that saved it",
+                r.snapshot, r.vmm
+            ),
+        });
+    }
     let kernel = match &restore {
         Some(r) => r.dir.join(crate::snapshot::KERNEL),
         None => kernel_for(store, vm)?,

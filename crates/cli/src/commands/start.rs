@@ -38,8 +38,9 @@ pub fn run(ctx: &Ctx, a: StartArgs) -> anyhow::Result<()> {
     };
     // Resumed where the snapshot was taken: its address is this start's, its machine-id its own.
     let snapshot = store.resolve::<ignite_api::Snapshot>(snap)?;
-    ignite_runtime::snapshot::revert(&store, &vm, &snapshot)?;
-    let dir = ignite_runtime::vmdir::VmDir::of(&store, &vm.uid());
-    let started = start(&store, &config, vm, &opts).inspect_err(|_| ignite_runtime::snapshot::clear_restore(&dir))?;
+    let vmm = ignite_runtime::boot::backend_name(&vm, &config.spec);
+    let reverted = ignite_runtime::snapshot::revert(&store, &vm, &snapshot, &vmm)?;
+    // A start that fails leaves the VM as it was: its own disk, booted at its next start.
+    let started = start(&store, &config, vm, &opts).inspect_err(|_| reverted.undo())?;
     super::run::started(ctx, &store, &started, a.interactive)
 }
