@@ -220,59 +220,55 @@ fn a_run_whose_supervisor_is_killed_leaves_no_cgroup_or_jail_root() {
             1,
             "{args:?} {fault}: the failed run's VM was not removed"
         );
-        let left: Vec<std::path::PathBuf> = common::vm_cgroups().into_iter().filter(|p| p.ends_with(&uid)).collect();
-        assert!(left.is_empty(), "{args:?} {fault}: cgroups left: {left:?}");
-        assert!(
-            !Path::new(&format!("/run/ignite/jail/{uid}")).exists(),
-            "{args:?} {fault}: the jail's root outlived the VM"
-        );
-        let left = leftovers(&uid, &BTreeSet::new());
-        assert!(left.is_empty(), "{args:?} {fault}: {left:?}");
-        common::until_ok("no process of the VM", 30, || {
-            let left = common::procs(&uid);
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:#?}"))
-            }
-        });
+        nothing_left_of(&uid, &format!("{args:?} {fault}"));
     }
     ok(&root, &["rm", "-f", "src"]);
     ok(&root, &["snapshot", "rm", "s"]);
 }
 
-/// `ignite rm -f` of a VM whose `run` is under way, the run held at a step (its CLI once it
-/// attached the network; a clone's supervisor once its VMM runs): the removal waits for the
-/// start to end, then stops the VM and removes it, and nothing of it is left. (It did not
-/// wait: it removed the directory of a VM whose supervisor went on to run its VMM and attach
-/// its network, and the VM's cgroup was left behind, seen with a clone's run slowed by strace.)
+/// Nothing of VM `uid` is left on the host once it is removed: no cgroup, jail root, network
+/// leftover or process (`what`: the case, for the messages).
+fn nothing_left_of(uid: &str, what: &str) {
+    let left: Vec<std::path::PathBuf> = common::vm_cgroups().into_iter().filter(|p| p.ends_with(uid)).collect();
+    assert!(left.is_empty(), "{what}: cgroups left: {left:?}");
+    assert!(!Path::new(&format!("/run/ignite/jail/{uid}")).exists(), "{what}: the jail's root outlived the VM");
+    let left = leftovers(uid, &BTreeSet::new());
+    assert!(left.is_empty(), "{what}: {left:?}");
+    common::until_ok("no process of the VM", 30, || {
+        let left = common::procs(uid);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:#?}"))
+        }
+    });
+}
+
+/// `ignite rm -f`, `stop` and `kill` of a VM whose `run` is under way, the run held at a step
+/// (its CLI once it attached the network; a clone's supervisor once its VMM runs): each waits
+/// for the start to end, then acts on the VM it started, and nothing of a removed VM is left.
+/// (`rm -f` did not wait: it removed the directory of a VM whose supervisor went on to run its
+/// VMM and attach its network, and the VM's cgroup was left behind, seen with a clone's run
+/// slowed by strace; `stop` and `kill` said "not running" and the VM started after them.)
 #[test]
-fn a_vm_removed_while_it_starts_is_removed_whole() {
+fn a_vm_removed_or_stopped_while_it_starts_waits_for_the_start() {
     let d = tempfile::tempdir().unwrap();
     let root = prepared_root(d.path());
     ok(&root, &["run", "busybox", "--name", "src", "--memory", "128MB"]);
     common::until_exec_works(&root, "src", 120);
     ok(&root, &["snapshot", "create", "src", "s"]);
-    let spawn = |args: &[&str], env: &[(&str, &str)]| {
-        let mut c = Command::new(common::bin());
-        c.args(args).env("IGNITE_ROOT", &*root).env("IGNITE_AGENT", common::agent()).env_remove("IGNITE_CONFIG");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run ignite")
-    };
     let cold = &["run", "busybox", "--name", "gone", "--memory", "128MB"][..];
     let clone = &["run", "--from-snapshot", "s", "--name", "gone"][..];
-    for (args, point, held_by_supervisor) in
-        [(cold, "start.network-attached", false), (clone, "spawn.vmm-started", true)]
-    {
-        let trace = d.path().join("rm.trace");
+    for (verb, args, point, held_by_supervisor) in [
+        (&["rm", "-f", "gone"][..], cold, "start.network-attached", false),
+        (&["rm", "-f", "gone"][..], clone, "spawn.vmm-started", true),
+        (&["stop", "gone"][..], cold, "start.network-attached", false),
+        (&["kill", "gone"][..], clone, "spawn.vmm-started", true),
+    ] {
+        let what = format!("{verb:?} during {args:?}");
+        let trace = d.path().join("verb.trace");
         let _ = std::fs::remove_file(&trace);
-        let run = spawn(args, &[("IGNITE_FAULT", point), ("IGNITE_FAULT_SIGNAL", "STOP")]);
+        let run = common::spawn_ignite(&root, args, &[("IGNITE_FAULT", point), ("IGNITE_FAULT_SIGNAL", "STOP")]);
         let uid = common::until_ok("the VM created", 60, || {
             let o = common::ignite(&root, &["inspect", "vm", "gone", "-t", "{{.UID}}"]);
             let uid = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -283,32 +279,25 @@ fn a_vm_removed_while_it_starts_is_removed_whole() {
             }
         });
         let held = if held_by_supervisor { common::pid_with_args(&["--hold-fd", &uid]) } else { run.id() };
-        common::until(&format!("{args:?} held at {point}"), 60, || {
+        common::until(&format!("{what}: the run held at {point}"), 60, || {
             common::status_field(held, "State").starts_with('T')
         });
-        let rm = spawn(&["rm", "-f", "gone"], &[("IGNITE_FAULT_TRACE", &trace.to_string_lossy())]);
-        common::until("the removal waiting for the start", 60, || {
-            std::fs::read_to_string(&trace).unwrap_or_default().contains("rm.start-in-progress")
+        let acting = common::spawn_ignite(&root, verb, &[("IGNITE_FAULT_TRACE", &trace.to_string_lossy())]);
+        let waits = format!("{}.start-in-progress", verb[0]);
+        common::until(&format!("{what}: waiting for the start"), 60, || {
+            std::fs::read_to_string(&trace).unwrap_or_default().contains(&waits)
         });
         assert!(Command::new("kill").args(["-CONT", &held.to_string()]).status().unwrap().success());
         let run = run.wait_with_output().unwrap();
-        let rm = rm.wait_with_output().unwrap();
-        assert!(run.status.success(), "{args:?}: {}", String::from_utf8_lossy(&run.stderr));
-        assert!(rm.status.success(), "{args:?}: rm -f: {}", String::from_utf8_lossy(&rm.stderr));
-        assert_eq!(ok(&root, &["ps", "-a", "-q"]).lines().count(), 1, "{args:?}: the VM was not removed");
-        let left: Vec<std::path::PathBuf> = common::vm_cgroups().into_iter().filter(|p| p.ends_with(&uid)).collect();
-        assert!(left.is_empty(), "{args:?}: cgroups left: {left:?}");
-        assert!(!Path::new(&format!("/run/ignite/jail/{uid}")).exists(), "{args:?}: the jail's root is left");
-        let left = leftovers(&uid, &BTreeSet::new());
-        assert!(left.is_empty(), "{args:?}: {left:?}");
-        common::until_ok("no process of the VM", 30, || {
-            let left = common::procs(&uid);
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{left:#?}"))
-            }
-        });
+        let acting = acting.wait_with_output().unwrap();
+        assert!(run.status.success(), "{what}: the run: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(acting.status.success(), "{what}: {}", String::from_utf8_lossy(&acting.stderr));
+        if verb[0] != "rm" {
+            assert_eq!(field(&root, "gone", "{{.Status.Running}}"), "false", "{what}");
+            ok(&root, &["rm", "gone"]);
+        }
+        assert_eq!(ok(&root, &["ps", "-a", "-q"]).lines().count(), 1, "{what}: the VM was not removed");
+        nothing_left_of(&uid, &what);
     }
     ok(&root, &["rm", "-f", "src"]);
     ok(&root, &["snapshot", "rm", "s"]);

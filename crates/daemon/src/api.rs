@@ -230,11 +230,7 @@ fn handle(
                 let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
                 // Without ?force=true a running VM is refused, as `ignite rm` without -f.
                 let force = flag("force");
-                let removed = ignite_runtime::remove_vm(store, &vm.uid(), force, |v| {
-                    ignite_runtime::stop::kill(store, v.clone()).map(|_| ()).map_err(|e| {
-                        ignite_runtime::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
-                    })
-                })?;
+                let removed = ignite_runtime::remove_vm(store, &vm.uid(), force)?;
                 json(serde_json::to_value(removed)?)
             }
             (_, ["metrics"]) | (_, ["v1", ..]) => {

@@ -297,13 +297,7 @@ impl Actions for Runtime<'_> {
 
     fn remove(&self, vm: Vm) -> Result<(), String> {
         let store = self.store;
-        ignite_runtime::remove::remove_vm(store, &vm.uid(), true, |v| {
-            ignite_runtime::stop::kill(store, v.clone()).map(drop).map_err(|e| {
-                ignite_runtime::remove::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
-            })
-        })
-        .map(drop)
-        .map_err(|e| chain(&e))
+        ignite_runtime::remove::remove_vm(store, &vm.uid(), true).map(drop).map_err(|e| chain(&e))
     }
 }
 

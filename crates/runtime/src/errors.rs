@@ -82,7 +82,9 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Class {
         {
             return Class::State;
         }
-        if let Some(crate::stop::StopError::NotRunning { .. }) = cause.downcast_ref::<crate::stop::StopError>() {
+        if let Some(crate::stop::StopError::NotRunning { .. } | crate::stop::StopError::Starting { .. }) =
+            cause.downcast_ref::<crate::stop::StopError>()
+        {
             return Class::State;
         }
         if let Some(se) = cause.downcast_ref::<crate::snapshot::SnapshotError>() {
@@ -111,5 +113,7 @@ mod tests {
         assert_eq!(classify(&running), Class::State);
         assert_eq!(classify(&starting), Class::State);
         assert_eq!(classify(&stop), Class::Failed);
+        let starting = crate::stop::StopError::Starting { name: "a".into(), secs: 180 };
+        assert_eq!(classify(&starting), Class::State);
     }
 }

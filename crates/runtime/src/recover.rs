@@ -24,7 +24,7 @@ pub fn release_if_idle(store: &Store, uid: &str) -> bool {
     let dir = VmDir::of(store, uid);
     let had_network = dir.network_record().exists();
     // A start in progress holds the VM's start lock: leave its VM alone.
-    let Ok(lock) = std::fs::File::options().create(true).truncate(false).write(true).open(dir.start_lock()) else {
+    let Ok(lock) = dir.open_start_lock() else {
         return false;
     };
     if lock.try_lock().is_err() || crate::lease::supervisor_held(&dir) {

@@ -72,6 +72,66 @@ pub fn kernel_for(store: &Store, vm: &Vm) -> Result<PathBuf, StartError> {
 /// the VM or give up.
 pub const LEAVING_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a removal or a stop waits for a start of the VM in progress in another process
+/// (longer than any start waits for anything itself).
+pub const START_WAIT: Duration = Duration::from_secs(180);
+
+/// Why [`wait_start_lock`] ended without the lock.
+#[derive(Debug)]
+pub enum StartWaitError {
+    /// The VM's directory is gone (the VM was removed).
+    Gone,
+    /// A start in another process did not finish within [`START_WAIT`].
+    StillStarting,
+    Lock(std::io::Error),
+}
+
+/// Takes the start lock of the VM in `dir`, waiting (up to [`START_WAIT`]) for a start in
+/// progress in another process; `fault` is the fault point passed once it waits.
+pub fn wait_start_lock(dir: &VmDir, fault: &str) -> Result<File, StartWaitError> {
+    let f = match dir.open_start_lock() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StartWaitError::Gone),
+        Err(e) => return Err(StartWaitError::Lock(e)),
+    };
+    let deadline = std::time::Instant::now() + START_WAIT;
+    let mut waiting = false;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                if !waiting {
+                    waiting = true;
+                    ignite_proc::fault::point(fault);
+                }
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StartWaitError::StillStarting),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StartWaitError::Lock(e)),
+        }
+    }
+}
+
+/// Whether a start of the VM in `dir` is in progress in another process: its start lock held,
+/// or a supervisor on its way (its lease held while the VM `vm` is not recorded running: a
+/// start killed after it spawned it, or a VM's end being recorded).
+pub fn in_progress(dir: &VmDir, vm: &Vm) -> bool {
+    let locked = dir.open_start_lock().map(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+    locked.unwrap_or(false) || (!vm.status.running && crate::lease::supervisor_held(dir))
+}
+
+/// The VM `uid` once no supervisor is on its way to running it or out (its lease held, the VM
+/// not recorded running), waited for up to [`LEAVING_WAIT`], as a start waits for one.
+pub fn settled_on(host: &dyn Host, store: &Store, dir: &VmDir, uid: &str) -> Result<Vm, ignite_store::StoreError> {
+    let mut vm = refresh_on(host, store, store.get::<Vm>(uid)?)?;
+    let deadline = std::time::Instant::now() + LEAVING_WAIT;
+    while !vm.status.running && crate::lease::supervisor_held(dir) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        vm = refresh_on(host, store, store.get::<Vm>(uid)?)?;
+    }
+    Ok(vm)
+}
+
 /// Starts `vm` and returns once its supervisor runs the VMM.
 pub fn start(store: &Store, config: &LoadedConfig, vm: Vm, opts: &StartOptions) -> Result<Started, StartError> {
     start_on(&System, store, config, vm, opts)
@@ -89,13 +149,7 @@ pub fn start_on(
     let name = vm.metadata.name.clone();
     let dir = VmDir::of(store, &uid);
     // One start at a time per VM; the second finds it running.
-    let lock_path = dir.start_lock();
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(prep(&name, format!("cannot open {}", lock_path.display())))?;
+    let lock = dir.open_start_lock().map_err(prep(&name, format!("cannot open {}", dir.start_lock().display())))?;
     lock.lock().map_err(prep(&name, "cannot lock the VM"))?;
     let vm = refresh_on(host, store, store.get::<Vm>(&uid)?)?;
     if vm.status.running {

@@ -1,5 +1,7 @@
 //! `stop` (graceful: the guest's init gets a Ctrl-Alt-Del, then a forced stop after the grace
-//! period) and `kill` (forced at once). Both wait until the VM is down.
+//! period) and `kill` (forced at once). Both wait until the VM is down, and, as Docker's do,
+//! for a start of the VM in progress in another process to end first (then stop what it
+//! started).
 
 use std::time::{Duration, Instant};
 
@@ -8,12 +10,22 @@ use ignite_store::{Store, StoreError};
 
 use crate::host::{Host, Sig, System};
 use crate::recover::refresh_on;
+use crate::start::{StartWaitError, START_WAIT};
 use crate::status::supervisor_pid;
+use crate::vmdir::VmDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
     #[error("VM {name:?} is not running")]
     NotRunning { name: String },
+    #[error("VM {name:?} is being started by another process that has not finished within {secs} s")]
+    Starting { name: String, secs: u64 },
+    #[error("cannot lock VM {name:?}")]
+    Lock {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot signal the supervisor of VM {name:?} (pid {pid})")]
     Signal {
         name: String,
@@ -32,8 +44,7 @@ pub fn stop(store: &Store, vm: Vm, grace: Duration) -> Result<Vm, StopError> {
 
 /// [`stop`] through `host`.
 pub fn stop_on(host: &dyn Host, store: &Store, vm: Vm, grace: Duration) -> Result<Vm, StopError> {
-    let vm = refresh_on(host, store, vm)?;
-    let pid = running_pid(host, &vm)?;
+    let (vm, pid) = running_or_started(host, store, vm, "stop.start-in-progress")?;
     signal(host, &vm, pid, Sig::Terminate)?;
     ignite_proc::fault::point("stop.signalled");
     if let Some(v) = wait_down(host, store, &vm, pid, grace)? {
@@ -50,9 +61,16 @@ pub fn kill(store: &Store, vm: Vm) -> Result<Vm, StopError> {
 
 /// [`kill`] through `host`.
 pub fn kill_on(host: &dyn Host, store: &Store, vm: Vm) -> Result<Vm, StopError> {
-    let vm = refresh_on(host, store, vm)?;
-    let pid = running_pid(host, &vm)?;
+    let (vm, pid) = running_or_started(host, store, vm, "kill.start-in-progress")?;
     kill_pid(host, store, vm, pid)
+}
+
+/// [`kill`] by a caller that holds the VM's start lock itself (a removal): no start of it can
+/// be in progress, and none is waited for.
+pub fn kill_locked(store: &Store, vm: Vm) -> Result<Vm, StopError> {
+    let vm = refresh_on(&System, store, vm)?;
+    let pid = running_pid(&System, &vm)?;
+    kill_pid(&System, store, vm, pid)
 }
 
 /// How long a supervisor told to stop its VMM now may take before it is killed.
@@ -76,6 +94,31 @@ fn kill_pid(host: &dyn Host, store: &Store, vm: Vm, pid: u32) -> Result<Vm, Stop
     let (v, _) =
         store.modify::<Vm, _>(&uid, |v| v.status.record_ended(Some(pid), None, &Ending::Killed, chrono::Utc::now()))?;
     Ok(v)
+}
+
+/// The VM as it is, and its supervisor's pid, when it runs; one being started by another
+/// process (`fault`: the fault point once it waits) once that start has ended: not stopped
+/// under it, and not refused as "not running" a moment before it runs.
+fn running_or_started(host: &dyn Host, store: &Store, vm: Vm, fault: &str) -> Result<(Vm, u32), StopError> {
+    let vm = refresh_on(host, store, vm)?;
+    if let Ok(pid) = running_pid(host, &vm) {
+        return Ok((vm, pid));
+    }
+    let uid = vm.uid();
+    let dir = VmDir::of(store, &uid);
+    if !crate::start::in_progress(&dir, &vm) {
+        return Err(StopError::NotRunning { name: vm.metadata.name });
+    }
+    let name = vm.metadata.name.clone();
+    // Not held while it stops: a recovery on the way takes it.
+    drop(crate::start::wait_start_lock(&dir, fault).map_err(|e| match e {
+        StartWaitError::Gone => StoreError::NotFound { kind: Vm::KIND, query: name.clone() }.into(),
+        StartWaitError::StillStarting => StopError::Starting { name: name.clone(), secs: START_WAIT.as_secs() },
+        StartWaitError::Lock(source) => StopError::Lock { name: name.clone(), source },
+    })?);
+    let vm = crate::start::settled_on(host, store, &dir, &uid)?;
+    let pid = running_pid(host, &vm)?;
+    Ok((vm, pid))
 }
 
 fn running_pid(host: &dyn Host, vm: &Vm) -> Result<u32, StopError> {

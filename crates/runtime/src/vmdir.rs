@@ -79,6 +79,11 @@ impl VmDir {
     pub fn start_lock(&self) -> PathBuf {
         self.0.join("start.lock")
     }
+    /// Opens [`VmDir::start_lock`] (made if need be; not locked): held by a start for its
+    /// whole length, and taken by what must not act under one (see `start::wait_start_lock`).
+    pub fn open_start_lock(&self) -> std::io::Result<std::fs::File> {
+        std::fs::File::options().create(true).truncate(false).write(true).open(self.start_lock())
+    }
     pub fn supervisor_lock(&self) -> PathBuf {
         self.0.join("supervisor.lock")
     }

@@ -83,11 +83,7 @@ pub fn remove<T: StoredObject>(
             }
             drop(lock);
             for v in users {
-                ignite_runtime::remove_vm(&store, &v.uid(), true, |v| {
-                    ignite_runtime::stop::kill(&store, v.clone()).map(|_| ()).map_err(|e| {
-                        ignite_runtime::RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) }
-                    })
-                })?;
+                ignite_runtime::remove_vm(&store, &v.uid(), true)?;
                 if !ctx.global.quiet {
                     eprintln!(
                         "Removed VM with name {:?} and ID {:?} (it used {what} {name:?})",

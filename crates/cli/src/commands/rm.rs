@@ -2,7 +2,7 @@
 
 use ignite_api::Vm;
 use ignite_runtime::recover::refresh;
-use ignite_runtime::{remove_vm, RemoveError};
+use ignite_runtime::remove_vm;
 
 use super::each;
 use crate::cli::RmArgs;
@@ -28,11 +28,7 @@ pub fn run(ctx: &Ctx, a: RmArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let vm = refresh(&store, store.resolve::<Vm>(q)?)?;
-        let removed = remove_vm(&store, &vm.uid(), a.force, |v| {
-            ignite_runtime::stop::kill(&store, v.clone())
-                .map(|_| ())
-                .map_err(|e| RemoveError::Stop { name: v.metadata.name.clone(), source: Box::new(e) })
-        })?;
+        let removed = remove_vm(&store, &vm.uid(), a.force)?;
         if ctx.global.quiet {
             println!("{}", removed.uid());
         } else {

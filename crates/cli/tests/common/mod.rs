@@ -160,12 +160,23 @@ pub fn ignite(root: &Path, args: &[&str]) -> Output {
 
 /// [`ignite`] with `env` set too.
 pub fn ignite_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    ignite_command(root, args, env).output().expect("run ignite")
+}
+
+/// [`ignite_env`], started and left running (its output piped).
+#[allow(dead_code)]
+pub fn spawn_ignite(root: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    ignite_command(root, args, env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run ignite")
+}
+
+fn ignite_command(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(bin());
     c.args(args).env("IGNITE_ROOT", root).env("IGNITE_AGENT", agent()).env_remove("IGNITE_CONFIG");
     for (k, v) in env {
         c.env(k, v);
     }
-    c.stdin(Stdio::null()).output().expect("run ignite")
+    c.stdin(Stdio::null());
+    c
 }
 
 /// `inspect vm VM -t TEMPLATE`, trimmed.
