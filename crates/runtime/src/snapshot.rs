@@ -1,10 +1,11 @@
 //! Snapshots and clones.
 //!
 //! Owns: a snapshot's directory (`snapshot/<uid>/`, a store object: it appears whole or not at
-//! all, and is removed whole): [`STATE`] (the VMM's saved machine state: devices and memory, and
-//! the other files its backend saves with it, `Backend::saved_files`), a point-in-time copy of
-//! the VM's own root-disk files (`rootdisk::own_files`: QEMU's `disk.qcow2`, Firecracker's
-//! sparse writable layer and its record, on the image's shared base), and what a resume needs of the boot it was taken from ([`KERNEL`], [`INITRD`], [`MACHINE`]);
+//! all, and is removed whole): [`STATE`] (the VMM's saved machine state: devices and memory,
+//! and the other files its backend saves with it, `Backend::saved_files`), a point-in-time
+//! copy of the VM's own root-disk files (`rootdisk::own_files`: QEMU's `disk.qcow2`,
+//! Firecracker's sparse writable layer and its record, on the image's shared base), and what
+//! a resume needs of the boot it was taken from ([`KERNEL`], [`INITRD`], [`MACHINE`]);
 //! taking one ([`create`]: the guest is paused from the disk copy to the end of the state
 //! write, and resumed whatever happens; a process killed while the guest is paused leaves
 //! [`PAUSE_LOCK`] unlocked, and the next look at the VM resumes it, [`resume_if_abandoned`]);

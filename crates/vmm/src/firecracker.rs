@@ -282,19 +282,33 @@ fn snapshot_budget(memory_mib: u64) -> Duration {
 
 /// Moves a file the VMM made in its directory (`from`) to `to`, out of its reach: it must be
 /// a regular file with one link (a jailed VMM could have left a symlink or a link to another
-/// file there); it becomes the caller's, readable by all (a resumed VMM reads it as its own
-/// uid, through its jail, where nothing else of the state root is visible).
+/// file there, or swap one in at any moment: what was moved is checked through a descriptor
+/// opened without following a symlink, and changed through it only); it becomes the caller's,
+/// readable by all (a resumed VMM reads it as its own uid, through its jail, where nothing
+/// else of the state root is visible). Anything else moved is removed again.
 fn take_file(from: &Path, to: &Path) -> Result<(), VmmError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let fail = |e: String| VmmError::Launch(format!("{}: {e}", from.display()));
-    let meta = std::fs::symlink_metadata(from).map_err(|e| fail(e.to_string()))?;
-    if !meta.file_type().is_file() || meta.nlink() != 1 {
-        return Err(fail("not a regular file of its own: not taken".into()));
-    }
     std::fs::rename(from, to).map_err(|e| fail(e.to_string()))?;
-    let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
-    std::os::unix::fs::lchown(to, Some(me.0), Some(me.1)).map_err(|e| fail(format!("chown: {e}")))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644)).map_err(|e| fail(format!("chmod: {e}")))
+    let checked = (|| {
+        let f = std::fs::File::options()
+            .read(true)
+            // (Non-blocking: a FIFO in its place would hold the open forever.)
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+            .open(to)
+            .map_err(|e| format!("{e} (not a regular file of its own: not taken)"))?;
+        let meta = f.metadata().map_err(|e| e.to_string())?;
+        if !meta.file_type().is_file() || meta.nlink() != 1 {
+            return Err("not a regular file of its own: not taken".to_string());
+        }
+        let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        std::os::unix::fs::fchown(&f, Some(me.0), Some(me.1)).map_err(|e| format!("chown: {e}"))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| format!("chmod: {e}"))
+    })();
+    checked.map_err(|e| {
+        let _ = std::fs::remove_file(to);
+        fail(e)
+    })
 }
 
 /// Firecracker's controls.
@@ -424,7 +438,7 @@ impl Backend for Firecracker {
         let dir = Firecracker::files_dir(run_dir);
         let api = dir.join(API_SOCKET);
         // (A snapshot being written still: Firecracker answers once it is.)
-        let info = api_call_within(&api, "GET", "/", None, snapshot_budget(64 * 1024))?;
+        let info = api_call_within(&api, "GET", "/", None, 3 * API_TIMEOUT)?;
         let paused = info.get("state").and_then(Value::as_str) == Some("Paused");
         if paused {
             api_call(&api, "PATCH", "/vm", Some(&json!({"state": "Resumed"})))?;
@@ -681,13 +695,19 @@ mod tests {
         // A symlink (to a host file) or a second link to another file is refused, and left.
         let secret = d.path().join("secret");
         std::fs::write(&secret, b"host").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::symlink(&secret, &from).unwrap();
         let e = take_file(&from, &d.path().join("t2")).unwrap_err().to_string();
         assert!(e.contains("not a regular file of its own"), "{e}");
-        std::fs::remove_file(&from).unwrap();
         std::fs::hard_link(&secret, &from).unwrap();
         assert!(take_file(&from, &d.path().join("t3")).is_err());
         assert!(!d.path().join("t2").exists() && !d.path().join("t3").exists());
+        // Nor a FIFO (an open of it for reading would wait for a writer).
+        rustix::fs::mkfifoat(rustix::fs::CWD, &from, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+        assert!(take_file(&from, &d.path().join("t5")).is_err());
+        // The host file behind them is untouched.
+        assert_eq!(std::fs::read(&secret).unwrap(), b"host");
+        assert_eq!(std::fs::symlink_metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(take_file(&d.path().join("none"), &d.path().join("t4")).is_err());
     }
 
