@@ -114,14 +114,20 @@ pub fn wait_start_lock(dir: &VmDir, fault: &str) -> Result<File, StartWaitError>
 
 /// Whether a start of the VM in `dir` is in progress in another process: its start lock held,
 /// or a supervisor on its way (its lease held while the VM `vm` is not recorded running: a
-/// start killed after it spawned it, or a VM's end being recorded).
+/// start killed after it spawned it, or a VM's end being recorded). Makes no file (a VM never
+/// started has no start lock, and was never on its way); asks the lease under the start lock.
 pub fn in_progress(dir: &VmDir, vm: &Vm) -> bool {
-    let locked = dir.open_start_lock().map(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
-    locked.unwrap_or(false) || (!vm.status.running && crate::lease::supervisor_held(dir))
+    let Ok(lock) = File::options().write(true).open(dir.start_lock()) else { return false };
+    match lock.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+        Ok(()) => !vm.status.running && dir.supervisor_lock().exists() && crate::lease::supervisor_held(dir),
+    }
 }
 
 /// The VM `uid` once no supervisor is on its way to running it or out (its lease held, the VM
-/// not recorded running), waited for up to [`LEAVING_WAIT`], as a start waits for one.
+/// not recorded running), waited for up to [`LEAVING_WAIT`], as a start waits for one. Called
+/// under the VM's start lock (see `lease::supervisor_held`).
 pub fn settled_on(host: &dyn Host, store: &Store, dir: &VmDir, uid: &str) -> Result<Vm, ignite_store::StoreError> {
     let mut vm = refresh_on(host, store, store.get::<Vm>(uid)?)?;
     let deadline = std::time::Instant::now() + LEAVING_WAIT;

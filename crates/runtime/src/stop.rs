@@ -110,13 +110,14 @@ fn running_or_started(host: &dyn Host, store: &Store, vm: Vm, fault: &str) -> Re
         return Err(StopError::NotRunning { name: vm.metadata.name });
     }
     let name = vm.metadata.name.clone();
-    // Not held while it stops: a recovery on the way takes it.
-    drop(crate::start::wait_start_lock(&dir, fault).map_err(|e| match e {
+    let lock = crate::start::wait_start_lock(&dir, fault).map_err(|e| match e {
         StartWaitError::Gone => StoreError::NotFound { kind: Vm::KIND, query: name.clone() }.into(),
         StartWaitError::StillStarting => StopError::Starting { name: name.clone(), secs: START_WAIT.as_secs() },
         StartWaitError::Lock(source) => StopError::Lock { name: name.clone(), source },
-    })?);
+    })?;
     let vm = crate::start::settled_on(host, store, &dir, &uid)?;
+    // Not held while it stops: a recovery on the way takes it.
+    drop(lock);
     let pid = running_pid(host, &vm)?;
     Ok((vm, pid))
 }
