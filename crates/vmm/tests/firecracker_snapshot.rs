@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ignite_vmm::firecracker::{self, Firecracker};
@@ -73,9 +73,23 @@ fn guest(dir: &Path) -> PathBuf {
     elf
 }
 
-/// Starts the VMM unconfined, its console read into a buffer.
+/// What a guest printed on its serial console, and a signal at each read.
+#[derive(Default)]
+struct Console {
+    bytes: Mutex<Vec<u8>>,
+    grew: Condvar,
+}
+
+impl Console {
+    /// The lowercase letters printed so far.
+    fn letters(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().iter().copied().filter(u8::is_ascii_lowercase).collect()
+    }
+}
+
+/// Starts the VMM unconfined, its console read into a [`Console`].
 struct Plain {
-    console: Arc<Mutex<Vec<u8>>>,
+    console: Arc<Console>,
 }
 
 impl Launcher for Plain {
@@ -101,7 +115,8 @@ impl Launcher for Plain {
                 if n == 0 {
                     break;
                 }
-                console.lock().unwrap().extend_from_slice(&buf[..n]);
+                console.bytes.lock().unwrap().extend_from_slice(&buf[..n]);
+                console.grew.notify_all();
             }
         });
         Ok(child)
@@ -134,20 +149,17 @@ fn machine(kernel: &Path, run_dir: &Path) -> Machine {
 }
 
 /// Waits (up to 30 s) until the console holds more than `n` letters; returns them.
-fn letters_beyond(console: &Arc<Mutex<Vec<u8>>>, n: usize) -> Vec<u8> {
+fn letters_beyond(console: &Console, n: usize) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut bytes = console.bytes.lock().unwrap();
     loop {
-        let letters: Vec<u8> = console.lock().unwrap().iter().copied().filter(u8::is_ascii_lowercase).collect();
+        let letters: Vec<u8> = bytes.iter().copied().filter(u8::is_ascii_lowercase).collect();
         if letters.len() > n {
             return letters;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the guest printed {} letters in 30 s, waiting for {}",
-            letters.len(),
-            n + 1
-        );
-        std::thread::sleep(Duration::from_millis(5));
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the guest printed {} letters in 30 s, waiting for {}", letters.len(), n + 1);
+        bytes = console.grew.wait_timeout(bytes, left).unwrap().0;
     }
 }
 
@@ -177,31 +189,31 @@ fn a_snapshot_resumes_in_a_new_firecracker_where_the_guest_was() {
     let fc = Firecracker::new(Some(binary));
     let source_dir = d.path().join("source");
     let source = machine(&kernel, &source_dir);
-    let console = Arc::new(Mutex::new(Vec::new()));
+    let console = Arc::new(Console::default());
     let vm = Running(fc.launch(&source, &mut Plain { console: console.clone() }).unwrap());
     assert_eq!(letters_beyond(&console, 4)[..3], *b"bcd", "a fresh boot counts from b");
 
     let snap = d.path().join("snap");
     std::fs::create_dir(&snap).unwrap();
     let state = snap.join("state");
-    let mut printed_when_paused = 0;
-    let paused = fc
-        .save(&source_dir, &state, source.memory_mib, &mut || {
-            // Paused: the guest prints nothing while the caller copies its disks.
-            printed_when_paused = console.lock().unwrap().len();
-            std::thread::sleep(Duration::from_millis(300));
-            match console.lock().unwrap().len() {
-                n if n == printed_when_paused => Ok(()),
-                n => Err(format!("the guest printed {} bytes while paused", n - printed_when_paused)),
-            }
-        })
-        .unwrap();
-    assert!(paused >= Duration::from_millis(300), "{paused:?}");
-    let last = *console.lock().unwrap()[..printed_when_paused].iter().rev().find(|c| c.is_ascii_lowercase()).unwrap();
+    let api = Firecracker::files_dir(&source_dir).join(firecracker::API_SOCKET);
+    let vm_state = || firecracker::api_call(&api, "GET", "/", None).unwrap()["state"].clone();
+    let mut at_pause = Vec::new();
+    fc.save(&source_dir, &state, source.memory_mib, &mut || {
+        // The caller copies the disks here: the guest is paused (what it printed is all it
+        // will have printed when its state is saved).
+        at_pause = console.letters();
+        match vm_state() {
+            s if s == "Paused" => Ok(()),
+            s => Err(format!("the guest is {s} while its disks are copied")),
+        }
+    })
+    .unwrap();
+    let last = *at_pause.last().unwrap();
+    assert_eq!(vm_state(), "Running");
     // The source runs on from where it was.
-    let after = letters_beyond(&console, printed_when_paused);
-    let before = console.lock().unwrap()[..printed_when_paused].iter().filter(|c| c.is_ascii_lowercase()).count();
-    assert_eq!(after[before], next(last), "the source after its snapshot: {}", String::from_utf8_lossy(&after));
+    let after = letters_beyond(&console, at_pause.len());
+    assert_eq!(after[at_pause.len()], next(last), "the source after its snapshot: {}", String::from_utf8_lossy(&after));
     // Its files: out of the VMM's directory, readable by a resumed VMM's uid; the memory file
     // is the guest's memory.
     use std::os::unix::fs::PermissionsExt;
@@ -224,12 +236,12 @@ fn a_snapshot_resumes_in_a_new_firecracker_where_the_guest_was() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // Paused by hand, as a killed snapshot leaves it: `resume` lets it run again, once.
-    let api = Firecracker::files_dir(&source_dir).join(firecracker::API_SOCKET);
     firecracker::api_call(&api, "PATCH", "/vm", Some(&serde_json::json!({"state": "Paused"}))).unwrap();
+    assert_eq!(vm_state(), "Paused");
     assert!(fc.resume(&source_dir).unwrap());
     assert!(!fc.resume(&source_dir).unwrap());
-    let so_far = console.lock().unwrap().iter().filter(|c| c.is_ascii_lowercase()).count();
-    letters_beyond(&console, so_far);
+    assert_eq!(vm_state(), "Running");
+    letters_beyond(&console, console.letters().len());
     drop(vm);
 
     // A new Firecracker resumes the state: the guest goes on from the letter after the last
@@ -238,10 +250,10 @@ fn a_snapshot_resumes_in_a_new_firecracker_where_the_guest_was() {
     let mut clone = machine(&kernel, &clone_dir);
     clone.incoming = Some(state.clone());
     std::fs::remove_file(&source.drives[0].path).unwrap();
-    let err = fc.launch(&clone, &mut Plain { console: Arc::new(Mutex::new(Vec::new())) }).unwrap_err();
+    let err = fc.launch(&clone, &mut Plain { console: Arc::new(Console::default()) }).unwrap_err();
     assert!(err.to_string().contains("opens the saved machine's drives"), "{err}");
     std::fs::write(&source.drives[0].path, vec![0u8; 1 << 20]).unwrap();
-    let console = Arc::new(Mutex::new(Vec::new()));
+    let console = Arc::new(Console::default());
     let _vm = Running(fc.launch(&clone, &mut Plain { console: console.clone() }).unwrap());
     let letters = letters_beyond(&console, 2);
     assert_eq!(letters[0], next(last), "the clone's first letters: {}", String::from_utf8_lossy(&letters));
