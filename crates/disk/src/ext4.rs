@@ -15,8 +15,8 @@
 //! - The inode count never falls below mke2fs's default ratio (one per 16 KiB): `resize2fs`
 //!   keeps the inodes-per-group of the base, so a base with few inodes would give every VM
 //!   grown from it too few.
-//! - [`grow_ext4`] copies a base keeping its holes (`cp --sparse=always --reflink=auto`:
-//!   `std::fs::copy` allocated all 1 GiB of a sparse base here and took 4.4 s, `cp` 8 ms) and
+//! - [`grow_ext4`] copies a base keeping its holes ([`crate::copy_sparse`]: `std::fs::copy`
+//!   allocated all 1 GiB of a sparse base here and took 4.4 s, `cp --sparse=always` 8 ms) and
 //!   grows the copy with `resize2fs`, running `e2fsck -f -p` first only when resize2fs asks.
 //! - [`size_class_base`] builds `base-<N>M.ext4` once per size under a lock file.
 //!
@@ -282,12 +282,7 @@ pub fn grow_ext4(base: &Path, out: &Path, size: u64) -> Result<(), DiskError> {
         return Err(DiskError::TooSmall { path: base.to_path_buf(), want: size, have });
     }
     let tmp = TmpFile::beside(out);
-    run_tool(
-        "cp",
-        "coreutils",
-        tmp.path(),
-        Command::new("cp").args(["--sparse=always", "--reflink=auto", "--"]).arg(base).arg(tmp.path()),
-    )?;
+    crate::copy_sparse(base, tmp.path()).map_err(|source| DiskError::Io { path: base.to_path_buf(), source })?;
     if want > have {
         let resize = || {
             run_tool(

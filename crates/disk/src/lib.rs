@@ -9,8 +9,8 @@
 //! - [`overlay`]: a VM's root disk is a qcow2 overlay whose raw backing file is that shared
 //!   base. The header and empty tables are written here in Rust (no process), so creating one
 //!   costs the same for a 64 MiB or a 1 GiB image; `qemu-img info` reads them back.
-//! - [`sparse`]: a file copied with its holes kept ([`copy_sparse`]: a snapshot's and a
-//!   clone's copy of a sparse writable layer).
+//! - [`sparse`]: a file copied with its holes kept ([`copy_sparse`]: a size class grown from
+//!   a base, a snapshot's and a clone's copy of a sparse writable layer).
 //! - [`initramfs`]: a cpio "newc" archive writer ([`Initramfs`]).
 //! - [`vmboot`]: a VM's per-boot initramfs ([`build_vm_initramfs`]) carrying a static busybox,
 //!   the init shim ([`guest_init_script`]) and the VM's own files, which the shim copies into
