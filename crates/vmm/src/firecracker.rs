@@ -19,7 +19,7 @@
 //!   "quit" call, so a forced stop is the supervisor's SIGKILL.
 //! - **Snapshots**: `PATCH /vm` Paused, the caller's disk copy, `PUT /snapshot/create` (a full
 //!   snapshot: the device state and the guest memory, two files Firecracker writes by path in
-//!   its files directory, then moved out of the VMM's reach), Resumed. A resume is a new
+//!   its files directory, then copied out of the VMM's reach), Resumed. A resume is a new
 //!   Firecracker's `PUT /snapshot/load` of those files (bound read-only in its jail; the
 //!   memory file is mapped, not read, and shared by every clone of a snapshot) with this
 //!   machine's taps and vsock socket in place of the saved ones, then, outside the jail, its
@@ -68,9 +68,12 @@ const METRICS_TAIL: u64 = 256 * 1024;
 /// Beside a saved state (see [`Backend::saved_files`]): the guest memory saved with it.
 pub const MEMORY_FILE: &str = "memory";
 /// In [`FILES_DIR`]: where Firecracker writes a snapshot's device state and memory (the one
-/// place a jailed Firecracker can write), before they are moved out.
+/// place a jailed Firecracker can write), before they are copied out.
 const SAVING_STATE: &str = "snapshot.vmstate";
 const SAVING_MEMORY: &str = "snapshot.memory";
+/// The most a device state file Firecracker wrote may hold (tens of KiB for ignite's
+/// machines): what is taken from a VMM is bounded.
+const MAX_VMSTATE: u64 = 64 << 20;
 /// Where a jailed Firecracker finds the state and memory it resumes.
 const JAIL_STATE: &str = "/snapshot/vmstate";
 const JAIL_MEMORY: &str = "/snapshot/memory";
@@ -280,76 +283,69 @@ fn snapshot_budget(memory_mib: u64) -> Duration {
     API_TIMEOUT + Duration::from_millis(memory_mib.saturating_mul(20))
 }
 
-/// Moves a file the VMM made in its directory (`from`) to `to`, out of its reach: it must be
-/// a regular file with one link (a jailed VMM could have left a symlink or a link to another
-/// file there, or swap one in at any moment: what was moved is checked through a descriptor
-/// opened without following a symlink, and changed through it only); it becomes the caller's,
-/// readable by all (a resumed VMM reads it as its own uid, through its jail, where nothing
-/// else of the state root is visible). Anything else moved is removed again. Returns it, open
-/// for reading and writing.
-fn take_file(from: &Path, to: &Path) -> Result<std::fs::File, VmmError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let fail = |e: String| VmmError::Launch(format!("{}: {e}", from.display()));
-    std::fs::rename(from, to).map_err(|e| fail(e.to_string()))?;
-    let checked = (|| {
-        let f = std::fs::File::options()
-            .read(true)
-            .write(true)
-            // (Non-blocking: a FIFO in its place would hold the open forever.)
-            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-            .open(to)
-            .map_err(|e| format!("{e} (not a regular file of its own: not taken)"))?;
-        let meta = f.metadata().map_err(|e| e.to_string())?;
-        if !meta.file_type().is_file() || meta.nlink() != 1 {
-            return Err("not a regular file of its own: not taken".to_string());
-        }
-        let me = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
-        std::os::unix::fs::fchown(&f, Some(me.0), Some(me.1)).map_err(|e| format!("chown: {e}"))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| format!("chmod: {e}"))?;
-        Ok(f)
-    })();
-    checked.map_err(|e| {
-        let _ = std::fs::remove_file(to);
-        fail(e)
-    })
-}
-
-/// Deallocates the blocks of `f` that hold only zeroes; returns how many bytes. Firecracker
-/// writes a guest's whole memory, most of which a guest never touched: a toy guest's 32 MiB
-/// took 32 MiB of disk, 60 KiB after this (the file reads the same: holes read as zeroes,
-/// and a resumed Firecracker maps it).
-fn punch_zeros(f: &std::fs::File) -> std::io::Result<u64> {
-    use std::os::unix::fs::FileExt;
+/// Copies a file the VMM made in its directory (`from`, at most `max_len` bytes) to `to`, a
+/// new file of the caller's, readable by all (a resumed VMM reads it as its own uid, through
+/// its jail, where nothing else of the state root is visible), then removes `from`. A copy,
+/// not a rename: a VMM compromised later could still hold the file it wrote open, and write
+/// into a snapshot that the clones of it map (their pages not yet written would change under
+/// them). Only a regular file with one link is taken (a jailed VMM could leave a symlink, a
+/// FIFO or a link to another file there, or swap one in at any moment: it is opened without
+/// following a symlink, without blocking, and checked through that descriptor). Blocks of
+/// zeroes are left as holes: Firecracker writes a guest's whole memory, most of which a guest
+/// never touched (a toy guest's 32 MiB took 60 KiB). Returns the copy.
+fn take_file(from: &Path, to: &Path, max_len: u64) -> Result<std::fs::File, VmmError> {
+    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
     const BLOCK: usize = 4096;
     static ZEROES: [u8; BLOCK] = [0; BLOCK];
-    let len = f.metadata()?.len();
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut at, mut punched) = (0u64, 0u64);
-    // The start of the run of zero blocks that ends at `at`.
-    let mut zeroes: Option<u64> = None;
-    let punch = |from: u64, to: u64| -> std::io::Result<u64> {
-        use rustix::fs::FallocateFlags;
-        rustix::fs::fallocate(f, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, from, to - from)?;
-        Ok(to - from)
-    };
-    while at < len {
-        let n = f.read_at(&mut buf, at)?;
-        if n == 0 {
-            break;
-        }
-        for block in buf[..n].chunks(BLOCK) {
-            if block == &ZEROES[..block.len()] {
-                zeroes.get_or_insert(at);
-            } else if let Some(from) = zeroes.take() {
-                punched += punch(from, at)?;
+    let fail = |e: String| VmmError::Launch(format!("{}: {e}", from.display()));
+    let src = std::fs::File::options()
+        .read(true)
+        // (Non-blocking: a FIFO in its place would hold the open forever.)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(from)
+        .map_err(|e| fail(format!("{e} (not a regular file of its own: not taken)")))?;
+    let meta = src.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.file_type().is_file() || meta.nlink() != 1 {
+        return Err(fail("not a regular file of its own: not taken".into()));
+    }
+    let len = meta.len();
+    if len > max_len {
+        return Err(fail(format!("{len} bytes, more than the {max_len} it can hold: not taken")));
+    }
+    let dst = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(to)
+        .map_err(|e| VmmError::Launch(format!("{}: {e}", to.display())))?;
+    let copied = (|| -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let want = buf.len().min(usize::try_from(len - at).unwrap_or(usize::MAX));
+            let n = src.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "it shrank while copied"));
             }
-            at += block.len() as u64;
+            for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
+                if block != &ZEROES[..block.len()] {
+                    dst.write_all_at(block, at + (i * BLOCK) as u64)?;
+                }
+            }
+            at += n as u64;
+        }
+        dst.set_len(len)
+    })();
+    match copied {
+        Ok(()) => {
+            let _ = std::fs::remove_file(from);
+            Ok(dst)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(to);
+            Err(fail(format!("copying it to {}: {e}", to.display())))
         }
     }
-    if let Some(from) = zeroes {
-        punched += punch(from, at)?;
-    }
-    Ok(punched)
 }
 
 /// Firecracker's controls.
@@ -464,11 +460,12 @@ impl Backend for Firecracker {
         let resumed = api_call(&api, "PATCH", "/vm", Some(&json!({"state": "Resumed"})));
         let paused = t0.elapsed();
         let taken = saved.and(resumed).and_then(|_| {
-            take_file(&vmstate, state)?;
-            let memory = take_file(&memory, &Firecracker::memory_file(state))?;
-            // (A file system that cannot punch holes keeps the file whole.)
-            let _ = punch_zeros(&memory);
-            Ok(())
+            take_file(&vmstate, state, MAX_VMSTATE)?;
+            let taken = take_file(&memory, &Firecracker::memory_file(state), memory_mib << 20);
+            if taken.is_err() {
+                let _ = std::fs::remove_file(state);
+            }
+            taken.map(drop)
         });
         if taken.is_err() {
             for f in [&vmstate, &memory] {
@@ -727,58 +724,66 @@ mod tests {
 
     #[test]
     fn what_the_vmm_leaves_in_its_directory_is_taken_only_as_a_file_of_its_own() {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let d = tempfile::tempdir().unwrap();
         let (from, to) = (d.path().join("made"), d.path().join("taken"));
         std::fs::write(&from, b"state").unwrap();
         std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o600)).unwrap();
-        drop(take_file(&from, &to).unwrap());
+        // The VMM keeps the file it wrote open: what it writes later is not in what was taken.
+        let held = std::fs::File::options().write(true).open(&from).unwrap();
+        let made = std::fs::metadata(&from).unwrap().ino();
+        drop(take_file(&from, &to, 1024).unwrap());
         assert!(!from.exists());
+        assert_ne!(std::fs::metadata(&to).unwrap().ino(), made);
+        std::os::unix::fs::FileExt::write_all_at(&held, b"EVIL!", 0).unwrap();
         assert_eq!(std::fs::read(&to).unwrap(), b"state");
         assert_eq!(std::fs::metadata(&to).unwrap().permissions().mode() & 0o777, 0o644);
+        // More than it can hold: refused, nothing made.
+        std::fs::write(&from, vec![1u8; 2048]).unwrap();
+        let e = take_file(&from, &d.path().join("t6"), 1024).unwrap_err().to_string();
+        assert!(e.contains("more than the 1024"), "{e}");
+        assert!(!d.path().join("t6").exists());
+        std::fs::remove_file(&from).unwrap();
         // A symlink (to a host file) or a second link to another file is refused, and left.
         let secret = d.path().join("secret");
         std::fs::write(&secret, b"host").unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::symlink(&secret, &from).unwrap();
-        let e = take_file(&from, &d.path().join("t2")).unwrap_err().to_string();
+        let e = take_file(&from, &d.path().join("t2"), 1024).unwrap_err().to_string();
         assert!(e.contains("not a regular file of its own"), "{e}");
+        std::fs::remove_file(&from).unwrap();
         std::fs::hard_link(&secret, &from).unwrap();
-        assert!(take_file(&from, &d.path().join("t3")).is_err());
+        assert!(take_file(&from, &d.path().join("t3"), 1024).is_err());
         assert!(!d.path().join("t2").exists() && !d.path().join("t3").exists());
+        std::fs::remove_file(&from).unwrap();
         // Nor a FIFO (an open of it for reading would wait for a writer).
         rustix::fs::mkfifoat(rustix::fs::CWD, &from, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
-        assert!(take_file(&from, &d.path().join("t5")).is_err());
+        assert!(take_file(&from, &d.path().join("t5"), 1024).is_err());
         // The host file behind them is untouched.
         assert_eq!(std::fs::read(&secret).unwrap(), b"host");
         assert_eq!(std::fs::symlink_metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(take_file(&d.path().join("none"), &d.path().join("t4")).is_err());
+        assert!(take_file(&d.path().join("none"), &d.path().join("t4"), 1024).is_err());
     }
 
     #[test]
-    fn zero_blocks_become_holes_and_the_file_reads_the_same() {
-        use std::os::unix::fs::{FileExt, MetadataExt};
+    fn zero_blocks_are_left_as_holes_and_the_copy_reads_the_same() {
+        use std::os::unix::fs::MetadataExt;
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("memory");
+        let (p, q) = (d.path().join("memory"), d.path().join("taken"));
         let mut data = vec![0u8; 8 << 20];
         data[5000] = 1; // block 1
         data[(3 << 20) + 4095] = 2; // the last byte of a block
         data[(8 << 20) - 1] = 3; // the file's last block
         std::fs::write(&p, &data).unwrap();
-        let f = std::fs::File::options().read(true).write(true).open(&p).unwrap();
-        f.sync_all().unwrap();
-        let punched = punch_zeros(&f).unwrap();
-        assert_eq!(punched, (8 << 20) - 3 * 4096);
-        assert_eq!(std::fs::read(&p).unwrap(), data);
-        assert!(std::fs::metadata(&p).unwrap().blocks() * 512 <= 64 * 1024);
-        // A file whose length is not a whole number of blocks, all zeroes: all of it.
-        let q = d.path().join("odd");
-        std::fs::write(&q, vec![0u8; 10_000]).unwrap();
-        let g = std::fs::File::options().read(true).write(true).open(&q).unwrap();
-        assert_eq!(punch_zeros(&g).unwrap(), 10_000);
-        let mut back = vec![1u8; 10_000];
-        g.read_exact_at(&mut back, 0).unwrap();
-        assert!(back.iter().all(|b| *b == 0));
+        take_file(&p, &q, 8 << 20).unwrap();
+        assert_eq!(std::fs::read(&q).unwrap(), data);
+        assert!(std::fs::metadata(&q).unwrap().blocks() * 512 <= 64 * 1024);
+        // A file whose length is not a whole number of blocks, all zeroes: all holes.
+        std::fs::write(&p, vec![0u8; 10_000]).unwrap();
+        let r = d.path().join("odd");
+        take_file(&p, &r, 8 << 20).unwrap();
+        assert_eq!(std::fs::read(&r).unwrap(), vec![0u8; 10_000]);
+        assert_eq!(std::fs::metadata(&r).unwrap().blocks(), 0);
     }
 
     #[test]

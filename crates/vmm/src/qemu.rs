@@ -467,6 +467,13 @@ impl QmpSession {
     }
 }
 
+/// Where QEMU writes the state that becomes `state`: beside it.
+fn written_state(state: &Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".written");
+    state.with_file_name(name)
+}
+
 /// A migration's bandwidth limit that is no limit: 1 TiB/s.
 const UNTHROTTLED: u64 = 1 << 40;
 
@@ -496,14 +503,20 @@ impl Qmp {
         let t0 = Instant::now();
         q.call("stop", None)?;
         // Stopped: QEMU has drained and flushed its drives (qcow2's caches reach the file).
+        // QEMU writes the state to a file of its own, copied to `state` once the guest runs
+        // again (a copy, not a rename: a VMM compromised later could still hold the file it
+        // wrote, and change the snapshot its clones load; it keeps the removed one). Piped
+        // instead, the guest's pause grew from 24.5 to 32 ms p50 (10 snapshots each).
+        let written = written_state(state);
+        let _ = std::fs::remove_file(&written);
         let saved = (|| {
             while_paused().map_err(VmmError::Launch)?;
             let f = std::fs::File::options()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(state)
-                .map_err(|e| VmmError::Launch(format!("{}: {e}", state.display())))?;
+                .open(&written)
+                .map_err(|e| VmmError::Launch(format!("{}: {e}", written.display())))?;
             q.call_passing("getfd", Some(serde_json::json!({"fdname": "ignite-state"})), Some(f.as_fd()))?;
             q.announce_migration()?;
             // QEMU throttles a migration to 128 MiB/s unless told otherwise (a live migration
@@ -520,9 +533,12 @@ impl Qmp {
         let _ = q.until_finalized(Duration::from_secs(10));
         let resumed = q.call("cont", None);
         let paused = t0.elapsed();
-        saved?;
-        resumed?;
-        Ok(paused)
+        let copied = saved.and(resumed).and_then(|_| {
+            std::fs::copy(&written, state)
+                .map_err(|e| VmmError::Launch(format!("copying {} to {}: {e}", written.display(), state.display())))
+        });
+        let _ = std::fs::remove_file(&written);
+        copied.map(|_| paused)
     }
 
     /// Loads the machine state `state` into a QEMU started with `-incoming defer`, then lets
