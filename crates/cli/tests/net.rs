@@ -277,5 +277,34 @@ fn guests_running_a_dhcp_client_get_the_same_lease() {
         "printf '#!/bin/sh\\n[ \"$1\" = bound ] && echo LEASE=$ip/$subnet/$router/$hostname\\n' > /tmp/s; chmod +x /tmp/s; udhcpc -i eth0 -n -q -f -s /tmp/s\n",
     );
     wait_for_log(&root, "dhcp", &format!("LEASE={ip}/255.255.0.0/10.61.0.1/dhcp"), 60);
+    // A renewal goes to the server's address (so to the gateway's MAC), and its answer to the
+    // client's: a unicast datagram reaching the guest's port 68 (udhcpc 1.35 opens its socket
+    // for it only after sending, so it may find none there and broadcast later; a broadcast
+    // answer to a client without a socket counts as IgnoredMulti, not as these two).
+    console(
+        &root,
+        "dhcp",
+        "printf '#!/bin/sh\\necho EVENT=$1/$ip\\n' > /tmp/r; chmod +x /tmp/r; udhcpc -i eth0 -f -s /tmp/r -T 10 -t 3 > /tmp/u.log 2>&1 &\n",
+    );
+    // (Not there until the console's shell has run the line.)
+    let log = || ok(&root, &["exec", "dhcp", "--", "sh", "-c", "cat /tmp/u.log 2>/dev/null; true"]);
+    until("udhcpc's lease", 60, || log().contains(&format!("EVENT=bound/{ip}")));
+    // InDatagrams + NoPorts of the guest's UDP.
+    let unicast_in = || {
+        let snmp = ok(&root, &["exec", "dhcp", "cat", "/proc/net/snmp"]);
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let (names, values) = (udp.next().unwrap_or_default(), udp.next().unwrap_or_default());
+        let at = |n: &str| -> u64 {
+            let i = names.split_whitespace().position(|x| x == n).unwrap_or_else(|| panic!("no {n}: {snmp}"));
+            values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{snmp}"))
+        };
+        at("InDatagrams") + at("NoPorts")
+    };
+    let before = unicast_in();
+    ok(&root, &["exec", "dhcp", "--", "sh", "-c", "kill -USR1 $(pidof udhcpc)"]);
+    until("udhcpc's renewal", 60, || log().contains(&format!("EVENT=renew/{ip}")));
+    let l = log();
+    assert!(l.contains("sending renew to server 10.61.0.1"), "{l}");
+    assert!(unicast_in() > before, "no answer to the unicast renewal reached the guest's port 68:\n{l}");
     ok(&root, &["rm", "-f", "dhcp"]);
 }

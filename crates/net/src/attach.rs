@@ -125,6 +125,19 @@ fn parse_result(result: &Value) -> Result<Parsed, NetError> {
     Ok((ip.0, ip.1, ip.2, mac.unwrap_or_default(), dns))
 }
 
+/// The MAC of the network's side of the link, as CNI reports it: its first interface outside
+/// the namespace (the bridge plugin's bridge, which is the gateway when it says so; ptp's
+/// host end). None when it reports none, or not one that parses.
+fn gateway_mac(result: &Value) -> Option<String> {
+    let m = result["interfaces"].as_array()?.iter().find(|f| f["sandbox"].as_str().is_none_or(str::is_empty))?["mac"]
+        .as_str()?;
+    let ok = m.len() == 17
+        && m.split(':').count() == 6
+        && m.split(':').all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()))
+        && m != "00:00:00:00:00:00";
+    ok.then(|| m.to_ascii_lowercase())
+}
+
 /// What attaching VM `id` will allocate, before anything is allocated: its namespace, network,
 /// container id and arguments. The caller records this first (`vm/<uid>/network.json`), so
 /// that a kill at any later step leaves a record that [`detach`] can release.
@@ -262,8 +275,22 @@ fn connect(mut att: Attachment, result: Value, cni: &CniConfig) -> Result<Attach
         att.gateway = gw;
         att.mac = mac;
         att.dns = dns;
-        // The tap carries the gateway address as the DHCP server identifier (see `dhcp`).
-        let server = gw.map(|g| format!("addr add {g}/32 dev {TAP}\n")).unwrap_or_default();
+        // The tap carries the gateway's address (the DHCP server identifier) with the VM's as
+        // its peer, and the gateway's MAC, and knows the guest's MAC without asking (see
+        // `dhcp`). Its MAC first: a change of it flushes the neighbour table.
+        let server = match gw {
+            Some(g) => {
+                let gw_mac = gateway_mac(&result).map(|m| format!("link set dev {TAP} address {m}\n"));
+                let neigh = (!att.mac.is_empty())
+                    .then(|| format!("neigh replace {ip} lladdr {} dev {TAP} nud permanent\n", att.mac));
+                format!(
+                    "{}addr add {g} peer {ip}/32 dev {TAP}\n{}",
+                    gw_mac.unwrap_or_default(),
+                    neigh.unwrap_or_default()
+                )
+            }
+            None => String::new(),
+        };
         let ipcmds = format!("addr flush dev {IFNAME}\n{server}");
         let tccmds = format!(
             "qdisc add dev {IFNAME} ingress\n\
@@ -540,6 +567,15 @@ mod tests {
         assert_eq!(
             (ip.to_string(), p, gw.unwrap().to_string(), mac.as_str()),
             ("10.61.0.5".into(), 16, "10.61.0.1".into(), "02:42:0a:3d:00:05")
+        );
+        // The network's side: the bridge; none that parses, or none outside the namespace: none.
+        assert_eq!(gateway_mac(&r).as_deref(), Some("aa:aa:aa:aa:aa:aa"));
+        for bad in ["aa:aa:aa:aa:aa", "aa:aa:aa:aa:aa:zz", "00:00:00:00:00:00", "aa:aa:aa:aa:aa:aa\nlink"] {
+            assert_eq!(gateway_mac(&json!({"interfaces": [{"name": "b", "mac": bad}]})), None, "{bad:?}");
+        }
+        assert_eq!(
+            gateway_mac(&json!({"interfaces": [{"name": "eth0", "mac": "aa:aa:aa:aa:aa:aa", "sandbox": "/x"}]})),
+            None
         );
         let att = Attachment {
             container_id: "c".into(),

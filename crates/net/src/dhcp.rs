@@ -3,9 +3,15 @@
 //!
 //! It runs inside the VM's namespace, answering only the VM's MAC. `attach` exempts UDP to port
 //! 67 arriving from the tap from the redirect to the bridge, so requests reach this responder;
-//! the tap carries the gateway address (/32) as the server identifier, which never answers ARP
-//! because every other frame is redirected before the namespace's stack sees it. Messages are
-//! parsed with bounds on every field; anything malformed is ignored.
+//! the tap carries the gateway address as the server identifier (with the VM's address as its
+//! peer: a route to the guest), and the gateway's MAC: a renewal, sent by the client to the
+//! server's address and so to the gateway's MAC, is the namespace's own frame, not one for
+//! another host that its stack would drop. The answer to it goes back to the client's
+//! address (RFC 2131 4.1: systemd-networkd, renewing, listens on that address only), through
+//! a permanent neighbour entry: the tap never resolves an address itself, because every frame
+//! but these requests is redirected before the namespace's stack sees it, the guest's ARP
+//! replies included. Messages are parsed with bounds on every field; anything malformed is
+//! ignored.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
@@ -149,28 +155,52 @@ pub fn reply(req: &Request, lease: &Lease, server: Ipv4Addr) -> Option<Vec<u8>> 
     Some(b)
 }
 
+/// Where the reply to `req` goes: to the client's address when it says it has ours (a
+/// renewal, RFC 2131 4.1), else broadcast (and every NAK). Never to an address the guest
+/// names that is not its lease's.
+pub fn destination(req: &Request, lease: &Lease, reply: &[u8]) -> SocketAddrV4 {
+    let nak = reply.get(240..243) == Some(&[53, 1, NAK][..]);
+    if !nak && req.ciaddr == lease.ip && !lease.ip.is_unspecified() {
+        SocketAddrV4::new(lease.ip, 68)
+    } else {
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
+    }
+}
+
 /// Serves `lease` inside network namespace `netns` until the process ends. Runs on its own
-/// thread: the namespace switch applies to this thread only.
+/// thread: the namespace switch applies to this thread (and those it starts) only.
 pub fn serve(netns: &str, lease: Lease, server: Ipv4Addr) -> std::io::Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{netns}"))?;
     rustix::thread::move_into_link_name_space(f.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
-    let rx = udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67))?;
+    // Broadcasts arrive on the wildcard socket; a request sent to the server's address, on the
+    // socket bound to it (the more specific), which also sends every reply (a broadcast needs
+    // the source address to find its interface).
+    let any = udp_socket(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67))?;
     let tx = udp_socket(SocketAddrV4::new(server, 67))?;
     tx.set_broadcast(true)?;
-    rx.set_read_timeout(Some(Duration::from_secs(3600)))?;
-    let mut buf = [0u8; 1500];
-    loop {
-        let n = match rx.recv_from(&mut buf) {
-            Ok((n, _)) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-            Err(e) => return Err(e),
-        };
-        if let Some(req) = parse(&buf[..n]) {
-            if let Some(out) = reply(&req, &lease, server) {
-                let _ = tx.send_to(&out, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    let unicast = tx.try_clone()?;
+    let answer = |from: &UdpSocket| -> std::io::Result<()> {
+        from.set_read_timeout(Some(Duration::from_secs(3600)))?;
+        let mut buf = [0u8; 1500];
+        loop {
+            let n = match from.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(req) = parse(&buf[..n]) {
+                if let Some(out) = reply(&req, &lease, server) {
+                    let _ = tx.send_to(&out, destination(&req, &lease, &out));
+                }
             }
         }
-    }
+    };
+    std::thread::scope(|s| {
+        let broadcasts = s.spawn(|| answer(&any));
+        let renewals = answer(&unicast);
+        broadcasts.join().unwrap_or_else(|_| Err(std::io::Error::other("the DHCP responder's thread panicked")))?;
+        renewals
+    })
 }
 
 fn udp_socket(addr: SocketAddrV4) -> std::io::Result<UdpSocket> {
@@ -229,6 +259,28 @@ mod tests {
         assert_eq!(&nak[240..243], &[53, 1, NAK]);
         // Another MAC is not ours to answer.
         assert!(reply(&parse(&request(DISCOVER, [9; 6], None)).unwrap(), &l, srv).is_none());
+    }
+
+    #[test]
+    fn a_renewal_is_answered_at_the_clients_address_and_anything_else_broadcast() {
+        let l = lease();
+        let srv: Ipv4Addr = "10.61.0.1".parse().unwrap();
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 68);
+        let mut renew = request(REQUEST, l.mac, None);
+        renew[12..16].copy_from_slice(&l.ip.octets());
+        let r = parse(&renew).unwrap();
+        let ack = reply(&r, &l, srv).unwrap();
+        assert_eq!(&ack[240..243], &[53, 1, ACK]);
+        assert_eq!(destination(&r, &l, &ack), SocketAddrV4::new(l.ip, 68));
+        // A renewal of another address: NAK, broadcast (never sent where the guest says).
+        renew[12..16].copy_from_slice(&[10, 61, 0, 99]);
+        let r = parse(&renew).unwrap();
+        let nak = reply(&r, &l, srv).unwrap();
+        assert_eq!(&nak[240..243], &[53, 1, NAK]);
+        assert_eq!(destination(&r, &l, &nak), bcast);
+        // A client without an address yet.
+        let r = parse(&request(DISCOVER, l.mac, None)).unwrap();
+        assert_eq!(destination(&r, &l, &reply(&r, &l, srv).unwrap()), bcast);
     }
 
     #[test]
