@@ -294,7 +294,7 @@ fn snapshot_budget(memory_mib: u64) -> Duration {
 /// zeroes are left as holes: Firecracker writes a guest's whole memory, most of which a guest
 /// never touched (a toy guest's 32 MiB took 60 KiB). Returns the copy.
 fn take_file(from: &Path, to: &Path, max_len: u64) -> Result<std::fs::File, VmmError> {
-    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
     const BLOCK: usize = 4096;
     static ZEROES: [u8; BLOCK] = [0; BLOCK];
     let fail = |e: String| VmmError::Launch(format!("{}: {e}", from.display()));
@@ -319,6 +319,8 @@ fn take_file(from: &Path, to: &Path, max_len: u64) -> Result<std::fs::File, VmmE
         .open(to)
         .map_err(|e| VmmError::Launch(format!("{}: {e}", to.display())))?;
     let copied = (|| -> std::io::Result<()> {
+        // (Whatever the umask: another uid reads it.)
+        dst.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut at = 0u64;
         while at < len {
