@@ -125,17 +125,32 @@ fn parse_result(result: &Value) -> Result<Parsed, NetError> {
     Ok((ip.0, ip.1, ip.2, mac.unwrap_or_default(), dns))
 }
 
+/// A MAC written `aa:bb:cc:dd:ee:ff` (either case), as bytes; None for anything else.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// `mac` as `ip` writes it.
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 /// The MAC of the network's side of the link, as CNI reports it: its first interface outside
 /// the namespace (the bridge plugin's bridge, which is the gateway when it says so; ptp's
 /// host end). None when it reports none, or not one that parses.
-fn gateway_mac(result: &Value) -> Option<String> {
+fn gateway_mac(result: &Value) -> Option<[u8; 6]> {
     let m = result["interfaces"].as_array()?.iter().find(|f| f["sandbox"].as_str().is_none_or(str::is_empty))?["mac"]
         .as_str()?;
-    let ok = m.len() == 17
-        && m.split(':').count() == 6
-        && m.split(':').all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()))
-        && m != "00:00:00:00:00:00";
-    ok.then(|| m.to_ascii_lowercase())
+    parse_mac(m).filter(|m| *m != [0; 6])
 }
 
 /// What attaching VM `id` will allocate, before anything is allocated: its namespace, network,
@@ -280,9 +295,9 @@ fn connect(mut att: Attachment, result: Value, cni: &CniConfig) -> Result<Attach
         // `dhcp`). Its MAC first: a change of it flushes the neighbour table.
         let server = match gw {
             Some(g) => {
-                let gw_mac = gateway_mac(&result).map(|m| format!("link set dev {TAP} address {m}\n"));
-                let neigh = (!att.mac.is_empty())
-                    .then(|| format!("neigh replace {ip} lladdr {} dev {TAP} nud permanent\n", att.mac));
+                let gw_mac = gateway_mac(&result).map(|m| format!("link set dev {TAP} address {}\n", format_mac(m)));
+                let neigh = parse_mac(&att.mac)
+                    .map(|m| format!("neigh replace {ip} lladdr {} dev {TAP} nud permanent\n", format_mac(m)));
                 format!(
                     "{}addr add {g} peer {ip}/32 dev {TAP}\n{}",
                     gw_mac.unwrap_or_default(),
@@ -569,7 +584,12 @@ mod tests {
             ("10.61.0.5".into(), 16, "10.61.0.1".into(), "02:42:0a:3d:00:05")
         );
         // The network's side: the bridge; none that parses, or none outside the namespace: none.
-        assert_eq!(gateway_mac(&r).as_deref(), Some("aa:aa:aa:aa:aa:aa"));
+        assert_eq!(gateway_mac(&r), Some([0xaa; 6]));
+        assert_eq!(parse_mac("02:42:0A:3d:00:05"), Some([2, 0x42, 0x0a, 0x3d, 0, 5]));
+        assert_eq!(format_mac([2, 0x42, 0x0a, 0x3d, 0, 5]), "02:42:0a:3d:00:05");
+        for bad in ["", "02:42:0a:3d:00", "02:42:0a:3d:00:05:06", "2:42:0a:3d:00:05", "+2:42:0a:3d:00:05"] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
         for bad in ["aa:aa:aa:aa:aa", "aa:aa:aa:aa:aa:zz", "00:00:00:00:00:00", "aa:aa:aa:aa:aa:aa\nlink"] {
             assert_eq!(gateway_mac(&json!({"interfaces": [{"name": "b", "mac": bad}]})), None, "{bad:?}");
         }

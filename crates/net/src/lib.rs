@@ -21,7 +21,9 @@ pub mod netns;
 
 use std::path::PathBuf;
 
-pub use attach::{attach, attach_planned, detach, plan, redirect_extra, wait_for_interface, AttachOptions, Attachment};
+pub use attach::{
+    attach, attach_planned, detach, parse_mac, plan, redirect_extra, wait_for_interface, AttachOptions, Attachment,
+};
 pub use cni::{CniConfig, PortMapping};
 
 /// Networking failures.

@@ -95,12 +95,7 @@ pub fn interface_identity(a: &ignite_net::Attachment) -> ignite_agent::proto::In
 /// The DHCP lease matching an attachment (the same address the kernel `ip=` argument gives),
 /// and the server's address.
 pub fn dhcp_lease(a: &ignite_net::Attachment, hostname: &str) -> Option<(ignite_net::dhcp::Lease, std::net::Ipv4Addr)> {
-    let mut mac = [0u8; 6];
-    let parts: Vec<u8> = a.mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    mac.copy_from_slice(&parts);
+    let mac = ignite_net::parse_mac(&a.mac)?;
     let server = a.gateway?;
     let mut dns: Vec<std::net::Ipv4Addr> = a.dns.iter().filter_map(|d| d.parse().ok()).collect();
     if dns.is_empty() {
