@@ -137,6 +137,10 @@ fn what_cannot_be_snapshotted_or_cloned_is_refused_and_changes_nothing() {
     fails(&root, &["run", "--from-snapshot", "nosuch"], 3, "nosuch");
     fails(&root, &["run", "--from-snapshot", "s", "--memory", "256MB"], 2, "--memory cannot change it");
     fails(&root, &["run", "--from-snapshot", "s", "busybox"], 2, "an IMAGE cannot change it");
+    // A name `create` refuses is refused before the clone is made (its guest's agent would refuse
+    // it as a hostname, after its VMM had started: rc 1 then).
+    fails(&root, &["run", "--from-snapshot", "s", "--name", "bad name"], 2, "invalid name");
+    fails(&root, &["run", "--from-snapshot", "s", "--name", "Upper"], 2, "invalid name");
     assert_eq!(vm_names(&root), before, "a refused clone leaves no VM");
     // A machine state QEMU cannot load (a damaged file): the clone fails with QEMU's own
     // reason, leaves no VM, and the snapshot, made whole again, still clones.

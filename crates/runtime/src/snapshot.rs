@@ -311,6 +311,11 @@ pub fn create_clone(
     vm.status.image = snap.spec.image.clone();
     vm.status.kernel = snap.spec.kernel.clone();
     vm.status.id_prefix = "ignite".into();
+    // Checked as `create` checks a VM (its name above all), before anything is made: a name
+    // that cannot be a hostname would otherwise be found out only by the guest's agent,
+    // after the clone's VMM had started.
+    ignite_api::validate::validate_vm(&vm)
+        .map_err(|e| SnapshotError::Invalid(format!("invalid VM {:?}: {e}", vm.metadata.name)))?;
     let mut failure = None;
     let made = store.create_with(&lock, vm, |tmp, _| {
         let res = disk_files
